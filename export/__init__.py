@@ -1,0 +1,1 @@
+"""ONNX and TensorRT export of OffSeg models (torch, onnx; tensorrt optional)."""

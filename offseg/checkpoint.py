@@ -1,0 +1,171 @@
+"""Loading official mmseg/mmengine checkpoints and our own, saving ours.
+
+Files are read with torch's weights-only unpickler, so no pickled code ever runs. mmengine checkpoints may carry
+objects of classes that are not installed here (message hub, history buffers, numpy scalars in ``meta``): those
+are rebuilt as inert placeholders, which lets a valid file load; the weights themselves must be plain tensors.
+Weights are strict: a missing, unexpected or mis-shaped key is an error naming it. The only official keys skipped
+are the documented unused ones (``decode_head.conv_seg.*`` and the classification-leftover attention buffers).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from runtime.errors import OffsegError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "offseg"  # marker of our own checkpoint format
+UNUSED_OFFICIAL_KEY = re.compile(r"^decode_head\.conv_seg\.|\.attention_biases$|\.attention_bias_idxs$")
+STEM_LAYERS = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2"}
+HEAD_RENAMES = {
+    "offset_learning.cls_repr": "offset_learning.class_embed",
+    "offset_learning.cls_offset_proj.": "offset_learning.class_offset_proj.",
+    "offset_learning.feat_offset_proj.": "offset_learning.feature_offset_proj.",
+}
+
+
+class InertObject:
+    """Stands in for an object of a class that is not installed; keeps its constructor args and state as data."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def read_file(path: str | os.PathLike) -> dict:
+    """Unpickle a checkpoint safely (weights only; unknown classes become ``InertObject`` placeholders)."""
+    path = Path(path)
+    if not path.is_file():
+        raise OffsegError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        placeholders = [(type(name.rsplit(".", 1)[-1], (InertObject,), {}), name) for name in unknown]
+        with torch.serialization.safe_globals(placeholders):
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt or foreign files
+        raise OffsegError(f"cannot read checkpoint {path}: {error}") from error
+    if not isinstance(content, dict):
+        raise OffsegError(f"checkpoint {path} holds a {type(content).__name__}, not a dict of weights")
+    return content
+
+
+def official_to_ours(key: str) -> str:
+    """Rename one official mmseg state-dict key to this package's module names."""
+    if key.startswith("backbone.patch_embed."):
+        layer, rest = key[len("backbone.patch_embed."):].split(".", 1)
+        return f"backbone.stem.{STEM_LAYERS[layer]}.{rest}"
+    if key.startswith("backbone.network."):
+        index, rest = key[len("backbone.network."):].split(".", 1)
+        index = int(index)
+        if index % 2 == 0:
+            return f"backbone.stages.{index // 2}.blocks.{rest}"
+        return f"backbone.stages.{(index + 1) // 2}.downsample.{rest}"
+    if key.startswith("decode_head."):
+        key = "head." + key[len("decode_head."):]
+        for old, new in HEAD_RENAMES.items():
+            key = key.replace(old, new)
+    return key
+
+
+def extract_state_dict(content: dict) -> dict[str, torch.Tensor]:
+    """Our-named weights from a loaded checkpoint of either format (or a bare state dict)."""
+    state = content.get("state_dict", content.get("model", content))
+    if not isinstance(state, dict) or not state:
+        raise OffsegError("checkpoint has no state_dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise OffsegError(f"checkpoint weights must be tensors; not so for {', '.join(bad[:5])}")
+    if content.get("format") == FORMAT:
+        return state
+    if not any(k.startswith(("backbone.patch_embed.", "decode_head.")) for k in state):
+        return state  # a bare state dict of ours
+    return {official_to_ours(k): v for k, v in state.items() if not UNUSED_OFFICIAL_KEY.search(k)}
+
+
+def checkpoint_num_classes(state: dict[str, torch.Tensor]) -> int:
+    """Number of classes a (converted) state dict was trained for."""
+    try:
+        return state["head.offset_learning.class_embed"].shape[1]
+    except KeyError:
+        raise OffsegError("checkpoint has no OffSeg class embedding (head.offset_learning / "
+                          "decode_head.offset_learning.cls_repr): is it an OffSeg checkpoint?") from None
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Copy ``state`` into ``model`` strictly; raises OffsegError naming every missing/unexpected/mis-shaped key."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [f"{k} {tuple(state[k].shape)} (model wants {tuple(v.shape)})"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = [f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped))
+                if keys]
+    if problems:
+        hint = ""
+        if "head.offset_learning.class_embed" in state and state["head.offset_learning.class_embed"].shape != \
+                expected["head.offset_learning.class_embed"].shape:
+            hint = f" (the {source} is for {checkpoint_num_classes(state)} classes; build the model with that many)"
+        raise OffsegError(f"{source} does not fit the model{hint}; " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load an official mmseg checkpoint or one of ours into ``model``; returns the file's ``meta`` dict.
+
+    Call ``model.eval()`` afterwards for inference. Raises OffsegError for unreadable or non-fitting files.
+    """
+    content = read_file(path)
+    load_state(model, extract_state_dict(content), source=f"checkpoint {path}")
+    log.info("loaded %s", path)
+    meta = content.get("meta")
+    return meta if isinstance(meta, dict) else {}
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str, **meta: Any) -> Path:
+    """Write our own checkpoint format atomically (a partial file never appears under ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {"format": FORMAT, "model": model_name, "num_classes": model.num_classes,
+               "state_dict": model.state_dict(), "meta": meta}
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        torch.save(content, tmp)
+    os.replace(tmp.name, path)
+    return path
+
+
+def checkpoint_model_name(content: dict, state: dict[str, torch.Tensor]) -> str:
+    """The registry name a checkpoint was made for (stored in ours, inferred from the widths for official ones)."""
+    from .zoo import MODELS
+    if isinstance(content.get("model"), str) and content["model"] in MODELS:
+        return content["model"]
+    width = state.get("backbone.stages.3.downsample.conv.weight")
+    for spec in MODELS.values():
+        if width is not None and width.shape[0] == spec.backbone.widths[3]:
+            return spec.name
+    raise OffsegError("cannot tell which OffSeg model this checkpoint is for; pass the model name explicitly")
+
+
+def build_from_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> tuple[nn.Module, str]:
+    """Build the right model for a checkpoint (name and class count from the file), load it, switch to eval.
+
+    Returns (model, model name).
+    """
+    from .zoo import build_model
+    content = read_file(path)
+    state = extract_state_dict(content)
+    name = model_name or checkpoint_model_name(content, state)
+    model = build_model(name, checkpoint_num_classes(state))
+    load_state(model, state, source=f"checkpoint {path}")
+    return model.eval(), name

@@ -1,0 +1,1 @@
+"""Datasets: the built-in procedural scenes (more layouts come with the training modules)."""

@@ -1,0 +1,78 @@
+"""Parameter and multiply-add counts of a model, side by side with the paper's figures."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .zoo import ModelSpec, build_model, get_spec
+
+COUNTED_OPS = {"convolution": "conv", "mm": "linear", "addmm": "linear", "bmm": "matmul"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``offseg-info`` reports. MACs in units of 1e9 multiply-adds (= FlopCounterMode FLOPs / 2)."""
+
+    spec: ModelSpec
+    num_classes: int
+    input_size: tuple[int, int]
+    params: int
+    unused_official_params: int  # the official head's never-called conv_seg (counted by the paper)
+    conv_gmacs: float
+    linear_gmacs: float
+    matmul_gmacs: float
+
+    @property
+    def total_gmacs(self) -> float:
+        return self.conv_gmacs + self.linear_gmacs + self.matmul_gmacs
+
+    @property
+    def params_as_paper_counts(self) -> int:
+        return self.params + self.unused_official_params
+
+
+def model_info(name: str, num_classes: int = 150, input_size: tuple[int, int] = (512, 512)) -> ModelInfo:
+    """Count parameters and, with torch's FlopCounterMode on one forward, convolution / linear / matmul MACs.
+
+    FlopCounterMode counts convolutions and matrix products only: not CARAFE's element-wise products, grid_sample,
+    norms, softmax or other element-wise work.
+    """
+    model = build_model(name, num_classes).eval()
+    channels = model.head.offset_learning.class_embed.shape[-1]
+    gmacs = {"conv": 0.0, "linear": 0.0, "matmul": 0.0}
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, *input_size))
+    for op, flops in counter.get_flop_counts()["Global"].items():
+        kind = COUNTED_OPS.get(op.__name__.split(".")[0])
+        if kind is None:
+            raise RuntimeError(f"FlopCounterMode counted an op this report does not classify: {op}")
+        gmacs[kind] += flops / 2e9
+    return ModelInfo(
+        spec=get_spec(name), num_classes=num_classes, input_size=input_size,
+        params=sum(p.numel() for p in model.parameters()),
+        unused_official_params=channels * num_classes + num_classes,
+        conv_gmacs=gmacs["conv"], linear_gmacs=gmacs["linear"], matmul_gmacs=gmacs["matmul"])
+
+
+def format_info(info: ModelInfo) -> str:
+    """A small plain-text table: ours vs the paper."""
+    h, w = info.input_size
+    spec = info.spec
+    lines = [
+        f"{spec.name}: EfficientFormerV2 backbone {spec.backbone.widths}, {info.num_classes} classes, input {h} {w}",
+        f"{'':32}{'measured':>12}{'paper':>10}",
+        f"{'params (M)':32}{info.params / 1e6:12.2f}",
+        f"{'params + unused conv_seg (M)':32}{info.params_as_paper_counts / 1e6:12.2f}{spec.paper_params_m:10.1f}",
+        f"{'conv GMACs':32}{info.conv_gmacs:12.2f}{spec.paper_gflops:10.1f}",
+        f"{'linear GMACs':32}{info.linear_gmacs:12.2f}",
+        f"{'matmul GMACs':32}{info.matmul_gmacs:12.2f}",
+        f"{'total GMACs':32}{info.total_gmacs:12.2f}",
+        "MACs counted by torch.utils.flop_counter.FlopCounterMode (convolutions and matrix products only; not CARAFE,",
+        "grid_sample, norms, softmax or element-wise ops). The paper's 'GFLOPs' equal the convolution MACs alone, and",
+        "its parameter count includes the official head's conv_seg, which is never called and not built here.",
+    ]
+    if spec.paper_miou:
+        lines.append("paper mIoU: " + ", ".join(f"{k} {v:.1f}" for k, v in spec.paper_miou.items()))
+    return "\n".join(lines)

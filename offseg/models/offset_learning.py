@@ -1,0 +1,48 @@
+"""Offset learning: the OffSeg head's replacement for per-pixel classification.
+
+Notation of the paper: E (hw x C) are the pixel features, W (K x C) the learned class representations.
+The coupled logits A = E W^T are computed once and feed two branches:
+
+* class offset   dW = P_c(softmax_over_pixels(A)^T E)  -- each class gathers the pixels that respond to it;
+* feature offset dE = P_f(softmax_over_classes(A) W)   -- each pixel gathers the classes it responds to;
+
+P_c and P_f are bias-free linear maps. The output is LayerNorm_over_classes((E + dE)(W + dW)^T), reshaped to
+(N, K, h, w): the logits the official head returns (no 1/sqrt(C) scaling anywhere).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class OffsetLearning(nn.Module):
+    """(N, C, h, w) features -> (N, K, h, w) class logits."""
+
+    def __init__(self, num_classes: int, channels: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.class_embed = nn.Parameter(torch.zeros(1, num_classes, channels))  # W
+        self.class_offset_proj = nn.Linear(channels, channels, bias=False)  # P_c
+        self.feature_offset_proj = nn.Linear(channels, channels, bias=False)  # P_f
+        self.mask_norm = nn.LayerNorm(num_classes)
+        nn.init.trunc_normal_(self.class_embed, std=0.02)
+        nn.init.trunc_normal_(self.class_offset_proj.weight, std=0.02)
+        nn.init.trunc_normal_(self.feature_offset_proj.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        pixel_features = x.flatten(2).transpose(1, 2)  # E: (N, hw, C)
+        class_embed = self.class_embed.expand(n, -1, -1)  # W: (N, K, C)
+
+        coupled_logits = (pixel_features @ class_embed.transpose(1, 2)).transpose(1, 2)  # A^T: (N, K, hw)
+
+        pixel_weights = coupled_logits.softmax(dim=2)  # softmax over pixels, per class
+        class_offset = self.class_offset_proj(pixel_weights @ pixel_features)  # dW: (N, K, C)
+        aligned_classes = class_embed + class_offset  # W + dW
+
+        class_weights = coupled_logits.softmax(dim=1)  # softmax over classes, per pixel
+        feature_offset = self.feature_offset_proj(class_weights.transpose(1, 2) @ class_embed)  # dE: (N, hw, C)
+        aligned_features = pixel_features + feature_offset  # E + dE
+
+        masks = self.mask_norm(aligned_features @ aligned_classes.transpose(1, 2))  # (N, hw, K)
+        return masks.transpose(1, 2).reshape(n, self.num_classes, h, w)
