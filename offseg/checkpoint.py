@@ -53,10 +53,19 @@ def read_file(path: str | os.PathLike) -> dict:
         with torch.serialization.safe_globals(placeholders):
             content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or foreign files
-        raise OffsegError(f"cannot read checkpoint {path}: {error}") from error
+        raise OffsegError(f"cannot read checkpoint {path}: {_reason(error)}") from error
     if not isinstance(content, dict):
         raise OffsegError(f"checkpoint {path} holds a {type(content).__name__}, not a dict of weights")
     return content
+
+
+def _reason(error: Exception) -> str:
+    """The informative line of torch's (long) load error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    refused = [line for line in lines if "GLOBAL" in line]
+    if refused:
+        return f"refused to unpickle code ({refused[0]})"
+    return lines[0] if lines else type(error).__name__
 
 
 def official_to_ours(key: str) -> str:

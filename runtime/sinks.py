@@ -1,6 +1,7 @@
 """Where results go: image files written atomically (a partial file never appears under the final name)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
             raise OffsegError(f"cannot encode an image as {path.suffix or 'a file without suffix'}: {path}")
         os.replace(tmp, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise OffsegError(f"cannot write {path}: {error.strerror}") from error
     return path

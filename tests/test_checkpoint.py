@@ -1,0 +1,131 @@
+"""Checkpoint loading: official mmseg files, our own format, strictness, and safety."""
+import os
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+
+import reference
+from offseg import OffsegError, build_model, load_checkpoint, save_checkpoint
+from offseg.checkpoint import build_from_checkpoint
+
+
+@pytest.fixture(scope="module")
+def official_state():
+    return reference.official_state_dict("offseg-t")
+
+
+def save_official(path, state, **extra):
+    torch.save({"meta": {"env": "x"}, "state_dict": state, **extra}, path)
+    return path
+
+
+def test_missing_key_is_named(tmp_path, official_state):
+    state = dict(official_state)
+    del state["decode_head.align.conv.weight"]
+    with pytest.raises(OffsegError, match=r"missing: head\.align\.conv\.weight"):
+        load_checkpoint(build_model("offseg-t"), save_official(tmp_path / "c.pth", state))
+
+
+def test_unexpected_key_is_named(tmp_path, official_state):
+    state = dict(official_state, **{"decode_head.extra.weight": torch.zeros(3)})
+    with pytest.raises(OffsegError, match=r"unexpected: head\.extra\.weight"):
+        load_checkpoint(build_model("offseg-t"), save_official(tmp_path / "c.pth", state))
+
+
+def test_misshaped_key_is_named(tmp_path, official_state):
+    state = dict(official_state)
+    state["decode_head.pre.0.gn.weight"] = torch.zeros(7)
+    with pytest.raises(OffsegError, match=r"wrong shape: head\.pre\.0\.gn\.weight \(7,\)"):
+        load_checkpoint(build_model("offseg-t"), save_official(tmp_path / "c.pth", state))
+
+
+def test_class_count_mismatch_says_what_to_do(tmp_path, official_state):
+    with pytest.raises(OffsegError, match="is for 150 classes"):
+        load_checkpoint(build_model("offseg-t", num_classes=19), save_official(tmp_path / "c.pth", official_state))
+
+
+def test_unused_official_keys_are_skipped_and_others_are_not(tmp_path, official_state):
+    assert "decode_head.conv_seg.weight" in official_state
+    load_checkpoint(build_model("offseg-t"), save_official(tmp_path / "c.pth", official_state))
+
+
+def test_ddp_prefix_is_accepted(tmp_path, official_state):
+    state = {f"module.{k}": v for k, v in official_state.items()}
+    load_checkpoint(build_model("offseg-t"), save_official(tmp_path / "c.pth", state))
+
+
+def test_mmengine_objects_of_uninstalled_classes_do_not_block_loading(tmp_path, official_state):
+    """A message hub pickled from a class that is not installed here still lets the weights load."""
+    module = types.ModuleType("mmengine_history_buffer_not_installed")
+
+    class HistoryBuffer:
+        def __init__(self):
+            self.values = [1.0, 2.0]
+
+    HistoryBuffer.__module__, HistoryBuffer.__qualname__ = module.__name__, "HistoryBuffer"
+    module.HistoryBuffer = HistoryBuffer
+    sys.modules[module.__name__] = module
+    try:
+        save_official(tmp_path / "c.pth", official_state, message_hub={"loss": HistoryBuffer()})
+    finally:
+        del sys.modules[module.__name__]
+    model = build_model("offseg-t")
+    load_checkpoint(model, tmp_path / "c.pth")
+    assert torch.equal(model.state_dict()["head.align.conv.weight"], official_state["decode_head.align.conv.weight"])
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickled_code_is_never_executed(tmp_path, official_state):
+    marker = tmp_path / "pwned"
+    save_official(tmp_path / "c.pth", official_state, meta=Exploit(marker))
+    with pytest.raises(OffsegError, match="refused to unpickle code"):
+        load_checkpoint(build_model("offseg-t"), tmp_path / "c.pth")
+    assert not marker.exists()
+
+
+def test_weights_that_are_not_tensors_are_refused(tmp_path, official_state):
+    state = dict(official_state)
+    state["decode_head.align.conv.weight"] = state["decode_head.align.conv.weight"].numpy()
+    with pytest.raises(OffsegError, match="must be tensors"):
+        load_checkpoint(build_model("offseg-t"), save_official(tmp_path / "c.pth", state))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", pickle.dumps([1, 2, 3])])
+def test_unreadable_files_give_a_clear_error(tmp_path, content):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(OffsegError, match="checkpoint"):
+        load_checkpoint(build_model("offseg-t"), path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(OffsegError, match="does not exist"):
+        load_checkpoint(build_model("offseg-t"), tmp_path / "nope.pth")
+
+
+def test_own_format_round_trip_and_inference_of_name_and_classes(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("offseg-b", num_classes=19)
+    path = save_checkpoint(model, tmp_path / "sub" / "mine.pth", "offseg-b", iteration=7)
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp file left behind
+    loaded, name = build_from_checkpoint(path)
+    assert name == "offseg-b" and loaded.num_classes == 19 and not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("name", ["offseg-t", "offseg-l"])
+def test_official_checkpoint_model_is_inferred(tmp_path, name):
+    path = save_official(tmp_path / "c.pth", reference.official_state_dict(name))
+    model, inferred = build_from_checkpoint(path)
+    assert inferred == name and model.num_classes == 150

@@ -1,0 +1,142 @@
+"""Model parts against their definitions, and the model's behaviour as users see it."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from offseg import OffsegError, build_model, logits_to_labels, predict
+from offseg.models.carafe import carafe
+from offseg.models.freqfusion import neighbour_similarity
+from offseg.models.head import interleave_channels
+
+
+def carafe_literal(x, masks, k, groups, s):
+    """mmcv's naive CARAFE kernel, transcribed loop by loop."""
+    n, c, h, w = x.shape
+    r = (k - 1) // 2
+    out = torch.zeros(n, c, s * h, s * w, dtype=x.dtype)
+    for p, q in itertools.product(range(s * h), range(s * w)):
+        for ch in range(c):
+            g = ch // (c // groups)
+            total = 0.0
+            for i, j in itertools.product(range(k), range(k)):
+                y, xx = p // s + i - r, q // s + j - r
+                if 0 <= y < h and 0 <= xx < w:
+                    total += x[:, ch, y, xx] * masks[:, g * k * k + i * k + j, p, q]
+            out[:, ch, p, q] = total
+    return out
+
+
+@pytest.mark.parametrize("k,groups,s", [(1, 1, 1), (3, 1, 1), (5, 1, 2), (3, 2, 2), (5, 2, 1)])
+def test_carafe_equals_mmcv_semantics(k, groups, s):
+    g = torch.Generator().manual_seed(k * 10 + groups + s)
+    x = torch.randn(2, 4, 3, 5, generator=g, dtype=torch.float64)
+    masks = torch.randn(2, groups * k * k, 3 * s, 5 * s, generator=g, dtype=torch.float64)
+    assert torch.allclose(carafe(x, masks, k, groups, s), carafe_literal(x, masks, k, groups, s), atol=1e-12)
+
+
+def test_carafe_rejects_masks_of_the_wrong_size():
+    with pytest.raises(ValueError, match="do not fit"):
+        carafe(torch.zeros(1, 4, 8, 8), torch.zeros(1, 25, 15, 16), 5, 1, 2)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_carafe_never_materializes_the_unfolded_tensor():
+    x, masks = torch.randn(1, 64, 32, 32), torch.rand(1, 25, 64, 64)
+    with LargestTensor() as probe:
+        out = carafe(x, masks, 5, 1, 2)
+    # the k^2-times unfolded tensor would hold 25 x out.numel(); we allow the padded upsampled copy only
+    assert probe.largest <= 1.3 * out.numel()
+
+
+def test_neighbour_similarity_equals_the_unfold_definition():
+    x = torch.randn(2, 16, 9, 12)
+    unfolded = F.unfold(x, 3, padding=2, dilation=2).reshape(2, 16, 9, 9, 12)
+    sims = F.cosine_similarity(unfolded[:, :, 4:5], unfolded, dim=1)
+    expected = torch.cat([sims[:, :4], sims[:, 5:]], dim=1)
+    assert torch.allclose(neighbour_similarity(x), expected, atol=1e-6)
+
+
+def test_interleave_matches_official_channel_order():
+    hr, lr = torch.randn(2, 8, 3, 3), torch.randn(2, 12, 3, 3)
+    official = torch.cat([hr.reshape(8, -1, 3, 3), lr.reshape(8, -1, 3, 3)], dim=1).reshape(2, -1, 3, 3)
+    assert torch.equal(interleave_channels(hr, lr), official)
+    assert torch.equal(interleave_channels(hr, lr)[0, :5], torch.cat([hr[0, :2], lr[0, :3]]))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("offseg-t", num_classes=7).eval()
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 100, 128), (1, 3, 128, 90), (1, 1, 64, 64), (3, 64, 64)])
+def test_bad_input_shapes_are_explained(tiny, shape):
+    with pytest.raises(OffsegError, match="multiple of 32|RGB images"):
+        tiny(torch.zeros(shape))
+
+
+def test_output_shape_non_square(tiny):
+    with torch.no_grad():
+        assert tiny(torch.randn(2, 3, 96, 160)).shape == (2, 7, 24, 40)
+
+
+def test_batch_does_not_mix_images(tiny):
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        batched = tiny(x)
+        single = torch.cat([tiny(x[:1]), tiny(x[1:])])
+    assert (batched - single).abs().max() < 1e-4
+
+
+def test_predict_any_image_size(tiny):
+    image = np.random.default_rng(0).integers(0, 255, (101, 77, 3), dtype=np.uint8)
+    labels = predict(tiny, image)
+    assert labels.shape == (101, 77) and labels.min() >= 0 and labels.max() < 7
+
+
+def test_logits_to_labels_resizes_then_argmaxes():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 2, 0, 0] = 5.0
+    labels = logits_to_labels(logits, (4, 4))
+    assert labels.shape == (1, 4, 4) and labels[0, 0, 0] == 2 and labels[0, 3, 3] == 0
+
+
+def test_training_step_updates_all_parameters_and_bn_statistics():
+    torch.manual_seed(0)
+    model = build_model("offseg-t", num_classes=5).train()
+    running = model.backbone.stem.bn1.running_mean.clone()
+    # 128 px: the stride-32 map must be wider than the similarity distance (2) for every weight to get gradient
+    logits = model(torch.randn(2, 3, 128, 128))
+    F.cross_entropy(logits, torch.randint(0, 5, (2, 32, 32))).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad
+    assert not torch.equal(running, model.backbone.stem.bn1.running_mean)  # BN trains, as in the official recipe
+
+
+def test_eval_output_is_deterministic_and_train_mode_drop_path_is_not():
+    torch.manual_seed(0)
+    model = build_model("offseg-l", num_classes=3)
+    x = torch.randn(1, 3, 64, 64)
+    model.train()
+    assert not torch.equal(model(x), model(x))  # stochastic depth (drop-path 0.1 for L) is active
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
