@@ -29,20 +29,22 @@ def normalize_kernels(logits: torch.Tensor, kernel_size: int, window: torch.Tens
     return weights.reshape(n, -1, h, w)
 
 
-def neighbour_similarity(x: torch.Tensor, dilation: int = SIMILARITY_DILATION) -> torch.Tensor:
+def neighbour_similarity(x: torch.Tensor, dilation: int = SIMILARITY_DILATION, eps: float = 1e-8) -> torch.Tensor:
     """Cosine similarity of every pixel to its 8 neighbours at distance ``dilation``: (N, 8, H, W).
 
-    Neighbours outside the map are zeros (similarity 0), in row-major order of the 3x3 window without its centre.
+    Neighbours outside the map count as zero vectors (similarity 0, as the official zero-padded unfold), in
+    row-major order of the 3x3 window without its centre. Vectors are normalized once, before padding, so the
+    padded border never divides by a zero norm (the official 1e-8 eps underflows to 0 in FP16: 0/0 = NaN).
     """
     h, w = x.shape[-2:]
-    padded = F.pad(x, [dilation] * 4)
+    unit = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(eps)
+    padded = F.pad(unit, [dilation] * 4)
     similarities = []
     for dy in (0, dilation, 2 * dilation):
         for dx in (0, dilation, 2 * dilation):
             if dy == dilation and dx == dilation:
                 continue
-            neighbour = padded[:, :, dy:dy + h, dx:dx + w]
-            similarities.append(F.cosine_similarity(x, neighbour, dim=1))
+            similarities.append((unit * padded[:, :, dy:dy + h, dx:dx + w]).sum(dim=1))
     return torch.stack(similarities, dim=1)
 
 
