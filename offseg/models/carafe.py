@@ -29,7 +29,7 @@ def carafe(features: torch.Tensor, masks: torch.Tensor, kernel_size: int, group_
                          f"with kernel {k}, groups {g}, scale {s}")
     radius = (k - 1) // 2
     if s > 1:
-        features = F.interpolate(features, scale_factor=s, mode="nearest")
+        features = F.interpolate(features, size=(s * h, s * w), mode="nearest")
     padded = F.pad(features, [radius * s] * 4).reshape(n, g, c // g, s * (h + 2 * radius), s * (w + 2 * radius))
     taps = masks.reshape(n, g, k * k, s * h, s * w)
     out = None

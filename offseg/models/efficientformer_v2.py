@@ -149,7 +149,7 @@ class Attention4D(nn.Module):
         attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
         out = (attn @ v).transpose(2, 3).reshape(b, -1, h, w) + v_local
         if self.stride_conv is not None:
-            out = F.interpolate(out, scale_factor=2, mode="bilinear", align_corners=False)
+            out = F.interpolate(out, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
         return self.proj(out)
 
 

@@ -8,6 +8,13 @@ The coupled logits A = E W^T are computed once and feed two branches:
 
 P_c and P_f are bias-free linear maps. The output is LayerNorm_over_classes((E + dE)(W + dW)^T), reshaped to
 (N, K, h, w): the logits the official head returns (no 1/sqrt(C) scaling anywhere).
+
+Fused form (``fused_forward``, what the ONNX export uses): the feature offset only reaches the masks through
+
+    (E + dE)(W + dW)^T = E (W + dW)^T + softmax_over_classes(A) [(W P_f^T)(W + dW)^T]
+
+where the bracket is a K x K matrix, so the hw x C feature-offset tensor is never built (exact algebra; at 512x512
+it removes the hw x K x C and hw x C x C products: 3.60 -> 2.28 GMACs for the offset learning).
 """
 from __future__ import annotations
 
@@ -45,4 +52,21 @@ class OffsetLearning(nn.Module):
         aligned_features = pixel_features + feature_offset  # E + dE
 
         masks = self.mask_norm(aligned_features @ aligned_classes.transpose(1, 2))  # (N, hw, K)
+        return masks.transpose(1, 2).reshape(n, self.num_classes, h, w)
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same output as ``forward`` without materializing dE (see the module docstring)."""
+        n, c, h, w = x.shape
+        pixel_features = x.flatten(2).transpose(1, 2)  # E: (N, hw, C)
+        class_embed = self.class_embed.expand(n, -1, -1)  # W: (N, K, C)
+
+        coupled_logits = pixel_features @ class_embed.transpose(1, 2)  # A: (N, hw, K), computed once
+
+        pixel_weights = coupled_logits.transpose(1, 2).softmax(dim=2)
+        aligned_classes = class_embed + self.class_offset_proj(pixel_weights @ pixel_features)  # W + dW
+
+        class_weights = coupled_logits.softmax(dim=2)  # softmax over classes: (N, hw, K)
+        class_mixing = self.feature_offset_proj(class_embed) @ aligned_classes.transpose(1, 2)  # (N, K, K)
+        masks = pixel_features @ aligned_classes.transpose(1, 2) + class_weights @ class_mixing
+        masks = self.mask_norm(masks)
         return masks.transpose(1, 2).reshape(n, self.num_classes, h, w)

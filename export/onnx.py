@@ -1,0 +1,211 @@
+"""OffSeg -> ONNX: torch's dynamo exporter, constant folding, onnxslim, the offset-learning head as one unit.
+
+Steps (each a small function): wrap the model for deployment (optional uint8 input with normalization in the
+graph, fused offset-learning head, optional labels output), export, fold constants (onnxscript's folder, which
+keeps torch's module scopes), name the head's nodes under one scope, simplify with onnxslim, turn the scoped
+nodes into an ONNX local function ``offseg.OffsetLearning`` (unless inlined), add metadata, run the full
+``onnx.checker`` and write the file atomically.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runtime.errors import OffsegError
+from runtime.preprocess import MEAN_RGB, SIZE_DIVISOR, STD_RGB
+
+from .graph import extract_function, rename_scope
+
+log = logging.getLogger(__name__)
+
+HEAD_SCOPE = "head.offset_learning"  # torch module path of the offset-learning head
+FUNCTION_DOMAIN, FUNCTION_NAME = "offseg", "OffsetLearning"
+MIN_OPSET = 18  # GroupNorm/Resize/GridSample as the exporter emits them; LayerNormalization needs 17
+OUTPUT_KINDS = ("logits", "labels")
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """What to export. ``input_size`` is (H, W); with ``dynamic`` it is only the example size."""
+
+    input_size: tuple[int, int] = (512, 512)
+    dynamic: bool = False
+    opset: int = MIN_OPSET
+    fold_normalization: bool = False
+    output_kind: str = "logits"
+    fused_head: bool = True
+    head_as_function: bool = True
+
+    def validate(self) -> None:
+        h, w = self.input_size
+        if h % SIZE_DIVISOR or w % SIZE_DIVISOR or h <= 0 or w <= 0:
+            raise OffsegError(f"input size {h} {w} must be positive multiples of {SIZE_DIVISOR}")
+        if self.output_kind not in OUTPUT_KINDS:
+            raise OffsegError(f"output kind must be one of {', '.join(OUTPUT_KINDS)}, got {self.output_kind!r}")
+        if self.opset < MIN_OPSET:
+            raise OffsegError(f"opset {self.opset} is too old; use {MIN_OPSET} or newer")
+
+
+@dataclass
+class OnnxExport:
+    """What ``export_onnx`` wrote."""
+
+    path: Path
+    options: OnnxOptions
+    input_name: str
+    output_name: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class FusedOffsetLearning(nn.Module):
+    """Runs an OffsetLearning module's exact fused form (used only while exporting)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.fused_forward(x)
+
+
+class DeployModel(nn.Module):
+    """The model as deployed: normalized float (or uint8 RGB) NCHW in; logits or labels out."""
+
+    def __init__(self, model: nn.Module, options: OnnxOptions):
+        super().__init__()
+        model = copy.deepcopy(model).eval()
+        if options.fused_head:
+            model.head.offset_learning = FusedOffsetLearning(model.head.offset_learning)
+        self.backbone, self.head = model.backbone, model.head
+        self.num_classes = model.num_classes
+        self.options = options
+        self.register_buffer("mean", torch.tensor(MEAN_RGB).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD_RGB).reshape(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.options.fold_normalization:
+            images = (images.float() - self.mean) / self.std
+        logits = self.head(self.backbone(images))
+        if self.options.output_kind == "logits":
+            return logits
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.argmax(dim=1).to(label_dtype(self.num_classes))
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """uint8 labels when they fit (the cheapest transfer), else int32."""
+    return torch.uint8 if num_classes <= 256 else torch.int32
+
+
+def example_input(options: OnnxOptions) -> torch.Tensor:
+    h, w = options.input_size
+    if options.fold_normalization:
+        return torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8)
+    return torch.randn(1, 3, h, w)
+
+
+def dynamic_shapes(options: OnnxOptions) -> dict | None:
+    """Batch, height and width free; height and width multiples of 32."""
+    if not options.dynamic:
+        return None
+    batch = torch.export.Dim("batch", min=1, max=64)
+    rows = torch.export.Dim("rows32", min=2, max=128)
+    cols = torch.export.Dim("cols32", min=2, max=128)
+    return {"images": {0: batch, 2: SIZE_DIVISOR * rows, 3: SIZE_DIVISOR * cols}}
+
+
+def trace(model: DeployModel, options: OnnxOptions):
+    """torch.export + ONNX translation (no onnxscript rewriter: it takes minutes on this graph)."""
+    with torch.no_grad():
+        program = torch.onnx.export(model, (example_input(options),), dynamo=True, optimize=False,
+                                    opset_version=options.opset, dynamic_shapes=dynamic_shapes(options),
+                                    input_names=["images"], output_names=[options.output_kind], verbose=False)
+    return program.model
+
+
+def fold_and_scope(ir_model) -> None:
+    """Constant-fold (keeps node metadata) and name the offset-learning nodes ``OffsetLearning/...``."""
+    import onnxscript.optimizer as optimizer
+    optimizer.fold_constants_ir(ir_model, onnx_shape_inference=True)
+    optimizer.remove_unused_nodes(ir_model)
+    for node in ir_model.graph:
+        scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes", "")
+        if f"'{HEAD_SCOPE}'" in scopes:
+            node.name = rename_scope(FUNCTION_NAME, node.name)
+
+
+def simplify(proto):
+    import onnxslim
+    return onnxslim.slim(proto)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint: Path | None) -> dict[str, str]:
+    from offseg import __version__
+    h, w = options.input_size
+    return {
+        "offseg.model": model_name,
+        "offseg.num_classes": str(num_classes),
+        "offseg.input_size": "dynamic" if options.dynamic else f"{h} {w}",
+        "offseg.input_format": "uint8 RGB NCHW" if options.fold_normalization else "float32 normalized RGB NCHW",
+        "offseg.mean_rgb": " ".join(map(str, MEAN_RGB)),
+        "offseg.std_rgb": " ".join(map(str, STD_RGB)),
+        "offseg.output_kind": options.output_kind,
+        "offseg.fused_head": str(options.fused_head).lower(),
+        "offseg.opset": str(options.opset),
+        "offseg.version": __version__,
+        "offseg.checkpoint_sha256": file_sha256(checkpoint) if checkpoint else "none (fresh weights)",
+    }
+
+
+def write_atomically(proto, path: Path) -> None:
+    import onnx
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OffsegError(f"cannot write {path}: {error.strerror}") from error
+
+
+def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, options: OnnxOptions = OnnxOptions(),
+                checkpoint: Path | None = None) -> OnnxExport:
+    """Export ``model`` (an OffSeg, weights loaded) to ``path``; raises OffsegError for bad options or paths."""
+    import onnx
+    import onnx_ir as ir
+
+    options.validate()
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OffsegError(f"output folder {path.parent} does not exist")
+    deploy = DeployModel(model, options).eval()
+    log.info("tracing %s (%s, opset %d)", model_name, "dynamic" if options.dynamic else "static", options.opset)
+    ir_model = trace(deploy, options)
+    log.info("folding constants")
+    fold_and_scope(ir_model)
+    log.info("simplifying with onnxslim")
+    proto = simplify(ir.serde.serialize_model(ir_model))
+    if options.head_as_function:
+        proto = extract_function(proto, FUNCTION_NAME, FUNCTION_DOMAIN)
+    meta = metadata(model_name, deploy.num_classes, options, checkpoint)
+    onnx.helper.set_model_props(proto, meta)
+    proto.producer_name, proto.doc_string = "offseg-deploy", f"OffSeg {model_name} exported by offseg-deploy"
+    onnx.checker.check_model(proto, full_check=True)
+    write_atomically(proto, path)
+    return OnnxExport(path, options, proto.graph.input[0].name, proto.graph.output[0].name, meta)
