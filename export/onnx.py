@@ -106,10 +106,12 @@ def label_dtype(num_classes: int) -> torch.dtype:
 
 
 def example_input(options: OnnxOptions) -> torch.Tensor:
+    """Batch 2 for dynamic exports: torch.export specializes a batch of 1 to a constant."""
     h, w = options.input_size
+    batch = 2 if options.dynamic else 1
     if options.fold_normalization:
-        return torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8)
-    return torch.randn(1, 3, h, w)
+        return torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8)
+    return torch.randn(batch, 3, h, w)
 
 
 def dynamic_shapes(options: OnnxOptions) -> dict | None:
