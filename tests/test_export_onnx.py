@@ -89,3 +89,17 @@ def test_user_mistakes_give_one_clear_line(capsys, argv, message):
     assert export_main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_nvidia_parser_parses_and_builds_the_export(logits_onnx):
+    """TensorRT for RTX parses ONNX and builds engines without a GPU: a real NVIDIA check on CPU."""
+    trt = pytest.importorskip("tensorrt_rtx")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse_from_file(str(logits_onnx))
+    assert ok, [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    plan = builder.build_serialized_network(network, builder.create_builder_config())
+    assert plan is not None and plan.nbytes > 1_000_000
