@@ -21,6 +21,7 @@ from torch import nn
 
 from runtime.errors import OffsegError
 from runtime.preprocess import MEAN_RGB, SIZE_DIVISOR, STD_RGB
+from runtime.sinks import atomic_output
 
 from .graph import extract_function, rename_scope
 
@@ -175,17 +176,6 @@ def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint
     }
 
 
-def write_atomically(proto, path: Path) -> None:
-    import onnx
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise OffsegError(f"cannot write {path}: {error.strerror}") from error
-
-
 def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, options: OnnxOptions = OnnxOptions(),
                 checkpoint: Path | None = None) -> OnnxExport:
     """Export ``model`` (an OffSeg, weights loaded) to ``path``; raises OffsegError for bad options or paths."""
@@ -209,5 +199,6 @@ def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, opti
     onnx.helper.set_model_props(proto, meta)
     proto.producer_name, proto.doc_string = "offseg-deploy", f"OffSeg {model_name} exported by offseg-deploy"
     onnx.checker.check_model(proto, full_check=True)
-    write_atomically(proto, path)
+    with atomic_output(path) as tmp:
+        onnx.save(proto, tmp)
     return OnnxExport(path, options, proto.graph.input[0].name, proto.graph.output[0].name, meta)

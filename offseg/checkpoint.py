@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from runtime.errors import OffsegError
+from runtime.sinks import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +145,10 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str, **meta: Any) -> Path:
     """Write our own checkpoint format atomically (a partial file never appears under ``path``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     content = {"format": FORMAT, "model": model_name, "num_classes": model.num_classes,
                "state_dict": model.state_dict(), "meta": meta}
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+    with atomic_output(path) as tmp:
         torch.save(content, tmp)
-    os.replace(tmp.name, path)
     return path
 
 
