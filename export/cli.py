@@ -1,4 +1,9 @@
-"""``offseg-export``: an OffSeg model (checkpoint or fresh weights) to ONNX."""
+"""``offseg-export``: an OffSeg model (checkpoint or fresh weights) to ONNX, FP16 / INT8 ONNX and TensorRT engines.
+
+Artifacts share the output's stem: ``NAME.onnx`` (FP32), ``NAME.fp16.onnx`` (AutoCast, FP32 pins),
+``NAME.int8.onnx`` (Q/DQ for TensorRT), ``NAME.<precision>.plan`` + ``.plan.json``. A workstation without
+TensorRT writes the ONNX files and says how to build on the device (``--onnx NAME.onnx --format engine``).
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,22 +12,35 @@ import time
 from pathlib import Path
 
 from runtime.console import add_common_options, run
+from runtime.errors import OffsegError
 
 from offseg.zoo import MODELS
 
-NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export")
+NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export", "modelopt",
+                 "onnxruntime")
 
 
-def _export(args: argparse.Namespace) -> int:
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
+
+
+def _report_support(path: Path) -> None:
+    """Say whether TensorRT 10's ONNX parser takes every op of ``path`` (a warning, not an error)."""
+    from .files import load_onnx
+    from .trt_support import unsupported
+
+    problems = unsupported(load_onnx(path))
+    print(f"  TensorRT 10 ONNX parser: {'all ops supported' if not problems else 'WARNING ' + '; '.join(problems)}")
+
+
+def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
+    """PyTorch -> ONNX, plus the parity check against PyTorch; returns the ONNX metadata."""
     from offseg import build_model
     from offseg.checkpoint import build_from_checkpoint
-    from runtime.errors import OffsegError
 
     from .onnx import OnnxOptions, export_onnx
+    from .parity import onnx_parity
 
-    if not args.debug:
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
     options = OnnxOptions(input_size=tuple(args.input_size), dynamic=args.dynamic, opset=args.opset,
                           fold_normalization=args.fold_normalization, output_kind=args.output_kind,
                           fused_head=not args.unfused_head, head_as_function=not args.inline_head)
@@ -35,34 +53,156 @@ def _export(args: argparse.Namespace) -> int:
     else:
         name = args.model or "offseg-t"
         model = build_model(name, args.num_classes or 150).eval()
-    output = args.output or Path(f"{name}.onnx")
     start = time.perf_counter()
-    result = export_onnx(model, name, output, options, args.checkpoint)
-    size_mb = result.path.stat().st_size / 1e6
-    print(f"wrote {result.path} ({size_mb:.1f} MB) in {time.perf_counter() - start:.0f} s: input "
-          f"'{result.input_name}' {result.metadata['offseg.input_format']} ({result.metadata['offseg.input_size']}), "
-          f"output '{result.output_name}' ({options.output_kind}), {model.num_classes} classes")
+    result = export_onnx(model, name, onnx_path, options, args.checkpoint)
+    print(f"wrote {result.path} ({_size(result.path)}) in {time.perf_counter() - start:.0f} s: input "
+          f"'{result.input_name}' {result.metadata['offseg.input_format']} ({result.metadata['offseg.input_size']}),"
+          f" output '{result.output_name}' ({options.output_kind}), {model.num_classes} classes")
+    if not args.no_check:
+        print(f"  parity vs PyTorch (ONNX Runtime CPU, {options.input_size[0]}x{options.input_size[1]}): "
+              f"{onnx_parity(model, onnx_path, options)}")
+    _report_support(onnx_path)
+    return result.metadata
+
+
+def _engine_options(args: argparse.Namespace):
+    from .precision import DEFAULT_PINS, PinRule
+    from .tensorrt import EngineOptions
+
+    pins = (() if args.no_default_pins else DEFAULT_PINS) + tuple(PinRule.parse(t) for t in args.keep_fp32)
+    options = EngineOptions(fp16=args.fp16, int8=args.int8, workspace_mib=args.workspace, dla_core=args.dla_core,
+                            optimization_level=args.opt_level, timing_cache=args.timing_cache,
+                            version_compatible=args.version_compatible, hardware_compatible=args.hardware_compatible,
+                            max_batch=args.max_batch, pins=pins,
+                            shapes=(tuple(args.min_size), tuple(args.opt_size), tuple(args.max_size)))
+    options.validate()
+    return options
+
+
+def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path) -> None:
+    from calibration.quantize import QuantOptions, quantize_file
+
+    if args.calib_data is None:
+        raise OffsegError("--int8 needs calibration images: --calib-data DIR (a folder of images or a video), "
+                          "or --calib-data synthetic")
+    stats = quantize_file(fp32_path, path, args.calib_data, QuantOptions(target="tensorrt",
+                                                                         samples=args.calib_samples))
+    print(f"wrote {path} ({_size(path)}): Q/DQ INT8 for TensorRT, {stats}")
+    _report_support(path)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .files import derive_fp16, load_onnx, read_metadata
+
+    if not args.debug:
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    engine_options = _engine_options(args)
+    if args.onnx:
+        if args.checkpoint or args.model:
+            raise OffsegError("--onnx builds from an exported file: drop --model/--checkpoint")
+        fp32_path = args.onnx
+        meta = read_metadata(load_onnx(fp32_path))
+        stem = fp32_path.with_suffix("")
+    else:
+        name = args.model or "offseg-t"
+        main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
+        stem = main.with_suffix("")
+        fp32_path = main if args.format == "onnx" else stem.with_suffix(".onnx")
+        if not fp32_path.parent.is_dir():
+            raise OffsegError(f"output folder {fp32_path.parent} does not exist")
+        meta = _export_torch(args, fp32_path)
+    written = {"fp32": fp32_path}
+    if args.format == "onnx":
+        if args.fp16:
+            written["fp16"] = stem.with_name(stem.name + ".fp16.onnx")
+            derive_fp16(fp32_path, written["fp16"], engine_options.pins)
+            print(f"wrote {written['fp16']} ({_size(written['fp16'])}): FP16, FP32 pins "
+                  f"{' '.join(map(str, engine_options.pins)) or 'none'}")
+            _report_support(written["fp16"])
+        if args.int8:
+            written["int8"] = stem.with_name(stem.name + ".int8.onnx")
+            _int8_onnx(args, fp32_path, written["int8"])
+        return 0
+    return _build(args, engine_options, meta, stem, written)
+
+
+def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict[str, Path]) -> int:
+    from .files import derive_fp16, load_onnx, read_metadata
+    from .precision import pinned_nodes
+    from .tensorrt import TrtBuilder
+
+    builder = TrtBuilder(args.trt_module)
+    plan = builder.plan(engine_options, dynamic=meta.get("offseg.input_size") == "dynamic")
+    source = written["fp32"]
+    if plan.onnx_precision == "fp16":
+        source = stem.with_name(stem.name + ".fp16.onnx")
+        derive_fp16(written["fp32"], source, engine_options.pins)
+        print(f"wrote {source} ({_size(source)}): FP16 graph for the strongly typed build")
+    elif plan.onnx_precision == "int8":
+        source = stem.with_name(stem.name + ".int8.onnx")
+        _int8_onnx(args, written["fp32"], source)
+    engine = args.output if args.output and args.output.suffix == ".plan" else \
+        stem.with_name(f"{stem.name}.{engine_options.precision.replace('+', '-')}.plan")
+    graph = load_onnx(source)
+    pins = pinned_nodes(graph, engine_options.pins) if plan.pin_layers else []
+    print(f"building the {engine_options.precision} engine with {builder.caps.module} {builder.caps.version} "
+          f"({'; '.join(plan.notes) or 'builder precision flags'}) ...")
+    build = builder.build(source, engine, engine_options, plan, read_metadata(graph), pins)
+    print(f"wrote {build.path} ({_size(build.path)}) and {build.sidecar.name} in {build.seconds:.0f} s"
+          + (f"; {len(build.pinned_layers)} layers pinned to FP32" if plan.pin_layers else ""))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="offseg-export", description="Export an OffSeg model to ONNX.")
-    parser.add_argument("--model", choices=list(MODELS), help="model name (default: from the checkpoint, else offseg-t)")
-    parser.add_argument("--checkpoint", type=Path, help="official mmseg or offseg checkpoint (default: fresh weights)")
-    parser.add_argument("--num-classes", type=int, help="classes for fresh weights (default 150)")
-    parser.add_argument("--output", type=Path, help="output .onnx path (default ./<model>.onnx)")
-    parser.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
-                        help="input size, multiples of 32 (default 512 512; the example size with --dynamic)")
-    parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    parser.add_argument("--fold-normalization", action="store_true",
-                        help="take uint8 RGB NCHW images; mean/std normalization inside the graph")
-    parser.add_argument("--output-kind", choices=("logits", "labels"), default="logits",
-                        help="logits (N, K, H/4, W/4) or labels (N, H, W) resized and argmaxed in the graph")
-    parser.add_argument("--inline-head", action="store_true",
-                        help="keep the offset-learning nodes inline (names under OffsetLearning/) instead of a "
-                             "local function, for tools that cannot take ONNX functions")
-    parser.add_argument("--unfused-head", action="store_true",
-                        help="export the paper's unfused offset learning (for comparisons)")
+    parser = argparse.ArgumentParser(prog="offseg-export", description="Export an OffSeg model to ONNX and "
+                                     "TensorRT engines (FP32, FP16, INT8).")
+    source = parser.add_argument_group("source")
+    source.add_argument("--model", choices=list(MODELS), help="model name (default: from the checkpoint, else offseg-t)")
+    source.add_argument("--checkpoint", type=Path, help="official mmseg or offseg checkpoint (default: fresh weights)")
+    source.add_argument("--num-classes", type=int, help="classes for fresh weights (default 150)")
+    source.add_argument("--onnx", type=Path, help="build from an ONNX file exported earlier (the device-side step)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--format", choices=("onnx", "engine"), default="onnx",
+                     help="onnx (default) or engine: also build a TensorRT .plan")
+    out.add_argument("--output", type=Path, help="main output (.onnx, or .plan with --format engine; "
+                     "default ./<model>.onnx / .plan); other files share its stem")
+    out.add_argument("--fp16", action="store_true", help="FP16 (ONNX: NAME.fp16.onnx; engine: FP16 engine)")
+    out.add_argument("--int8", action="store_true", help="INT8 from a Q/DQ graph calibrated on --calib-data")
+    out.add_argument("--calib-data", help="calibration images: folder, video file, or 'synthetic'")
+    out.add_argument("--calib-samples", type=int, default=64, help="calibration images to use (default 64)")
+    onnx_group = parser.add_argument_group("ONNX")
+    onnx_group.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
+                            help="input size, multiples of 32 (default 512 512; the example size with --dynamic)")
+    onnx_group.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    onnx_group.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    onnx_group.add_argument("--fold-normalization", action="store_true",
+                            help="take uint8 RGB NCHW images; mean/std normalization inside the graph")
+    onnx_group.add_argument("--output-kind", choices=("logits", "labels"), default="logits",
+                            help="logits (N, K, H/4, W/4) or labels (N, H, W) resized and argmaxed in the graph")
+    onnx_group.add_argument("--inline-head", action="store_true",
+                            help="keep the offset-learning nodes inline (names under OffsetLearning/) instead of a "
+                                 "local function, for tools that cannot take ONNX functions")
+    onnx_group.add_argument("--unfused-head", action="store_true",
+                            help="export the paper's unfused offset learning (for comparisons)")
+    onnx_group.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
+    trt = parser.add_argument_group("TensorRT engine")
+    trt.add_argument("--workspace", type=int, metavar="MiB", help="builder workspace limit (Jetson: keep it small)")
+    trt.add_argument("--dla-core", type=int, help="build for this DLA core (Jetson, TensorRT 10), GPU fallback on")
+    trt.add_argument("--opt-level", type=int, default=3, help="builder optimization level 0-5 (default 3)")
+    trt.add_argument("--timing-cache", type=Path, help="timing cache file, reused and updated")
+    trt.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT versions")
+    trt.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU")
+    trt.add_argument("--max-batch", type=int, default=1, help="largest batch of a dynamic engine (default 1)")
+    trt.add_argument("--min-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    trt.add_argument("--opt-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    trt.add_argument("--max-size", type=int, nargs=2, default=(1024, 2048), metavar=("H", "W"),
+                     help="optimization profile of a dynamic engine (defaults 256x256, 512x512, 1024x2048)")
+    trt.add_argument("--keep-fp32", action="append", default=[], metavar="PREFIX[:Op,Op]",
+                     help="also keep these nodes in FP32 (repeatable), e.g. FreqFusion0 or Backbone:Softmax")
+    trt.add_argument("--no-default-pins", action="store_true",
+                     help="do not keep the offset-learning head and FreqFusion normalisation in FP32")
+    trt.add_argument("--trt-module", choices=("tensorrt", "tensorrt_rtx"),
+                     help="TensorRT Python module (default: tensorrt, else tensorrt_rtx)")
     add_common_options(parser)
     return run(_export, parser, argv)

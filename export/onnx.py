@@ -9,9 +9,9 @@ nodes into an ONNX local function ``offseg.OffsetLearning`` (unless inlined), ad
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +23,14 @@ from runtime.errors import OffsegError
 from runtime.preprocess import MEAN_RGB, SIZE_DIVISOR, STD_RGB
 from runtime.sinks import atomic_output
 
+from .files import FUNCTION_DOMAIN, file_sha256, save_checked
 from .graph import extract_function, rename_scope
+from .precision import FUSION_SCOPE, HEAD_SCOPE
 
 log = logging.getLogger(__name__)
 
-HEAD_SCOPE = "head.offset_learning"  # torch module path of the offset-learning head
-FUNCTION_DOMAIN, FUNCTION_NAME = "offseg", "OffsetLearning"
+HEAD_MODULE = "head.offset_learning"  # torch module path of the offset-learning head
+FUSION_MODULE = re.compile(r"'head\.freqfusions\.(\d+)'")  # torch module paths of the FreqFusion stages
 MIN_OPSET = 18  # GroupNorm/Resize/GridSample as the exporter emits them; LayerNormalization needs 17
 OUTPUT_KINDS = ("logits", "labels")
 
@@ -134,28 +136,28 @@ def trace(model: DeployModel, options: OnnxOptions):
     return program.model
 
 
+def node_scope(torch_scopes: str) -> str | None:
+    """``OffsetLearning`` or ``FreqFusion<i>`` for nodes of those modules (from torch's name-scope metadata)."""
+    if f"'{HEAD_MODULE}'" in torch_scopes:
+        return HEAD_SCOPE
+    fusion = FUSION_MODULE.search(torch_scopes)
+    return f"{FUSION_SCOPE}{fusion.group(1)}" if fusion else None
+
+
 def fold_and_scope(ir_model) -> None:
-    """Constant-fold (keeps node metadata) and name the offset-learning nodes ``OffsetLearning/...``."""
+    """Constant-fold (keeps node metadata) and name head / fusion nodes ``OffsetLearning/...``, ``FreqFusion0/...``."""
     import onnxscript.optimizer as optimizer
     optimizer.fold_constants_ir(ir_model, onnx_shape_inference=True)
     optimizer.remove_unused_nodes(ir_model)
     for node in ir_model.graph:
-        scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes", "")
-        if f"'{HEAD_SCOPE}'" in scopes:
-            node.name = rename_scope(FUNCTION_NAME, node.name)
+        scope = node_scope(node.metadata_props.get("pkg.torch.onnx.name_scopes", ""))
+        if scope:
+            node.name = rename_scope(scope, node.name)
 
 
 def simplify(proto):
     import onnxslim
     return onnxslim.slim(proto)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint: Path | None) -> dict[str, str]:
@@ -170,6 +172,7 @@ def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint
         "offseg.std_rgb": " ".join(map(str, STD_RGB)),
         "offseg.output_kind": options.output_kind,
         "offseg.fused_head": str(options.fused_head).lower(),
+        "offseg.precision": "fp32",
         "offseg.opset": str(options.opset),
         "offseg.version": __version__,
         "offseg.checkpoint_sha256": file_sha256(checkpoint) if checkpoint else "none (fresh weights)",
@@ -179,7 +182,6 @@ def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint
 def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, options: OnnxOptions = OnnxOptions(),
                 checkpoint: Path | None = None) -> OnnxExport:
     """Export ``model`` (an OffSeg, weights loaded) to ``path``; raises OffsegError for bad options or paths."""
-    import onnx
     import onnx_ir as ir
 
     options.validate()
@@ -194,11 +196,8 @@ def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, opti
     log.info("simplifying with onnxslim")
     proto = simplify(ir.serde.serialize_model(ir_model))
     if options.head_as_function:
-        proto = extract_function(proto, FUNCTION_NAME, FUNCTION_DOMAIN)
+        proto = extract_function(proto, HEAD_SCOPE, FUNCTION_DOMAIN)
     meta = metadata(model_name, deploy.num_classes, options, checkpoint)
-    onnx.helper.set_model_props(proto, meta)
     proto.producer_name, proto.doc_string = "offseg-deploy", f"OffSeg {model_name} exported by offseg-deploy"
-    onnx.checker.check_model(proto, full_check=True)
-    with atomic_output(path) as tmp:
-        onnx.save(proto, tmp)
+    save_checked(proto, meta, path)
     return OnnxExport(path, options, proto.graph.input[0].name, proto.graph.output[0].name, meta)

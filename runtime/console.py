@@ -13,10 +13,21 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
 
+OUR_PACKAGES = ("offseg", "export", "runtime", "calibration")
+
+
+def _ours_or_errors(record: logging.LogRecord) -> bool:
+    """Without --debug, show our own progress logs and only errors from the libraries we call."""
+    return record.name.split(".")[0] in OUR_PACKAGES or record.levelno >= logging.ERROR
+
+
 def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse ``argv``, call ``main``; an OffsegError prints ``error: <message>`` and returns 2 (unless --debug)."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    if not args.debug:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_ours_or_errors)
     try:
         return main(args)
     except OffsegError as error:

@@ -9,6 +9,8 @@ import numpy as np
 
 from .errors import OffsegError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """A uint8 BGR image from a file; raises OffsegError if missing or not an image."""

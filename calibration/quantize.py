@@ -1,0 +1,122 @@
+"""Explicit INT8 quantization of an exported OffSeg ONNX file to a Q/DQ graph (ONNX Runtime's static quantizer).
+
+Two flavours, because the consumers differ (measured, ../shared/DEPENDENCIES.md):
+- ``tensorrt``: symmetric int8 activations and weights, biases left in float — NVIDIA's parser rejects ORT's
+  default int32-bias DequantizeLinear; TensorRT 10+ builds INT8 engines from this graph.
+- ``onnxruntime``: ORT's default (uint8 activations, int8 per-channel weights), which its CPU kernels fuse best.
+Both quantize Conv only (quantizing attention MatMuls destroyed accuracy in our measurements) and keep the default
+FP32 pins (offset-learning head, FreqFusion kernel normalisation) out of INT8.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.inliner
+
+from export.files import FUNCTION_DOMAIN, file_sha256, load_onnx, read_metadata, save_checked
+from export.graph import extract_function
+from export.precision import DEFAULT_PINS, HEAD_SCOPE, PinRule, pinned_nodes
+from runtime.errors import OffsegError
+
+from .sources import calibration_inputs
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("tensorrt", "onnxruntime")
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}  # ours -> ORT's
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    target: str = "tensorrt"
+    method: str = "minmax"
+    samples: int = 64
+    per_channel: bool = True
+    op_types: tuple[str, ...] = ("Conv",)
+    exclude: tuple[PinRule, ...] = DEFAULT_PINS
+    extra_exclude_nodes: tuple[str, ...] = field(default_factory=tuple)  # e.g. from a sensitivity sweep
+    cache: Path | None = None  # calibration ranges, reused when present
+
+    def validate(self) -> None:
+        if self.target not in TARGETS:
+            raise OffsegError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.method not in METHODS:
+            raise OffsegError(f"calibration method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.samples < 1:
+            raise OffsegError(f"need at least one calibration image, got {self.samples}")
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    images: int
+    quantized: int  # QuantizeLinear nodes in the output
+    excluded: int
+
+    def __str__(self) -> str:
+        return f"calibrated on {self.images} images, {self.quantized} Q/DQ pairs, {self.excluded} nodes kept float"
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of inputs."""
+
+    def __init__(self, name: str, inputs: list[np.ndarray]):
+        self._items = iter([{name: x} for x in inputs])
+
+    def get_next(self):
+        return next(self._items, None)
+
+    def rewind(self):  # pragma: no cover - required by the protocol, unused by the calibrators we call
+        raise NotImplementedError
+
+
+def input_size_for_calibration(meta: dict[str, str], model) -> tuple[int, int]:
+    """The graph's static input size, or 512x512 for dynamic graphs."""
+    size = meta.get("offseg.input_size", "dynamic")
+    if size == "dynamic":
+        return 512, 512
+    h, w = (int(v) for v in size.split())
+    return h, w
+
+
+def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = QuantOptions()) -> QuantResult:
+    """Quantize the FP32 ONNX export ``source`` into the Q/DQ graph ``path`` (written atomically)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    options.validate()
+    model = load_onnx(source)
+    meta = read_metadata(model)
+    if meta.get("offseg.precision", "fp32") != "fp32":
+        raise OffsegError(f"{source} is {meta['offseg.precision']}; quantize the FP32 export")
+    has_function = any(f.name == HEAD_SCOPE for f in model.functions)
+    flat = onnx.inliner.inline_local_functions(model) if has_function else model
+    excluded = pinned_nodes(flat, options.exclude) + list(options.extra_exclude_nodes)
+    inputs = calibration_inputs(calib_data, options.samples, input_size_for_calibration(meta, flat),
+                                uint8_input=flat.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8)
+    tensorrt = options.target == "tensorrt"
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False} if tensorrt else {}
+    with tempfile.TemporaryDirectory(prefix="offseg-int8-") as folder:
+        flat_path, out_path = Path(folder) / "flat.onnx", Path(folder) / "int8.onnx"
+        onnx.save(flat, flat_path)
+        log.info("calibrating on %d images (%s, %s)", len(inputs), options.method, options.target)
+        quantize_static(str(flat_path), str(out_path), _Reader(flat.graph.input[0].name, inputs),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(options.op_types),
+                        per_channel=options.per_channel,
+                        activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                        calibrate_method=getattr(CalibrationMethod, METHODS[options.method]),
+                        extra_options=extra, calibration_cache_path=options.cache)
+        quantized = onnx.load(str(out_path))
+    if has_function:
+        quantized = extract_function(quantized, HEAD_SCOPE, FUNCTION_DOMAIN)
+    pairs = sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+    meta = {**meta, "offseg.precision": "int8", "offseg.int8_target": options.target,
+            "offseg.int8_method": options.method, "offseg.int8_images": str(len(inputs)),
+            "offseg.int8_excluded": " ".join(map(str, options.exclude)),
+            "offseg.source_onnx_sha256": file_sha256(source)}
+    save_checked(quantized, meta, path)
+    return QuantResult(len(inputs), pairs, len(excluded))

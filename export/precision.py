@@ -1,0 +1,88 @@
+"""Which parts of an OffSeg graph stay in FP32 when the rest runs in FP16 or INT8, and the FP16 ONNX graph.
+
+One policy serves both TensorRT generations: TensorRT 10 pins the matching layers to FP32 (layer precision
+constraints); TensorRT 11 and TensorRT-RTX build strongly typed, so the FP16 ONNX graph made here already carries
+those parts in FP32. Node names come from ``export.onnx`` scoping: ``OffsetLearning/...`` (the head) and
+``FreqFusion<i>/...`` (the decoder's fusion stages).
+
+Default pins, and why:
+- the whole offset-learning head: the coupled logits, the softmax over up to 131k positions and the LayerNorm over
+  classes are long reductions whose FP16 error changes labels;
+- FreqFusion's kernel normalisation (Softmax, ReduceSum, Div) and its cosine similarity (ReduceL2, Max, Div): the
+  similarity's 1e-8 epsilon underflows in FP16 at zero-padded borders.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from runtime.errors import OffsegError
+
+HEAD_SCOPE = "OffsetLearning"
+FUSION_SCOPE = "FreqFusion"
+NORMALISATION_OPS = ("Softmax", "ReduceSum", "Div", "ReduceL2", "Max", "Clip", "LayerNormalization")
+
+
+@dataclass(frozen=True)
+class PinRule:
+    """Nodes whose name starts with ``scope`` (and, if given, whose op type is in ``ops``)."""
+
+    scope: str
+    ops: tuple[str, ...] = ()
+
+    def matches(self, name: str, op_type: str) -> bool:
+        return name.startswith(self.scope) and (not self.ops or op_type in self.ops)
+
+    def __str__(self) -> str:
+        return f"{self.scope}:{','.join(self.ops)}" if self.ops else self.scope
+
+    @classmethod
+    def parse(cls, text: str) -> PinRule:
+        """``SCOPE`` or ``SCOPE:Op1,Op2`` (the CLI's ``--keep-fp32`` syntax)."""
+        scope, _, ops = text.partition(":")
+        if not scope:
+            raise OffsegError(f"--keep-fp32 {text!r}: give a node-name prefix, optionally ':OpType,OpType'")
+        return cls(scope, tuple(o for o in ops.split(",") if o))
+
+
+DEFAULT_PINS = (PinRule(HEAD_SCOPE), PinRule(FUSION_SCOPE, NORMALISATION_OPS))
+
+
+def pinned(name: str, op_type: str, rules: tuple[PinRule, ...] = DEFAULT_PINS) -> bool:
+    return any(rule.matches(name, op_type) for rule in rules)
+
+
+def pinned_nodes(model, rules: tuple[PinRule, ...] = DEFAULT_PINS) -> list[str]:
+    """Names of the nodes (main graph and local functions) of an ONNX model that the rules keep in FP32."""
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    return [n.name for n in nodes if pinned(n.name, n.op_type, rules)]
+
+
+def to_fp16(model, rules: tuple[PinRule, ...] = DEFAULT_PINS):
+    """FP16 copy of an inline-head ONNX model (float32 in and out), the pinned nodes kept in FP32.
+
+    NVIDIA Model Optimizer's AutoCast does the conversion: it casts only at region borders, and also keeps in FP32
+    any node whose values exceed the FP16-safe range on a reference run. (ONNX Runtime's converter round-trips
+    every tensor between two FP32 nodes through FP16, which defeats the pins.)
+    """
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+    except ImportError as error:
+        raise OffsegError(f"FP16 conversion needs NVIDIA Model Optimizer ({error}): "
+                          "pip install 'offseg-deploy[fp16]'") from None
+    if any(f.name == HEAD_SCOPE for f in model.functions):
+        raise OffsegError("convert to FP16 before the head becomes a local function")
+    exclude = [f"^{re.escape(name)}$" for name in pinned_nodes(model, rules)]
+    with tempfile.TemporaryDirectory(prefix="offseg-fp16-") as folder:
+        path = Path(folder) / "model.onnx"
+        onnx.save(model, path)
+        return convert_to_mixed_precision(str(path), "fp16", nodes_to_exclude=exclude, keep_io_types=True,
+                                          opset=opset_of(model))
+
+
+def opset_of(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

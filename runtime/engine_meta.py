@@ -1,0 +1,78 @@
+"""The JSON sidecar of a TensorRT engine (``model.plan`` -> ``model.plan.json``) and the checks made before use.
+
+A serialized engine only runs with the TensorRT version (unless built version-compatible) and the GPU family it
+was built for; deserializing it elsewhere fails deep inside TensorRT. The sidecar records what the engine is
+(model, classes, input, normalization, precision, pins) and where it was built, so the runtime can refuse a
+mismatch with a sentence instead of a crash.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import OffsegError
+from .sinks import atomic_output
+
+SIDECAR_FORMAT = "offseg-engine/1"
+
+
+def sidecar_path(engine: str | os.PathLike) -> Path:
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".json")
+
+
+def write_sidecar(engine: str | os.PathLike, info: dict) -> Path:
+    path = sidecar_path(engine)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps({"format": SIDECAR_FORMAT, **info}, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_sidecar(engine: str | os.PathLike) -> dict:
+    path = sidecar_path(engine)
+    if not path.is_file():
+        raise OffsegError(f"{engine} has no sidecar {path.name}: rebuild it with offseg-export, which writes one")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise OffsegError(f"cannot read {path}: {error}") from None
+    if info.get("format") != SIDECAR_FORMAT:
+        raise OffsegError(f"{path} is not an offseg engine sidecar (format {info.get('format')!r})")
+    return info
+
+
+def compatibility_problems(info: dict, tensorrt_version: str, device: dict | None,
+                           num_classes: int | None = None) -> list[str]:
+    """Why an engine described by ``info`` cannot run here (empty list: it can)."""
+    problems = []
+    built = info.get("tensorrt", {})
+    if built.get("module", "tensorrt") != "tensorrt":
+        problems.append(f"it was built with {built.get('module')}, which needs its own runtime")
+    elif not built.get("version_compatible") and _major_minor(built.get("version")) != _major_minor(tensorrt_version):
+        problems.append(f"it was built with TensorRT {built.get('version')}, this is TensorRT {tensorrt_version} "
+                        "(rebuild here, or build with --version-compatible)")
+    gpu = info.get("gpu")
+    if device is None:
+        problems.append("no CUDA GPU is available here")
+    elif gpu and built.get("hardware_compatibility", "NONE") == "NONE" and \
+            gpu.get("compute_capability") != device.get("compute_capability"):
+        problems.append(f"it was built for {gpu.get('name')} (compute capability {gpu.get('compute_capability')}), "
+                        f"this GPU is {device.get('name')} ({device.get('compute_capability')})")
+    if num_classes is not None and info.get("num_classes") != num_classes:
+        problems.append(f"it predicts {info.get('num_classes')} classes, {num_classes} were asked for")
+    return problems
+
+
+def check_engine(engine: str | os.PathLike, tensorrt_version: str, device: dict | None,
+                 num_classes: int | None = None) -> dict:
+    """The sidecar of ``engine`` if it can run here; else OffsegError listing every reason."""
+    info = read_sidecar(engine)
+    problems = compatibility_problems(info, tensorrt_version, device, num_classes)
+    if problems:
+        raise OffsegError(f"cannot run {engine}: " + "; ".join(problems))
+    return info
+
+
+def _major_minor(version: str | None) -> tuple[str, ...]:
+    return tuple((version or "").split(".")[:2])
