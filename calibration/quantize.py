@@ -116,6 +116,7 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
     pairs = sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
     meta = {**meta, "offseg.precision": "int8", "offseg.int8_target": options.target,
             "offseg.int8_method": options.method, "offseg.int8_images": str(len(inputs)),
+            "offseg.int8_data": str(calib_data),
             "offseg.int8_excluded": " ".join(map(str, options.exclude)),
             "offseg.source_onnx_sha256": file_sha256(source)}
     save_checked(quantized, meta, path)

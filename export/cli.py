@@ -79,12 +79,27 @@ def _engine_options(args: argparse.Namespace):
     return options
 
 
+def _fp16_onnx(fp32_path: Path, path: Path, pins) -> None:
+    from .files import derive_fp16, is_derived_from
+
+    pin_text = " ".join(map(str, pins))
+    if is_derived_from(path, fp32_path, {"offseg.precision": "fp16", "offseg.fp32_pins": pin_text}):
+        print(f"reusing {path} (made from this {fp32_path.name} with the same pins)")
+        return
+    derive_fp16(fp32_path, path, pins)
+    print(f"wrote {path} ({_size(path)}): FP16, FP32 pins {pin_text or 'none'}")
+    _report_support(path)
+
+
 def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path) -> None:
     from calibration.quantize import QuantOptions, quantize_file
 
-    if args.calib_data is None:
-        raise OffsegError("--int8 needs calibration images: --calib-data DIR (a folder of images or a video), "
-                          "or --calib-data synthetic")
+    from .files import is_derived_from
+
+    same = {"offseg.precision": "int8", "offseg.int8_target": "tensorrt", "offseg.int8_data": str(args.calib_data)}
+    if is_derived_from(path, fp32_path, same):
+        print(f"reusing {path} (calibrated from this {fp32_path.name} on the same data)")
+        return
     stats = quantize_file(fp32_path, path, args.calib_data, QuantOptions(target="tensorrt",
                                                                          samples=args.calib_samples))
     print(f"wrote {path} ({_size(path)}): Q/DQ INT8 for TensorRT, {stats}")
@@ -92,12 +107,15 @@ def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .files import derive_fp16, load_onnx, read_metadata
+    from .files import load_onnx, read_metadata
 
     if not args.debug:
         for name in NOISY_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
     engine_options = _engine_options(args)
+    if args.int8 and args.calib_data is None:
+        raise OffsegError("--int8 needs calibration images: --calib-data DIR (a folder of images or a video), "
+                          "or --calib-data synthetic")
     if args.onnx:
         if args.checkpoint or args.model:
             raise OffsegError("--onnx builds from an exported file: drop --model/--checkpoint")
@@ -116,10 +134,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         if args.fp16:
             written["fp16"] = stem.with_name(stem.name + ".fp16.onnx")
-            derive_fp16(fp32_path, written["fp16"], engine_options.pins)
-            print(f"wrote {written['fp16']} ({_size(written['fp16'])}): FP16, FP32 pins "
-                  f"{' '.join(map(str, engine_options.pins)) or 'none'}")
-            _report_support(written["fp16"])
+            _fp16_onnx(fp32_path, written["fp16"], engine_options.pins)
         if args.int8:
             written["int8"] = stem.with_name(stem.name + ".int8.onnx")
             _int8_onnx(args, fp32_path, written["int8"])
@@ -128,7 +143,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict[str, Path]) -> int:
-    from .files import derive_fp16, load_onnx, read_metadata
+    from .files import load_onnx, read_metadata
     from .precision import pinned_nodes
     from .tensorrt import TrtBuilder
 
@@ -137,8 +152,7 @@ def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict
     source = written["fp32"]
     if plan.onnx_precision == "fp16":
         source = stem.with_name(stem.name + ".fp16.onnx")
-        derive_fp16(written["fp32"], source, engine_options.pins)
-        print(f"wrote {source} ({_size(source)}): FP16 graph for the strongly typed build")
+        _fp16_onnx(written["fp32"], source, engine_options.pins)
     elif plan.onnx_precision == "int8":
         source = stem.with_name(stem.name + ".int8.onnx")
         _int8_onnx(args, written["fp32"], source)

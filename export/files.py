@@ -66,3 +66,15 @@ def derive_fp16(source: Path, path: Path, pins: tuple[PinRule, ...] = DEFAULT_PI
             "offseg.source_onnx_sha256": file_sha256(source)}
     save_checked(proto, meta, path)
     return meta
+
+
+def is_derived_from(path: Path, source: Path, expected: dict[str, str]) -> bool:
+    """True when ``path`` exists, was made from the current ``source`` and its metadata has ``expected`` values."""
+    if not path.is_file():
+        return False
+    try:
+        meta = read_metadata(onnx.load(str(path), load_external_data=False))
+    except Exception:  # a corrupt leftover is simply rebuilt
+        return False
+    wanted = {"offseg.source_onnx_sha256": file_sha256(source), **expected}
+    return all(meta.get(key) == value for key, value in wanted.items())

@@ -21,7 +21,6 @@ from torch import nn
 
 from runtime.errors import OffsegError
 from runtime.preprocess import MEAN_RGB, SIZE_DIVISOR, STD_RGB
-from runtime.sinks import atomic_output
 
 from .files import FUNCTION_DOMAIN, file_sha256, save_checked
 from .graph import extract_function, rename_scope

@@ -13,6 +13,7 @@ Default pins, and why:
 """
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from dataclasses import dataclass
@@ -70,10 +71,13 @@ def to_fp16(model, rules: tuple[PinRule, ...] = DEFAULT_PINS):
     every tensor between two FP32 nodes through FP16, which defeats the pins.)
     """
     try:
-        from modelopt.onnx.autocast import convert_to_mixed_precision
+        from modelopt.onnx.autocast import configure_logging, convert_to_mixed_precision
     except ImportError as error:
         raise OffsegError(f"FP16 conversion needs NVIDIA Model Optimizer ({error}): "
                           "pip install 'offseg-deploy[fp16]'") from None
+    quiet = not logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
+    logging.getLogger("modelopt.onnx").setLevel(logging.ERROR if quiet else logging.INFO)
+    configure_logging(logging.ERROR if quiet else logging.INFO)  # AutoCast resets its level on import
     if any(f.name == HEAD_SCOPE for f in model.functions):
         raise OffsegError("convert to FP16 before the head becomes a local function")
     exclude = [f"^{re.escape(name)}$" for name in pinned_nodes(model, rules)]
