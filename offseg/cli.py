@@ -1,10 +1,11 @@
-"""Console entry points of the PyTorch side: ``offseg-info`` and ``offseg-demo``."""
+"""Console entry points of the PyTorch side: ``offseg-info``, ``offseg-demo``, ``offseg-train``, ``offseg-eval``."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from runtime.console import add_common_options, run
+from runtime.errors import OffsegError
 
 from .zoo import MODELS
 
@@ -49,3 +50,80 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic scene and random weights")
     add_common_options(parser)
     return run(_demo, parser, argv)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+    config = TrainConfig(model=args.model, dataset=args.dataset, data_root=args.data_root, work_dir=str(args.work_dir),
+                         iters=args.iters, batch_size=args.batch_size, crop=tuple(args.crop) if args.crop else None,
+                         lr=args.lr, warmup_iters=min(args.warmup_iters, args.iters),
+                         checkpoint_interval=args.checkpoint_interval, eval_interval=args.eval_interval,
+                         workers=args.workers, seed=args.seed, deterministic=args.deterministic, resume=args.resume,
+                         init_checkpoint=str(args.checkpoint) if args.checkpoint else None)
+    print(f"wrote {train(config)}")
+    return 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    from .data.datasets import LAYOUTS
+    parser = argparse.ArgumentParser(prog="offseg-train", description="Train or fine-tune OffSeg (the official "
+                                     "recipe); multi-GPU: torchrun --nproc-per-node N -m offseg.train ...")
+    parser.add_argument("--model", default="offseg-t", choices=list(MODELS))
+    parser.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS),
+                        help="dataset layout (default: built-in synthetic scenes, no files needed)")
+    parser.add_argument("--data-root", help="dataset root folder (mmseg layout)")
+    parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/offseg"), help="checkpoints and logs")
+    parser.add_argument("--iters", type=int, default=160_000, help="iterations (default 160000, the paper's)")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per GPU (default 2, x8 GPUs officially)")
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default: the dataset's)")
+    parser.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default 6e-5; head x10)")
+    parser.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default 1500)")
+    parser.add_argument("--checkpoint-interval", type=int, default=16_000)
+    parser.add_argument("--eval-interval", type=int, default=16_000)
+    parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
+    parser.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth")
+    parser.add_argument("--checkpoint", type=Path, help="weights to start from (official or ours); another "
+                        "class count re-initialises only the class-dependent tensors")
+    add_common_options(parser)
+    return run(_train, parser, argv)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .checkpoint import build_from_checkpoint
+    from .data.datasets import LAYOUTS, SegmentationDataset
+    from .evaluate import evaluate
+    layout = LAYOUTS[args.dataset]
+    model, name = build_from_checkpoint(args.checkpoint, args.model)
+    dataset = SegmentationDataset(args.dataset, args.data_root, args.split)
+    if dataset.num_classes != model.num_classes:
+        raise OffsegError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.dataset} has "
+                          f"{dataset.num_classes}")
+    mode = args.mode or layout.test_mode
+    scores = evaluate(model, dataset, mode, layout.crop, layout.stride, args.max_images)
+    result = {"model": name, "dataset": args.dataset, "split": args.split, "mode": mode,
+              **scores.as_dict(dataset.classes)}
+    print(f"{name} on {args.dataset} {args.split} ({mode}): mIoU {result['mIoU']:.2f}, aAcc {result['aAcc']:.2f}")
+    for cls, iou in result["IoU"].items():
+        print(f"  {cls:>20}: {'-' if iou is None else f'{iou:.2f}'}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    from .data.datasets import LAYOUTS
+    parser = argparse.ArgumentParser(prog="offseg-eval", description="mIoU / aAcc / per-class IoU of a checkpoint.")
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--model", choices=list(MODELS), help="model name (default: from the checkpoint)")
+    parser.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS))
+    parser.add_argument("--data-root")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--mode", choices=("whole", "slide"), help="inference (default: the dataset's test config)")
+    parser.add_argument("--max-images", type=int)
+    parser.add_argument("--json", type=Path, help="also write the scores as JSON")
+    add_common_options(parser)
+    return run(_eval, parser, argv)

@@ -1,4 +1,9 @@
-"""Inference helpers on top of ``model(x)`` (which returns stride-4 logits, exactly like the official head)."""
+"""Inference helpers on top of ``model(x)`` (which returns stride-4 logits, exactly like the official head).
+
+``whole_logits`` and ``slide_logits`` follow mmseg's ``whole`` and ``slide`` test modes: logits are resized
+bilinearly (align_corners=False) to the image (or window) size before windows are averaged and before argmax.
+Inputs are zero-padded bottom/right to a multiple of 32 and the logits cropped back.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -13,18 +18,38 @@ def logits_to_labels(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(dim=1)
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, image_bgr: np.ndarray) -> np.ndarray:
-    """Label map (H, W) int64 for one uint8 BGR image of any size.
-
-    The image is normalized (``runtime.preprocess``), zero-padded bottom/right to a multiple of 32 (as mmseg's data
-    preprocessor pads), run whole, and the logits are resized to the padded size and cropped back. The model must
-    be in eval mode.
-    """
-    h, w = image_bgr.shape[:2]
-    x = torch.from_numpy(normalize_bgr(image_bgr))
+def whole_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) normalized images of any size -> (N, K, H, W) float32 logits."""
+    h, w = x.shape[-2:]
     ph, pw = padded_size(h, w)
-    x = F.pad(x, (0, pw - w, 0, ph - h))
     param = next(model.parameters())
-    logits = model(x.to(param.device, param.dtype))
-    return logits_to_labels(logits.float(), (ph, pw))[0, :h, :w].cpu().numpy()
+    logits = model(F.pad(x, (0, pw - w, 0, ph - h)).to(param.device, param.dtype)).float()
+    return F.interpolate(logits, size=(ph, pw), mode="bilinear", align_corners=False)[:, :, :h, :w]
+
+
+def slide_logits(model: torch.nn.Module, x: torch.Tensor, crop: tuple[int, int],
+                 stride: tuple[int, int]) -> torch.Tensor:
+    """Sliding-window logits (mmseg ``slide``): windows of ``crop`` every ``stride``, overlaps averaged."""
+    n, _, h, w = x.shape
+    rows = max(h - crop[0] + stride[0] - 1, 0) // stride[0] + 1
+    cols = max(w - crop[1] + stride[1] - 1, 0) // stride[1] + 1
+    total, count = None, torch.zeros(1, 1, h, w, device=x.device)
+    for row in range(rows):
+        for col in range(cols):
+            y2, x2 = min(row * stride[0] + crop[0], h), min(col * stride[1] + crop[1], w)
+            y1, x1 = max(y2 - crop[0], 0), max(x2 - crop[1], 0)
+            logits = whole_logits(model, x[:, :, y1:y2, x1:x2])
+            if total is None:
+                total = torch.zeros(n, logits.shape[1], h, w, device=logits.device)
+            total[:, :, y1:y2, x1:x2] += logits
+            count[:, :, y1:y2, x1:x2] += 1
+    return total / count.to(total.device)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, image_bgr: np.ndarray, mode: str = "whole",
+            crop: tuple[int, int] = (512, 512), stride: tuple[int, int] = (480, 480)) -> np.ndarray:
+    """Label map (H, W) int64 for one uint8 BGR image of any size (``mode`` whole or slide; model in eval)."""
+    x = torch.from_numpy(normalize_bgr(image_bgr))
+    logits = whole_logits(model, x) if mode == "whole" else slide_logits(model, x, crop, stride)
+    return logits.argmax(dim=1)[0].cpu().numpy()

@@ -1,0 +1,194 @@
+"""Segmentation datasets in the standard mmseg folder layouts, a generic folder format and the synthetic scenes.
+
+Every dataset yields ``(uint8 BGR image (H, W, 3), uint8 labels (H, W))`` with 255 = ignore, already in train ids.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime.errors import OffsegError
+from runtime.metrics import IGNORE_INDEX
+from runtime.sources import IMAGE_SUFFIXES, read_image
+
+from . import synthetic
+
+# Cityscapes label ids -> the 19 train ids (everything else ignored), as cityscapesscripts defines them.
+CITYSCAPES_ID_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                          25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+                      "motorcycle", "bicycle")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a dataset keeps its files and how its labels become train ids."""
+
+    name: str
+    num_classes: int
+    splits: dict[str, str]  # our split name -> folder name
+    reduce_zero_label: bool  # label 0 = "other" -> ignore, others shift down by one (ADE20K, Pascal Context)
+    train_scale: tuple[int, int]  # mmseg RandomResize scale (long, short) of the official configs
+    test_mode: str  # the official test config's inference: whole or slide
+    crop: tuple[int, int]  # official crop size (H, W); also the sliding window
+    stride: tuple[int, int]
+
+
+LAYOUTS = {
+    "ade20k": Layout("ade20k", 150, {"train": "training", "val": "validation"}, True, (2048, 512), "slide",
+                     (512, 512), (480, 480)),
+    "cityscapes": Layout("cityscapes", 19, {"train": "train", "val": "val", "test": "test"}, False, (2048, 1024),
+                         "slide", (1024, 1024), (768, 768)),
+    "coco-stuff164k": Layout("coco-stuff164k", 171, {"train": "train2017", "val": "val2017"}, False, (2048, 512),
+                             "slide", (512, 512), (480, 480)),
+    "pascal-context-59": Layout("pascal-context-59", 59, {"train": "train", "val": "val"}, True, (520, 520), "slide",
+                                (480, 480), (320, 320)),
+    "folder": Layout("folder", 0, {}, False, (2048, 512), "whole", (512, 512), (480, 480)),
+    "synthetic": Layout("synthetic", len(synthetic.CLASSES), {"train": "train", "val": "val"}, False, (512, 256),
+                        "whole", (256, 256), (224, 224)),
+}
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise OffsegError(f"{what} not found: {path} (is --data-root the dataset's root folder?)")
+    return path
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _pairs_by_stem(images: list[Path], label_for: Callable[[Path], Path], root: Path) -> list[tuple[Path, Path]]:
+    pairs = [(image, label_for(image)) for image in images]
+    missing = [str(label.relative_to(root)) for _, label in pairs if not label.is_file()]
+    if missing:
+        raise OffsegError(f"{len(missing)} label file(s) missing, e.g. {missing[0]}")
+    if not pairs:
+        raise OffsegError(f"no images found under {root}")
+    return pairs
+
+
+def ade20k_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    folder = LAYOUTS["ade20k"].splits[split]
+    base = root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
+    images = _require_dir(base / "images" / folder, f"ADE20K {split} images")
+    labels = _require_dir(base / "annotations" / folder, f"ADE20K {split} annotations")
+    return _pairs_by_stem(_images(images), lambda p: labels / p.relative_to(images).with_suffix(".png"), base)
+
+
+def cityscapes_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    images = _require_dir(root / "leftImg8bit" / split, f"Cityscapes {split} images (leftImg8bit)")
+    labels = _require_dir(root / "gtFine" / split, f"Cityscapes {split} labels (gtFine)")
+
+    def label_for(image: Path) -> Path:
+        stem = image.relative_to(images).parent / image.name.replace("_leftImg8bit.png", "")
+        train_ids = labels / f"{stem}_gtFine_labelTrainIds.png"
+        return train_ids if train_ids.is_file() else labels / f"{stem}_gtFine_labelIds.png"
+
+    return _pairs_by_stem([p for p in _images(images) if p.name.endswith("_leftImg8bit.png")], label_for, root)
+
+
+def coco_stuff_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    folder = LAYOUTS["coco-stuff164k"].splits[split]
+    images = _require_dir(root / "images" / folder, f"COCO-Stuff {split} images")
+    labels = _require_dir(root / "annotations" / folder, f"COCO-Stuff {split} annotations")
+    return _pairs_by_stem(_images(images), lambda p: labels / f"{p.stem}_labelTrainIds.png", root)
+
+
+def pascal_context_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    base = root / "VOCdevkit" / "VOC2010" if (root / "VOCdevkit" / "VOC2010").is_dir() else root
+    split_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
+    if not split_file.is_file():
+        raise OffsegError(f"Pascal Context split file not found: {split_file}")
+    labels = _require_dir(base / "SegmentationClassContext", "Pascal Context labels (SegmentationClassContext)")
+    images = _require_dir(base / "JPEGImages", "Pascal Context images (JPEGImages)")
+    names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    return _pairs_by_stem([images / f"{n}.jpg" for n in names], lambda p: labels / f"{p.stem}.png", base)
+
+
+def folder_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    images = _require_dir(root / "images" / split, f"images/{split}")
+    labels = _require_dir(root / "labels" / split, f"labels/{split}")
+    return _pairs_by_stem(_images(images), lambda p: labels / p.relative_to(images).with_suffix(".png"), root)
+
+
+def folder_classes(root: Path) -> tuple[str, ...]:
+    path = root / "classes.txt"
+    if not path.is_file():
+        raise OffsegError(f"a folder dataset needs {path}: one class name per line, in label order")
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+PAIRS = {"ade20k": ade20k_pairs, "cityscapes": cityscapes_pairs, "coco-stuff164k": coco_stuff_pairs,
+         "pascal-context-59": pascal_context_pairs, "folder": folder_pairs}
+
+
+def _train_id_lut(layout: Layout) -> np.ndarray | None:
+    """A 256-entry lookup from stored label values to train ids (None: stored values are train ids)."""
+    if layout.reduce_zero_label:
+        lut = np.arange(256, dtype=np.int32) - 1
+        lut[[0, IGNORE_INDEX]] = IGNORE_INDEX  # "other" and ignore -> ignore
+        return lut.astype(np.uint8)
+    return None
+
+
+class SegmentationDataset:
+    """Image/label pairs of one split; ``transform(image, labels)`` is applied on access."""
+
+    def __init__(self, name: str, root: str | Path | None, split: str = "train",
+                 transform: Callable | None = None, length: int = 200, size: tuple[int, int] = (256, 384)):
+        if name not in LAYOUTS:
+            raise OffsegError(f"unknown dataset {name!r}; choose from {', '.join(LAYOUTS)}")
+        self.layout, self.split, self.transform = LAYOUTS[name], split, transform
+        if name != "folder" and split not in self.layout.splits:
+            raise OffsegError(f"{name} has no split {split!r} (splits: {', '.join(self.layout.splits)})")
+        self.lut = _train_id_lut(self.layout)
+        if name == "synthetic":
+            self.pairs, self.classes = [], synthetic.CLASSES
+            self.length, self.size = length, size
+            self.seed_base = 0 if split == "train" else 1_000_000
+            return
+        if root is None:
+            raise OffsegError(f"--data-root is required for {name}")
+        root = _require_dir(Path(root), f"{name} root")
+        self.pairs = PAIRS[name](root, split)
+        self.classes = folder_classes(root) if name == "folder" else \
+            CITYSCAPES_CLASSES if name == "cityscapes" else tuple(str(i) for i in range(self.layout.num_classes))
+        self.length = len(self.pairs)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The untransformed (image, train-id labels) at ``index``."""
+        if not self.pairs:
+            return synthetic.render_scene(self.seed_base + index, *self.size)
+        image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+        if labels is None or labels.ndim != 2:
+            raise OffsegError(f"{label_path} is not a single-channel label image")
+        if labels.shape != image.shape[:2]:
+            raise OffsegError(f"{label_path} is {labels.shape}, its image {image_path} is {image.shape[:2]}")
+        if self.layout.name == "cityscapes" and label_path.name.endswith("_labelIds.png"):
+            lut = np.full(256, IGNORE_INDEX, np.uint8)
+            for label_id, train_id in CITYSCAPES_ID_TO_TRAIN.items():
+                lut[label_id] = train_id
+            labels = lut[labels]
+        elif self.lut is not None:
+            labels = self.lut[labels]
+        return image, labels.astype(np.uint8)
+
+    def __getitem__(self, index: int):
+        image, labels = self.load(index)
+        return self.transform(image, labels) if self.transform else (image, labels)

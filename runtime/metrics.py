@@ -1,0 +1,58 @@
+"""Segmentation metrics from a confusion matrix (numpy only): mIoU, aAcc, per-class IoU and accuracy.
+
+Matches mmseg's IoUMetric: pixels labelled ``ignore_index`` are skipped; classes absent from both prediction and
+ground truth have IoU NaN and are left out of the mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+
+class ConfusionMatrix:
+    """Accumulates (ground truth, prediction) pixel counts over any number of label maps."""
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = np.zeros((num_classes, num_classes), np.int64)  # rows: ground truth, columns: prediction
+
+    def update(self, prediction: np.ndarray, truth: np.ndarray) -> None:
+        if prediction.shape != truth.shape:
+            raise ValueError(f"prediction {prediction.shape} and ground truth {truth.shape} differ in shape")
+        valid = truth != self.ignore_index
+        truth, prediction = truth[valid].astype(np.int64), prediction[valid].astype(np.int64)
+        inside = (truth < self.num_classes) & (prediction >= 0) & (prediction < self.num_classes)
+        index = truth[inside] * self.num_classes + prediction[inside]
+        self.matrix += np.bincount(index, minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
+
+    def merge(self, other: ConfusionMatrix) -> None:
+        self.matrix += other.matrix
+
+    def scores(self) -> Scores:
+        tp = np.diag(self.matrix).astype(np.float64)
+        truth, predicted = self.matrix.sum(1), self.matrix.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = tp / (truth + predicted - tp)
+            accuracy = tp / truth
+        total = self.matrix.sum()
+        return Scores(iou=iou, accuracy=accuracy, aacc=float(tp.sum() / total) if total else float("nan"))
+
+
+@dataclass(frozen=True)
+class Scores:
+    iou: np.ndarray  # per class, NaN when the class appears in neither map
+    accuracy: np.ndarray  # per class
+    aacc: float
+
+    @property
+    def miou(self) -> float:
+        return float(np.nanmean(self.iou)) if np.isfinite(self.iou).any() else float("nan")
+
+    def as_dict(self, class_names: tuple[str, ...] | None = None) -> dict:
+        names = class_names or tuple(str(i) for i in range(len(self.iou)))
+        return {"mIoU": 100 * self.miou, "aAcc": 100 * self.aacc,
+                "IoU": {n: None if np.isnan(v) else 100 * float(v) for n, v in zip(names, self.iou)}}

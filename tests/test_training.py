@@ -1,0 +1,184 @@
+"""Training modules: metrics, dataset layouts, augmentations, the schedule, fine-tuning, resume and torchrun."""
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import confusion_matrix, jaccard_score
+
+import reference
+from offseg import build_model
+from offseg.cli import eval_main, train_main
+from offseg.data.datasets import SegmentationDataset
+from offseg.data.transforms import TrainTransform, random_crop, random_resize
+from offseg.inference import slide_logits, whole_logits
+from offseg.train import TrainConfig, init_from_checkpoint, lr_factor, parameter_groups, train
+from runtime.errors import OffsegError
+from runtime.metrics import ConfusionMatrix
+
+
+def test_scores_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 6, (3, 40, 50)).astype(np.uint8)
+    truth[:, :5] = 255
+    prediction = np.where(rng.random(truth.shape) < 0.7, truth, rng.integers(0, 6, truth.shape)).astype(np.uint8)
+    prediction[truth == 255] = 0
+    truth[truth == 4] = 3  # class 4 absent from the ground truth but predicted: IoU 0, still counted
+    confusion = ConfusionMatrix(7)  # class 6 appears nowhere: IoU NaN, left out of the mean
+    for p, t in zip(prediction, truth):
+        confusion.update(p, t)
+    valid = truth != 255
+    expected = jaccard_score(truth[valid], prediction[valid], labels=range(6), average=None, zero_division=0)
+    scores = confusion.scores()
+    assert np.allclose(scores.iou[:6], expected) and np.isnan(scores.iou[6])
+    assert scores.miou == pytest.approx(expected.mean())
+    assert np.array_equal(confusion.matrix[:6, :6], confusion_matrix(truth[valid], prediction[valid], labels=range(6)))
+    assert confusion.scores().aacc == pytest.approx((truth[valid] == prediction[valid]).mean())
+
+
+def _write(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+
+
+def _image(h=20, w=30):
+    return np.full((h, w, 3), 100, np.uint8)
+
+
+def test_ade20k_layout_reduces_the_zero_label(tmp_path):
+    root = tmp_path / "ADEChallengeData2016"
+    _write(root / "images" / "validation" / "a.jpg", _image())
+    _write(root / "annotations" / "validation" / "a.png", np.array([[0, 1, 150]] * 20, np.uint8).repeat(10, 1))
+    dataset = SegmentationDataset("ade20k", tmp_path, "val")
+    image, labels = dataset.load(0)
+    assert dataset.num_classes == 150 and image.shape == (20, 30, 3)
+    assert sorted(np.unique(labels)) == [0, 149, 255]
+
+
+def test_cityscapes_label_ids_become_train_ids(tmp_path):
+    _write(tmp_path / "leftImg8bit" / "val" / "ulm" / "ulm_1_leftImg8bit.png", _image())
+    _write(tmp_path / "gtFine" / "val" / "ulm" / "ulm_1_gtFine_labelIds.png",
+           np.array([[7, 26, 0]] * 20, np.uint8).repeat(10, 1))
+    labels = SegmentationDataset("cityscapes", tmp_path, "val").load(0)[1]
+    assert sorted(np.unique(labels)) == [0, 13, 255]  # road, car, ignored
+
+
+def test_coco_stuff_pascal_context_and_folder_layouts(tmp_path):
+    coco = tmp_path / "coco"
+    _write(coco / "images" / "train2017" / "1.jpg", _image())
+    _write(coco / "annotations" / "train2017" / "1_labelTrainIds.png", np.full((20, 30), 170, np.uint8))
+    assert SegmentationDataset("coco-stuff164k", coco, "train").num_classes == 171
+    context = tmp_path / "context"
+    _write(context / "JPEGImages" / "x.jpg", _image())
+    _write(context / "SegmentationClassContext" / "x.png", np.full((20, 30), 1, np.uint8))
+    (context / "ImageSets" / "SegmentationContext").mkdir(parents=True)
+    (context / "ImageSets" / "SegmentationContext" / "val.txt").write_text("x\n")
+    assert SegmentationDataset("pascal-context-59", context, "val").load(0)[1].max() == 0
+    folder = tmp_path / "mine"
+    _write(folder / "images" / "train" / "a.png", _image())
+    _write(folder / "labels" / "train" / "a.png", np.ones((20, 30), np.uint8))
+    (folder / "classes.txt").write_text("floor\nobstacle\n")
+    assert SegmentationDataset("folder", folder, "train").classes == ("floor", "obstacle")
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda root: None, "ADE20K val images not found"),
+    (lambda root: _write(root / "images" / "validation" / "a.jpg", _image())
+     or (root / "annotations" / "validation").mkdir(parents=True), r"label file\(s\) missing"),
+])
+def test_dataset_mistakes_are_explained(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(OffsegError, match=message):
+        SegmentationDataset("ade20k", tmp_path, "val")
+    with pytest.raises(OffsegError, match="no split"):
+        SegmentationDataset("ade20k", tmp_path, "test")
+
+
+def test_augmentations_follow_mmseg_semantics():
+    rng = np.random.default_rng(0)
+    image, labels = np.zeros((100, 300, 3), np.uint8), np.zeros((100, 300), np.uint8)
+    labels[:, 150:] = 1
+    resized = random_resize(np.random.default_rng(1), image, labels, (2048, 512), (1.0, 1.0))[1]
+    assert resized.shape == (512 * 100 // 100, 1536)  # short edge to 512 (long edge 1536 < 2048)
+    crop = random_crop(rng, image, labels, (50, 60))[1]
+    assert crop.shape == (50, 60) and len(np.unique(crop)) == 2  # the 0.75 category cap prefers mixed crops
+    out_image, out_labels = TrainTransform(crop=(256, 256), scale=(64, 64))(image, labels, rng)
+    assert out_image.shape == (256, 256, 3) and (out_labels == 255).any()  # padded with ignore
+
+
+def test_schedule_and_parameter_groups():
+    assert lr_factor(0, 1500, 160_000, 1.0) == pytest.approx(1e-6)
+    assert lr_factor(1500, 1500, 160_000, 1.0) == pytest.approx(1.0)
+    assert lr_factor(160_000, 1500, 160_000, 1.0) == 0.0
+    groups = {g["name"]: g for g in parameter_groups(build_model("offseg-t", 9), TrainConfig())}
+    assert groups["head"]["lr"] == pytest.approx(6e-4) and groups["backbone"]["lr"] == pytest.approx(6e-5)
+    assert groups["backbone_no_decay"]["weight_decay"] == 0 and groups["head"]["weight_decay"] == 0.01
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(build_model("offseg-t", 9).parameters()))
+
+
+def test_fine_tuning_an_official_checkpoint_to_new_classes(tmp_path):
+    path = tmp_path / "official.pth"
+    torch.save({"meta": {}, "state_dict": reference.official_state_dict("offseg-t")}, path)
+    model = build_model("offseg-t", 9)
+    reset = init_from_checkpoint(model, str(path))
+    assert reset == ["head.offset_learning.class_embed", "head.offset_learning.mask_norm.weight",
+                     "head.offset_learning.mask_norm.bias"]
+    official = reference.official_state_dict("offseg-t")
+    assert torch.equal(model.state_dict()["head.align.conv.weight"], official["decode_head.align.conv.weight"])
+
+
+def test_sliding_window_covers_the_image_and_equals_whole_for_one_window():
+    torch.manual_seed(0)
+    model = build_model("offseg-t", 5).eval()
+    x = torch.randn(1, 3, 96, 160)
+    with torch.no_grad():
+        whole = whole_logits(model, x)
+        assert torch.allclose(slide_logits(model, x, (96, 160), (64, 64)), whole, atol=1e-5)
+        slide = slide_logits(model, x, (64, 64), (48, 48))
+    assert slide.shape == whole.shape and torch.isfinite(slide).all()
+
+
+TINY = dict(dataset="synthetic", batch_size=2, crop=(64, 64), scale=(96, 64), warmup_iters=1, lr=1e-3,
+            log_interval=1, workers=0, synthetic_size=(64, 96), synthetic_length=20, eval_images=1, deterministic=True)
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path):
+    straight = train(TrainConfig(iters=4, checkpoint_interval=2, work_dir=str(tmp_path / "a"), **TINY), progress=False)
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "iter_2.pth", tmp_path / "b" / "latest.pth")  # as if stopped after iteration 2
+    resumed = train(TrainConfig(iters=4, checkpoint_interval=2, work_dir=str(tmp_path / "b"), resume=True, **TINY),
+                    progress=False)
+    a, b = (torch.load(p, weights_only=False) for p in (straight, resumed))
+    assert b["iteration"] == 4
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+    assert (tmp_path / "b" / "tensorboard").is_dir() and (tmp_path / "b" / "scalars.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_with_gloo(tmp_path):
+    work = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                             "29517", "-m", "offseg.train", "--iters", "2", "--batch-size", "1", "--crop", "64",
+                             "64", "--workers", "0", "--warmup-iters", "1", "--eval-interval", "100",
+                             "--work-dir", str(work)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.load(work / "latest.pth", weights_only=False)["iteration"] == 2
+
+
+@pytest.mark.slow
+def test_train_and_eval_commands(tmp_path, capsys):
+    work = tmp_path / "w"
+    assert train_main(["--iters", "2", "--batch-size", "2", "--crop", "64", "64", "--workers", "0",
+                       "--warmup-iters", "1", "--work-dir", str(work)]) == 0
+    assert eval_main(["--checkpoint", str(work / "latest.pth"), "--max-images", "2", "--json",
+                      str(tmp_path / "s.json")]) == 0
+    assert "mIoU" in capsys.readouterr().out and (tmp_path / "s.json").is_file()
+    assert train_main(["--dataset", "ade20k", "--data-root", str(tmp_path / "nothing"), "--iters", "1"]) == 2
+    assert "ade20k root not found" in capsys.readouterr().err
