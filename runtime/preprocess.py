@@ -5,6 +5,9 @@ The official models were trained on RGB images normalized with ImageNet mean/std
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import cv2
 import numpy as np
 
 from .errors import OffsegError
@@ -26,3 +29,68 @@ def normalize_bgr(image: np.ndarray) -> np.ndarray:
 def padded_size(height: int, width: int, divisor: int = SIZE_DIVISOR) -> tuple[int, int]:
     """Smallest (H, W) >= the given size with both sides multiples of ``divisor``."""
     return -(-height // divisor) * divisor, -(-width // divisor) * divisor
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a frame was fitted to the model input: scaled by ``scale`` (y, x), placed at the top-left, padded."""
+
+    frame_size: tuple[int, int]  # (h, w) of the original frame
+    input_size: tuple[int, int]  # (H, W) fed to the model
+    content_size: tuple[int, int]  # (h', w') of the resized frame inside the input
+
+    def labels_to_frame(self, labels: np.ndarray) -> np.ndarray:
+        """(H, W) labels at the model input -> (h, w) labels of the frame (nearest neighbour)."""
+        content = labels[:self.content_size[0], :self.content_size[1]]
+        if content.shape == self.frame_size:
+            return np.ascontiguousarray(content)
+        return cv2.resize(content, self.frame_size[::-1], interpolation=cv2.INTER_NEAREST)
+
+
+RESIZE_POLICIES = ("letterbox", "stretch")
+
+
+def fit_frame(image: np.ndarray, input_size: tuple[int, int] | None, policy: str = "letterbox"):
+    """Fit a BGR frame to the model input: (fitted BGR image, Geometry).
+
+    Dynamic models (``input_size`` None) get the frame padded bottom/right to a multiple of 32. Fixed-size models
+    get it resized: ``letterbox`` keeps the aspect ratio and pads bottom/right with black, ``stretch`` fills it.
+    """
+    h, w = image.shape[:2]
+    if input_size is None:
+        target = padded_size(h, w)
+        content = (h, w)
+        resized = image
+    else:
+        target = tuple(input_size)
+        if policy == "stretch":
+            content = target
+        elif policy == "letterbox":
+            scale = min(target[0] / h, target[1] / w)
+            content = (min(round(h * scale), target[0]), min(round(w * scale), target[1]))
+        else:
+            raise OffsegError(f"resize policy must be one of {', '.join(RESIZE_POLICIES)}, not {policy!r}")
+        resized = image if content == (h, w) else cv2.resize(image, content[::-1], interpolation=cv2.INTER_LINEAR)
+    fitted = cv2.copyMakeBorder(resized, 0, target[0] - content[0], 0, target[1] - content[1],
+                                cv2.BORDER_CONSTANT, value=0) if content != target else resized
+    return fitted, Geometry((h, w), target, content)
+
+
+def to_model_input(images: list[np.ndarray], uint8_input: bool) -> np.ndarray:
+    """Fitted BGR frames -> one (N, 3, H, W) batch: normalized float32, or uint8 RGB for folded graphs."""
+    if uint8_input:
+        return np.ascontiguousarray(np.stack([im[:, :, ::-1] for im in images]).transpose(0, 3, 1, 2))
+    return np.concatenate([normalize_bgr(im) for im in images])
+
+
+def logits_to_labels(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, K, h, w) logits -> (N, H, W) labels: bilinear resize to ``size`` (as PyTorch's side does), then argmax."""
+    out = []
+    for item in logits.astype(np.float32, copy=False):
+        channels_last = item.transpose(1, 2, 0)
+        if channels_last.shape[:2] != size:
+            chunks = [cv2.resize(np.ascontiguousarray(channels_last[:, :, i:i + 512]), size[::-1],
+                                 interpolation=cv2.INTER_LINEAR) for i in range(0, channels_last.shape[2], 512)]
+            channels_last = np.concatenate([c.reshape(*size, -1) for c in chunks], axis=2)
+        out.append(channels_last.argmax(axis=2))
+    return np.stack(out)

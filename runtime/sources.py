@@ -1,13 +1,23 @@
-"""Where frames come from (OpenCV)."""
+"""Where frames come from (OpenCV): video files, cameras, network streams, image files and folders.
+
+Every source yields ``Frame``s in order. A video's corrupt frames are skipped and counted; a camera or stream that
+stops delivering is reopened a bounded number of times, then the source ends cleanly (``stop_reason`` says why).
+"""
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .errors import OffsegError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -21,3 +31,146 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image is None:
         raise OffsegError(f"{path} is not an image OpenCV can read")
     return image
+
+
+@dataclass
+class Frame:
+    index: int
+    image: np.ndarray
+    name: str  # file stem for images, frame number for video
+
+
+class Source:
+    """Base: ``fps`` (None when unknown), ``length`` (None for live sources), counters for the summary."""
+
+    fps: float | None = None
+    length: int | None = None
+    description: str = ""
+
+    def __init__(self):
+        self.skipped = 0
+        self.stop_reason = "end of input"
+
+    def frames(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class VideoFile(Source):
+    MAX_CONSECUTIVE_FAILURES = 25
+
+    def __init__(self, path: Path):
+        super().__init__()
+        if not path.is_file():
+            raise OffsegError(f"video {path} does not exist")
+        self.capture = cv2.VideoCapture(str(path))
+        if not self.capture.isOpened():
+            raise OffsegError(f"{path} is not a video OpenCV can open")
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and fps > 0 else None
+        count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.length = count if count > 0 else None
+        self.description = f"video {path.name}"
+
+    def frames(self) -> Iterator[Frame]:
+        index, failures = 0, 0
+        while True:
+            ok, image = self.capture.read()
+            if ok and image is not None:
+                failures = 0
+                yield Frame(index, image, f"{index:06d}")
+                index += 1
+                continue
+            position = int(self.capture.get(cv2.CAP_PROP_POS_FRAMES))
+            if self.length is None or position >= self.length or failures >= self.MAX_CONSECUTIVE_FAILURES:
+                if failures >= self.MAX_CONSECUTIVE_FAILURES:
+                    self.stop_reason = f"{failures} unreadable frames in a row (truncated file?)"
+                return
+            failures += 1
+            self.skipped += 1  # a corrupt frame: skip it and try the next one
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+class LiveSource(Source):
+    """A camera index or a stream URL; reopened up to ``reconnects`` times when it stops delivering."""
+
+    def __init__(self, target: int | str, reconnects: int = 5, retry_seconds: float = 1.0):
+        super().__init__()
+        self.target, self.reconnects, self.retry_seconds = target, reconnects, retry_seconds
+        self.description = f"camera {target}" if isinstance(target, int) else f"stream {target}"
+        self.capture = self._open()
+        if self.capture is None:
+            raise OffsegError(f"cannot open {self.description}")
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 240 else None
+
+    def _open(self):
+        capture = cv2.VideoCapture(self.target)
+        if capture.isOpened():
+            return capture
+        capture.release()
+        return None
+
+    def frames(self) -> Iterator[Frame]:
+        index, attempts = 0, 0
+        while True:
+            ok, image = self.capture.read() if self.capture is not None else (False, None)
+            if ok and image is not None:
+                attempts = 0
+                yield Frame(index, image, f"{index:06d}")
+                index += 1
+                continue
+            if attempts >= self.reconnects:
+                self.stop_reason = f"{self.description} stopped delivering frames ({self.reconnects} reconnects)"
+                return
+            attempts += 1
+            log.warning("%s: no frame, reconnecting (%d/%d)", self.description, attempts, self.reconnects)
+            if self.capture is not None:
+                self.capture.release()
+            time.sleep(self.retry_seconds)
+            self.capture = self._open()
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.release()
+
+
+class ImageFiles(Source):
+    def __init__(self, paths: list[Path], description: str):
+        super().__init__()
+        if not paths:
+            raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {description}")
+        self.paths, self.length, self.description = paths, len(paths), description
+
+    def frames(self) -> Iterator[Frame]:
+        for index, path in enumerate(self.paths):
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                log.warning("skipping %s: not an image OpenCV can read", path)
+                self.skipped += 1
+                continue
+            yield Frame(index, image, path.stem)
+
+
+def open_source(video: Path | None = None, camera: int | None = None, stream: str | None = None,
+                image: Path | None = None, images: Path | None = None, reconnects: int = 5) -> Source:
+    """The one source given (the CLI makes them mutually exclusive)."""
+    if video is not None:
+        return VideoFile(Path(video))
+    if camera is not None:
+        return LiveSource(camera, reconnects)
+    if stream is not None:
+        return LiveSource(stream, reconnects)
+    if image is not None:
+        read_image(image)  # a clear error for a missing or unreadable file
+        return ImageFiles([Path(image)], f"image {Path(image).name}")
+    if images is not None:
+        folder = Path(images)
+        if not folder.is_dir():
+            raise OffsegError(f"image folder {folder} does not exist")
+        return ImageFiles(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), str(folder))
+    raise OffsegError("no input: give --video, --camera, --stream, --image or --images")

@@ -159,3 +159,17 @@ def render_video(seed: int, frames: int, height: int = 360, width: int = 640):
         crop = (slice(y, y + h), slice(x, x + w))
         yield (cv2.resize(canvas[crop], (width, height), interpolation=cv2.INTER_LINEAR),
                cv2.resize(canvas_labels[crop], (width, height), interpolation=cv2.INTER_NEAREST))
+
+
+def write_video(path, seed: int = 0, frames: int = 60, height: int = 360, width: int = 640, fps: float = 15.0):
+    """Render ``render_video`` to a video file (finalized atomically); returns the labels of every frame."""
+    from runtime.sinks import VideoSink
+    sink = VideoSink(path, fps, (height, width))
+    labels = []
+    try:
+        for image, frame_labels in render_video(seed, frames, height, width):
+            sink.write(image)
+            labels.append(frame_labels)
+    finally:
+        sink.close()
+    return labels

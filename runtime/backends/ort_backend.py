@@ -1,0 +1,51 @@
+"""ONNX Runtime backend: TensorRT, CUDA or CPU execution providers, the first available in that order."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OffsegError
+from . import ModelInfo
+
+log = logging.getLogger(__name__)
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(available: list[str], requested: list[str] | None = None) -> list[str]:
+    """``requested`` (all must exist) or the preferred ones that are available, in preference order."""
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise OffsegError(f"ONNX Runtime here has no {', '.join(missing)} (available: {', '.join(available)})")
+        return list(requested)
+    return [p for p in PREFERRED_PROVIDERS if p in available] or list(available)
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, path: Path, providers: list[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise OffsegError("ONNX Runtime is not installed: pip install 'offseg-deploy[onnx]'") from None
+        chosen = choose_providers(ort.get_available_providers(), providers)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=chosen)
+        except Exception as error:  # ORT raises its own exception types for corrupt or unsupported files
+            raise OffsegError(f"ONNX Runtime cannot load {path}: {str(error).splitlines()[0]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        model_input = self.session.get_inputs()[0]
+        batch = model_input.shape[0]
+        self.info = ModelInfo.from_metadata(meta, max_batch=batch if isinstance(batch, int) else None)
+        self.input_name = model_input.name
+        self.description = f"ONNX Runtime {ort.__version__} ({', '.join(self.session.get_providers())})"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,32 @@
+"""PyTorch backend (only when torch is installed): a checkpoint run eagerly, for parity work."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OffsegError
+from . import ModelInfo
+
+
+class TorchBackend:
+    def __init__(self, path: Path):
+        try:
+            import torch
+        except ImportError:
+            raise OffsegError("the PyTorch backend needs torch; on devices use an .onnx or .plan file") from None
+        from offseg.checkpoint import build_from_checkpoint, read_file
+        self.torch = torch
+        self.model, name = build_from_checkpoint(path)
+        content = read_file(path)
+        classes = tuple(content.get("classes", ())) if isinstance(content.get("classes"), list) else ()
+        self.info = ModelInfo(name=name, num_classes=self.model.num_classes, input_size=None, uint8_input=False,
+                              output_kind="logits", classes=classes)
+        self.description = f"PyTorch {torch.__version__} (CPU)"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.model(self.torch.from_numpy(batch)).numpy()
+
+    def close(self) -> None:
+        self.model = None

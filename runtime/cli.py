@@ -1,0 +1,119 @@
+"""``offseg-run``: segment a video, camera, stream, image or folder with an ONNX model or a TensorRT engine."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .console import add_common_options, run
+from .errors import OffsegError
+from .preprocess import RESIZE_POLICIES
+
+log = logging.getLogger(__name__)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .backends import open_backend
+    from .draw import annotate, class_names, palette_for
+    from .pipeline import Pipeline, RunStats
+    from .sinks import MaskSink, VideoSink, WindowSink
+    from .sources import open_source
+
+    if args.output and args.output.exists() and args.output.is_dir():
+        raise OffsegError(f"--output {args.output} is a folder; give a video file name such as out.mp4")
+    backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda)
+    source = open_source(args.video, args.camera, args.stream, args.image, args.images, args.reconnects)
+    pipeline = Pipeline(backend, args.batch, args.resize)
+    info = backend.info
+    palette = palette_for(info)
+    names = class_names(info) if args.legend else None
+    print(f"{info.name} ({info.num_classes} classes, {info.precision}, input "
+          f"{'any size' if info.input_size is None else '%dx%d' % info.input_size}) on {backend.description}; "
+          f"reading {source.description}")
+    masks = MaskSink(args.save_masks) if args.save_masks else None
+    window = WindowSink() if args.show else None
+    video: VideoSink | None = None
+    stats = RunStats()
+    bar = tqdm(total=source.length, unit="frame", disable=args.no_progress or source.length is None)
+    recent: list[float] = []
+
+    def consume(result) -> bool:
+        nonlocal video
+        if masks:
+            masks.write(result.frame.name, result.labels)
+        if not (args.output or window):
+            bar.update(1)
+            return True
+        now = time.perf_counter()
+        recent.append(now)
+        del recent[:-30]
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
+        image = annotate(result.frame.image, result.labels, palette, args.alpha,
+                         None if args.no_overlay_text else f"{fps:.1f} FPS  model {result.compute_ms:.0f} ms", names)
+        if args.output:
+            if video is None:
+                video = VideoSink(args.output, args.fps or source.fps or 30.0, image.shape[:2])
+            video.write(image)
+        bar.update(1)
+        bar.set_postfix(fps=f"{fps:.1f}")
+        return window.show(image) if window else True
+
+    try:
+        pipeline.run(source, consume, stats)
+    except KeyboardInterrupt:
+        print("interrupted: finishing the outputs", flush=True)
+    finally:
+        bar.close()
+        source.close()
+        backend.close()
+        if video:
+            video.close()
+        if window:
+            window.close()
+    print(stats.table())
+    if video:
+        print(f"wrote {video.path} ({video.frames} frames)")
+    if masks:
+        print(f"wrote {stats.frames} label PNGs to {masks.folder}")
+    if args.summary:
+        args.summary.write_text(json.dumps(stats.summary(), indent=2) + "\n")
+    if stats.frames == 0:
+        raise OffsegError(f"no frame could be processed ({stats.stop_reason})")
+    return 130 if stats.stop_reason.startswith("interrupted") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="offseg-run", description="Semantic segmentation of videos, cameras, "
+                                     "streams and images with an OffSeg ONNX model or TensorRT engine.")
+    parser.add_argument("--engine", type=Path, required=True, help="model: .onnx (ONNX Runtime), .plan (TensorRT) "
+                        "or .pth (PyTorch, needs torch)")
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--video", type=Path, help="video file")
+    inputs.add_argument("--camera", type=int, help="camera index (0 = first)")
+    inputs.add_argument("--stream", help="RTSP/HTTP stream URL")
+    inputs.add_argument("--image", type=Path, help="one image")
+    inputs.add_argument("--images", type=Path, help="a folder of images")
+    parser.add_argument("--output", type=Path, help="annotated video (.mp4/.avi/.mkv), same fps as the input")
+    parser.add_argument("--save-masks", type=Path, metavar="DIR", help="write one label PNG per frame")
+    parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
+    parser.add_argument("--no-display", action="store_true", help="no window (the default; kept for scripts)")
+    parser.add_argument("--batch", type=int, default=1, help="frames per inference (dynamic models)")
+    parser.add_argument("--resize", choices=RESIZE_POLICIES, default="letterbox",
+                        help="fitting frames to a fixed-size model (default letterbox: keeps the aspect ratio)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    parser.add_argument("--legend", action="store_true", help="draw the classes present in each frame")
+    parser.add_argument("--no-overlay-text", action="store_true", help="no FPS/latency text on the frames")
+    parser.add_argument("--fps", type=float, help="output fps when the input does not say (default 30)")
+    parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, "
+                        "CPU, whichever exist)")
+    parser.add_argument("--cuda", choices=("auto", "cuda-python", "pycuda"), default="auto",
+                        help="CUDA binding for TensorRT engines (default: cuda-python, else pycuda)")
+    parser.add_argument("--reconnects", type=int, default=5, help="reconnect attempts for cameras/streams")
+    parser.add_argument("--summary", type=Path, help="write the run summary as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_options(parser)
+    return run(_run, parser, argv)

@@ -1,0 +1,204 @@
+"""The inference pipeline: capture -> preprocess -> infer -> postprocess -> sinks, overlapped in threads.
+
+A reader thread decodes frames, an inference thread fits them to the model (batching ``batch`` frames), runs the
+backend and turns outputs into frame-sized label maps; the calling thread draws and writes (OpenCV windows must
+live there). Bounded queues keep memory flat and frames in order. Ctrl-C or a sink asking to stop ends the run
+cleanly: every sink is closed, so the output video is finalized up to the last frame written.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends import Backend
+from .errors import OffsegError
+from .preprocess import Geometry, fit_frame, logits_to_labels, to_model_input
+from .sources import Frame, Source
+
+STAGES = ("decode", "preprocess", "infer", "postprocess", "draw+write")
+_END = object()
+
+
+@dataclass
+class Result:
+    frame: Frame
+    labels: np.ndarray  # (h, w) at the frame's size
+    started: float  # perf_counter when the frame was decoded
+    compute_ms: float = 0.0  # preprocess + inference + postprocess, per frame
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    stop_reason: str = ""
+    stage_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    latency_ms: list[float] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict:
+        def describe(values):
+            return {"mean": float(np.mean(values)), "p50": float(np.percentile(values, 50)),
+                    "p95": float(np.percentile(values, 95))} if values else None
+        return {"frames": self.frames, "skipped": self.skipped, "seconds": round(self.seconds, 3),
+                "fps": round(self.fps, 2), "stop_reason": self.stop_reason,
+                "latency_ms": describe(self.latency_ms),
+                "stages_ms": {s: describe(self.stage_ms[s]) for s in STAGES if self.stage_ms.get(s)}}
+
+    def table(self) -> str:
+        lines = [f"{self.frames} frames in {self.seconds:.1f} s: {self.fps:.1f} FPS"
+                 + (f", {self.skipped} unreadable frames skipped" if self.skipped else "")
+                 + (f"; stopped: {self.stop_reason}" if self.stop_reason else ""),
+                 f"{'stage':<12} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8}"]
+        rows = [(s, self.stage_ms.get(s)) for s in STAGES] + [("end-to-end", self.latency_ms)]
+        for name, values in rows:
+            if values:
+                lines.append(f"{name:<12} {np.mean(values):8.1f} {np.percentile(values, 50):8.1f} "
+                             f"{np.percentile(values, 95):8.1f}")
+        return "\n".join(lines)
+
+
+class Pipeline:
+    def __init__(self, backend: Backend, batch: int = 1, resize_policy: str = "letterbox", queue_size: int = 8):
+        info = backend.info
+        if batch < 1:
+            raise OffsegError(f"--batch must be at least 1, got {batch}")
+        if info.max_batch is not None and batch > info.max_batch:
+            raise OffsegError(f"the model takes batches of at most {info.max_batch}; use --batch {info.max_batch} "
+                              "or export with --dynamic (ONNX) / --max-batch (engine)")
+        self.backend, self.batch, self.policy = backend, batch, resize_policy
+        self.queue_size = max(queue_size, 2 * batch)
+
+    def _labels(self, outputs: np.ndarray, geometries: list[Geometry]) -> list[np.ndarray]:
+        info = self.backend.info
+        if info.output_kind == "labels":
+            labels = outputs
+        else:
+            labels = logits_to_labels(outputs, geometries[0].input_size)
+        return [g.labels_to_frame(item) for g, item in zip(geometries, labels)]
+
+    def _infer_batch(self, frames: list[tuple[Frame, float]], stats: RunStats) -> list[Result]:
+        t0 = time.perf_counter()
+        fitted = [fit_frame(f.image, self.backend.info.input_size, self.policy) for f, _ in frames]
+        shapes = {im.shape for im, _ in fitted}
+        t1 = time.perf_counter()
+        if len(shapes) > 1:  # a dynamic model fed frames of different sizes: run them one by one
+            outputs = [self.backend.infer(to_model_input([im], self.backend.info.uint8_input)) for im, _ in fitted]
+            t2 = time.perf_counter()
+            labels = [self._labels(o, [g])[0] for o, (_, g) in zip(outputs, fitted)]
+        else:
+            outputs = self.backend.infer(to_model_input([im for im, _ in fitted], self.backend.info.uint8_input))
+            t2 = time.perf_counter()
+            labels = self._labels(outputs, [g for _, g in fitted])
+        t3 = time.perf_counter()
+        share = 1000 / len(frames)
+        for stage, seconds in (("preprocess", t1 - t0), ("infer", t2 - t1), ("postprocess", t3 - t2)):
+            stats.stage_ms[stage].extend([seconds * share] * len(frames))
+        compute_ms = (t3 - t0) * share
+        return [Result(frame, label, started, compute_ms) for (frame, started), label in zip(frames, labels)]
+
+    def run(self, source: Source, consume: Callable[[Result], bool], stats: RunStats | None = None) -> RunStats:
+        """Process every frame of ``source``; ``consume`` draws/writes one result and returns False to stop."""
+        stats = stats or RunStats()
+        stop = threading.Event()
+        decoded: queue.Queue = queue.Queue(self.queue_size)
+        results: queue.Queue = queue.Queue(self.queue_size)
+        errors: list[BaseException] = []
+
+        def put(q: queue.Queue, item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def get(q: queue.Queue):
+            while not stop.is_set():
+                try:
+                    return q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            return _END
+
+        def read() -> None:
+            try:
+                t = time.perf_counter()
+                for frame in source.frames():
+                    now = time.perf_counter()
+                    stats.stage_ms["decode"].append(1000 * (now - t))
+                    if not put(decoded, (frame, now)):
+                        return
+                    t = time.perf_counter()
+            except BaseException as error:  # reported by the main thread
+                errors.append(error)
+            finally:
+                put(decoded, _END)
+
+        def infer() -> None:
+            try:
+                ended = False
+                while not ended and not stop.is_set():
+                    batch = []
+                    while len(batch) < self.batch:
+                        item = get(decoded)
+                        if item is _END:
+                            ended = True
+                            break
+                        batch.append(item)
+                    for result in self._infer_batch(batch, stats) if batch else []:
+                        if not put(results, result):
+                            return
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                put(results, _END)
+
+        threads = [threading.Thread(target=read, name="decode", daemon=True),
+                   threading.Thread(target=infer, name="infer", daemon=True)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        try:
+            while True:
+                try:
+                    item = results.get(timeout=0.1)
+                except queue.Empty:
+                    if errors:
+                        break
+                    continue
+                if item is _END:
+                    break
+                t = time.perf_counter()
+                keep_going = consume(item)
+                done = time.perf_counter()
+                stats.stage_ms["draw+write"].append(1000 * (done - t))
+                stats.latency_ms.append(1000 * (done - item.started))
+                stats.frames += 1
+                if not keep_going:
+                    stats.stop_reason = "stopped by the user"
+                    break
+        except KeyboardInterrupt:
+            stats.stop_reason = "interrupted (Ctrl-C)"
+            raise
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=5)
+            stats.seconds = time.perf_counter() - start
+            stats.skipped = source.skipped
+            stats.stop_reason = stats.stop_reason or source.stop_reason
+        if errors:
+            raise errors[0]
+        return stats

@@ -1,0 +1,171 @@
+"""offseg-run on real encoded videos made here: ONNX Runtime output matches PyTorch's labels, outputs are finalized
+on every kind of ending, user mistakes get one line. Torch-free on the device side."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from export.cli import main as export_main
+from offseg import build_model, save_checkpoint
+from offseg.data.synthetic import write_video
+from offseg.checkpoint import build_from_checkpoint
+from runtime.backends import open_backend
+from runtime.preprocess import fit_frame, logits_to_labels, to_model_input
+from runtime.cli import main as run_main
+from runtime.pipeline import Pipeline
+from runtime.sinks import VideoSink
+from runtime.sources import VideoFile
+
+pytestmark = pytest.mark.xdist_group("runtime")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A 9-class OffSeg-T as a checkpoint (PyTorch backend) and its ONNX export (fixed 128x192 input)."""
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(build_model("offseg-t", 9).eval(), folder / "t.pth", "offseg-t")
+    onnx_path = folder / "t.onnx"
+    assert export_main(["--checkpoint", str(checkpoint), "--input-size", "128", "192", "--output", str(onnx_path),
+                        "--no-check"]) == 0
+    return checkpoint, onnx_path
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("videos") / "street.mp4"
+    write_video(path, seed=3, frames=12, height=180, width=320, fps=12)
+    return path
+
+
+def frames_of(path):
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return frames, capture.get(cv2.CAP_PROP_FPS)
+        frames.append(frame)
+
+
+@pytest.mark.slow
+def test_onnx_run_matches_pytorch_labels_and_writes_a_playable_video(models, video, tmp_path, capsys):
+    checkpoint, onnx_path = models
+    out = tmp_path / "out.mp4"
+    assert run_main(["--engine", str(onnx_path), "--video", str(video), "--output", str(out), "--save-masks",
+                     str(tmp_path / "onnx"), "--summary", str(tmp_path / "s.json"), "--legend", "--no-progress"]) == 0
+    frames, fps = frames_of(out)
+    assert len(frames) == 12 and fps == pytest.approx(12) and frames[0].shape == (180, 320, 3)
+    model, _ = build_from_checkpoint(checkpoint)
+    agreement = []
+    for index, frame in enumerate(frames_of(video)[0]):  # PyTorch on the same frames, same preprocessing
+        fitted, geometry = fit_frame(frame, (128, 192))
+        with torch.no_grad():
+            logits = model(torch.from_numpy(to_model_input([fitted], uint8_input=False))).numpy()
+        expected = geometry.labels_to_frame(logits_to_labels(logits, (128, 192))[0])
+        actual = cv2.imread(str(tmp_path / "onnx" / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+        agreement.append((actual == expected).mean())
+    assert len(agreement) == 12 and min(agreement) >= 0.999
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["frames"] == 12 and set(summary["stages_ms"]) >= {"decode", "infer", "draw+write"}
+    assert "FPS" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix, fourcc, size", [(".avi", "MJPG", (157, 203)), (".mkv", "mp4v", (97, 301))])
+def test_other_containers_and_odd_sizes(models, tmp_path, suffix, fourcc, size):
+    source = tmp_path / f"in{suffix}"
+    writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*fourcc), 10, size[::-1])
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        writer.write(rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+    writer.release()
+    out = tmp_path / "out.avi"
+    assert run_main(["--engine", str(models[1]), "--video", str(source), "--output", str(out), "--resize", "stretch",
+                     "--no-progress"]) == 0
+    frames, _ = frames_of(out)
+    decoded, _ = frames_of(source)  # codecs may round odd sizes
+    assert len(frames) == 5 and frames[0].shape == decoded[0].shape and abs(decoded[0].shape[0] - size[0]) <= 1
+
+
+@pytest.mark.slow
+def test_truncated_video_keeps_what_was_decoded(models, video, tmp_path, capsys):
+    data = video.read_bytes()
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    out = tmp_path / "out.mp4"
+    code = run_main(["--engine", str(models[1]), "--video", str(truncated), "--output", str(out), "--no-progress"])
+    frames, _ = frames_of(out)
+    assert code in (0, 2) and (len(frames) > 0 or code == 2)
+    assert "Traceback" not in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.slow
+def test_interrupt_finalizes_the_video(models, video, tmp_path):
+    backend = open_backend(models[1])
+    sink = VideoSink(tmp_path / "part.mp4", 12, (180, 320))
+    written = []
+
+    def consume(result):
+        if len(written) == 4:
+            raise KeyboardInterrupt
+        sink.write(result.frame.image)
+        written.append(result.frame.index)
+        return True
+
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            Pipeline(backend).run(VideoFile(video), consume)
+        finally:
+            sink.close()
+    frames, _ = frames_of(tmp_path / "part.mp4")
+    assert written == [0, 1, 2, 3] and len(frames) == 4  # in order, finalized, playable
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--video", "missing.mp4"], "video missing.mp4 does not exist"),
+    (["--camera", "7"], "cannot open camera 7"),
+    (["--image", "missing.png"], "image missing.png does not exist"),
+    (["--video", "VIDEO", "--batch", "4"], "batches of at most 1"),
+    (["--video", "VIDEO", "--output", "/nonexistent/out.mp4"], "does not exist"),
+    (["--video", "VIDEO", "--output", "out.xyz"], "unsupported video format"),
+])
+def test_user_mistakes_give_one_clear_line(models, video, tmp_path, capsys, argv, message):
+    argv = [str(video) if a == "VIDEO" else str(tmp_path / a) if a == "out.xyz" else a for a in argv]
+    assert run_main(["--engine", str(models[1]), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_engine_problems_are_explained(tmp_path, capsys):
+    bogus = tmp_path / "m.onnx"
+    bogus.write_bytes(b"not a model")
+    assert run_main(["--engine", str(bogus), "--image", str(bogus)]) == 2
+    assert "ONNX Runtime cannot load" in capsys.readouterr().err
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"engine")
+    assert run_main(["--engine", str(plan), "--image", str(bogus)]) == 2
+    err = capsys.readouterr().err
+    assert ("TensorRT is not installed" in err or "sidecar" in err) and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_runtime_runs_with_torch_blocked(models, video, tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        from runtime.cli import main
+        code = main(["--engine", {str(models[1])!r}, "--video", {str(video)!r}, "--save-masks",
+                     {str(tmp_path / "m")!r}, "--no-progress"])
+        assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
+        sys.exit(code)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "m").glob("*.png"))) == 12
