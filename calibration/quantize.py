@@ -58,7 +58,8 @@ class QuantResult:
     excluded: int
 
     def __str__(self) -> str:
-        return f"calibrated on {self.images} images, {self.quantized} Q/DQ pairs, {self.excluded} nodes kept float"
+        calibrated = f"calibrated on {self.images} images" if self.images else "cached calibration ranges"
+        return f"{calibrated}, {self.quantized} Q/DQ pairs, {self.excluded} nodes kept float"
 
 
 class _Reader:
@@ -95,15 +96,18 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
     has_function = any(f.name == HEAD_SCOPE for f in model.functions)
     flat = onnx.inliner.inline_local_functions(model) if has_function else model
     excluded = pinned_nodes(flat, options.exclude) + list(options.extra_exclude_nodes)
-    inputs = calibration_inputs(calib_data, options.samples, input_size_for_calibration(meta, flat),
-                                uint8_input=flat.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8)
+    cached = options.cache is not None and Path(options.cache).is_file()
+    inputs = [] if cached else calibration_inputs(
+        calib_data, options.samples, input_size_for_calibration(meta, flat),
+        uint8_input=flat.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8)
     tensorrt = options.target == "tensorrt"
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False} if tensorrt else {}
     with tempfile.TemporaryDirectory(prefix="offseg-int8-") as folder:
         flat_path, out_path = Path(folder) / "flat.onnx", Path(folder) / "int8.onnx"
         onnx.save(flat, flat_path)
-        log.info("calibrating on %d images (%s, %s)", len(inputs), options.method, options.target)
-        quantize_static(str(flat_path), str(out_path), _Reader(flat.graph.input[0].name, inputs),
+        log.info("calibrating on %s (%s, %s)", f"cached ranges {options.cache}" if cached else f"{len(inputs)} images",
+                 options.method, options.target)
+        quantize_static(str(flat_path), str(out_path), None if cached else _Reader(flat.graph.input[0].name, inputs),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(options.op_types),
                         per_channel=options.per_channel,
                         activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
@@ -115,7 +119,7 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
         quantized = extract_function(quantized, HEAD_SCOPE, FUNCTION_DOMAIN)
     pairs = sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
     meta = {**meta, "offseg.precision": "int8", "offseg.int8_target": options.target,
-            "offseg.int8_method": options.method, "offseg.int8_images": str(len(inputs)),
+            "offseg.int8_method": options.method, "offseg.int8_images": "cached" if cached else str(len(inputs)),
             "offseg.int8_data": str(calib_data),
             "offseg.int8_excluded": " ".join(map(str, options.exclude)),
             "offseg.source_onnx_sha256": file_sha256(source)}

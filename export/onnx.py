@@ -159,10 +159,20 @@ def simplify(proto):
     return onnxslim.slim(proto)
 
 
-def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint: Path | None) -> dict[str, str]:
+def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint: Path | None,
+             classes: list[str] | None = None) -> dict[str, str]:
+    import json
+
     from offseg import __version__
+    from offseg.data.synthetic import CLASSES as SYNTHETIC_CLASSES
+    from offseg.data.synthetic import PALETTE as SYNTHETIC_PALETTE
     h, w = options.input_size
-    return {
+    names = {}
+    if classes and len(classes) == num_classes:
+        names["offseg.classes"] = json.dumps(list(classes))
+        if tuple(classes) == SYNTHETIC_CLASSES:
+            names["offseg.palette"] = json.dumps(SYNTHETIC_PALETTE.tolist())
+    return {**names,
         "offseg.model": model_name,
         "offseg.num_classes": str(num_classes),
         "offseg.input_size": "dynamic" if options.dynamic else f"{h} {w}",
@@ -179,8 +189,10 @@ def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint
 
 
 def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, options: OnnxOptions = OnnxOptions(),
-                checkpoint: Path | None = None) -> OnnxExport:
-    """Export ``model`` (an OffSeg, weights loaded) to ``path``; raises OffsegError for bad options or paths."""
+                checkpoint: Path | None = None, classes: list[str] | None = None) -> OnnxExport:
+    """Export ``model`` (an OffSeg, weights loaded) to ``path``; raises OffsegError for bad options or paths.
+
+    ``classes`` (names, e.g. from a checkpoint trained here) go into the metadata for the runtime's legend."""
     import onnx_ir as ir
 
     options.validate()
@@ -196,7 +208,7 @@ def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, opti
     proto = simplify(ir.serde.serialize_model(ir_model))
     if options.head_as_function:
         proto = extract_function(proto, HEAD_SCOPE, FUNCTION_DOMAIN)
-    meta = metadata(model_name, deploy.num_classes, options, checkpoint)
+    meta = metadata(model_name, deploy.num_classes, options, checkpoint, classes)
     proto.producer_name, proto.doc_string = "offseg-deploy", f"OffSeg {model_name} exported by offseg-deploy"
     save_checked(proto, meta, path)
     return OnnxExport(path, options, proto.graph.input[0].name, proto.graph.output[0].name, meta)

@@ -28,26 +28,25 @@ def info_main(argv: list[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-    from .info import format_info, model_info
-    result = run_demo(args.workdir, args.model, args.checkpoint, args.image, args.seed)
-    print(format_info(model_info(result.model_name)))
-    h, w = result.image_size
-    print(f"segmented a {h} {w} image with {result.model_name}: {result.classes_seen} classes present")
-    for path in result.files:
-        print(f"wrote {path}")
-    return 0
+    from .demo import DemoConfig, format_table, run_demo
+    overrides = {"model": args.model or "offseg-t", "checkpoint": args.checkpoint}
+    config = DemoConfig.quick(args.workdir, **overrides) if args.quick else \
+        DemoConfig(workdir=args.workdir, **overrides)
+    rows = run_demo(config)
+    print(format_table(rows))
+    print(f"wrote {args.workdir / 'report.md'} (table, videos, validation reports with side-by-side pictures)")
+    return 0 if all(r["within_bound"] for r in rows) else 1
 
 
 def demo_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="offseg-demo", description="Segment an image with OffSeg and save the "
-                                     "input, a colourized mask and an overlay.")
+    parser = argparse.ArgumentParser(prog="offseg-demo", description="The whole chain offline: train a model on "
+                                     "synthetic scenes (or use --checkpoint), export, calibrate INT8, run on a "
+                                     "video, validate, report.")
     parser.add_argument("--workdir", type=Path, default=Path("offseg-demo"), help="output folder (default ./offseg-demo)")
-    parser.add_argument("--model", default=None, choices=list(MODELS),
-                        help="model name (default: from the checkpoint, else offseg-t)")
-    parser.add_argument("--checkpoint", type=Path, help="official mmseg or offseg checkpoint (default: random weights)")
-    parser.add_argument("--image", type=Path, help="image to segment (default: a built-in synthetic scene)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic scene and random weights")
+    parser.add_argument("--model", default=None, choices=list(MODELS), help="model to train (default offseg-t)")
+    parser.add_argument("--checkpoint", type=Path, help="use this checkpoint instead of training on synthetic scenes "
+                        "(its classes must be the synthetic ones for the validation step)")
+    parser.add_argument("--quick", action="store_true", help="a reduced run (short training, small inputs): CI")
     add_common_options(parser)
     return run(_demo, parser, argv)
 

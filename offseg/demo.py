@@ -1,51 +1,185 @@
-"""The README's main job: segment an image with an OffSeg model and save the pictures."""
+"""The README's main job, offline: train (or load) -> export -> calibrate -> run on a video -> validate -> report.
+
+Every step writes under the work folder, atomically, and is skipped on the next run when its output is already
+there and was made from the same inputs (the checkpoint hash is recorded in the ONNX metadata, the ONNX hash in the
+INT8 model). With TensorRT and a GPU present, FP16 and INT8 engines join the table.
+"""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from runtime.palettes import colorize, generated_palette
-from runtime.postprocess import overlay
-from runtime.sinks import write_image
-from runtime.sources import read_image
-
-from .checkpoint import build_from_checkpoint
-from .data.synthetic import render_scene
-from .inference import predict
-from .zoo import build_model
+from runtime.errors import OffsegError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DemoResult:
-    model_name: str
-    image_size: tuple[int, int]
-    classes_seen: int
-    files: list[Path]
+class DemoConfig:
+    workdir: Path = Path("offseg-demo")
+    model: str = "offseg-t"
+    checkpoint: Path | None = None
+    train_iters: int = 400
+    train_crop: tuple[int, int] = (128, 128)
+    train_lr: float = 1e-3  # from scratch on synthetic scenes (the official 6e-5 assumes a pretrained backbone)
+    input_size: tuple[int, int] = (256, 448)
+    video_frames: int = 48
+    video_size: tuple[int, int] = (288, 512)
+    calib_images: int = 32
+    val_images: int = 24
+
+    @classmethod
+    def quick(cls, workdir: Path, **overrides) -> DemoConfig:
+        """The CI-sized run: a short training, small inputs, few frames and images."""
+        values = dict(workdir=workdir, train_iters=60, train_crop=(96, 96), input_size=(128, 224), video_frames=8,
+                      video_size=(144, 256), calib_images=8, val_images=6)
+        return cls(**{**values, **overrides})
 
 
-def run_demo(workdir: Path, model_name: str | None = None, checkpoint: Path | None = None,
-             image: Path | None = None, seed: int = 0) -> DemoResult:
-    """Segment ``image`` (default: a built-in synthetic scene) and write input, mask and overlay PNGs."""
-    if checkpoint is not None:
-        model, model_name = build_from_checkpoint(checkpoint, model_name)
-    else:
-        model_name = model_name or "offseg-t"
-        log.info("no --checkpoint: using %s with fresh random weights (seed %d); the mask shows the pipeline "
-                 "works, not a trained segmentation", model_name, seed)
-        torch.manual_seed(seed)
-        model = build_model(model_name).eval()
-    picture = read_image(image) if image is not None else render_scene(seed)[0]
-    labels = predict(model, picture)
-    palette = generated_palette(model.num_classes)
-    files = [
-        write_image(workdir / "input.png", picture),
-        write_image(workdir / "mask.png", np.ascontiguousarray(colorize(labels, palette)[:, :, ::-1])),
-        write_image(workdir / "overlay.png", overlay(picture, labels, palette)),
-    ]
-    return DemoResult(model_name, picture.shape[:2], len(np.unique(labels)), files)
+@dataclass
+class Artifact:
+    name: str
+    path: Path
+    precision: str
+    runtime: str
+
+
+def _trained_checkpoint(config: DemoConfig) -> Path:
+    from .train import TrainConfig, train
+    work = config.workdir / "train"
+    latest = work / "latest.pth"
+    if latest.is_file():
+        done = torch.load(latest, map_location="cpu", weights_only=False).get("iteration", 0)
+        if done >= config.train_iters:
+            print(f"[1/5] model: reusing {latest} ({done} iterations on synthetic scenes)")
+            return latest
+    print(f"[1/5] model: training {config.model} on synthetic scenes ({config.train_iters} iterations, cached "
+          "for the next run)")
+    return train(TrainConfig(model=config.model, dataset="synthetic", work_dir=str(work), iters=config.train_iters,
+                             batch_size=8, crop=config.train_crop, scale=(384, 256), lr=config.train_lr,
+                             warmup_iters=max(config.train_iters // 10, 1), checkpoint_interval=50,
+                             eval_interval=10 ** 9, workers=1, synthetic_length=2000, eval_images=10,
+                             resume=latest.is_file()))
+
+
+def _export(config: DemoConfig, checkpoint: Path) -> Path:
+    from export.files import file_sha256, load_onnx, read_metadata
+    from export.onnx import OnnxOptions, export_onnx
+    from export.parity import onnx_parity
+
+    from .checkpoint import build_from_checkpoint, read_file
+    path = config.workdir / "model.onnx"
+    if path.is_file() and read_metadata(load_onnx(path)).get("offseg.checkpoint_sha256") == file_sha256(checkpoint):
+        print(f"[2/5] export: reusing {path}")
+        return path
+    model, name = build_from_checkpoint(checkpoint, None if config.checkpoint else config.model)
+    classes = read_file(checkpoint).get("classes")
+    options = OnnxOptions(input_size=config.input_size)
+    print(f"[2/5] export: {name} -> {path} ({config.input_size[0]}x{config.input_size[1]}, fused offset-learning head)")
+    export_onnx(model, name, path, options, checkpoint, classes=classes)
+    print(f"      parity vs PyTorch: {onnx_parity(model, path, options)}")
+    return path
+
+
+def _int8(config: DemoConfig, onnx_path: Path, target: str) -> Path:
+    from calibration.quantize import QuantOptions, quantize_file
+    from export.files import is_derived_from
+    path = config.workdir / f"model.int8-{target}.onnx"
+    if is_derived_from(path, onnx_path, {"offseg.precision": "int8", "offseg.int8_target": target}):
+        print(f"[3/5] INT8: reusing {path}")
+        return path
+    result = quantize_file(onnx_path, path, "synthetic", QuantOptions(target=target, samples=config.calib_images))
+    print(f"[3/5] INT8 ({target}): {path}, {result}")
+    return path
+
+
+def _engines(config: DemoConfig, onnx_path: Path) -> list[Artifact]:
+    """FP16 and INT8 TensorRT engines when TensorRT and a GPU are present (else an explanation)."""
+    from runtime.device import cuda_device
+    import importlib.util
+    if importlib.util.find_spec("tensorrt") is None:
+        print("      TensorRT engines: skipped (TensorRT is not installed here)")
+        return []
+    if cuda_device() is None:
+        print("      TensorRT engines: skipped (no CUDA GPU)")
+        return []
+    from export.cli import main as export_main
+    artifacts = []
+    for precision, flags in (("fp16", ["--fp16"]), ("int8", ["--int8", "--calib-data", "synthetic"])):
+        plan = config.workdir / f"model.{precision}.plan"
+        if not plan.is_file():
+            if export_main(["--onnx", str(onnx_path), "--format", "engine", "--output", str(plan), *flags]) != 0:
+                raise OffsegError(f"building the {precision} engine failed")
+        artifacts.append(Artifact(f"TensorRT {precision.upper()}", plan, precision, "TensorRT"))
+    return artifacts
+
+
+def run_demo(config: DemoConfig) -> list[dict]:
+    """Run every step; returns the table rows (also written to report.md / report.json)."""
+    from calibration.cli import validate_main
+    from runtime.cli import main as run_main
+
+    from .data.synthetic import write_video
+    if config.checkpoint is not None and not Path(config.checkpoint).is_file():
+        raise OffsegError(f"checkpoint {config.checkpoint} does not exist")
+    try:
+        config.workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OffsegError(f"cannot write to {config.workdir}: {error.strerror}") from None
+    checkpoint = config.checkpoint or _trained_checkpoint(config)
+    onnx_path = _export(config, checkpoint)
+    artifacts = [Artifact("ONNX FP32", onnx_path, "fp32", "ONNX Runtime CPU"),
+                 Artifact("ONNX INT8 (Q/DQ)", _int8(config, onnx_path, "onnxruntime"), "int8", "ONNX Runtime CPU")]
+    _int8(config, onnx_path, "tensorrt")  # the Q/DQ graph a TensorRT device builds from
+    artifacts += _engines(config, onnx_path)
+    video = config.workdir / "synthetic.mp4"
+    if not video.is_file():
+        write_video(video, seed=7, frames=config.video_frames, height=config.video_size[0],
+                    width=config.video_size[1])
+    rows = []
+    for artifact in artifacts:
+        stem = artifact.path.name.replace(".onnx", "").replace(".plan", "")
+        out, summary = config.workdir / f"{stem}.mp4", config.workdir / f"{stem}.run.json"
+        print(f"[4/5] offseg-run with {artifact.name} -> {out}")
+        if run_main(["--engine", str(artifact.path), "--video", str(video), "--output", str(out), "--legend",
+                     "--summary", str(summary), "--no-progress"]) != 0:
+            raise OffsegError(f"offseg-run failed on {artifact.path}")
+        report = config.workdir / f"validation-{stem}"
+        print(f"[5/5] offseg-validate {artifact.name} on {config.val_images} synthetic validation scenes")
+        code = validate_main(["--engine", str(artifact.path), "--checkpoint", str(checkpoint), "--dataset",
+                              "synthetic", "--max-images", str(config.val_images), "--report", str(report)])
+        if code == 2:
+            raise OffsegError(f"offseg-validate failed on {artifact.path}")
+        figures = json.loads((report / "report.json").read_text())["summary"]
+        rows.append({"artifact": artifact.name, "file": artifact.path.name, "precision": artifact.precision,
+                     "runtime": artifact.runtime, "miou": figures["engine_miou"],
+                     "pytorch_miou": figures["reference_miou"], "delta": figures["miou_delta"],
+                     "agreement": figures["pixel_agreement"], "fps": json.loads(summary.read_text())["fps"],
+                     "within_bound": code == 0, "video": out.name, "report": f"{report.name}/report.md"})
+    _write_table(config.workdir, rows)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| artifact | precision | runtime | mIoU | PyTorch mIoU | delta | pixel agreement | FPS (pipeline) |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['artifact']} | {r['precision']} | {r['runtime']} | {r['miou']:.2f} | {r['pytorch_miou']:.2f} | "
+              f"{r['delta']:+.2f} | {r['agreement']:.2f}% | {r['fps']:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def _write_table(workdir: Path, rows: list[dict]) -> None:
+    from runtime.sinks import atomic_output
+    with atomic_output(workdir / "report.json") as tmp:
+        tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    body = ["# OffSeg Deploy demo", "", format_table(rows), "",
+            "mIoU on synthetic validation scenes; delta = artifact - PyTorch; pixel agreement of the label maps. "
+            "Annotated videos and per-artifact validation reports (with side-by-side pictures) are linked below.", ""]
+    body += [f"- {r['artifact']}: video [{r['video']}]({r['video']}), report [{r['report']}]({r['report']})"
+             for r in rows]
+    with atomic_output(workdir / "report.md") as tmp:
+        tmp.write_text("\n".join(body) + "\n")

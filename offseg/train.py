@@ -228,6 +228,8 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     crop = tuple(config.crop or layout.crop)
     scale = tuple(config.scale or layout.train_scale)
     seed_everything(config.seed + run.rank, config.deterministic)
+    if run.device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormal weights/gradients make CPU training many times slower
     work_dir = Path(config.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     dataset = SegmentationDataset(config.dataset, config.data_root, "train", length=config.synthetic_length,

@@ -83,14 +83,16 @@ def to_model_input(images: list[np.ndarray], uint8_input: bool) -> np.ndarray:
     return np.concatenate([normalize_bgr(im) for im in images])
 
 
+def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(K, h, w) logits -> (H, W, K) float32, resized bilinearly (align_corners=False, as torch's interpolate)."""
+    channels_last = logits.astype(np.float32, copy=False).transpose(1, 2, 0)
+    if channels_last.shape[:2] == tuple(size):
+        return np.ascontiguousarray(channels_last)
+    chunks = [cv2.resize(np.ascontiguousarray(channels_last[:, :, i:i + 512]), tuple(size)[::-1],
+                         interpolation=cv2.INTER_LINEAR) for i in range(0, channels_last.shape[2], 512)]
+    return np.concatenate([c.reshape(*size, -1) for c in chunks], axis=2)
+
+
 def logits_to_labels(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(N, K, h, w) logits -> (N, H, W) labels: bilinear resize to ``size`` (as PyTorch's side does), then argmax."""
-    out = []
-    for item in logits.astype(np.float32, copy=False):
-        channels_last = item.transpose(1, 2, 0)
-        if channels_last.shape[:2] != size:
-            chunks = [cv2.resize(np.ascontiguousarray(channels_last[:, :, i:i + 512]), size[::-1],
-                                 interpolation=cv2.INTER_LINEAR) for i in range(0, channels_last.shape[2], 512)]
-            channels_last = np.concatenate([c.reshape(*size, -1) for c in chunks], axis=2)
-        out.append(channels_last.argmax(axis=2))
-    return np.stack(out)
+    return np.stack([resize_logits(item, size).argmax(axis=2) for item in logits])

@@ -1,6 +1,4 @@
 """The PyTorch-side command lines, run in-process like a user would."""
-import cv2
-import numpy as np
 import pytest
 
 from offseg.cli import demo_main, info_main
@@ -18,19 +16,7 @@ def test_info_reports_params_and_macs_next_to_the_paper(capsys, name, params):
     assert abs(measured - paper) <= 0.1  # the paper's GFLOPs are the conv MACs
 
 
-def test_demo_writes_pictures_of_the_input_size(tmp_path, capsys):
-    image = np.full((90, 130, 3), 120, np.uint8)
-    cv2.circle(image, (60, 45), 30, (0, 0, 255), -1)
-    cv2.imwrite(str(tmp_path / "in.png"), image)
-    assert demo_main(["--workdir", str(tmp_path / "out"), "--image", str(tmp_path / "in.png")]) == 0
-    for name in ("input.png", "mask.png", "overlay.png"):
-        picture = cv2.imread(str(tmp_path / "out" / name))
-        assert picture is not None and picture.shape == (90, 130, 3), name
-    assert not [p for p in (tmp_path / "out").iterdir() if ".partial" in p.name]
-
-
 @pytest.mark.parametrize("argv,message", [
-    (["--image", "missing.png"], "missing.png does not exist"),
     (["--checkpoint", "missing.pth"], "missing.pth does not exist"),
 ])
 def test_demo_user_mistakes_give_one_clear_line(tmp_path, capsys, argv, message):
@@ -43,4 +29,5 @@ def test_demo_unwritable_workdir(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert demo_main(["--workdir", str(blocker / "sub")]) == 2
-    assert "cannot write" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Traceback" not in err

@@ -1,0 +1,81 @@
+"""Which parts of the network cost mIoU in INT8: quantize one group of layers at a time (the rest float) and
+measure the mIoU of its labels against the FP32 model's labels on validation images.
+
+Groups are the modules the Conv weights belong to (``backbone.stages.2``, ``head.freqfusions.0``, ...), read from
+the weight initializer names the exporter keeps. Calibration ranges are computed once and cached.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.inliner
+
+from runtime.metrics import ConfusionMatrix
+
+from .quantize import QuantOptions, quantize_file
+
+
+def group_of(weight_name: str, depth: int = 3) -> str:
+    return ".".join(weight_name.split(".")[:depth])
+
+
+def conv_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Conv node names by the module (weight-name prefix) they belong to."""
+    flat = onnx.inliner.inline_local_functions(model) if model.functions else model
+    initializers = {i.name for i in flat.graph.initializer}
+    groups: dict[str, list[str]] = {}
+    for node in flat.graph.node:
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in initializers:
+            groups.setdefault(group_of(node.input[1]), []).append(node.name)
+    return groups
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    group: str
+    layers: int
+    miou: float  # mIoU (%) of the model with only this group in INT8, against the FP32 labels
+
+    @property
+    def cost(self) -> float:
+        return 100.0 - self.miou
+
+
+def _labels(path: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return [session.run(None, {name: x})[0][0].argmax(axis=0) for x in inputs]
+
+
+def sweep(source: Path, calib_data, val_inputs: list[np.ndarray], options: QuantOptions,
+          progress: bool = True) -> list[Sensitivity]:
+    """Per-group INT8 sensitivity, worst first."""
+    from tqdm import tqdm
+
+    model = onnx.load(str(source))
+    groups = conv_groups(model)
+    reference = _labels(source, val_inputs)
+    num_classes = int({p.key: p.value for p in model.metadata_props}["offseg.num_classes"])
+    results = []
+    with tempfile.TemporaryDirectory(prefix="offseg-sensitivity-") as folder:
+        cache = options.cache or Path(folder) / "ranges"
+        for name in tqdm(groups, desc="INT8 sensitivity", disable=not progress):
+            others = tuple(n for g, nodes in groups.items() if g != name for n in nodes)
+            path = Path(folder) / "one.onnx"
+            quantize_file(source, path, calib_data, replace(options, extra_exclude_nodes=others, cache=cache))
+            confusion = ConfusionMatrix(num_classes)
+            for predicted, expected in zip(_labels(path, val_inputs), reference):
+                confusion.update(predicted, expected)
+            results.append(Sensitivity(name, len(groups[name]), 100 * confusion.scores().miou))
+    return sorted(results, key=lambda s: s.miou)
+
+
+def worst_layers(results: list[Sensitivity], model: onnx.ModelProto, count: int) -> tuple[str, ...]:
+    """Node names of the ``count`` most costly groups (to keep them out of INT8)."""
+    groups = conv_groups(model)
+    return tuple(n for s in results[:count] for n in groups[s.group])
