@@ -38,12 +38,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         uint8 = model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
         val = calibration_inputs(args.sensitivity_data or args.data, args.sensitivity_images,
                                  input_size_for_calibration(meta, model), uint8)
-        results = sweep(args.onnx, args.data, val, options, progress=not args.debug)
+        results = sweep(args.onnx, args.data, val, options, args.group_depth, progress=not args.debug)
         print(f"INT8 sensitivity ({len(val)} images; mIoU of the labels vs FP32 with only that group in INT8):")
         for item in results:
             print(f"  {item.group:<28} {item.layers:3d} convs  mIoU {item.miou:6.2f}  cost {item.cost:5.2f}")
         if args.exclude_worst:
-            options = replace(options, extra_exclude_nodes=worst_layers(results, model, args.exclude_worst))
+            options = replace(options, extra_exclude_nodes=worst_layers(results, model, args.exclude_worst,
+                                                                                 args.group_depth))
             print(f"keeping the {args.exclude_worst} most costly groups in float: "
                   + ", ".join(s.group for s in results[:args.exclude_worst]))
         if args.sensitivity_json:
@@ -75,6 +76,8 @@ def calibrate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sensitivity", action="store_true", help="rank layer groups by the mIoU INT8 costs")
     parser.add_argument("--sensitivity-data", help="validation images for the sweep (default: --data)")
     parser.add_argument("--sensitivity-images", type=int, default=8)
+    parser.add_argument("--group-depth", type=int, default=3, help="module-name parts per group (default 3: "
+                        "backbone.stages.2; 2: backbone.stages, faster)")
     parser.add_argument("--sensitivity-json", type=Path, help="write the ranking as JSON")
     parser.add_argument("--exclude-worst", type=int, default=0, metavar="N",
                         help="keep the N most costly groups in float (with --sensitivity)")

@@ -1,8 +1,8 @@
 """Which parts of the network cost mIoU in INT8: quantize one group of layers at a time (the rest float) and
 measure the mIoU of its labels against the FP32 model's labels on validation images.
 
-Groups are the modules the Conv weights belong to (``backbone.stages.2``, ``head.freqfusions.0``, ...), read from
-the weight initializer names the exporter keeps. Calibration ranges are computed once and cached.
+Groups are the modules the Conv nodes belong to (``backbone.stages.2``, ``FreqFusion0``, ...), read from the node
+names (``module.path/node``) the exporter gives them. Calibration ranges are computed once and cached.
 """
 from __future__ import annotations
 
@@ -19,18 +19,18 @@ from runtime.metrics import ConfusionMatrix
 from .quantize import QuantOptions, quantize_file
 
 
-def group_of(weight_name: str, depth: int = 3) -> str:
-    return ".".join(weight_name.split(".")[:depth])
+def group_of(node_name: str, depth: int = 3) -> str:
+    scope = node_name.split("/")[0] if "/" in node_name else "other"
+    return ".".join(scope.split(".")[:depth])
 
 
-def conv_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """Conv node names by the module (weight-name prefix) they belong to."""
+def conv_groups(model: onnx.ModelProto, depth: int = 3) -> dict[str, list[str]]:
+    """Conv node names by the module (scope prefix of ``depth`` parts) they belong to."""
     flat = onnx.inliner.inline_local_functions(model) if model.functions else model
-    initializers = {i.name for i in flat.graph.initializer}
     groups: dict[str, list[str]] = {}
     for node in flat.graph.node:
-        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in initializers:
-            groups.setdefault(group_of(node.input[1]), []).append(node.name)
+        if node.op_type == "Conv":
+            groups.setdefault(group_of(node.name, depth), []).append(node.name)
     return groups
 
 
@@ -52,13 +52,13 @@ def _labels(path: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return [session.run(None, {name: x})[0][0].argmax(axis=0) for x in inputs]
 
 
-def sweep(source: Path, calib_data, val_inputs: list[np.ndarray], options: QuantOptions,
+def sweep(source: Path, calib_data, val_inputs: list[np.ndarray], options: QuantOptions, depth: int = 3,
           progress: bool = True) -> list[Sensitivity]:
-    """Per-group INT8 sensitivity, worst first."""
+    """Per-group INT8 sensitivity, worst first (``depth``: how many name parts make a group)."""
     from tqdm import tqdm
 
     model = onnx.load(str(source))
-    groups = conv_groups(model)
+    groups = conv_groups(model, depth)
     reference = _labels(source, val_inputs)
     num_classes = int({p.key: p.value for p in model.metadata_props}["offseg.num_classes"])
     results = []
@@ -75,7 +75,7 @@ def sweep(source: Path, calib_data, val_inputs: list[np.ndarray], options: Quant
     return sorted(results, key=lambda s: s.miou)
 
 
-def worst_layers(results: list[Sensitivity], model: onnx.ModelProto, count: int) -> tuple[str, ...]:
+def worst_layers(results: list[Sensitivity], model: onnx.ModelProto, count: int, depth: int = 3) -> tuple[str, ...]:
     """Node names of the ``count`` most costly groups (to keep them out of INT8)."""
-    groups = conv_groups(model)
+    groups = conv_groups(model, depth)
     return tuple(n for s in results[:count] for n in groups[s.group])

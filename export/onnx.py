@@ -136,27 +136,42 @@ def trace(model: DeployModel, options: OnnxOptions):
 
 
 def node_scope(torch_scopes: str) -> str | None:
-    """``OffsetLearning`` or ``FreqFusion<i>`` for nodes of those modules (from torch's name-scope metadata)."""
+    """The name scope of a node, from torch's name-scope metadata: ``OffsetLearning`` and ``FreqFusion<i>`` for
+    those modules (what the precision pins and the local function use), else the innermost module path
+    (``backbone.stages.2.blocks.1.mlp``), so node names, TensorRT layer names and INT8 groups stay readable."""
     if f"'{HEAD_MODULE}'" in torch_scopes:
         return HEAD_SCOPE
     fusion = FUSION_MODULE.search(torch_scopes)
-    return f"{FUSION_SCOPE}{fusion.group(1)}" if fusion else None
+    if fusion:
+        return f"{FUSION_SCOPE}{fusion.group(1)}"
+    scopes = re.findall(r"'([\w.]*)'", torch_scopes)  # ['', 'backbone', ..., innermost module, aten op]
+    return scopes[-2] if len(scopes) >= 2 and scopes[-2] else None
 
 
-def fold_and_scope(ir_model) -> None:
-    """Constant-fold (keeps node metadata) and name head / fusion nodes ``OffsetLearning/...``, ``FreqFusion0/...``."""
+def fold_and_scope(ir_model) -> dict[str, str]:
+    """Constant-fold (keeps node metadata) and prefix node names with their scope (``OffsetLearning/...``,
+    ``FreqFusion0/...``, ``backbone.stages.2.blocks.1.mlp/...``); returns output value name -> scope."""
     import onnxscript.optimizer as optimizer
     optimizer.fold_constants_ir(ir_model, onnx_shape_inference=True)
     optimizer.remove_unused_nodes(ir_model)
+    scopes = {}
     for node in ir_model.graph:
         scope = node_scope(node.metadata_props.get("pkg.torch.onnx.name_scopes", ""))
         if scope:
             node.name = rename_scope(scope, node.name)
+            scopes.update({value.name: scope for value in node.outputs})
+    return scopes
 
 
-def simplify(proto):
+def simplify(proto, scopes: dict[str, str]):
+    """onnxslim; nodes it creates (e.g. Conv+BatchNorm fused) get the scope of the value they produce."""
     import onnxslim
-    return onnxslim.slim(proto)
+    proto = onnxslim.slim(proto)
+    for node in proto.graph.node:
+        scope = scopes.get(node.output[0]) if node.output else None
+        if scope and "/" not in node.name:
+            node.name = rename_scope(scope, node.name)
+    return proto
 
 
 def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint: Path | None,
@@ -203,9 +218,9 @@ def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, opti
     log.info("tracing %s (%s, opset %d)", model_name, "dynamic" if options.dynamic else "static", options.opset)
     ir_model = trace(deploy, options)
     log.info("folding constants")
-    fold_and_scope(ir_model)
+    scopes = fold_and_scope(ir_model)
     log.info("simplifying with onnxslim")
-    proto = simplify(ir.serde.serialize_model(ir_model))
+    proto = simplify(ir.serde.serialize_model(ir_model), scopes)
     if options.head_as_function:
         proto = extract_function(proto, HEAD_SCOPE, FUNCTION_DOMAIN)
     meta = metadata(model_name, deploy.num_classes, options, checkpoint, classes)

@@ -1,0 +1,76 @@
+"""The README's main job in its reduced (CI) size, end to end: train on synthetic scenes -> export -> INT8 -> run on
+a video -> validate -> report; then calibration and validation commands on the model it trained."""
+import json
+
+import cv2
+import onnx
+import pytest
+
+from calibration.cli import calibrate_main, validate_main
+from export.trt_support import unsupported
+from offseg.cli import demo_main
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chain")]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    code = demo_main(["--quick", "--workdir", str(workdir)])
+    return workdir, code
+
+
+def test_demo_writes_the_table_videos_and_reports(demo):
+    workdir, code = demo
+    rows = json.loads((workdir / "report.json").read_text())
+    assert [r["artifact"] for r in rows] == ["ONNX FP32", "ONNX INT8 (Q/DQ)"]
+    fp32, int8 = rows
+    assert abs(fp32["delta"]) <= 0.1 and fp32["agreement"] >= 99.9  # ONNX FP32 = PyTorch
+    assert int8["precision"] == "int8" and int8["fps"] > 0
+    assert code == (0 if all(r["within_bound"] for r in rows) else 1)
+    for row in rows:
+        capture = cv2.VideoCapture(str(workdir / row["video"]))
+        assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
+        assert (workdir / row["report"]).is_file()
+    assert (workdir / "validation-model" / "sample_0.png").is_file()
+    assert "| ONNX FP32 | fp32 |" in (workdir / "report.md").read_text()
+    assert not list(workdir.rglob(".*partial*"))
+
+
+def test_demo_rerun_reuses_everything(demo, capsys):
+    workdir, _ = demo
+    demo_main(["--quick", "--workdir", str(workdir)])
+    out = capsys.readouterr().out
+    assert "model: reusing" in out and "export: reusing" in out and "INT8: reusing" in out
+
+
+def test_calibrate_for_tensorrt_with_a_sensitivity_sweep(demo, tmp_path, capsys):
+    workdir, _ = demo
+    output = tmp_path / "m.int8.onnx"
+    assert calibrate_main(["--onnx", str(workdir / "model.onnx"), "--data", "synthetic", "--samples", "4",
+                           "--output", str(output), "--sensitivity", "--sensitivity-images", "3", "--group-depth", "2", "--exclude-worst",
+                           "1", "--sensitivity-json", str(tmp_path / "s.json")]) == 0
+    ranking = json.loads((tmp_path / "s.json").read_text())
+    assert len(ranking) >= 3 and ranking[0]["miou"] <= ranking[-1]["miou"]  # worst group first
+    assert "keeping the 1 most costly groups in float" in capsys.readouterr().out
+    model = onnx.load(str(output))
+    assert unsupported(model) == []
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["offseg.int8_target"] == "tensorrt" and props["offseg.int8_excluded"].startswith("OffsetLearning")
+
+
+def test_onnxruntime_default_qdq_is_flagged_for_tensorrt(demo):
+    workdir, _ = demo
+    model = onnx.load(str(workdir / "model.int8-onnxruntime.onnx"))  # uint8 activations: zero points != 0
+    assert any("zero point" in problem for problem in unsupported(model))
+
+
+def test_validate_reports_and_enforces_the_bound(demo, tmp_path, capsys):
+    workdir, _ = demo
+    args = ["--engine", str(workdir / "model.int8-onnxruntime.onnx"), "--checkpoint",
+            str(workdir / "train" / "latest.pth"), "--max-images", "2", "--report", str(tmp_path / "r")]
+    assert validate_main(args + ["--max-miou-drop", "100"]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["precision"] == "int8" and len(report["per_class"]) == 9
+    assert validate_main(args + ["--max-miou-drop", "-1"]) == 1  # an impossible bound fails
+    assert "FAIL" in capsys.readouterr().out
