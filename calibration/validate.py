@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from runtime.metrics import ConfusionMatrix
-from runtime.preprocess import fit_frame, resize_logits, to_model_input
+from runtime.preprocess import fit_frame, resize_logits, sliding_windows, to_model_input
 
 Infer = Callable[[np.ndarray], np.ndarray]  # (1, 3, H, W) model input -> (1, K, h, w) logits or (1, H, W) labels
 
@@ -37,18 +37,13 @@ def whole(image: np.ndarray, infer: Infer, input_size, uint8_input: bool, labels
 def slide(image: np.ndarray, infer: Infer, crop: tuple[int, int], stride: tuple[int, int], uint8_input: bool):
     """(H, W, K) sliding-window logits (mmseg ``slide``), windows of ``crop`` every ``stride``."""
     h, w = image.shape[:2]
-    rows = max(h - crop[0] + stride[0] - 1, 0) // stride[0] + 1
-    cols = max(w - crop[1] + stride[1] - 1, 0) // stride[1] + 1
     total, count = None, np.zeros((h, w, 1), np.float32)
-    for row in range(rows):
-        for col in range(cols):
-            y2, x2 = min(row * stride[0] + crop[0], h), min(col * stride[1] + crop[1], w)
-            y1, x1 = max(y2 - crop[0], 0), max(x2 - crop[1], 0)
-            logits = whole(image[y1:y2, x1:x2], infer, crop, uint8_input, False)  # small windows: letterboxed
-            if total is None:
-                total = np.zeros((h, w, logits.shape[2]), np.float32)
-            total[y1:y2, x1:x2] += logits
-            count[y1:y2, x1:x2] += 1
+    for y1, y2, x1, x2 in sliding_windows(h, w, crop, stride):
+        logits = whole(image[y1:y2, x1:x2], infer, crop, uint8_input, False)  # small windows: letterboxed
+        if total is None:
+            total = np.zeros((h, w, logits.shape[2]), np.float32)
+        total[y1:y2, x1:x2] += logits
+        count[y1:y2, x1:x2] += 1
     return total / count
 
 

@@ -45,6 +45,7 @@ class OnnxOptions:
     output_kind: str = "logits"
     fused_head: bool = True
     head_as_function: bool = True
+    batch: int = 1  # static batch size (dynamic exports: any)
 
     def validate(self) -> None:
         h, w = self.input_size
@@ -52,6 +53,8 @@ class OnnxOptions:
             raise OffsegError(f"input size {h} {w} must be positive multiples of {SIZE_DIVISOR}")
         if self.output_kind not in OUTPUT_KINDS:
             raise OffsegError(f"output kind must be one of {', '.join(OUTPUT_KINDS)}, got {self.output_kind!r}")
+        if self.batch < 1:
+            raise OffsegError(f"batch must be at least 1, got {self.batch}")
         if self.opset < MIN_OPSET:
             raise OffsegError(f"opset {self.opset} is too old; use {MIN_OPSET} or newer")
 
@@ -110,7 +113,7 @@ def label_dtype(num_classes: int) -> torch.dtype:
 def example_input(options: OnnxOptions) -> torch.Tensor:
     """Batch 2 for dynamic exports: torch.export specializes a batch of 1 to a constant."""
     h, w = options.input_size
-    batch = 2 if options.dynamic else 1
+    batch = 2 if options.dynamic else options.batch
     if options.fold_normalization:
         return torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8)
     return torch.randn(batch, 3, h, w)

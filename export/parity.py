@@ -21,12 +21,12 @@ class Parity:
 
 
 def example_images(options: OnnxOptions, seed: int = 0) -> np.ndarray:
-    """A deterministic batch of one image at the export size in the graph's input format."""
-    h, w = options.input_size
+    """A deterministic batch at the export size in the graph's input format."""
+    shape = (1 if options.dynamic else options.batch, 3, *options.input_size)
     rng = np.random.default_rng(seed)
     if options.fold_normalization:
-        return rng.integers(0, 256, (1, 3, h, w), dtype=np.uint8)
-    return rng.standard_normal((1, 3, h, w), dtype=np.float32)
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.standard_normal(shape, dtype=np.float32)
 
 
 def onnx_parity(model: torch.nn.Module, onnx_path: Path, options: OnnxOptions) -> Parity:

@@ -23,7 +23,7 @@ class DemoConfig:
     workdir: Path = Path("offseg-demo")
     model: str = "offseg-t"
     checkpoint: Path | None = None
-    train_iters: int = 400
+    train_iters: int = 300
     train_crop: tuple[int, int] = (128, 128)
     train_lr: float = 1e-3  # from scratch on synthetic scenes (the official 6e-5 assumes a pretrained backbone)
     input_size: tuple[int, int] = (256, 448)
@@ -35,8 +35,8 @@ class DemoConfig:
     @classmethod
     def quick(cls, workdir: Path, **overrides) -> DemoConfig:
         """The CI-sized run: a short training, small inputs, few frames and images."""
-        values = dict(workdir=workdir, train_iters=60, train_crop=(96, 96), input_size=(128, 224), video_frames=8,
-                      video_size=(144, 256), calib_images=8, val_images=6)
+        values = dict(workdir=workdir, train_iters=100, input_size=(128, 224), video_frames=8, video_size=(144, 256),
+                      calib_images=8, val_images=12)
         return cls(**{**values, **overrides})
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime.preprocess import normalize_bgr, padded_size
+from runtime.preprocess import normalize_bgr, padded_size, sliding_windows
 
 
 def logits_to_labels(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -31,18 +31,13 @@ def slide_logits(model: torch.nn.Module, x: torch.Tensor, crop: tuple[int, int],
                  stride: tuple[int, int]) -> torch.Tensor:
     """Sliding-window logits (mmseg ``slide``): windows of ``crop`` every ``stride``, overlaps averaged."""
     n, _, h, w = x.shape
-    rows = max(h - crop[0] + stride[0] - 1, 0) // stride[0] + 1
-    cols = max(w - crop[1] + stride[1] - 1, 0) // stride[1] + 1
     total, count = None, torch.zeros(1, 1, h, w, device=x.device)
-    for row in range(rows):
-        for col in range(cols):
-            y2, x2 = min(row * stride[0] + crop[0], h), min(col * stride[1] + crop[1], w)
-            y1, x1 = max(y2 - crop[0], 0), max(x2 - crop[1], 0)
-            logits = whole_logits(model, x[:, :, y1:y2, x1:x2])
-            if total is None:
-                total = torch.zeros(n, logits.shape[1], h, w, device=logits.device)
-            total[:, :, y1:y2, x1:x2] += logits
-            count[:, :, y1:y2, x1:x2] += 1
+    for y1, y2, x1, x2 in sliding_windows(h, w, crop, stride):
+        logits = whole_logits(model, x[:, :, y1:y2, x1:x2])
+        if total is None:
+            total = torch.zeros(n, logits.shape[1], h, w, device=logits.device)
+        total[:, :, y1:y2, x1:x2] += logits
+        count[:, :, y1:y2, x1:x2] += 1
     return total / count.to(total.device)
 
 

@@ -5,13 +5,8 @@ import cv2
 import numpy as np
 
 from .backends import ModelInfo
-from .palettes import CITYSCAPES, generated_palette
+from .palettes import CITYSCAPES, CITYSCAPES_CLASSES, generated_palette
 from .postprocess import overlay
-
-CITYSCAPES_NAMES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-                    "motorcycle", "bicycle")
-
 
 def palette_for(info: ModelInfo) -> np.ndarray:
     """RGB colours: the model's own (from its metadata), Cityscapes' for 19 classes, else a generated palette."""
@@ -25,8 +20,8 @@ def palette_for(info: ModelInfo) -> np.ndarray:
 def class_names(info: ModelInfo) -> tuple[str, ...]:
     if len(info.classes) == info.num_classes:
         return info.classes
-    if info.num_classes == len(CITYSCAPES_NAMES):
-        return CITYSCAPES_NAMES
+    if info.num_classes == len(CITYSCAPES_CLASSES):
+        return CITYSCAPES_CLASSES
     return tuple(f"class {i}" for i in range(info.num_classes))
 
 

@@ -96,3 +96,14 @@ def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def logits_to_labels(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(N, K, h, w) logits -> (N, H, W) labels: bilinear resize to ``size`` (as PyTorch's side does), then argmax."""
     return np.stack([resize_logits(item, size).argmax(axis=2) for item in logits])
+
+
+def sliding_windows(height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]):
+    """(y1, y2, x1, x2) of mmseg's ``slide`` windows: ``crop``-sized every ``stride``, the last ones flush with the
+    border (smaller than ``crop`` only when the image is)."""
+    rows = max(height - crop[0] + stride[0] - 1, 0) // stride[0] + 1
+    cols = max(width - crop[1] + stride[1] - 1, 0) // stride[1] + 1
+    for row in range(rows):
+        for col in range(cols):
+            y2, x2 = min(row * stride[0] + crop[0], height), min(col * stride[1] + crop[1], width)
+            yield max(y2 - crop[0], 0), y2, max(x2 - crop[1], 0), x2

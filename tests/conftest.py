@@ -7,11 +7,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # the `reference` helper module
 
 
 def _has_gpu() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+    from runtime.device import cuda_device
+    return cuda_device() is not None
 
 
 def pytest_collection_modifyitems(config, items):

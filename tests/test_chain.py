@@ -3,14 +3,26 @@ a video -> validate -> report; then calibration and validation commands on the m
 import json
 
 import cv2
+import numpy as np
 import onnx
 import pytest
 
 from calibration.cli import calibrate_main, validate_main
 from export.trt_support import unsupported
 from offseg.cli import demo_main
+from offseg.data.datasets import SegmentationDataset
+from runtime.metrics import ConfusionMatrix
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chain")]
+
+
+def majority_class_miou(images: int) -> float:
+    """mIoU (%) of always predicting the most frequent class of the validation scenes: the chance level."""
+    dataset = SegmentationDataset("synthetic", None, "val")
+    labels = np.stack([dataset.load(i)[1] for i in range(images)])
+    confusion = ConfusionMatrix(dataset.num_classes)
+    confusion.update(np.full_like(labels, np.bincount(labels.ravel()).argmax()), labels)
+    return 100 * confusion.scores().miou
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +40,8 @@ def test_demo_writes_the_table_videos_and_reports(demo):
     assert abs(fp32["delta"]) <= 0.1 and fp32["agreement"] >= 99.9  # ONNX FP32 = PyTorch
     assert int8["precision"] == "int8" and int8["fps"] > 0
     assert code == (0 if all(r["within_bound"] for r in rows) else 1)
+    chance = majority_class_miou(12)
+    assert fp32["pytorch_miou"] >= max(3 * chance, 10)  # the short CPU training clearly learned something
     for row in rows:
         capture = cv2.VideoCapture(str(workdir / row["video"]))
         assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 8

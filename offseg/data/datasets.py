@@ -13,6 +13,7 @@ import numpy as np
 
 from runtime.errors import OffsegError
 from runtime.metrics import IGNORE_INDEX
+from runtime.palettes import CITYSCAPES_CLASSES
 from runtime.sources import IMAGE_SUFFIXES, read_image
 
 from . import synthetic
@@ -20,9 +21,6 @@ from . import synthetic
 # Cityscapes label ids -> the 19 train ids (everything else ignored), as cityscapesscripts defines them.
 CITYSCAPES_ID_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
                           25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
-CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-                      "motorcycle", "bicycle")
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,12 @@ class ConvGNReLU(nn.Module):
 
 def interleave_channels(hr: torch.Tensor, lr: torch.Tensor, parts: int = 4) -> torch.Tensor:
     """Concatenate two maps as [hr part 0, lr part 0, hr part 1, lr part 1, ...] (the official channel order)."""
-    n, _, h, w = hr.shape
-    return torch.cat([hr.reshape(n, parts, -1, h, w), lr.reshape(n, parts, -1, h, w)], dim=2).reshape(n, -1, h, w)
+    n, hr_channels, h, w = hr.shape
+    lr_channels = lr.shape[1]
+    # explicit channel counts: a -1 here leaves TensorRT unable to prove the next conv's channels static
+    pairs = torch.cat([hr.reshape(n, parts, hr_channels // parts, h, w),
+                       lr.reshape(n, parts, lr_channels // parts, h, w)], dim=2)
+    return pairs.reshape(n, hr_channels + lr_channels, h, w)
 
 
 class OffSegHead(nn.Module):

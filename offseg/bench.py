@@ -1,0 +1,196 @@
+"""``offseg-bench``: latency (mean, p50, p95), throughput and peak memory of each backend in one run, with ratios
+against PyTorch eager, and the ``offseg-run`` pipeline FPS against bare inference FPS.
+
+Backends: ``torch`` (eager), ``onnx-fp32`` (fused head), ``onnx-fp32-unfused`` (the paper's head, for the fusion's
+effect), ``onnx-int8`` (Q/DQ for ONNX Runtime CPU), ``trt-fp16`` / ``trt-int8`` (TensorRT engines; skipped with the
+reason when TensorRT or a GPU is missing). Exported files are cached in the work folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.console import add_common_options, run
+from runtime.errors import OffsegError
+
+from .zoo import MODELS
+
+BACKENDS = ("torch", "onnx-fp32", "onnx-fp32-unfused", "onnx-int8", "trt-fp16", "trt-int8")
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _timed(infer, batch: np.ndarray, warmup: int, iters: int) -> dict:
+    """Latency statistics (ms per batch) and the peak resident memory above the starting point (MiB)."""
+    for _ in range(warmup):
+        infer(batch)
+    before = _rss("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak-RSS counter (Linux)
+    except OSError:
+        pass
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        infer(batch)
+        times.append(1000 * (time.perf_counter() - start))
+    return {"mean_ms": float(np.mean(times)), "p50_ms": float(np.percentile(times, 50)),
+            "p95_ms": float(np.percentile(times, 95)), "images_per_s": batch.shape[0] * 1000 / float(np.mean(times)),
+            "peak_extra_mib": max(_rss("VmHWM") - before, 0) / 2 ** 20}
+
+
+def _onnx(workdir: Path, model, name: str, size, batch: int, fused: bool) -> Path:
+    from export.files import load_onnx, read_metadata
+    from export.onnx import OnnxOptions, export_onnx
+    path = workdir / f"{name}-{size[0]}x{size[1]}-b{batch}{'' if fused else '-unfused'}.onnx"
+    if not path.is_file() or read_metadata(load_onnx(path)).get("offseg.fused_head") != str(fused).lower():
+        print(f"exporting {path.name} ...", flush=True)
+        export_onnx(model, name, path, OnnxOptions(input_size=tuple(size), fused_head=fused, batch=batch))
+    return path
+
+
+def _int8(workdir: Path, fp32: Path) -> Path:
+    from calibration.quantize import QuantOptions, quantize_file
+    from export.files import is_derived_from
+    path = fp32.with_name(fp32.stem + ".int8.onnx")
+    if not is_derived_from(path, fp32, {"offseg.precision": "int8", "offseg.int8_target": "onnxruntime"}):
+        print(f"calibrating {path.name} ...", flush=True)
+        quantize_file(fp32, path, "synthetic", QuantOptions(target="onnxruntime", samples=8))
+    return path
+
+
+def _engine(fp32: Path, precision: str) -> Path:
+    import importlib.util
+
+    from export.cli import main as export_main
+    from runtime.device import cuda_device
+    if importlib.util.find_spec("tensorrt") is None:
+        raise OffsegError("TensorRT is not installed")
+    if cuda_device() is None:
+        raise OffsegError("no CUDA GPU")
+    plan = fp32.with_name(f"{fp32.stem}.{precision}.plan")
+    if not plan.is_file():
+        flags = ["--fp16"] if precision == "fp16" else ["--int8", "--calib-data", "synthetic"]
+        if export_main(["--onnx", str(fp32), "--format", "engine", "--output", str(plan), *flags]) != 0:
+            raise OffsegError(f"building the {precision} engine failed")
+    return plan
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    from runtime.backends import open_backend
+    workdir = args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.checkpoint:
+        from .checkpoint import build_from_checkpoint
+        model, name = build_from_checkpoint(args.checkpoint, args.model)
+    else:
+        from .zoo import build_model
+        torch.manual_seed(0)
+        model, name = build_model(args.model, args.num_classes).eval(), args.model
+    size, batch = tuple(args.size), args.batch
+    images = np.random.default_rng(0).standard_normal((batch, 3, *size), dtype=np.float32)
+    results, skipped = {}, {}
+    for backend in args.backends:
+        try:
+            if backend == "torch":
+                def infer(x):
+                    with torch.no_grad():
+                        return model(torch.from_numpy(x))
+            else:
+                fp32 = _onnx(workdir, model, name, size, batch, fused=backend != "onnx-fp32-unfused")
+                path = {"onnx-int8": lambda: _int8(workdir, fp32), "trt-fp16": lambda: _engine(fp32, "fp16"),
+                        "trt-int8": lambda: _engine(fp32, "int8")}.get(backend, lambda: fp32)()
+                infer = open_backend(path).infer
+            print(f"timing {backend} ...", flush=True)
+            results[backend] = _timed(infer, images, args.warmup, args.iters)
+        except OffsegError as error:
+            skipped[backend] = str(error)
+    if "torch" in results:
+        for figures in results.values():
+            figures["speedup_vs_torch"] = results["torch"]["mean_ms"] / figures["mean_ms"]
+    report = {"model": name, "size": list(size), "batch": batch, "threads": torch.get_num_threads(),
+              "results": results, "skipped": skipped}
+    if args.pipeline and "onnx-fp32" in results:
+        report["pipeline"] = _pipeline(workdir, _onnx(workdir, model, name, size, 1, True), args)
+    return report
+
+
+def _pipeline(workdir: Path, onnx_path: Path, args) -> dict:
+    """offseg-run on a synthetic video (annotated output written) vs bare inference FPS of the same model."""
+    from runtime.backends import open_backend
+    from runtime.cli import main as run_main
+
+    from .data.synthetic import write_video
+    video = workdir / "bench-video.mp4"
+    if not video.is_file():
+        write_video(video, seed=1, frames=args.pipeline_frames, height=args.size[0], width=args.size[1])
+    summary = workdir / "bench-run.json"
+    run_main(["--engine", str(onnx_path), "--video", str(video), "--output", str(workdir / "bench-out.mp4"),
+              "--summary", str(summary), "--no-progress"])
+    pipeline_fps = json.loads(summary.read_text())["fps"]
+    backend = open_backend(onnx_path)
+    x = np.random.default_rng(0).standard_normal((1, 3, *args.size), dtype=np.float32)
+    bare = _timed(backend.infer, x, args.warmup, args.iters)["images_per_s"]
+    return {"pipeline_fps": pipeline_fps, "bare_inference_fps": bare, "ratio": pipeline_fps / bare}
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['model']} {report['size'][0]}x{report['size'][1]}, batch {report['batch']}, "
+             f"{report['threads']} threads",
+             f"{'backend':<18} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8} {'img/s':>7} {'peak MiB':>9} {'vs torch':>9}"]
+    for name, r in report["results"].items():
+        ratio = f"{r['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in r else "-"
+        lines.append(f"{name:<18} {r['mean_ms']:8.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
+                     f"{r['images_per_s']:7.2f} {r['peak_extra_mib']:9.0f} {ratio:>9}")
+    lines += [f"{name:<18} skipped: {reason}" for name, reason in report["skipped"].items()]
+    if "pipeline" in report:
+        p = report["pipeline"]
+        lines.append(f"offseg-run pipeline {p['pipeline_fps']:.2f} FPS vs bare inference "
+                     f"{p['bare_inference_fps']:.2f} FPS: {100 * p['ratio']:.0f}%")
+    return "\n".join(lines)
+
+
+def _main(args: argparse.Namespace) -> int:
+    unknown = [b for b in args.backends if b not in BACKENDS]
+    if unknown:
+        raise OffsegError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    report = run_bench(args)
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="offseg-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="offseg-t", choices=list(MODELS))
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--num-classes", type=int, default=150)
+    parser.add_argument("--backends", type=lambda s: s.split(","), default=["torch", "onnx-fp32", "onnx-int8"],
+                        help=f"comma-separated, from {','.join(BACKENDS)} (default torch,onnx-fp32,onnx-int8)")
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--pipeline", action="store_true", help="also offseg-run FPS vs bare inference FPS")
+    parser.add_argument("--pipeline-frames", type=int, default=60)
+    parser.add_argument("--workdir", type=Path, default=Path("offseg-bench"),
+                        help="cached exports (default ./offseg-bench)")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON")
+    add_common_options(parser)
+    return run(_main, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
