@@ -1,4 +1,5 @@
-"""``offseg-calibrate`` (INT8 Q/DQ with an optional sensitivity sweep) and ``offseg-validate`` (mIoU parity)."""
+"""``offseg-calibrate`` (INT8 Q/DQ with an optional sensitivity sweep), ``offseg-fp16-check`` (which modules need
+FP32) and ``offseg-validate`` (mIoU parity)."""
 from __future__ import annotations
 
 import argparse
@@ -156,3 +157,53 @@ def validate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=Path("validation"), help="report folder")
     add_common_options(parser)
     return run(_quiet(_validate), parser, argv)
+
+
+def _fp16_check(args: argparse.Namespace) -> int:
+    from offseg.checkpoint import build_from_checkpoint
+    from runtime.sinks import atomic_output
+
+    from .fp16_safety import DEFAULT_TOLERANCE, check_fp16, markdown
+    from .sources import calibration_inputs
+
+    if args.images < 1:
+        raise OffsegError(f"--images must be at least 1, got {args.images}")
+    height, width = args.input_size
+    if height % 32 or width % 32 or height <= 0 or width <= 0:
+        raise OffsegError(f"--input-size {height} {width}: both must be positive multiples of 32")
+    model, name = build_from_checkpoint(args.checkpoint, args.model)
+    inputs = calibration_inputs(args.data, args.images, (height, width), uint8_input=False)
+    report = check_fp16(model, inputs, args.tolerance or DEFAULT_TOLERANCE, progress=not args.debug)
+    args.report.mkdir(parents=True, exist_ok=True)
+    for file, text in (("fp16_safety.json", json.dumps(report.to_json(), indent=2)),
+                       ("fp16_safety.md", markdown(report, name))):
+        with atomic_output(args.report / file) as tmp:
+            tmp.write_text(text)
+    whole, pinned = report.whole_fp16, report.whole_fp16_pinned
+    print(f"{name}: {report.modules_checked} modules checked on {report.images} images at {height}x{width}; "
+          f"{len(report.flagged)} need FP32 (tolerance {report.tolerance:.2g})")
+    for stats in report.flagged:
+        print(f"  {stats.module} ({stats.kind}): {stats.reason}")
+    if whole.get("finite") and pinned.get("finite"):
+        print(f"whole model in FP16: labels agree {whole['label_agreement_percent']:.2f}%, with those in FP32: "
+              f"{pinned['label_agreement_percent']:.2f}%")
+    if report.pins:
+        print("build with: offseg-export ... --fp16 " + " ".join(f"--keep-fp32 '{rule}'" for rule in report.pins))
+    print(f"wrote {args.report / 'fp16_safety.md'} and fp16_safety.json")
+    return 0
+
+
+def fp16_check_main(argv: list[str] | None = None) -> int:
+    from offseg.zoo import MODELS
+    parser = argparse.ArgumentParser(prog="offseg-fp16-check", description="Run each module of a checkpoint in "
+                                     "FP16 on CPU, report overflow and precision loss, and list the FP32 pins.")
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--model", choices=list(MODELS), help="model name (default: from the checkpoint)")
+    parser.add_argument("--data", default="synthetic", help="images: folder, video file or 'synthetic' (default)")
+    parser.add_argument("--images", type=int, default=4, help="images to check (default 4)")
+    parser.add_argument("--input-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    parser.add_argument("--tolerance", type=float, help="relative error that flags a module (default: FP16's "
+                        "machine epsilon, 2^-10)")
+    parser.add_argument("--report", type=Path, default=Path("fp16-safety"), help="report folder")
+    add_common_options(parser)
+    return run(_fp16_check, parser, argv)

@@ -54,12 +54,7 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
         name = args.model or "offseg-t"
         model = build_model(name, args.num_classes or 150).eval()
     start = time.perf_counter()
-    classes = None
-    if args.checkpoint:
-        from offseg.checkpoint import read_file
-        stored = read_file(args.checkpoint).get("classes")
-        classes = stored if isinstance(stored, list) else None
-    result = export_onnx(model, name, onnx_path, options, args.checkpoint, classes)
+    result = export_onnx(model, name, onnx_path, options, args.checkpoint)
     print(f"wrote {result.path} ({_size(result.path)}) in {time.perf_counter() - start:.0f} s: input "
           f"'{result.input_name}' {result.metadata['offseg.input_format']} ({result.metadata['offseg.input_size']}),"
           f" output '{result.output_name}' ({options.output_kind}), {model.num_classes} classes")

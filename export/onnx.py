@@ -177,20 +177,30 @@ def simplify(proto, scopes: dict[str, str]):
     return proto
 
 
-def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint: Path | None,
-             classes: list[str] | None = None) -> dict[str, str]:
+def label_metadata(num_classes: int, checkpoint: Path | None) -> dict[str, str]:
+    """``offseg.classes`` / ``offseg.palette`` for the runtime's legend: what the checkpoint carries, else the
+    class names of the released dataset with that many classes (colours then come from the runtime)."""
     import json
 
-    from offseg import __version__
+    from offseg.checkpoint import checkpoint_labels, read_file
     from offseg.data.synthetic import CLASSES as SYNTHETIC_CLASSES
     from offseg.data.synthetic import PALETTE as SYNTHETIC_PALETTE
+    from runtime.class_names import known_classes
+    classes, palette = checkpoint_labels(read_file(checkpoint)) if checkpoint else (None, None)
+    if not classes or len(classes) != num_classes:
+        classes = known_classes(num_classes)
+    if classes and tuple(classes) == SYNTHETIC_CLASSES and not palette:
+        palette = SYNTHETIC_PALETTE.tolist()
+    labels = {"offseg.classes": json.dumps(list(classes))} if classes else {}
+    if palette and len(palette) >= num_classes:
+        labels["offseg.palette"] = json.dumps(palette[:num_classes])
+    return labels
+
+
+def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint: Path | None) -> dict[str, str]:
+    from offseg import __version__
     h, w = options.input_size
-    names = {}
-    if classes and len(classes) == num_classes:
-        names["offseg.classes"] = json.dumps(list(classes))
-        if tuple(classes) == SYNTHETIC_CLASSES:
-            names["offseg.palette"] = json.dumps(SYNTHETIC_PALETTE.tolist())
-    return {**names,
+    return {**label_metadata(num_classes, checkpoint),
         "offseg.model": model_name,
         "offseg.num_classes": str(num_classes),
         "offseg.input_size": "dynamic" if options.dynamic else f"{h} {w}",
@@ -207,10 +217,9 @@ def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint
 
 
 def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, options: OnnxOptions = OnnxOptions(),
-                checkpoint: Path | None = None, classes: list[str] | None = None) -> OnnxExport:
-    """Export ``model`` (an OffSeg, weights loaded) to ``path``; raises OffsegError for bad options or paths.
-
-    ``classes`` (names, e.g. from a checkpoint trained here) go into the metadata for the runtime's legend."""
+                checkpoint: Path | None = None) -> OnnxExport:
+    """Export ``model`` (an OffSeg, weights loaded from ``checkpoint`` if given) to ``path``; raises OffsegError
+    for bad options or paths. The checkpoint's class names and palette go into the metadata for the legend."""
     import onnx_ir as ir
 
     options.validate()
@@ -226,7 +235,7 @@ def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, opti
     proto = simplify(ir.serde.serialize_model(ir_model), scopes)
     if options.head_as_function:
         proto = extract_function(proto, HEAD_SCOPE, FUNCTION_DOMAIN)
-    meta = metadata(model_name, deploy.num_classes, options, checkpoint, classes)
+    meta = metadata(model_name, deploy.num_classes, options, checkpoint)
     proto.producer_name, proto.doc_string = "offseg-deploy", f"OffSeg {model_name} exported by offseg-deploy"
     save_checked(proto, meta, path)
     return OnnxExport(path, options, proto.graph.input[0].name, proto.graph.output[0].name, meta)

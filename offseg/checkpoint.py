@@ -59,6 +59,25 @@ def read_file(path: str | os.PathLike) -> dict:
     return content
 
 
+def checkpoint_labels(content: dict) -> tuple[list[str] | None, list[list[int]] | None]:
+    """Class names and RGB palette a checkpoint carries: ours (top level), mmseg 1.x (``meta.dataset_meta``) or
+    mmseg 0.x (``meta.CLASSES`` / ``meta.PALETTE``); None for what it lacks."""
+    meta = content.get("meta") if isinstance(content.get("meta"), dict) else {}
+    dataset_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
+    classes = _first_list(content.get("classes"), dataset_meta.get("classes"), meta.get("CLASSES"))
+    palette = _first_list(content.get("palette"), dataset_meta.get("palette"), meta.get("PALETTE"))
+    if classes is not None and not all(isinstance(name, str) for name in classes):
+        classes = None
+    if palette is not None and not all(isinstance(c, (list, tuple)) and len(c) == 3 for c in palette):
+        palette = None
+    return ([name.strip() for name in classes] if classes else None,
+            [[int(v) for v in colour] for colour in palette] if palette else None)
+
+
+def _first_list(*candidates: Any) -> list | tuple | None:
+    return next((value for value in candidates if isinstance(value, (list, tuple)) and value), None)
+
+
 def _reason(error: Exception) -> str:
     """The informative line of torch's (long) load error."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

@@ -71,16 +71,15 @@ def _export(config: DemoConfig, checkpoint: Path) -> Path:
     from export.onnx import OnnxOptions, export_onnx
     from export.parity import onnx_parity
 
-    from .checkpoint import build_from_checkpoint, read_file
+    from .checkpoint import build_from_checkpoint
     path = config.workdir / "model.onnx"
     if path.is_file() and read_metadata(load_onnx(path)).get("offseg.checkpoint_sha256") == file_sha256(checkpoint):
         print(f"[2/5] export: reusing {path}")
         return path
     model, name = build_from_checkpoint(checkpoint, None if config.checkpoint else config.model)
-    classes = read_file(checkpoint).get("classes")
     options = OnnxOptions(input_size=config.input_size)
     print(f"[2/5] export: {name} -> {path} ({config.input_size[0]}x{config.input_size[1]}, fused offset-learning head)")
-    export_onnx(model, name, path, options, checkpoint, classes=classes)
+    export_onnx(model, name, path, options, checkpoint)
     print(f"      parity vs PyTorch: {onnx_parity(model, path, options)}")
     return path
 

@@ -5,8 +5,10 @@ import cv2
 import numpy as np
 
 from .backends import ModelInfo
-from .palettes import CITYSCAPES, CITYSCAPES_CLASSES, generated_palette
+from .class_names import known_classes
+from .palettes import CITYSCAPES, generated_palette
 from .postprocess import overlay
+
 
 def palette_for(info: ModelInfo) -> np.ndarray:
     """RGB colours: the model's own (from its metadata), Cityscapes' for 19 classes, else a generated palette."""
@@ -18,11 +20,10 @@ def palette_for(info: ModelInfo) -> np.ndarray:
 
 
 def class_names(info: ModelInfo) -> tuple[str, ...]:
+    """The model's own names (metadata), else the released dataset's with that class count, else ``class <i>``."""
     if len(info.classes) == info.num_classes:
         return info.classes
-    if info.num_classes == len(CITYSCAPES_CLASSES):
-        return CITYSCAPES_CLASSES
-    return tuple(f"class {i}" for i in range(info.num_classes))
+    return known_classes(info.num_classes) or tuple(f"class {i}" for i in range(info.num_classes))
 
 
 def draw_legend(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, names: tuple[str, ...]) -> None:

@@ -98,9 +98,11 @@ class VideoFile(Source):
 class LiveSource(Source):
     """A camera index or a stream URL; reopened up to ``reconnects`` times when it stops delivering."""
 
-    def __init__(self, target: int | str, reconnects: int = 5, retry_seconds: float = 1.0):
+    def __init__(self, target: int | str, reconnects: int = 5, retry_seconds: float = 1.0,
+                 stall_seconds: float = 5.0):
         super().__init__()
         self.target, self.reconnects, self.retry_seconds = target, reconnects, retry_seconds
+        self.stall_ms = int(stall_seconds * 1000)
         self.description = f"camera {target}" if isinstance(target, int) else f"stream {target}"
         self.capture = self._open()
         if self.capture is None:
@@ -109,7 +111,11 @@ class LiveSource(Source):
         self.fps = fps if fps and 0 < fps < 240 else None
 
     def _open(self):
-        capture = cv2.VideoCapture(self.target)
+        if isinstance(self.target, int):
+            capture = cv2.VideoCapture(self.target)
+        else:  # a stalled stream must fail a read (and so reconnect) instead of blocking forever
+            capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.stall_ms,
+                                                                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.stall_ms])
         if capture.isOpened():
             return capture
         capture.release()

@@ -1,4 +1,5 @@
 """Checkpoint loading: official mmseg files, our own format, strictness, and safety."""
+import json
 import os
 import pickle
 import sys
@@ -9,7 +10,7 @@ import torch
 
 import reference
 from offseg import OffsegError, build_model, load_checkpoint, save_checkpoint
-from offseg.checkpoint import build_from_checkpoint
+from offseg.checkpoint import build_from_checkpoint, read_file
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,34 @@ def test_official_checkpoint_model_is_inferred(tmp_path, name):
     path = save_official(tmp_path / "c.pth", reference.official_state_dict(name))
     model, inferred = build_from_checkpoint(path)
     assert inferred == name and model.num_classes == 150
+
+
+@pytest.mark.parametrize("meta", [
+    {"dataset_meta": {"classes": ["wall ", "floor"], "palette": [[120, 120, 120], [80, 50, 50]]}},  # mmseg 1.x
+    {"CLASSES": ("wall ", "floor"), "PALETTE": [[120, 120, 120], [80, 50, 50]]},  # mmseg 0.x
+])
+def test_class_names_and_palette_are_read_from_mmseg_meta(tmp_path, meta):
+    from export.onnx import label_metadata
+    from offseg.checkpoint import checkpoint_labels
+    path = tmp_path / "official.pth"
+    torch.save({"meta": meta, "state_dict": {}}, path)
+    assert checkpoint_labels(read_file(path)) == (["wall", "floor"], [[120, 120, 120], [80, 50, 50]])
+    labels = label_metadata(2, path)
+    assert json.loads(labels["offseg.classes"]) == ["wall", "floor"]
+    assert json.loads(labels["offseg.palette"]) == [[120, 120, 120], [80, 50, 50]]
+
+
+def test_released_datasets_are_named_by_class_count(tmp_path):
+    from export.onnx import label_metadata
+    from runtime.backends import ModelInfo
+    from runtime.draw import class_names, palette_for
+    torch.save({"meta": {}, "state_dict": {}}, tmp_path / "bare.pth")
+    for count, first in [(150, "wall"), (19, "road"), (171, "person"), (59, "aeroplane")]:
+        meta = {"offseg.model": "offseg-t", "offseg.num_classes": str(count),
+                **label_metadata(count, tmp_path / "bare.pth")}
+        info = ModelInfo.from_metadata(meta)
+        assert class_names(info)[0] == first and len(class_names(info)) == count
+        colours = palette_for(info)
+        assert colours.shape == (count, 3) and len({tuple(c) for c in colours}) == count
+    unknown = ModelInfo.from_metadata({"offseg.model": "offseg-t", "offseg.num_classes": "7"})
+    assert class_names(unknown) == tuple(f"class {i}" for i in range(7))

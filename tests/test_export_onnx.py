@@ -37,6 +37,13 @@ def test_graph_has_the_head_as_one_local_function_and_metadata(tmp_path):
     assert props["offseg.model"] == "offseg-t" and props["offseg.num_classes"] == "150"
     assert props["offseg.input_size"] == "64 64" and props["offseg.fused_head"] == "true"
     assert any(n.name.startswith("FreqFusion2/") for n in model.graph.node)
+    # what offseg-fp16-check suggests for a backbone module pins that module's nodes, and only those
+    from calibration.fp16_safety import pin_unit
+    from export.precision import PinRule, pinned_nodes
+    _, rules = pin_unit("backbone.stages.2.blocks.1.mlp")
+    nodes = pinned_nodes(model, tuple(PinRule.parse(rule) for rule in rules))
+    assert nodes and all(n.startswith("backbone.stages.2.blocks.1.mlp") for n in nodes)
+    assert props["offseg.classes"].startswith('["wall", "building"')  # 150 classes: ADE20K names
 
 
 @pytest.mark.slow

@@ -43,8 +43,11 @@ def video(tmp_path_factory):
     return path
 
 
+REAL_VIDEO_CAPTURE = cv2.VideoCapture  # some tests stand a fake camera in for cv2.VideoCapture
+
+
 def frames_of(path):
-    capture = cv2.VideoCapture(str(path))
+    capture = REAL_VIDEO_CAPTURE(str(path))
     frames = []
     while True:
         ok, frame = capture.read()
@@ -169,3 +172,65 @@ def test_runtime_runs_with_torch_blocked(models, video, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / "m").glob("*.png"))) == 12
+
+
+class FlakyCapture:
+    """Stands in for cv2.VideoCapture on a camera/stream: each open plays the next session's frame count
+    (None: the open fails); a session ends with a failed read, as when a camera drops or a stream stalls."""
+
+    sessions: list = []
+    opened: list = []
+
+    def __init__(self, target, *args):
+        FlakyCapture.opened.append((target, args))
+        self.left = FlakyCapture.sessions.pop(0) if FlakyCapture.sessions else None
+        self.frame = 0
+
+    def isOpened(self):
+        return self.left is not None
+
+    def read(self):
+        if not self.left:
+            return False, None
+        self.left -= 1
+        self.frame += 1
+        return True, np.full((120, 160, 3), 10 * self.frame, np.uint8)
+
+    def get(self, prop):
+        return 10.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def release(self):
+        pass
+
+
+@pytest.fixture
+def flaky_stream(monkeypatch):
+    import runtime.sources
+    monkeypatch.setattr(runtime.sources.cv2, "VideoCapture", FlakyCapture)
+    monkeypatch.setattr(runtime.sources.time, "sleep", lambda seconds: None)
+    FlakyCapture.opened = []
+    return FlakyCapture
+
+
+def test_a_dropped_stream_is_reopened_a_bounded_number_of_times(flaky_stream):
+    from runtime.sources import LiveSource
+    flaky_stream.sessions = [3, None, 2]  # 3 frames, a failed reopen, 2 frames, then nothing opens any more
+    source = LiveSource("rtsp://camera.local/live", reconnects=2, retry_seconds=0.5, stall_seconds=2)
+    frames = list(source.frames())
+    assert [frame.index for frame in frames] == [0, 1, 2, 3, 4]
+    assert len(flaky_stream.opened) == 1 + 2 + 2  # first open, two reconnects, two more after the second drop
+    assert "stopped delivering frames (2 reconnects)" in source.stop_reason
+    # a stall must end a read instead of blocking: the URL is opened with open/read timeouts
+    target, (api, params) = flaky_stream.opened[0]
+    assert params == [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 2000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 2000]
+
+
+def test_offseg_run_on_a_stream_that_drops_finalizes_the_video(models, flaky_stream, tmp_path, capsys):
+    flaky_stream.sessions = [4, 3]
+    out = tmp_path / "stream.mp4"
+    assert run_main(["--engine", str(models[1]), "--stream", "rtsp://camera.local/live", "--reconnects", "1",
+                     "--output", str(out), "--no-display"]) == 0
+    frames, fps = frames_of(out)
+    assert len(frames) == 7 and frames[0].shape == (120, 160, 3) and fps == pytest.approx(10)
+    assert "stopped delivering frames (1 reconnects)" in capsys.readouterr().out
+

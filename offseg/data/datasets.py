@@ -13,7 +13,7 @@ import numpy as np
 
 from runtime.errors import OffsegError
 from runtime.metrics import IGNORE_INDEX
-from runtime.palettes import CITYSCAPES_CLASSES
+from runtime.class_names import DATASET_CLASSES
 from runtime.sources import IMAGE_SUFFIXES, read_image
 
 from . import synthetic
@@ -156,8 +156,7 @@ class SegmentationDataset:
             raise OffsegError(f"--data-root is required for {name}")
         root = _require_dir(Path(root), f"{name} root")
         self.pairs = PAIRS[name](root, split)
-        self.classes = folder_classes(root) if name == "folder" else \
-            CITYSCAPES_CLASSES if name == "cityscapes" else tuple(str(i) for i in range(self.layout.num_classes))
+        self.classes = folder_classes(root) if name == "folder" else DATASET_CLASSES[name]
         self.length = len(self.pairs)
 
     @property

@@ -1,0 +1,266 @@
+"""FP16 safety: which modules of an OffSeg overflow or lose precision in FP16, and the FP32 pins that follow.
+
+Each module's own operations are checked in isolation: it runs in FP16 on the FP16-rounded copy of the exact inputs
+it received in the FP32 pass, with its sub-modules replaced by their (rounded) FP32 outputs, so an error is charged
+to the module that makes it, not to everything downstream. A module is flagged when its FP16 output is not finite,
+when its FP32 output leaves FP16's range (|x| > 65504), or when its relative error (L2 norm of the difference / L2
+norm of the FP32 output) exceeds the tolerance. Flagged modules become ``--keep-fp32`` rules for ``offseg-export``
+(node names carry module paths, see ``export.onnx``); the whole model is then run in FP16 with and without them in
+FP32 to show what the pins buy.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
+FP16_MIN_NORMAL = float(torch.finfo(torch.float16).tiny)  # 6.1e-5: smaller values keep fewer significant bits
+DEFAULT_TOLERANCE = float(torch.finfo(torch.float16).eps)  # 2^-10: twice the rounding of storing a value
+
+
+@dataclass
+class ModuleStats:
+    """Worst case over the checked images of one module run alone in FP16."""
+
+    module: str
+    kind: str
+    abs_max: float = 0.0  # of the FP32 output
+    relative_error: float = 0.0
+    subnormal_share: float = 0.0  # nonzero FP32 outputs below FP16's smallest normal
+    nonfinite: bool = False
+    reason: str = ""
+
+    def update(self, reference: torch.Tensor, half: torch.Tensor) -> None:
+        reference, result = reference.float(), half.float()
+        self.abs_max = max(self.abs_max, float(reference.abs().max()) if reference.numel() else 0.0)
+        if not torch.isfinite(result).all():
+            self.nonfinite = True
+            return
+        norm = float(reference.norm())
+        if norm > 0:
+            self.relative_error = max(self.relative_error, float((result - reference).norm()) / norm)
+        nonzero = reference[reference != 0].abs()
+        if nonzero.numel():
+            self.subnormal_share = max(self.subnormal_share, float((nonzero < FP16_MIN_NORMAL).float().mean()))
+
+    def judge(self, tolerance: float) -> bool:
+        if self.nonfinite or self.abs_max > FP16_MAX:
+            self.reason = "overflow: FP16 output is not finite" if self.nonfinite else \
+                f"overflow: FP32 values up to {self.abs_max:.3g} exceed FP16's {FP16_MAX:g}"
+        elif self.relative_error > tolerance:
+            self.reason = f"precision: relative error {self.relative_error:.2e} > {tolerance:.2g}"
+            if self.subnormal_share > 0.01:
+                self.reason += f" ({self.subnormal_share:.0%} of values below FP16's normal range)"
+        return bool(self.reason)
+
+
+@dataclass
+class Fp16Report:
+    images: int
+    tolerance: float
+    modules_checked: int
+    flagged: list[ModuleStats]
+    pins: list[str]  # ``--keep-fp32`` rules
+    whole_fp16: dict = field(default_factory=dict)  # label agreement / logit diff of the whole model in FP16
+    whole_fp16_pinned: dict = field(default_factory=dict)  # the same with the flagged modules in FP32
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "flagged": [asdict(s) for s in self.flagged]}
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def _to_half(value):
+    if isinstance(value, torch.Tensor):
+        return value.half() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_half(item) for item in value)
+    return value
+
+
+def checked_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules that compute (containers that only hold others are skipped; so is the model itself)."""
+    return {name: module for name, module in model.named_modules()
+            if name and not isinstance(module, (nn.ModuleList, nn.ModuleDict))}
+
+
+def _detached(value):
+    """A copy that later in-place ops (``ReLU(inplace=True)``) cannot change."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(item) for item in value)
+    return value
+
+
+@dataclass
+class _Call:
+    name: str
+    args: tuple
+    output: object = None
+    children: list = field(default_factory=list)  # the calls it made directly, in order
+
+
+def _record(model: nn.Module, x: torch.Tensor) -> list[_Call]:
+    """One FP32 pass; every module call with its inputs, output and direct sub-calls."""
+    calls: list[_Call] = []
+    stack: list[_Call] = []
+
+    def enter(module, args, name):
+        call = _Call(name, _detached(args))
+        (stack[-1].children if stack else calls).append(call)
+        stack.append(call)
+
+    def leave(module, args, out, name):
+        stack.pop().output = _detached(out)
+
+    hooks = []
+    for name, module in checked_modules(model).items():
+        hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: enter(m, a, name)))
+        hooks.append(module.register_forward_hook(lambda m, a, o, name=name: leave(m, a, o, name)))
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def _check_call(call: _Call, half_modules: dict[str, nn.Module], stats: dict[str, ModuleStats]) -> None:
+    """Run the module in FP16 with its sub-modules replaced by their (FP16-rounded) FP32 outputs, so only its
+    own operations are measured; then check each sub-call the same way."""
+    replays: dict[str, list] = {}
+    for child in call.children:
+        replays.setdefault(child.name, []).append(child.output)
+    module = half_modules[call.name]
+    for name in replays:
+        half_modules[name].forward = lambda *a, name=name, **k: _to_half(replays[name].pop(0))
+    try:
+        half_output = module(*_to_half(call.args))
+    finally:
+        for name in replays:
+            del half_modules[name].forward  # back to the class's forward
+    for reference, half in zip(_tensors(call.output), _tensors(half_output)):
+        stats[call.name].update(reference, half)
+    for child in call.children:
+        _check_call(child, half_modules, stats)
+
+
+def pin_unit(name: str) -> tuple[str, list[str]]:
+    """The module a pin for ``name`` covers and its ``--keep-fp32`` rules (see ``export.onnx.node_scope``): the
+    head and each FreqFusion stage export under one scope, so they are pinned whole."""
+    from export.onnx import FUSION_MODULE, FUSION_SCOPE, HEAD_MODULE, HEAD_SCOPE
+    if name == HEAD_MODULE or name.startswith(HEAD_MODULE + "."):
+        return HEAD_MODULE, [HEAD_SCOPE]
+    stage = ".".join(name.split(".")[:3])
+    fusion = FUSION_MODULE.search(f"'{stage}'")
+    if fusion:
+        return stage, [f"{FUSION_SCOPE}{fusion.group(1)}"]
+    return name, [f"{name}/", f"{name}."]  # its own nodes and its children's
+
+
+def pin_plan(flagged: list[str]) -> tuple[list[str], list[str]]:
+    """(modules to run in FP32, ``--keep-fp32`` rules) for the flagged modules, without repeats."""
+    modules: list[str] = []
+    rules: list[str] = []
+    for name in flagged:
+        module, new = pin_unit(name)
+        if not any(module == m or module.startswith(m + ".") for m in modules):
+            modules = [m for m in modules if not m.startswith(module + ".")] + [module]
+        rules += [rule for rule in new if rule not in rules]
+    return modules, rules
+
+
+class _InFloat32(nn.Module):
+    """A pinned module inside the FP16 model: runs in FP32 and hands FP32 on, as a pinned region in an engine
+    does; FP16 modules cast what they receive (see ``_cast_inputs``)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module.float()
+
+    def forward(self, *args):
+        return self.module(*(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                             for a in args))
+
+
+def _cast_inputs(module: nn.Module, args: tuple) -> tuple:
+    return _to_half(args)
+
+
+def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str]) -> dict:
+    """Label agreement and max logit difference of the model in FP16 (``pinned`` modules in FP32) vs FP32."""
+    half = copy.deepcopy(model).half().eval()
+    for name in pinned:
+        parent_name, _, child = name.rpartition(".")
+        parent = half.get_submodule(parent_name)
+        setattr(parent, child, _InFloat32(getattr(parent, child)))
+    inside = {id(m) for wrapper in half.modules() if isinstance(wrapper, _InFloat32) for m in wrapper.modules()}
+    for module in half.modules():
+        if id(module) not in inside:
+            module.register_forward_pre_hook(_cast_inputs)
+    agree, max_diff = [], 0.0
+    for x in inputs:
+        reference, result = model(x), half(x.half()).float()
+        if not torch.isfinite(result).all():
+            return {"finite": False}
+        agree.append(float((reference.argmax(1) == result.argmax(1)).float().mean()))
+        max_diff = max(max_diff, float((reference - result).abs().max()))
+    return {"finite": True, "label_agreement_percent": round(100 * float(np.mean(agree)), 3),
+            "max_logit_diff": max_diff}
+
+
+@torch.no_grad()
+def check_fp16(model: nn.Module, inputs: list[np.ndarray], tolerance: float = DEFAULT_TOLERANCE,
+               progress: bool = False) -> Fp16Report:
+    """Check ``model`` (eval mode, FP32) on ``inputs`` ((1, 3, H, W) normalized float32 arrays)."""
+    from tqdm import tqdm
+    model = model.float().eval()
+    half_model = copy.deepcopy(model).half().eval()
+    half_modules = checked_modules(half_model)
+    stats = {name: ModuleStats(name, type(module).__name__) for name, module in checked_modules(model).items()}
+    tensors = [torch.from_numpy(x) for x in inputs]
+    for x in tqdm(tensors, desc="FP16 check", unit="image", disable=not progress):
+        for call in _record(model, x):
+            _check_call(call, half_modules, stats)
+    flagged_names = sorted(name for name, s in stats.items() if s.judge(tolerance))
+    flagged = sorted((stats[name] for name in flagged_names), key=lambda s: (not s.nonfinite, -s.relative_error))
+    pinned_modules, rules = pin_plan(flagged_names)
+    return Fp16Report(images=len(tensors), tolerance=tolerance, modules_checked=len(stats), flagged=flagged,
+                      pins=rules, whole_fp16=_whole_model(model, tensors, []),
+                      whole_fp16_pinned=_whole_model(model, tensors, pinned_modules))
+
+
+def markdown(report: Fp16Report, model_name: str) -> str:
+    """The report as a short markdown page."""
+    def whole(result: dict) -> str:
+        if not result.get("finite"):
+            return "non-finite outputs"
+        return f"labels agree on {result['label_agreement_percent']:.2f}% of pixels, " \
+               f"max logit diff {result['max_logit_diff']:.3g}"
+    lines = [f"# FP16 safety: {model_name}", "",
+             f"{report.modules_checked} modules checked one by one on {report.images} images "
+             f"(relative-error tolerance {report.tolerance:.2g}).", "",
+             f"- whole model in FP16: {whole(report.whole_fp16)}",
+             f"- with the pins below in FP32: {whole(report.whole_fp16_pinned)}", ""]
+    if report.flagged:
+        lines += ["| module | type | FP32 max abs | FP16 rel. error | below FP16 normal | why |",
+                  "|---|---|---:|---:|---:|---|"]
+        lines += [f"| `{s.module}` | {s.kind} | {s.abs_max:.3g} | {s.relative_error:.2e} | {s.subnormal_share:.1%} "
+                  f"| {s.reason} |" for s in report.flagged]
+        lines += ["", "Pin them when building: `offseg-export ... --fp16 "
+                  + " ".join(f"--keep-fp32 '{rule}'" for rule in report.pins) + "` (`OffsetLearning` and "
+                  "FreqFusion's normalisation are pinned by default)."]
+    else:
+        lines.append("No module needs FP32 at this tolerance.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,83 @@
+"""offseg-fp16-check: modules are judged on their own operations, overflow and precision loss are told apart, and
+the suggested pins are what the export's node names and the default policy understand."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from calibration.cli import fp16_check_main
+from calibration.fp16_safety import check_fp16, pin_plan
+from offseg import build_model, save_checkpoint
+
+
+class Scale(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+class Cancel(nn.Module):
+    """x + 3000 - 3000: FP16 keeps only 2-unit steps at 3000, so small x lose their digits."""
+
+    def forward(self, x):
+        return (x + 3000.0) - 3000.0
+
+
+def toy_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 1), Scale(1e5), Scale(1e-5), Cancel()).eval()
+
+
+def test_overflow_and_precision_loss_are_charged_to_the_modules_that_cause_them():
+    inputs = [torch.randn(1, 3, 8, 8).numpy() for _ in range(2)]
+    report = check_fp16(toy_model(), inputs)
+    reasons = {s.module: s.reason for s in report.flagged}
+    # the conv and the container are fine; the rescale cannot take its (FP16-overflowing) input in FP16 either
+    assert set(reasons) == {"1", "2", "3"}
+    assert reasons["1"].startswith("overflow") and reasons["2"].startswith("overflow")
+    assert reasons["3"].startswith("precision")
+    assert report.modules_checked == 4
+    assert report.whole_fp16 == {"finite": False}  # 1e5 * x overflows FP16
+    assert report.whole_fp16_pinned["finite"] and report.whole_fp16_pinned["label_agreement_percent"] > 99
+    assert report.pins == ["1/", "1.", "2/", "2.", "3/", "3."]
+
+
+def test_pins_follow_the_export_scopes():
+    modules, rules = pin_plan(["backbone.stages.1.blocks.0.mlp", "head.freqfusions.2.dysampler",
+                               "head.freqfusions.2.lowpass", "head.offset_learning.mask_norm"])
+    assert modules == ["backbone.stages.1.blocks.0.mlp", "head.freqfusions.2", "head.offset_learning"]
+    assert rules == ["backbone.stages.1.blocks.0.mlp/", "backbone.stages.1.blocks.0.mlp.", "FreqFusion2",
+                     "OffsetLearning"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(build_model("offseg-t", 9).eval(), tmp_path_factory.mktemp("fp16") / "t.pth", "offseg-t")
+
+
+def test_cli_writes_the_report_and_suggests_flags(checkpoint, tmp_path, capsys):
+    assert fp16_check_main(["--checkpoint", str(checkpoint), "--images", "1", "--input-size", "128", "128",
+                            "--tolerance", "0.0005", "--report", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r" / "fp16_safety.json").read_text())
+    assert report["images"] == 1 and report["modules_checked"] > 300
+    assert f"{len(report['flagged'])} need FP32" in out
+    assert all(f"--keep-fp32 '{rule}'" in out for rule in report["pins"])
+    markdown = (tmp_path / "r" / "fp16_safety.md").read_text()
+    assert all(f"`{s['module']}`" in markdown for s in report["flagged"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--input-size", "100", "100"], "positive multiples of 32"),
+    (["--images", "0"], "--images must be at least 1"),
+    (["--data", "missing-folder"], "does not exist"),
+])
+def test_user_mistakes_give_one_clear_line(checkpoint, capsys, argv, message):
+    assert fp16_check_main(["--checkpoint", str(checkpoint), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
