@@ -162,6 +162,12 @@ def format_report(report: dict) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if not args.debug:
+        import logging
+
+        from export.cli import NOISY_LOGGERS
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     unknown = [b for b in args.backends if b not in BACKENDS]
     if unknown:
         raise OffsegError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")

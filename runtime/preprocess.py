@@ -94,8 +94,24 @@ def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def logits_to_labels(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(N, K, h, w) logits -> (N, H, W) labels: bilinear resize to ``size`` (as PyTorch's side does), then argmax."""
-    return np.stack([resize_logits(item, size).argmax(axis=2) for item in logits])
+    """(N, K, h, w) logits -> (N, H, W) int64 labels: bilinear resize to ``size`` (as PyTorch's side does), then
+    argmax (first maximum on ties, as numpy and torch).
+
+    Class by class: each resized map updates a running maximum, so the (K, H, W) full-resolution volume is never
+    built (150 classes at 512x512: 157 MB) and OpenCV resizes single-channel maps, its fastest path."""
+    labels = np.zeros((len(logits), *size), np.int64)
+    for item, out in zip(logits, labels):
+        best = None
+        for k, channel in enumerate(item.astype(np.float32, copy=False)):
+            resized = channel if channel.shape == tuple(size) else \
+                cv2.resize(channel, tuple(size)[::-1], interpolation=cv2.INTER_LINEAR)
+            if best is None:
+                best = resized.copy()
+                continue
+            better = resized > best
+            out[better] = k
+            np.maximum(best, resized, out=best)
+    return labels
 
 
 def sliding_windows(height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]):
