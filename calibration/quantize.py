@@ -84,6 +84,38 @@ def input_size_for_calibration(meta: dict[str, str], model) -> tuple[int, int]:
     return h, w
 
 
+def unshare_conv_biases(model: onnx.ModelProto) -> int:
+    """Give each Conv its own bias initializer (in place); returns how many copies were made.
+
+    Constant folding merges equal biases into one initializer. ORT's quantizer then copies a shared bias itself,
+    naming the copy ``<name><n>`` after checking initializer names only, and the name can clash with an activation
+    (bias ``val_1131`` became ``val_11315``, which a Reshape already produced: an invalid graph). Copies named here
+    are checked against every name in the graph."""
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    taken = set(initializers) | {name for node in graph.node for name in [*node.input, *node.output]}
+    seen: set[str] = set()
+    copies = 0
+    for node in graph.node:
+        if node.op_type != "Conv" or len(node.input) < 3 or node.input[2] not in initializers:
+            continue
+        bias = node.input[2]
+        if bias not in seen:
+            seen.add(bias)
+            continue
+        index, name = 1, f"{bias}_copy1"
+        while name in taken:
+            index, name = index + 1, f"{bias}_copy{index + 1}"
+        copy = onnx.TensorProto()
+        copy.CopyFrom(initializers[bias])
+        copy.name = name
+        graph.initializer.append(copy)
+        taken.add(name)
+        node.input[2] = name
+        copies += 1
+    return copies
+
+
 def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = QuantOptions()) -> QuantResult:
     """Quantize the FP32 ONNX export ``source`` into the Q/DQ graph ``path`` (written atomically)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -95,6 +127,7 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
         raise OffsegError(f"{source} is {meta['offseg.precision']}; quantize the FP32 export")
     has_function = any(f.name == HEAD_SCOPE for f in model.functions)
     flat = onnx.inliner.inline_local_functions(model) if has_function else model
+    unshare_conv_biases(flat)
     excluded = pinned_nodes(flat, options.exclude) + list(options.extra_exclude_nodes)
     cached = options.cache is not None and Path(options.cache).is_file()
     inputs = [] if cached else calibration_inputs(

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-export", description="Export an OffSeg model to ONNX and "
                                      "TensorRT engines (FP32, FP16, INT8).")
     source = parser.add_argument_group("source")
-    source.add_argument("--model", choices=list(MODELS), help="model name (default: from the checkpoint, else offseg-t)")
+    source.add_argument("--model", choices=list(MODELS),
+                        help="model name (default: from the checkpoint, else offseg-t)")
     source.add_argument("--checkpoint", type=Path, help="official mmseg or offseg checkpoint (default: fresh weights)")
     source.add_argument("--num-classes", type=int, help="classes for fresh weights (default 150)")
     source.add_argument("--onnx", type=Path, help="build from an ONNX file exported earlier (the device-side step)")

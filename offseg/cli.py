@@ -42,7 +42,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-demo", description="The whole chain offline: train a model on "
                                      "synthetic scenes (or use --checkpoint), export, calibrate INT8, run on a "
                                      "video, validate, report.")
-    parser.add_argument("--workdir", type=Path, default=Path("offseg-demo"), help="output folder (default ./offseg-demo)")
+    parser.add_argument("--workdir", type=Path, default=Path("offseg-demo"),
+                        help="output folder (default ./offseg-demo)")
     parser.add_argument("--model", default=None, choices=list(MODELS), help="model to train (default offseg-t)")
     parser.add_argument("--checkpoint", type=Path, help="use this checkpoint instead of training on synthetic scenes "
                         "(its classes must be the synthetic ones for the validation step)")

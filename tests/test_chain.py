@@ -62,8 +62,8 @@ def test_calibrate_for_tensorrt_with_a_sensitivity_sweep(demo, tmp_path, capsys)
     workdir, _ = demo
     output = tmp_path / "m.int8.onnx"
     assert calibrate_main(["--onnx", str(workdir / "model.onnx"), "--data", "synthetic", "--samples", "4",
-                           "--output", str(output), "--sensitivity", "--sensitivity-images", "3", "--group-depth", "2", "--exclude-worst",
-                           "1", "--sensitivity-json", str(tmp_path / "s.json")]) == 0
+                           "--output", str(output), "--sensitivity", "--sensitivity-images", "3", "--group-depth", "2",
+                           "--exclude-worst", "1", "--sensitivity-json", str(tmp_path / "s.json")]) == 0
     ranking = json.loads((tmp_path / "s.json").read_text())
     assert len(ranking) >= 3 and ranking[0]["miou"] <= ranking[-1]["miou"]  # worst group first
     assert "keeping the 1 most costly groups in float" in capsys.readouterr().out

@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 
 CLASSES = ("sky", "building", "vegetation", "terrain", "road", "vehicle", "person", "pole", "sign")
-PALETTE = np.array([(70, 130, 180), (70, 70, 70), (107, 142, 35), (152, 251, 152), (128, 64, 128), (0, 0, 142), (220, 20, 60),
-                    (153, 153, 153), (220, 220, 0)], np.uint8)  # RGB, Cityscapes colours of the same classes
+# RGB: the Cityscapes colours of the same classes
+PALETTE = np.array([(70, 130, 180), (70, 70, 70), (107, 142, 35), (152, 251, 152), (128, 64, 128), (0, 0, 142),
+                    (220, 20, 60), (153, 153, 153), (220, 220, 0)], np.uint8)
 LABEL = {name: i for i, name in enumerate(CLASSES)}
 
 

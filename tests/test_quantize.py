@@ -1,0 +1,48 @@
+"""INT8 quantization survives graph shapes that trip ONNX Runtime's quantizer."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from calibration.quantize import QuantOptions, quantize_file, unshare_conv_biases
+from calibration.sources import calibration_inputs
+
+
+def shared_bias_model():
+    """Two Convs sharing the bias ``b1`` (as constant folding leaves equal biases), the first one's output named
+    ``b11``: the name ORT's quantizer gives its own copy of a shared ``b1``."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((3, 3, 1, 1)).astype(np.float32), f"w{i}") for i in (1, 2)]
+    bias = numpy_helper.from_array(np.array([0.1, -0.2, 0.3], np.float32), "b1")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w1", "b1"], ["b11"], name="conv1"),
+         helper.make_node("Relu", ["b11"], ["r"], name="relu"),
+         helper.make_node("Conv", ["r", "w2", "b1"], ["logits"], name="conv2")],
+        "toy", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 32, 32])], [*weights, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    for key, value in {"offseg.model": "toy", "offseg.num_classes": "3", "offseg.input_size": "32 32"}.items():
+        model.metadata_props.add(key=key, value=value)
+    return model
+
+
+def test_shared_biases_are_copied_under_names_no_one_uses():
+    model = shared_bias_model()
+    assert unshare_conv_biases(model) == 1
+    biases = [node.input[2] for node in model.graph.node if node.op_type == "Conv"]
+    assert biases == ["b1", "b1_copy1"]
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_onnxruntime_int8_of_a_graph_with_a_shared_bias_is_valid(tmp_path):
+    source, target = tmp_path / "toy.onnx", tmp_path / "toy.int8.onnx"
+    onnx.save(shared_bias_model(), source)
+    quantize_file(source, target, "synthetic", QuantOptions(target="onnxruntime", samples=2))
+    quantized = onnx.load(str(target))
+    onnx.checker.check_model(quantized, full_check=True)  # single static assignment holds
+    assert sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node) >= 2
+    x = calibration_inputs("synthetic", 1, (32, 32), uint8_input=False)[0]  # within the calibrated ranges
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]  # noqa: E731
+    fp32, int8 = run(source), run(target)
+    assert np.abs(int8 - fp32).mean() < 0.2 * np.abs(fp32).mean()  # a working INT8 graph, not a broken one
