@@ -3,7 +3,9 @@ against PyTorch eager, and the ``offseg-run`` pipeline FPS against bare inferenc
 
 Backends: ``torch`` (eager), ``onnx-fp32`` (fused head), ``onnx-fp32-unfused`` (the paper's head, for the fusion's
 effect), ``onnx-int8`` (Q/DQ for ONNX Runtime CPU), ``trt-fp16`` / ``trt-int8`` (TensorRT engines; skipped with the
-reason when TensorRT or a GPU is missing). Exported files are cached in the work folder.
+reason when TensorRT or a GPU is missing). Exported files are cached in the work folder. After each backend's
+warm-up (which also measures the memory it adds), the backends take turns call by call, so the ratios come from
+the same stretch of time.
 """
 from __future__ import annotations
 
@@ -31,23 +33,34 @@ def _rss(field: str) -> int:
     return 0
 
 
-def _timed(infer, batch: np.ndarray, warmup: int, iters: int) -> dict:
-    """Latency statistics (ms per batch) and the peak resident memory above the starting point (MiB)."""
-    for _ in range(warmup):
-        infer(batch)
+def _warm(infer, batch: np.ndarray, warmup: int) -> float:
+    """Run ``warmup`` (>= 1) calls; returns the peak resident memory they added above the starting point (MiB)."""
     before = _rss("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets the peak-RSS counter (Linux)
     except OSError:
         pass
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
+    for _ in range(max(warmup, 1)):
         infer(batch)
-        times.append(1000 * (time.perf_counter() - start))
-    return {"mean_ms": float(np.mean(times)), "p50_ms": float(np.percentile(times, 50)),
-            "p95_ms": float(np.percentile(times, 95)), "images_per_s": batch.shape[0] * 1000 / float(np.mean(times)),
-            "peak_extra_mib": max(_rss("VmHWM") - before, 0) / 2 ** 20}
+    return max(_rss("VmHWM") - before, 0) / 2 ** 20
+
+
+def _time_round_robin(infers: dict, batch: np.ndarray, iters: int) -> dict[str, list[float]]:
+    """Milliseconds per call, backends taking turns call by call, so drift in the machine's speed (other jobs,
+    clocks) hits every backend alike and the ratios stay fair."""
+    times: dict[str, list[float]] = {name: [] for name in infers}
+    for _ in range(iters):
+        for name, infer in infers.items():
+            start = time.perf_counter()
+            infer(batch)
+            times[name].append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def _stats(times: list[float], batch_size: int) -> dict:
+    mean = float(np.mean(times))
+    return {"mean_ms": mean, "p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
+            "images_per_s": batch_size * 1000 / mean}
 
 
 def _onnx(workdir: Path, model, name: str, size, batch: int, fused: bool) -> Path:
@@ -100,7 +113,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         model, name = build_model(args.model, args.num_classes).eval(), args.model
     size, batch = tuple(args.size), args.batch
     images = np.random.default_rng(0).standard_normal((batch, 3, *size), dtype=np.float32)
-    results, skipped = {}, {}
+    infers, memory, skipped = {}, {}, {}
     for backend in args.backends:
         try:
             if backend == "torch":
@@ -112,10 +125,14 @@ def run_bench(args: argparse.Namespace) -> dict:
                 path = {"onnx-int8": lambda: _int8(workdir, fp32), "trt-fp16": lambda: _engine(fp32, "fp16"),
                         "trt-int8": lambda: _engine(fp32, "int8")}.get(backend, lambda: fp32)()
                 infer = open_backend(path).infer
-            print(f"timing {backend} ...", flush=True)
-            results[backend] = _timed(infer, images, args.warmup, args.iters)
+            print(f"warming up {backend} ...", flush=True)
+            memory[backend] = _warm(infer, images, args.warmup)
+            infers[backend] = infer
         except OffsegError as error:
             skipped[backend] = str(error)
+    print(f"timing {', '.join(infers)} in turns ({args.iters} rounds) ...", flush=True)
+    times = _time_round_robin(infers, images, args.iters)
+    results = {b: {**_stats(times[b], batch), "peak_extra_mib": memory[b]} for b in infers}
     if "torch" in results:
         for figures in results.values():
             figures["speedup_vs_torch"] = results["torch"]["mean_ms"] / figures["mean_ms"]
@@ -141,7 +158,8 @@ def _pipeline(workdir: Path, onnx_path: Path, args) -> dict:
     pipeline_fps = json.loads(summary.read_text())["fps"]
     backend = open_backend(onnx_path)
     x = np.random.default_rng(0).standard_normal((1, 3, *args.size), dtype=np.float32)
-    bare = _timed(backend.infer, x, args.warmup, args.iters)["images_per_s"]
+    _warm(backend.infer, x, args.warmup)
+    bare = _stats(_time_round_robin({"bare": backend.infer}, x, args.iters)["bare"], 1)["images_per_s"]
     return {"pipeline_fps": pipeline_fps, "bare_inference_fps": bare, "ratio": pipeline_fps / bare}
 
 
@@ -168,6 +186,8 @@ def _main(args: argparse.Namespace) -> int:
         from export.cli import NOISY_LOGGERS
         for name in NOISY_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
+    if args.iters < 1 or args.batch < 1 or args.warmup < 0:
+        raise OffsegError("--iters and --batch must be at least 1, --warmup at least 0")
     unknown = [b for b in args.backends if b not in BACKENDS]
     if unknown:
         raise OffsegError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
