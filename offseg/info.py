@@ -1,12 +1,13 @@
 """Parameter and multiply-add counts of a model, side by side with the paper's figures."""
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .zoo import ModelSpec, build_model, get_spec
+from .zoo import PAPER_MIOU_SOURCE, ModelSpec, build_model, get_spec
 
 COUNTED_OPS = {"convolution": "conv", "mm": "linear", "addmm": "linear", "bmm": "matmul"}
 
@@ -74,5 +75,6 @@ def format_info(info: ModelInfo) -> str:
         "its parameter count includes the official head's conv_seg, which is never called and not built here.",
     ]
     if spec.paper_miou:
-        lines.append("paper mIoU: " + ", ".join(f"{k} {v:.1f}" for k, v in spec.paper_miou.items()))
+        lines.append("paper mIoU (single-scale val): " + ", ".join(f"{k} {v:.1f}" for k, v in spec.paper_miou.items()))
+        lines += textwrap.wrap(f"source: {PAPER_MIOU_SOURCE}", width=116, initial_indent="  ", subsequent_indent="  ")
     return "\n".join(lines)

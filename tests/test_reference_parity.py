@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import reference
-from offseg import build_model, load_checkpoint
+from offseg import build_model, get_spec, load_checkpoint
 from offseg.checkpoint import official_to_ours
 
 TOLERANCE = 1e-4
@@ -86,7 +86,6 @@ def test_float_buffers_come_from_the_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_parameter_count_matches_reference_and_paper(name):
-    from offseg import get_spec
     from offseg.info import model_info
     info = model_info(name, input_size=(256, 256))
     manifest = reference.manifest(name)
@@ -96,3 +95,14 @@ def test_parameter_count_matches_reference_and_paper(name):
                                                                    "init_pos")))
     assert info.params_as_paper_counts == official
     assert abs(info.params_as_paper_counts / 1e6 - get_spec(name).paper_params_m) <= 0.1
+
+
+def test_paper_miou_names_known_datasets_and_is_printed():
+    from offseg.data.datasets import LAYOUTS
+    from offseg.info import format_info, model_info
+    for name in MODELS:
+        spec = get_spec(name)
+        assert spec.paper_miou and set(spec.paper_miou) <= set(LAYOUTS)
+        assert all(0 < v < 100 for v in spec.paper_miou.values())
+    text = format_info(model_info("offseg-t", input_size=(64, 64)))
+    assert f"ade20k {get_spec('offseg-t').paper_miou['ade20k']:.1f}" in text and "source:" in text

@@ -1,4 +1,4 @@
-"""Offset learning: the OffSeg head's replacement for per-pixel classification.
+"""Offset learning: the OffSeg head's replacement for per-pixel classification (arXiv 2508.08811, Eq. 4-13).
 
 Notation of the paper: E (hw x C) are the pixel features, W (K x C) the learned class representations.
 The coupled logits A = E W^T are computed once and feed two branches:
