@@ -22,3 +22,53 @@ def test_bench_reports_each_backend_with_ratios(tmp_path, capsys):
 def test_bench_rejects_unknown_backends(tmp_path, capsys):
     assert bench_main(["--backends", "torch,tpu", "--workdir", str(tmp_path)]) == 2
     assert "unknown backend(s) tpu" in capsys.readouterr().err
+
+
+def _benchmark_script(name):
+    import importlib.util
+    import sys
+    from pathlib import Path
+    folder = Path(__file__).parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))  # the scripts import their sibling procmem.py
+    try:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
+def test_run_traced_sees_the_child_memory_and_exit_code():
+    import sys
+    procmem = _benchmark_script("procmem")
+    trace = procmem.run_traced([sys.executable, "-c", "import time; b = bytearray(300 * 2**20); time.sleep(1.5)"],
+                               interval=0.1)
+    assert trace.exit_code == 0 and trace.peak_mib >= 300
+    assert max(rss for _, rss in trace.samples) >= 300
+    assert procmem.run_traced([sys.executable, "-c", "raise SystemExit(3)"]).exit_code == 3
+
+
+def test_soak_growth_fit_tells_a_leak_from_a_flat_run():
+    soak = _benchmark_script("soak")
+    t = [i * 0.5 for i in range(200)]
+    flat = [(s, 500.0 + (5.0 if i % 2 else -5.0)) for i, s in enumerate(t)]
+    leak = [(s, 400.0 + 2.0 * s) for s in t]  # 2 MiB/s
+    assert abs(soak.growth(flat)[2]) < 1.0
+    start, end, grown = soak.growth(leak)
+    assert grown == pytest.approx(2.0 * (t[-1] - t[20]), rel=1e-6) and end > start
+
+
+def test_bench_table_rows_merge_and_plot(tmp_path):
+    run_all = _benchmark_script("run_all")
+    rows = [f"| {m} | {s} | {b} | {ms} | {ms} | 1.00 | 100 | 1.00x |" for m in ("offseg-t", "offseg-b")
+            for s, ms in (("512x512", 600.0), ("1024x2048", 4800.0)) for b in ("torch", "onnx-fp32")]
+    grouped = run_all._table_rows("\n".join(["| model | size |", *rows]))
+    assert list(grouped) == [("offseg-t", "512x512"), ("offseg-t", "1024x2048"), ("offseg-b", "512x512"),
+                             ("offseg-b", "1024x2048")]
+    assert all(len(group) == 2 for group in grouped.values())
+    pytest.importorskip("matplotlib")
+    import cv2
+    run_all.plot_latency(rows, tmp_path / "latency.png")
+    image = cv2.imread(str(tmp_path / "latency.png"))
+    assert image is not None and image.shape[1] > image.shape[0]  # two panels side by side
