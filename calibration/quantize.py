@@ -63,16 +63,32 @@ class QuantResult:
 
 
 class _Reader:
-    """ONNX Runtime's CalibrationDataReader protocol over a list of inputs."""
+    """ONNX Runtime's CalibrationDataReader protocol over a list of inputs, read in the ranges ONNX Runtime asks for
+    (``CalibStridedMinMax``): one image at a time, so the calibrator holds one image's intermediate tensors, not
+    every image's (at 1024x2048 that is what runs out of memory); min/max ranges and histograms are merged across
+    the ranges. Shows a progress bar on a terminal."""
 
     def __init__(self, name: str, inputs: list[np.ndarray]):
-        self._items = iter([{name: x} for x in inputs])
+        from tqdm import tqdm
+        self._name, self._inputs = name, inputs
+        self._progress = tqdm(total=len(inputs), desc="calibrating", unit="image", disable=None, leave=False)
+        self.set_range(0, len(inputs))
+
+    def __len__(self) -> int:
+        return len(self._inputs)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._items = iter(self._inputs[start_index:end_index])
 
     def get_next(self):
-        return next(self._items, None)
+        x = next(self._items, None)
+        if x is None:
+            return None
+        self._progress.update()
+        return {self._name: x}
 
-    def rewind(self):  # pragma: no cover - required by the protocol, unused by the calibrators we call
-        raise NotImplementedError
+    def close(self) -> None:
+        self._progress.close()
 
 
 def input_size_for_calibration(meta: dict[str, str], model) -> tuple[int, int]:
@@ -140,13 +156,18 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
         onnx.save(flat, flat_path)
         log.info("calibrating on %s (%s, %s)", f"cached ranges {options.cache}" if cached else f"{len(inputs)} images",
                  options.method, options.target)
-        quantize_static(str(flat_path), str(out_path), None if cached else _Reader(flat.graph.input[0].name, inputs),
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(options.op_types),
-                        per_channel=options.per_channel,
-                        activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                        calibrate_method=getattr(CalibrationMethod, METHODS[options.method]),
-                        extra_options=extra, calibration_cache_path=options.cache)
+        reader = None if cached else _Reader(flat.graph.input[0].name, inputs)
+        try:
+            quantize_static(str(flat_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(options.op_types), per_channel=options.per_channel,
+                            activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                            calibrate_method=getattr(CalibrationMethod, METHODS[options.method]),
+                            extra_options={**extra, "CalibStridedMinMax": 1},
+                            calibration_cache_path=options.cache)
+        finally:
+            if reader is not None:
+                reader.close()
         quantized = onnx.load(str(out_path))
     if has_function:
         quantized = extract_function(quantized, HEAD_SCOPE, FUNCTION_DOMAIN)

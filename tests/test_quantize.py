@@ -46,3 +46,31 @@ def test_onnxruntime_int8_of_a_graph_with_a_shared_bias_is_valid(tmp_path):
     run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]  # noqa: E731
     fp32, int8 = run(source), run(target)
     assert np.abs(int8 - fp32).mean() < 0.2 * np.abs(fp32).mean()  # a working INT8 graph, not a broken one
+
+
+def test_calibration_reads_one_image_at_a_time_with_the_same_ranges(tmp_path, monkeypatch):
+    """Calibrating image by image (bounded memory at large sizes) gives the ranges of calibrating all at once."""
+    import onnxruntime.quantization as ortq
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+    source = tmp_path / "toy.onnx"
+    onnx.save(shared_bias_model(), source)
+    calls = []
+    collect = MinMaxCalibrater.collect_data
+    monkeypatch.setattr(MinMaxCalibrater, "collect_data", lambda self, reader: calls.append(1) or collect(self, reader))
+    quantize_file(source, tmp_path / "strided.onnx", "synthetic", QuantOptions(target="onnxruntime", samples=3))
+    assert len(calls) == 3
+    quantize_static = ortq.quantize_static
+
+    def all_at_once(*args, extra_options, **kwargs):
+        return quantize_static(*args, extra_options={k: v for k, v in extra_options.items()
+                                                     if k != "CalibStridedMinMax"}, **kwargs)
+    monkeypatch.setattr(ortq, "quantize_static", all_at_once)
+    quantize_file(source, tmp_path / "whole.onnx", "synthetic", QuantOptions(target="onnxruntime", samples=3))
+    assert len(calls) == 4
+
+    def scales(path):
+        return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+                if "scale" in i.name or "zero_point" in i.name}
+    strided, whole = scales(tmp_path / "strided.onnx"), scales(tmp_path / "whole.onnx")
+    assert strided.keys() == whole.keys() and len(strided) >= 4
+    assert all(np.array_equal(strided[k], whole[k]) for k in strided)
