@@ -48,29 +48,37 @@ def test_onnxruntime_int8_of_a_graph_with_a_shared_bias_is_valid(tmp_path):
     assert np.abs(int8 - fp32).mean() < 0.2 * np.abs(fp32).mean()  # a working INT8 graph, not a broken one
 
 
-def test_calibration_reads_one_image_at_a_time_with_the_same_ranges(tmp_path, monkeypatch):
-    """Calibrating image by image (bounded memory at large sizes) gives the ranges of calibrating all at once."""
-    import onnxruntime.quantization as ortq
+def test_calibration_image_by_image_gives_the_ranges_of_onnxruntime_all_at_once(tmp_path, monkeypatch):
+    """Our image-by-image calibration (bounded memory at large sizes) equals ONNX Runtime's own, all images at once."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import MinMaxCalibrater
-    source = tmp_path / "toy.onnx"
+    source, flat = tmp_path / "toy.onnx", tmp_path / "flat.onnx"
     onnx.save(shared_bias_model(), source)
     calls = []
     collect = MinMaxCalibrater.collect_data
     monkeypatch.setattr(MinMaxCalibrater, "collect_data", lambda self, reader: calls.append(1) or collect(self, reader))
-    quantize_file(source, tmp_path / "strided.onnx", "synthetic", QuantOptions(target="onnxruntime", samples=3))
-    assert len(calls) == 3
-    quantize_static = ortq.quantize_static
+    options = QuantOptions(target="onnxruntime", samples=3, cache=tmp_path / "ranges.json")
+    quantize_file(source, tmp_path / "ours.onnx", "synthetic", options)
+    assert len(calls) == 3 and options.cache.is_file()
 
-    def all_at_once(*args, extra_options, **kwargs):
-        return quantize_static(*args, extra_options={k: v for k, v in extra_options.items()
-                                                     if k != "CalibStridedMinMax"}, **kwargs)
-    monkeypatch.setattr(ortq, "quantize_static", all_at_once)
-    quantize_file(source, tmp_path / "whole.onnx", "synthetic", QuantOptions(target="onnxruntime", samples=3))
+    class AllAtOnce:
+        def __init__(self):
+            self.items = iter([{"images": x} for x in calibration_inputs("synthetic", 3, (32, 32), uint8_input=False)])
+
+        def get_next(self):
+            return next(self.items, None)
+    model = shared_bias_model()
+    unshare_conv_biases(model)
+    onnx.save(model, flat)
+    quantize_static(str(flat), str(tmp_path / "ort.onnx"), AllAtOnce(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(options.op_types), per_channel=options.per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
     assert len(calls) == 4
 
     def scales(path):
         return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
                 if "scale" in i.name or "zero_point" in i.name}
-    strided, whole = scales(tmp_path / "strided.onnx"), scales(tmp_path / "whole.onnx")
-    assert strided.keys() == whole.keys() and len(strided) >= 4
-    assert all(np.array_equal(strided[k], whole[k]) for k in strided)
+    ours, theirs = scales(tmp_path / "ours.onnx"), scales(tmp_path / "ort.onnx")
+    assert ours.keys() == theirs.keys() and len(ours) >= 4
+    assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
