@@ -2,6 +2,7 @@
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration.quantize import QuantOptions, quantize_file, unshare_conv_biases
@@ -82,3 +83,14 @@ def test_calibration_image_by_image_gives_the_ranges_of_onnxruntime_all_at_once(
     ours, theirs = scales(tmp_path / "ours.onnx"), scales(tmp_path / "ort.onnx")
     assert ours.keys() == theirs.keys() and len(ours) >= 4
     assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_merges_images_into_working_ranges(tmp_path, method):
+    source, target = tmp_path / "toy.onnx", tmp_path / "toy.int8.onnx"
+    onnx.save(shared_bias_model(), source)
+    quantize_file(source, target, "synthetic", QuantOptions(target="onnxruntime", method=method, samples=3))
+    x = calibration_inputs("synthetic", 1, (32, 32), uint8_input=False)[0]
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]  # noqa: E731
+    fp32, int8 = run(source), run(target)
+    assert np.isfinite(int8).all() and np.abs(int8 - fp32).mean() < 0.2 * np.abs(fp32).mean()
