@@ -34,7 +34,7 @@ def main() -> None:
             for size in args.sizes:
                 h, w = size.split("x")
                 out = Path(folder) / f"{model}-{size}.json"
-                subprocess.run([sys.executable, "-m", "offseg.bench", "--model", model, "--size", h, w,
+                subprocess.run([str(Path(sys.executable).with_name("offseg-bench")), "--model", model, "--size", h, w,
                                 "--iters", str(args.iters), "--backends", args.backends, "--workdir",
                                 str(HERE / ".cache"), "--json", str(out)], check=True)
                 report = json.loads(out.read_text())

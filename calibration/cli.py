@@ -142,12 +142,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 def validate_main(argv: list[str] | None = None) -> int:
     from offseg.data.datasets import LAYOUTS
-    from offseg.zoo import MODELS
+    from offseg.names import MODEL_NAMES
     parser = argparse.ArgumentParser(prog="offseg-validate", description="mIoU parity of an ONNX model or TensorRT "
                                      "engine against its PyTorch checkpoint, with the paper's test protocol.")
     parser.add_argument("--engine", type=Path, required=True, help=".onnx or .plan")
     parser.add_argument("--checkpoint", type=Path, required=True, help="the PyTorch checkpoint it came from")
-    parser.add_argument("--model", choices=list(MODELS), help="model name (default: from the checkpoint)")
+    parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default: from the checkpoint)")
     parser.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS))
     parser.add_argument("--data-root")
     parser.add_argument("--split", default="val")
@@ -194,11 +194,11 @@ def _fp16_check(args: argparse.Namespace) -> int:
 
 
 def fp16_check_main(argv: list[str] | None = None) -> int:
-    from offseg.zoo import MODELS
+    from offseg.names import MODEL_NAMES
     parser = argparse.ArgumentParser(prog="offseg-fp16-check", description="Run each module of a checkpoint in "
                                      "FP16 on CPU, report overflow and precision loss, and list the FP32 pins.")
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--model", choices=list(MODELS), help="model name (default: from the checkpoint)")
+    parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default: from the checkpoint)")
     parser.add_argument("--data", default="synthetic", help="images: folder, video file or 'synthetic' (default)")
     parser.add_argument("--images", type=int, default=4, help="images to check (default 4)")
     parser.add_argument("--input-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))

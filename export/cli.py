@@ -14,7 +14,7 @@ from pathlib import Path
 from runtime.console import add_common_options, run
 from runtime.errors import OffsegError
 
-from offseg.zoo import MODELS
+from offseg.names import MODEL_NAMES
 
 NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export", "modelopt",
                  "onnxruntime")
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-export", description="Export an OffSeg model to ONNX and "
                                      "TensorRT engines (FP32, FP16, INT8).")
     source = parser.add_argument_group("source")
-    source.add_argument("--model", choices=list(MODELS),
+    source.add_argument("--model", choices=MODEL_NAMES,
                         help="model name (default: from the checkpoint, else offseg-t)")
     source.add_argument("--checkpoint", type=Path, help="official mmseg or offseg checkpoint (default: fresh weights)")
     source.add_argument("--num-classes", type=int, help="classes for fresh weights (default 150)")

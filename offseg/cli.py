@@ -1,4 +1,4 @@
-"""Console entry points of the PyTorch side: ``offseg-info``, ``offseg-demo``, ``offseg-train``, ``offseg-eval``."""
+"""Console entry points of the PyTorch side: ``offseg-info``, ``offseg-train``, ``offseg-eval``."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ from pathlib import Path
 from runtime.console import add_common_options, run
 from runtime.errors import OffsegError
 
-from .zoo import MODELS
+from .names import MODEL_NAMES
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -19,37 +19,12 @@ def _info(args: argparse.Namespace) -> int:
 def info_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-info", description="Parameters and MACs of an OffSeg model, "
                                      "next to the paper's figures.")
-    parser.add_argument("--model", default="offseg-t", choices=list(MODELS), help="model name (default offseg-t)")
+    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model name (default offseg-t)")
     parser.add_argument("--num-classes", type=int, default=150, help="number of classes (default 150, ADE20K)")
     parser.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
                         help="input size for the MAC count (default 512 512)")
     add_common_options(parser)
     return run(_info, parser, argv)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, format_table, run_demo
-    overrides = {"model": args.model or "offseg-t", "checkpoint": args.checkpoint}
-    config = DemoConfig.quick(args.workdir, **overrides) if args.quick else \
-        DemoConfig(workdir=args.workdir, **overrides)
-    rows = run_demo(config)
-    print(format_table(rows))
-    print(f"wrote {args.workdir / 'report.md'} (table, videos, validation reports with side-by-side pictures)")
-    return 0 if all(r["within_bound"] for r in rows) else 1
-
-
-def demo_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="offseg-demo", description="The whole chain offline: train a model on "
-                                     "synthetic scenes (or use --checkpoint), export, calibrate INT8, run on a "
-                                     "video, validate, report.")
-    parser.add_argument("--workdir", type=Path, default=Path("offseg-demo"),
-                        help="output folder (default ./offseg-demo)")
-    parser.add_argument("--model", default=None, choices=list(MODELS), help="model to train (default offseg-t)")
-    parser.add_argument("--checkpoint", type=Path, help="use this checkpoint instead of training on synthetic scenes "
-                        "(its classes must be the synthetic ones for the validation step)")
-    parser.add_argument("--quick", action="store_true", help="a reduced run (short training, small inputs): CI")
-    add_common_options(parser)
-    return run(_demo, parser, argv)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -67,8 +42,8 @@ def _train(args: argparse.Namespace) -> int:
 def train_main(argv: list[str] | None = None) -> int:
     from .data.datasets import LAYOUTS
     parser = argparse.ArgumentParser(prog="offseg-train", description="Train or fine-tune OffSeg (the official "
-                                     "recipe); multi-GPU: torchrun --nproc-per-node N -m offseg.train ...")
-    parser.add_argument("--model", default="offseg-t", choices=list(MODELS))
+                                     "recipe); multi-GPU: torchrun --nproc-per-node N --no-python offseg-train ...")
+    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES)
     parser.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS),
                         help="dataset layout (default: built-in synthetic scenes, no files needed)")
     parser.add_argument("--data-root", help="dataset root folder (mmseg layout)")
@@ -118,7 +93,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     from .data.datasets import LAYOUTS
     parser = argparse.ArgumentParser(prog="offseg-eval", description="mIoU / aAcc / per-class IoU of a checkpoint.")
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--model", choices=list(MODELS), help="model name (default: from the checkpoint)")
+    parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default: from the checkpoint)")
     parser.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS))
     parser.add_argument("--data-root")
     parser.add_argument("--split", default="val")

@@ -332,8 +332,3 @@ def _log_eval(model: nn.Module, config: TrainConfig, scalars: ScalarLog, iterati
     scores = evaluate(model, val, layout.test_mode, layout.crop, layout.stride, config.eval_images, progress=False)
     log.info("iteration %d: mIoU %.2f, aAcc %.2f", iteration, 100 * scores.miou, 100 * scores.aacc)
     scalars.add(iteration, mIoU=100 * scores.miou, aAcc=100 * scores.aacc)
-
-
-if __name__ == "__main__":  # torchrun --nproc-per-node N -m offseg.train [offseg-train options]
-    from .cli import train_main
-    raise SystemExit(train_main())

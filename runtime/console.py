@@ -13,7 +13,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
 
-OUR_PACKAGES = ("offseg", "export", "runtime", "calibration")
+OUR_PACKAGES = ("offseg", "export", "runtime", "calibration", "chain")
 
 
 def _ours_or_errors(record: logging.LogRecord) -> bool:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from offseg.bench import main as bench_main
+from chain.cli import bench_main
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench")]
 

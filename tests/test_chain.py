@@ -9,7 +9,7 @@ import pytest
 
 from calibration.cli import calibrate_main, validate_main
 from export.trt_support import unsupported
-from offseg.cli import demo_main
+from chain.cli import demo_main
 from offseg.data.datasets import SegmentationDataset
 from runtime.metrics import ConfusionMatrix
 

@@ -1,7 +1,8 @@
 """The PyTorch-side command lines, run in-process like a user would."""
 import pytest
 
-from offseg.cli import demo_main, info_main
+from chain.cli import demo_main
+from offseg.cli import info_main
 
 
 @pytest.mark.parametrize("name,params", [("offseg-t", "6.22"), ("offseg-b", "12.96"), ("offseg-l", "26.41")])

@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -164,8 +165,9 @@ def test_resume_continues_exactly(tmp_path):
 def test_torchrun_two_processes_with_gloo(tmp_path):
     work = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train_command = str(Path(sys.executable).with_name("offseg-train"))  # the console script, as a user runs it
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                             "29517", "-m", "offseg.train", "--iters", "2", "--batch-size", "1", "--crop", "64",
+                             "29517", "--no-python", train_command, "--iters", "2", "--batch-size", "1", "--crop", "64",
                              "64", "--workers", "0", "--warmup-iters", "1", "--eval-interval", "100",
                              "--work-dir", str(work)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

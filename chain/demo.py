@@ -49,7 +49,7 @@ class Artifact:
 
 
 def _trained_checkpoint(config: DemoConfig) -> Path:
-    from .train import TrainConfig, train
+    from offseg.train import TrainConfig, train
     work = config.workdir / "train"
     latest = work / "latest.pth"
     if latest.is_file():
@@ -71,7 +71,7 @@ def _export(config: DemoConfig, checkpoint: Path) -> Path:
     from export.onnx import OnnxOptions, export_onnx
     from export.parity import onnx_parity
 
-    from .checkpoint import build_from_checkpoint
+    from offseg.checkpoint import build_from_checkpoint
     path = config.workdir / "model.onnx"
     if path.is_file() and read_metadata(load_onnx(path)).get("offseg.checkpoint_sha256") == file_sha256(checkpoint):
         print(f"[2/5] export: reusing {path}")
@@ -122,7 +122,7 @@ def run_demo(config: DemoConfig) -> list[dict]:
     from calibration.cli import validate_main
     from runtime.cli import main as run_main
 
-    from .data.synthetic import write_video
+    from offseg.data.synthetic import write_video
     if config.checkpoint is not None and not Path(config.checkpoint).is_file():
         raise OffsegError(f"checkpoint {config.checkpoint} does not exist")
     try:

@@ -15,13 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from runtime.console import add_common_options, run
 from runtime.errors import OffsegError
 
-from .zoo import MODELS
-
+BENCH_DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
 BACKENDS = ("torch", "onnx-fp32", "onnx-fp32-unfused", "onnx-int8", "trt-fp16", "trt-int8")
 
 
@@ -101,14 +98,16 @@ def _engine(fp32: Path, precision: str) -> Path:
 
 
 def run_bench(args: argparse.Namespace) -> dict:
+    import torch
+
     from runtime.backends import open_backend
     workdir = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     if args.checkpoint:
-        from .checkpoint import build_from_checkpoint
+        from offseg.checkpoint import build_from_checkpoint
         model, name = build_from_checkpoint(args.checkpoint, args.model)
     else:
-        from .zoo import build_model
+        from offseg.zoo import build_model
         torch.manual_seed(0)
         model, name = build_model(args.model, args.num_classes).eval(), args.model
     size, batch = tuple(args.size), args.batch
@@ -148,7 +147,7 @@ def _pipeline(workdir: Path, onnx_path: Path, args) -> dict:
     from runtime.backends import open_backend
     from runtime.cli import main as run_main
 
-    from .data.synthetic import write_video
+    from offseg.data.synthetic import write_video
     video = workdir / "bench-video.mp4"
     if not video.is_file():
         write_video(video, seed=1, frames=args.pipeline_frames, height=args.size[0], width=args.size[1])
@@ -177,46 +176,3 @@ def format_report(report: dict) -> str:
         lines.append(f"offseg-run pipeline {p['pipeline_fps']:.2f} FPS vs bare inference "
                      f"{p['bare_inference_fps']:.2f} FPS: {100 * p['ratio']:.0f}%")
     return "\n".join(lines)
-
-
-def _main(args: argparse.Namespace) -> int:
-    if not args.debug:
-        import logging
-
-        from export.cli import NOISY_LOGGERS
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
-    if args.iters < 1 or args.batch < 1 or args.warmup < 0:
-        raise OffsegError("--iters and --batch must be at least 1, --warmup at least 0")
-    unknown = [b for b in args.backends if b not in BACKENDS]
-    if unknown:
-        raise OffsegError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
-    report = run_bench(args)
-    print(format_report(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="offseg-bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="offseg-t", choices=list(MODELS))
-    parser.add_argument("--checkpoint", type=Path)
-    parser.add_argument("--num-classes", type=int, default=150)
-    parser.add_argument("--backends", type=lambda s: s.split(","), default=["torch", "onnx-fp32", "onnx-int8"],
-                        help=f"comma-separated, from {','.join(BACKENDS)} (default torch,onnx-fp32,onnx-int8)")
-    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--pipeline", action="store_true", help="also offseg-run FPS vs bare inference FPS")
-    parser.add_argument("--pipeline-frames", type=int, default=60)
-    parser.add_argument("--workdir", type=Path, default=Path("offseg-bench"),
-                        help="cached exports (default ./offseg-bench)")
-    parser.add_argument("--json", type=Path, help="write the figures as JSON")
-    add_common_options(parser)
-    return run(_main, parser, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
