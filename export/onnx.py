@@ -36,6 +36,15 @@ OUTPUT_KINDS = ("logits", "labels")
 FREQFUSION_FORMS = ("gather", "taps")  # export forms of FreqFusion (offseg.models.freqfusion_gather, freqfusion)
 
 
+def freqfusion_form_for(choice: str, target: str) -> str:
+    """The FreqFusion form to export: ``choice`` unless ``auto``, which picks per target (``onnx``: the gather form,
+    fastest on ONNX Runtime and OpenVINO as measured; ``engine``: the taps form with native GridSample, which
+    TensorRT fuses, until GPU measurements say otherwise)."""
+    if choice != "auto":
+        return choice
+    return "taps" if target == "engine" else "gather"
+
+
 @dataclass(frozen=True)
 class OnnxOptions:
     """What to export. ``input_size`` is (H, W); with ``dynamic`` it is only the example size."""
