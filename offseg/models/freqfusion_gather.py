@@ -155,33 +155,33 @@ class SamplingCorners(nn.Module):
     def forward(self, positions: torch.Tensor, height, width) -> tuple[torch.Tensor, torch.Tensor]:
         """``positions`` (N, H', W', G, 2) as (x, y) pixel indices into an (H, W) map with G channel groups.
 
-        Returns rows (4, N, H', W', G) int64 into that map channels-last, zero-padded by one row and column at the
-        end and flattened to (N * (H+1) * (W+1) * G, C/G), and the corner weights (4, N, H', W', G, 1). Border
+        Returns rows (N, H', W', G, 4) int64 into that map channels-last, zero-padded by one row and column at the
+        end and flattened to (N * (H+1) * (W+1) * G, C/G), and the corner weights (N, H', W', G, 1, 4). Border
         padding is a clamp of the position; a corner past the last row or column then has weight 0.
         """
         n, groups = positions.shape[0], positions.shape[3]
         dtype, device = positions.dtype, positions.device
         position = positions.clamp_min(0).minimum(torch.tensor([width - 1, height - 1], dtype=dtype, device=device))
         floor = position.floor()
-        corners = floor + torch.tensor(CORNERS, dtype=dtype, device=device).reshape(4, 1, 1, 1, 1, 2)
-        weights = (1 - (corners - position).abs()).prod(dim=-1, keepdim=True)
+        corners = floor.unsqueeze(-2) + torch.tensor(CORNERS, dtype=dtype, device=device)  # (N, H', W', G, 4, 2)
+        weights = (1 - (corners - position.unsqueeze(-2)).abs()).prod(dim=-1).unsqueeze(-2)
         # float arithmetic is exact below 2^24 (rows of one image); the image offset is added in int64
         strides = torch.tensor([groups, (width + 1) * groups], dtype=dtype, device=device)
         group = torch.arange(groups, dtype=dtype, device=device)
         steps = torch.tensor([0, groups, (width + 1) * groups, (width + 2) * groups], dtype=dtype, device=device)
-        rows = (((floor * strides).sum(dim=-1) + group)[None] + steps.reshape(4, 1, 1, 1, 1)).to(torch.int64)
+        rows = (((floor * strides).sum(dim=-1) + group).unsqueeze(-1) + steps).to(torch.int64)
         if not (isinstance(n, int) and n == 1):
             image = torch.arange(n, device=device) * ((height + 1) * (width + 1) * groups)
-            rows = rows + image.reshape(1, n, 1, 1, 1)
+            rows = rows + image.reshape(n, 1, 1, 1, 1)
         return rows, weights
 
 
 def sample_bilinear(source: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``source`` (N, H, W, C) read at ``SamplingCorners`` rows with its weights: (N, H', W', C)."""
     n, _, _, c = source.shape
-    groups = rows.shape[-1]
-    values = F.embedding(rows, F.pad(source, [0, 0, 0, 1, 0, 1]).reshape(-1, c // groups))
-    return (values * weights).sum(dim=0).reshape(n, rows.shape[2], rows.shape[3], c)
+    groups = rows.shape[-2]
+    values = F.embedding(rows, F.pad(source, [0, 0, 0, 1, 0, 1]).reshape(-1, c // groups))  # (N, H', W', G, 4, C/G)
+    return (weights @ values).reshape(n, rows.shape[1], rows.shape[2], c)
 
 
 class GatherFreqFusion(nn.Module):
