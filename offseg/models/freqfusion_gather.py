@@ -72,7 +72,7 @@ def phases_to_channels_last(x: torch.Tensor, h, w) -> torch.Tensor:
 
 def carafe_up(x: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
     """Scale-2 CARAFE of x (N, C, h, w) with kernels (N, h*w, 4, k*k) in phase order; returns (N, h*w, 4, C)."""
-    n, c, h, w = x.shape
+    h, w = x.shape[-2:]
     return kernels @ gather_rows(padded_rows(x, k // 2), window_rows(h, w, k, x.device).reshape(h * w, k * k))
 
 
@@ -146,24 +146,36 @@ def highpass_kernels(logits: torch.Tensor, window: torch.Tensor) -> torch.Tensor
     return identity - normalized_kernels(logits, window)
 
 
+def sampling_positions(offsets: torch.Tensor) -> torch.Tensor:
+    """``grid_sample``'s sampling positions as (x, y) pixel indices of the (2h, 2w) map: (N, 2h, 2w, G, 2), for
+    ``offsets`` (N, h, 2, w, 2, G, 2) in pixels of the (h, w) map around its pixel centres (b + 0.5, a + 0.5)."""
+    n, h, _, w, _, groups, _ = offsets.shape
+    xs = 2 * torch.arange(w, dtype=offsets.dtype, device=offsets.device) + 0.5
+    ys = 2 * torch.arange(h, dtype=offsets.dtype, device=offsets.device) + 0.5
+    centres = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), dim=-1)  # (h, w, 2)
+    return (2 * offsets + centres[:, None, :, None, None, :]).reshape(n, 2 * h, 2 * w, groups, 2)
+
+
 class SamplingCorners(nn.Module):
     """Where ``grid_sample`` (bilinear, border padding, ``align_corners=False``) reads, and with which weights.
 
     Its own module so that precision pins keep it whole in FP32 (row numbers and positions need 24 bits).
     """
 
-    def forward(self, positions: torch.Tensor, height, width) -> tuple[torch.Tensor, torch.Tensor]:
-        """``positions`` (N, H', W', G, 2) as (x, y) pixel indices into an (H, W) map with G channel groups.
+    def forward(self, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``offsets`` (N, h, 2, w, 2, G, 2): (x, y) sampling offsets in pixels of the (h, w) map for each pixel
+        of the (2h, 2w) map and each of G channel groups, read from an upsampled (H, W) = (2h, 2w) map.
 
-        Returns rows (N, H', W', G, 4) int64 into that map channels-last, zero-padded by one row and column at the
-        end and flattened to (N * (H+1) * (W+1) * G, C/G), and the corner weights (N, H', W', G, 1, 4). Border
+        Returns rows (N, H, W, G, 4) int64 into that map channels-last, zero-padded by one row and column at the
+        end and flattened to (N * (H+1) * (W+1) * G, C/G), and the corner weights (N, H, W, G, 1, 4). Border
         padding is a clamp of the position; a corner past the last row or column then has weight 0.
         """
-        n, groups = positions.shape[0], positions.shape[3]
-        dtype, device = positions.dtype, positions.device
-        position = positions.clamp_min(0).minimum(torch.tensor([width - 1, height - 1], dtype=dtype, device=device))
+        n, h, _, w, _, groups, _ = offsets.shape
+        height, width = 2 * h, 2 * w
+        dtype, device = offsets.dtype, offsets.device
+        position = sampling_positions(offsets).clamp_min(0).minimum(torch.tensor([width - 1, height - 1], dtype=dtype, device=device))
         floor = position.floor()
-        corners = floor.unsqueeze(-2) + torch.tensor(CORNERS, dtype=dtype, device=device)  # (N, H', W', G, 4, 2)
+        corners = floor.unsqueeze(-2) + torch.tensor(CORNERS, dtype=dtype, device=device)  # (N, H, W, G, 4, 2)
         weights = (1 - (corners - position.unsqueeze(-2)).abs()).prod(dim=-1).unsqueeze(-2)
         # float arithmetic is exact below 2^24 (rows of one image); the image offset is added in int64
         strides = torch.tensor([groups, (width + 1) * groups], dtype=dtype, device=device)
@@ -224,13 +236,6 @@ class GatherFreqFusion(nn.Module):
             sampler.hr_offset(neighbour_similarity(self.unit_vectors(hr_x))), sampler.scale)
         gate = sampler.direct_scale(lr_x) + F.pixel_unshuffle(sampler.hr_direct_scale(hr_x), sampler.scale)
         offsets = direction * gate.sigmoid() + sampler.init_pos  # (N, 2 * G * 4, h, w), low-resolution pixels
-        n, groups, c = lr_x.shape[0], sampler.groups, upsampled.shape[-1]
-        offsets = offsets.reshape(n, 2, groups, 2, 2, h, w).permute(0, 5, 3, 6, 4, 2, 1)  # (N, h, 2, w, 2, G, 2)
-        # grid_sample's position of low-resolution pixel centre (b + 0.5, a + 0.5) in high-resolution pixels
-        xs = 2 * torch.arange(w, dtype=offsets.dtype, device=offsets.device) + 0.5
-        ys = 2 * torch.arange(h, dtype=offsets.dtype, device=offsets.device) + 0.5
-        centres = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), dim=-1)  # (h, w, 2)
-        positions = (2 * offsets + centres[:, None, :, None, None, :]).reshape(n, 2 * h, 2 * w, groups, 2)
-        sampled = sample_bilinear(phases_to_channels_last(upsampled, h, w),
-                                  *self.sampling_corners(positions, 2 * h, 2 * w))
+        offsets = offsets.reshape(lr_x.shape[0], 2, sampler.groups, 2, 2, h, w).permute(0, 5, 3, 6, 4, 2, 1)
+        sampled = sample_bilinear(phases_to_channels_last(upsampled, h, w), *self.sampling_corners(offsets))
         return sampled.permute(0, 3, 1, 2)
