@@ -184,20 +184,19 @@ class FakeCudart(types.ModuleType):
         return self._ready(),
 
 
-def install_cuda_python(monkeypatch, gpu: FakeGpu | None, major: int) -> FakeCudart:
-    """Put cuda-python ``major`` (12: ``cuda.cudart`` only; 13: ``cuda.bindings.runtime`` only) in sys.modules."""
+def install_cuda_python(monkeypatch, gpu: FakeGpu | None, major: int, legacy: bool = False) -> FakeCudart:
+    """Put cuda-python ``major`` in sys.modules: 13 has only ``cuda.bindings.runtime``; 12.6+ has it and the old
+    ``cuda.cudart``; ``legacy`` (before 12.6) has only ``cuda.cudart``."""
+    runtime = FakeCudart("cuda.cudart" if legacy else "cuda.bindings.runtime", gpu, major)
     cuda = types.ModuleType("cuda")
-    cuda.__path__ = []
-    if major >= 13:
-        runtime = FakeCudart("cuda.bindings.runtime", gpu, major)
-        bindings = types.ModuleType("cuda.bindings")
-        bindings.__path__, bindings.runtime = [], runtime
-        cuda.bindings = bindings
-        modules = {"cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": runtime, "cuda.cudart": None}
-    else:
-        runtime = FakeCudart("cuda.cudart", gpu, major)
+    bindings = types.ModuleType("cuda.bindings")
+    cuda.__path__, bindings.__path__ = [], []
+    modules = {"cuda": cuda, "cuda.bindings": None if legacy else bindings,
+               "cuda.bindings.runtime": None if legacy else runtime, "cuda.cudart": runtime if major < 13 else None}
+    if not legacy:
+        cuda.bindings, bindings.runtime = bindings, runtime
+    if major < 13:
         cuda.cudart = runtime
-        modules = {"cuda": cuda, "cuda.cudart": runtime, "cuda.bindings": None, "cuda.bindings.runtime": None}
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     return runtime
@@ -271,10 +270,19 @@ def install_pycuda(monkeypatch, gpu: FakeGpu) -> types.ModuleType:
             need_context("cuStreamSynchronize")
 
     def pagelocked_empty(shape, dtype):
+        """An array whose ``base`` is the HostAllocation (``free()`` releases it), as pycuda returns."""
         need_context("cuMemHostAlloc")
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         pointer = gpu.allocate(gpu.pinned, nbytes)
-        return np.frombuffer((ctypes.c_byte * nbytes).from_address(pointer), dtype=dtype).reshape(shape)
+
+        def free(allocation):
+            need_context("cuMemFreeHost")
+            gpu.pinned.pop(pointer)
+
+        allocation = type("HostAllocation", (ctypes.c_byte * nbytes,), {"free": free}).from_address(pointer)
+        array = np.ndarray(tuple(shape), dtype, buffer=allocation)
+        assert array.base is allocation
+        return array
 
     def memcpy_htod_async(device, host, stream):
         need_context("cuMemcpyHtoDAsync")
