@@ -70,3 +70,16 @@ def test_jetson_rehearsal_in_a_python310_venv_without_torch(tmp_path):
         result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith(NOT_INSTALLED), result.stderr
+
+
+@pytest.mark.parametrize("require, code, summary", [("1", 1, "error"), ("0", 0, "skipped")])
+def test_gpu_tests_fail_instead_of_skipping_when_a_gpu_is_required(tmp_path, require, code, summary):
+    test = tmp_path / "test_needs_gpu.py"
+    test.write_text("import pytest\n\n\n@pytest.mark.gpu\ndef test_engine():\n    pytest.importorskip('tensorrt')\n")
+    shutil.copy(ROOT / "tests" / "conftest.py", tmp_path / "conftest.py")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q",
+                             "-m", "gpu", "-o", "markers=gpu", str(test)], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "OFFSEG_REQUIRE_GPU": require})
+    assert result.returncode == code and f"1 {summary}" in result.stdout, result.stdout
+    if require == "1":
+        assert "OFFSEG_REQUIRE_GPU=1 but this gpu test was skipped" in result.stdout
