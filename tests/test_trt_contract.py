@@ -235,3 +235,14 @@ def test_cuda_python_before_12_6_has_only_cuda_cudart(monkeypatch, tiny):
     check_output(backend, np.ones((1, 3, 256, 256), np.float32))
     backend.close()
     assert cudart.__name__ == "cuda.cudart"
+
+
+def test_real_tensorrt_rtx_builds_with_tf32_off_and_a_timing_cache(tiny):
+    pytest.importorskip("tensorrt_rtx")
+    cache = tiny.with_name("trt.cache")
+    for _ in range(2):  # the second build reads the cache the first wrote (no-ops in TensorRT-RTX, but valid calls)
+        assert export_main(["--onnx", str(tiny), "--format", "engine", "--trt-module", "tensorrt_rtx",
+                            "--timing-cache", str(cache)]) == 0
+        assert cache.stat().st_size > 0
+    sidecar = json.loads(tiny.with_name("tiny.fp32.plan.json").read_text())
+    assert sidecar["build"]["tf32"] is False and sidecar["tensorrt"]["module"] == "tensorrt_rtx"
