@@ -247,21 +247,27 @@ class BuilderConfig(Strict):
         return self._cache
 
 
+def _takes_logger(instance: Strict, logger):
+    """The fake module of ``instance``; TypeError unless ``logger`` is an ILogger (pybind checks the type)."""
+    trt = type(instance)._trt
+    if not isinstance(logger, trt.ILogger):
+        raise TypeError(f"{type(instance)._api}(logger: ILogger)")
+    return trt
+
+
 class Builder(Strict):
     _api = "Builder"
 
     def __init__(self, logger):
-        trt = type(self)._trt
-        if not isinstance(logger, trt.ILogger):
-            raise TypeError("Builder(logger: ILogger)")
-        self._trt, self._logger = trt, logger
+        self._trt, self._logger = _takes_logger(self, logger), logger
 
     @property
     def num_DLA_cores(self) -> int:  # noqa: N802
         return self._trt._dla_cores
 
     def create_network(self, flags: int = 0) -> Network:
-        return self._trt._make("INetworkDefinition", bool(flags & (1 << int(self._trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))))
+        strongly_typed = 1 << int(self._trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        return self._trt._make("INetworkDefinition", bool(flags & strongly_typed))
 
     def create_builder_config(self) -> BuilderConfig:
         return self._trt._make("IBuilderConfig", self._trt, self._trt._gpu.name)
@@ -405,10 +411,7 @@ class Runtime(Strict):
     _api = "Runtime"
 
     def __init__(self, logger):
-        trt = type(self)._trt
-        if not isinstance(logger, trt.ILogger):
-            raise TypeError("Runtime(logger: ILogger)")
-        self._trt = trt
+        self._trt = _takes_logger(self, logger)
         object.__setattr__(self, "DLA_core", -1)
         object.__setattr__(self, "engine_host_code_allowed", False)
 

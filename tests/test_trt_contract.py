@@ -2,6 +2,8 @@
 11.1 and of the CUDA bindings (cuda-python 12 and 13 layouts, pycuda): every attribute used must exist in that
 release's Python bindings, and each rule the GPU path depends on is exercised without a GPU."""
 import json
+import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -198,8 +200,8 @@ def test_cuda_python_13_layout_without_the_deprecated_int_stream(monkeypatch, ti
     _, _, cudart = machine(monkeypatch, "11.1.0", RTX_CUDA13, cuda_major=13)
     build(tiny)
     backend = open_backend(tiny.with_name("tiny.fp32.plan"), cuda="cuda-python")
-    with __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("error", DeprecationWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
         check_output(backend, np.ones((1, 3, 256, 256), np.float32))
     assert cudart.__name__ == "cuda.bindings.runtime"
     backend.close()
@@ -217,7 +219,7 @@ def test_pycuda_when_cuda_python_is_missing(monkeypatch, tiny):
     gpu, _, _ = machine(monkeypatch, "10.3.0", ORIN)
     build(tiny)
     for name in ("cuda", "cuda.cudart", "cuda.bindings", "cuda.bindings.runtime"):
-        monkeypatch.setitem(__import__("sys").modules, name, None)
+        monkeypatch.setitem(sys.modules, name, None)
     install_pycuda(monkeypatch, gpu)
     backend = open_backend(tiny.with_name("tiny.fp32.plan"))  # auto: cuda-python missing, pycuda found
     assert "pycuda" in backend.description and "Orin" in backend.description

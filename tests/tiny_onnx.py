@@ -36,7 +36,8 @@ def write_tiny_onnx(path: Path, dynamic: bool = True, size: tuple[int, int] = (6
     meta = {"offseg.model": "offseg-t", "offseg.num_classes": str(NUM_CLASSES),
             "offseg.input_size": "dynamic" if dynamic else f"{size[0]} {size[1]}",
             "offseg.input_format": "float32 normalized RGB NCHW", "offseg.output_kind": "logits",
-            "offseg.precision": "fp32", "offseg.mean_rgb": "123.675 116.28 103.53", "offseg.std_rgb": "58.395 57.12 57.375"}
+            "offseg.precision": "fp32", "offseg.mean_rgb": "123.675 116.28 103.53",
+            "offseg.std_rgb": "58.395 57.12 57.375"}
     helper.set_model_props(model, meta)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
