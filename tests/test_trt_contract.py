@@ -215,11 +215,15 @@ def test_cuda_python_13_on_a_cuda12_driver_says_which_version_to_install(monkeyp
         open_backend(tiny.with_name("tiny.fp32.plan"), cuda="cuda-python")
 
 
-def test_pycuda_when_cuda_python_is_missing(monkeypatch, tiny):
+@pytest.mark.parametrize("cuda_python", ["missing", "cuda-python 13 on a CUDA 12 driver"])
+def test_pycuda_when_cuda_python_is_missing_or_broken(monkeypatch, tiny, cuda_python):
     gpu, _, _ = machine(monkeypatch, "10.3.0", ORIN)
     build(tiny)
-    for name in ("cuda", "cuda.cudart", "cuda.bindings", "cuda.bindings.runtime"):
-        monkeypatch.setitem(sys.modules, name, None)
+    if cuda_python == "missing":
+        for name in ("cuda", "cuda.cudart", "cuda.bindings", "cuda.bindings.runtime"):
+            monkeypatch.setitem(sys.modules, name, None)
+    else:
+        install_cuda_python(monkeypatch, gpu, 13)
     install_pycuda(monkeypatch, gpu)
     backend = open_backend(tiny.with_name("tiny.fp32.plan"))  # auto: cuda-python missing, pycuda found
     assert "pycuda" in backend.description and "Orin" in backend.description

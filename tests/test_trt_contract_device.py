@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import cv2
@@ -83,3 +84,11 @@ def test_gpu_tests_fail_instead_of_skipping_when_a_gpu_is_required(tmp_path, req
     assert result.returncode == code and f"1 {summary}" in result.stdout, result.stdout
     if require == "1":
         assert "OFFSEG_REQUIRE_GPU=1 but this gpu test was skipped" in result.stdout
+
+
+def test_cuda_python_is_pinned_below_13_for_cuda12_hosts_and_jetpack6():
+    """cuda-python 13 links the CUDA 13 runtime: on a CUDA 12 driver (JetPack 6) every CUDA call fails."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in ("gpu", "gpu-trt11", "jetson"):
+        assert "cuda-python>=12.6,<13" in extras[extra], extra
+    assert "tensorrt-cu12>=10.3,<11" in extras["gpu"] and "tensorrt-cu12>=11,<12" in extras["gpu-trt11"]
