@@ -252,3 +252,30 @@ def test_real_tensorrt_rtx_builds_with_tf32_off_and_a_timing_cache(tiny):
         assert cache.stat().st_size > 0
     sidecar = json.loads(tiny.with_name("tiny.fp32.plan.json").read_text())
     assert sidecar["build"]["tf32"] is False and sidecar["tensorrt"]["module"] == "tensorrt_rtx"
+
+
+@pytest.fixture(scope="module")
+def dynamic_export(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dynamic") / "t.onnx"
+    assert export_main(["--model", "offseg-t", "--num-classes", "19", "--dynamic", "--output", str(path),
+                        "--no-check"]) == 0
+    return path
+
+
+@pytest.mark.slow
+def test_dynamic_offseg_export_pins_only_floating_point_layers(dynamic_export, monkeypatch):
+    """The real parser (tensorrt_rtx) types part of the pinned scopes INT64; the TensorRT 10.3 build pins the rest."""
+    trt = pytest.importorskip("tensorrt_rtx")
+    from export.files import load_onnx
+    from export.precision import pinned_nodes
+    from export.tensorrt import _is_floating_point, layers_to_pin
+    logger = trt.Logger(trt.Logger.ERROR)
+    network = trt.Builder(logger).create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(dynamic_export))
+    layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
+    candidates = layers_to_pin(list(layers), pinned_nodes(load_onnx(dynamic_export)))
+    integer = {name for name in candidates if not _is_floating_point(trt, layers[name])}
+    assert integer, "the dynamic export has integer shape arithmetic under the pinned scopes"
+    machine(monkeypatch, "10.3.0", RTX)
+    sidecar = build(dynamic_export, "--fp16")  # fails with "no implementation" if an integer layer is forced to FP32
+    assert sidecar["pinned_layers"] and not integer & set(sidecar["pinned_layers"])
