@@ -2,7 +2,7 @@
 
 Reads ``python/src/**/*.cpp`` and the wheel's ``tensorrt/__init__.py`` of a NVIDIA/TensorRT git checkout at a tag
 and writes, as JSON: every class (its bases and attributes: methods, properties, nested enums), every enum (its
-members) and the module-level names. The strict fake in ``tests/fake_tensorrt.py`` is built from this file.
+members, numbered in binding order) and the module-level names. The strict fake in ``tests/fake_tensorrt.py`` is built from this file.
 
     git clone https://github.com/NVIDIA/TensorRT trt-src
     python tests/data/extract_trt_surface.py trt-src v10.3.0 tests/data/tensorrt_10.3.json
@@ -18,7 +18,6 @@ from pathlib import Path
 
 TOKEN = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|py::(?:class_|enum_)\s*<'
                    r'|\.\s*(?:def\w*|value|export_values|attr)\s*\(|\w+|[(){};<>=,\[\]]')
-COMMENT = re.compile(r'//[^\n]*|/\*.*?\*/', re.S)
 MEMBER_KINDS = {"def", "def_static", "def_property", "def_property_readonly", "def_readwrite", "def_readonly",
                 "def_property_static", "def_property_readonly_static"}
 PYTHON_DEF = re.compile(r'^def (\w+)\(', re.M)
