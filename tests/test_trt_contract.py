@@ -132,20 +132,25 @@ def test_fp32_pins_skip_integer_shape_arithmetic(monkeypatch, tiny):
     assert sidecar["pinned_layers"] == ["OffsetLearning/node_softmax_1", "FreqFusion0/node_div_float"]
 
 
-def test_fp32_pins_skip_integer_layers_of_the_real_parser(tiny):
-    """tensorrt_rtx's ONNX parser (the real one) types the FreqFusion shape arithmetic INT64: not pinned."""
+def integer_pin_candidates(onnx_path) -> tuple[list, object]:
+    """Layers of tensorrt_rtx's parse of ``onnx_path`` that the default pins select but whose outputs are integer."""
     trt = pytest.importorskip("tensorrt_rtx")
-    from export.precision import pinned_nodes
     from export.files import load_onnx
-    from export.tensorrt import layers_to_pin, _is_floating_point
+    from export.precision import pinned_nodes
+    from export.tensorrt import _is_floating_point, layers_to_pin
     logger = trt.Logger(trt.Logger.ERROR)
     network = trt.Builder(logger).create_network(0)
-    assert trt.OnnxParser(network, logger).parse_from_file(str(tiny))
+    assert trt.OnnxParser(network, logger).parse_from_file(str(onnx_path))
     layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
-    candidates = layers_to_pin(list(layers), pinned_nodes(load_onnx(tiny)))
-    integer = [name for name in candidates if not _is_floating_point(trt, layers[name])]
-    assert integer and all(name.startswith("FreqFusion0/node_") for name in integer)
-    assert any(layers[name].get_output(0).dtype == trt.int64 for name in integer)
+    candidates = layers_to_pin(list(layers), pinned_nodes(load_onnx(onnx_path)))
+    return [layers[name] for name in candidates if not _is_floating_point(trt, layers[name])], trt
+
+
+def test_fp32_pins_skip_integer_layers_of_the_real_parser(tiny):
+    """tensorrt_rtx's ONNX parser (the real one) types the FreqFusion shape arithmetic INT64: not pinned."""
+    integer, trt = integer_pin_candidates(tiny)
+    assert integer and all(layer.name.startswith("FreqFusion0/node_") for layer in integer)
+    assert any(layer.get_output(0).dtype == trt.int64 for layer in integer)
 
 
 @pytest.mark.parametrize("trt_version", ["10.3.0", "11.1.0"])
@@ -265,16 +270,7 @@ def dynamic_export(tmp_path_factory):
 @pytest.mark.slow
 def test_dynamic_offseg_export_pins_only_floating_point_layers(dynamic_export, monkeypatch):
     """The real parser (tensorrt_rtx) types part of the pinned scopes INT64; the TensorRT 10.3 build pins the rest."""
-    trt = pytest.importorskip("tensorrt_rtx")
-    from export.files import load_onnx
-    from export.precision import pinned_nodes
-    from export.tensorrt import _is_floating_point, layers_to_pin
-    logger = trt.Logger(trt.Logger.ERROR)
-    network = trt.Builder(logger).create_network(0)
-    assert trt.OnnxParser(network, logger).parse_from_file(str(dynamic_export))
-    layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
-    candidates = layers_to_pin(list(layers), pinned_nodes(load_onnx(dynamic_export)))
-    integer = {name for name in candidates if not _is_floating_point(trt, layers[name])}
+    integer = {layer.name for layer in integer_pin_candidates(dynamic_export)[0]}
     assert integer, "the dynamic export has integer shape arithmetic under the pinned scopes"
     machine(monkeypatch, "10.3.0", RTX)
     sidecar = build(dynamic_export, "--fp16")  # fails with "no implementation" if an integer layer is forced to FP32
