@@ -311,7 +311,7 @@ def _pin_layers(trt, network, pinned_node_names: list[str]) -> list[str]:
     """
     layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
     names = [name for name in layers_to_pin(list(layers), pinned_node_names)
-             if _is_floating_point(trt, layers[name])]
+             if is_floating_point_layer(trt, layers[name])]
     for name in names:
         layer = layers[name]
         layer.precision = trt.float32
@@ -320,7 +320,8 @@ def _pin_layers(trt, network, pinned_node_names: list[str]) -> list[str]:
     return names
 
 
-def _is_floating_point(trt, layer) -> bool:
+def is_floating_point_layer(trt, layer) -> bool:
+    """Whether every output of a parsed network's ``layer`` is a float tensor (FP32, FP16 or BF16)."""
     floats = (trt.float32, trt.float16, trt.bfloat16)
     return all(layer.get_output(i).dtype in floats for i in range(layer.num_outputs))
 

@@ -137,13 +137,13 @@ def integer_pin_candidates(onnx_path) -> tuple[list, object]:
     trt = pytest.importorskip("tensorrt_rtx")
     from export.files import load_onnx
     from export.precision import pinned_nodes
-    from export.tensorrt import _is_floating_point, layers_to_pin
+    from export.tensorrt import is_floating_point_layer, layers_to_pin
     logger = trt.Logger(trt.Logger.ERROR)
     network = trt.Builder(logger).create_network(0)
     assert trt.OnnxParser(network, logger).parse_from_file(str(onnx_path))
     layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
     candidates = layers_to_pin(list(layers), pinned_nodes(load_onnx(onnx_path)))
-    return [layers[name] for name in candidates if not _is_floating_point(trt, layers[name])], trt
+    return [layers[name] for name in candidates if not is_floating_point_layer(trt, layers[name])], trt
 
 
 def test_fp32_pins_skip_integer_layers_of_the_real_parser(tiny):
