@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from runtime.console import add_common_options, run
+from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 
 from offseg.names import MODEL_NAMES
@@ -101,7 +101,7 @@ def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path) -> None:
         print(f"reusing {path} (calibrated from this {fp32_path.name} on the same data)")
         return
     stats = quantize_file(fp32_path, path, args.calib_data, QuantOptions(target="tensorrt",
-                                                                         samples=args.calib_samples))
+                                                                         samples=args.calib_images))
     print(f"wrote {path} ({_size(path)}): Q/DQ INT8 for TensorRT, {stats}")
     _report_support(path)
 
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--fp16", action="store_true", help="FP16 (ONNX: NAME.fp16.onnx; engine: FP16 engine)")
     out.add_argument("--int8", action="store_true", help="INT8 from a Q/DQ graph calibrated on --calib-data")
     out.add_argument("--calib-data", help="calibration images: folder, video file, or 'synthetic'")
-    out.add_argument("--calib-samples", type=int, default=64, help="calibration images to use (default 64)")
+    out.add_argument("--calib-images", type=int, default=64, help="calibration images to use (default 64)")
     onnx_group = parser.add_argument_group("ONNX")
     onnx_group.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
                             help="input size, multiples of 32 (default 512 512; the example size with --dynamic)")
@@ -209,10 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     trt.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT versions")
     trt.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU")
     trt.add_argument("--max-batch", type=int, default=1, help="largest batch of a dynamic engine (default 1)")
-    trt.add_argument("--min-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
-    trt.add_argument("--opt-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    trt.add_argument("--min-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
+                     help="smallest input of a dynamic engine's optimization profile")
+    trt.add_argument("--opt-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
+                     help="input size a dynamic engine is tuned for")
     trt.add_argument("--max-size", type=int, nargs=2, default=(1024, 2048), metavar=("H", "W"),
-                     help="optimization profile of a dynamic engine (defaults 256x256, 512x512, 1024x2048)")
+                     help="largest input of a dynamic engine's optimization profile")
     trt.add_argument("--keep-fp32", action="append", default=[], metavar="PREFIX[:Op,Op]",
                      help="also keep these nodes in FP32 (repeatable), e.g. FreqFusion0 or Backbone:Softmax")
     trt.add_argument("--no-default-pins", action="store_true",
@@ -220,4 +222,5 @@ def main(argv: list[str] | None = None) -> int:
     trt.add_argument("--trt-module", choices=("tensorrt", "tensorrt_rtx"),
                      help="TensorRT Python module (default: tensorrt, else tensorrt_rtx)")
     add_common_options(parser)
+    add_hidden_aliases(parser, {"--calib-samples": "--calib-images"})
     return run(_export, parser, argv)
