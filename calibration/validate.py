@@ -60,7 +60,7 @@ class Comparison:
     max_logit_diff: float = 0.0
     seconds: dict[str, float] = field(default_factory=lambda: {"reference": 0.0, "engine": 0.0})
     images: int = 0
-    samples: list = field(default_factory=list)  # (image, reference labels, engine labels) for the report
+    samples: list = field(default_factory=list)  # (image, truth, reference labels, engine labels) for the report
 
     @property
     def agreement(self) -> float:
@@ -101,5 +101,5 @@ def compare(dataset, reference: Infer, engine: Infer, input_size, uint8_input: b
         result.total_pixels += ref_labels.size
         result.images += 1
         if len(result.samples) < keep_samples:
-            result.samples.append((image, ref_labels.astype(np.uint8), eng_labels.astype(np.uint8)))
+            result.samples.append((image, truth, ref_labels.astype(np.uint8), eng_labels.astype(np.uint8)))
     return result
