@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
     else:
         name = args.model or "offseg-t"
         model = build_model(name, args.num_classes or 150).eval()
+        print(f"WARNING: no --checkpoint given: exporting {name} with RANDOM, UNTRAINED weights. Its predictions "
+              "are noise; the files are for speed tests only (the metadata says so too). Pass --checkpoint PATH "
+              "for a real model.", file=sys.stderr, flush=True)
     start = time.perf_counter()
     result = export_onnx(model, name, onnx_path, options, args.checkpoint)
     print(f"wrote {result.path} ({_size(result.path)}) in {time.perf_counter() - start:.0f} s: input "
