@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import numpy as np
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 
-QUIET_LOGGERS = ("onnxruntime", "root")
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -86,17 +84,7 @@ def calibrate_main(argv: list[str] | None = None) -> int:
     add_common_options(parser)
     add_hidden_aliases(parser, {"--data": "--calib-data", "--samples": "--calib-images", "--keep-float": "--keep-fp32",
                                 "--no-default-exclusions": "--no-default-pins"})
-    return run(_quiet(_calibrate), parser, argv)
-
-
-def _quiet(function):
-    """Library chatter (ORT's quantizer logs through the root logger) is shown only with --debug."""
-    def wrapped(args):
-        if not args.debug:
-            for name in QUIET_LOGGERS:
-                logging.getLogger(name).setLevel(logging.ERROR)
-        return function(args)
-    return wrapped
+    return run(_calibrate, parser, argv)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -158,7 +146,7 @@ def validate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-miou-drop", type=float, help="fail above this drop (default 0.1; 1.0 for INT8)")
     parser.add_argument("--report", type=Path, default=Path("validation"), help="report folder")
     add_common_options(parser)
-    return run(_quiet(_validate), parser, argv)
+    return run(_validate, parser, argv)
 
 
 def _fp16_check(args: argparse.Namespace) -> int:

@@ -40,12 +40,6 @@ def demo_main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if not args.debug:
-        import logging
-
-        from export.cli import NOISY_LOGGERS
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
     if args.iters < 1 or args.batch < 1 or args.warmup < 0:
         raise OffsegError("--iters and --batch must be at least 1, --warmup at least 0")
     unknown = [b for b in args.backends if b not in BACKENDS]

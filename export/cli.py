@@ -7,7 +7,6 @@ TensorRT writes the ONNX files and says how to build on the device (``--onnx NAM
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -17,8 +16,6 @@ from runtime.errors import OffsegError
 
 from offseg.names import MODEL_NAMES
 
-NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export", "modelopt",
-                 "onnxruntime")
 
 
 def _size(path: Path) -> str:
@@ -113,9 +110,6 @@ def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path) -> None:
 def _export(args: argparse.Namespace) -> int:
     from .files import load_onnx, read_metadata
 
-    if not args.debug:
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
     engine_options = _engine_options(args)
     if args.int8 and args.calib_data is None:
         raise OffsegError("--int8 needs calibration images: --calib-data DIR (a folder of images or a video), "

@@ -38,6 +38,10 @@ def _document_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 # Third-party notices that say nothing to our users (shown with --debug): (category, message regex).
+# Libraries that log progress or notices through handlers of their own (torch's), which the filter below cannot
+# reach: without --debug they show errors only.
+LIBRARY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export", "modelopt",
+                   "onnxruntime")
 KNOWN_NOISE = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)
 OUR_PACKAGES = ("offseg", "export", "runtime", "calibration", "chain")
 
@@ -55,6 +59,8 @@ def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPars
     if not args.debug:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_ours_or_errors)
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
         for category, message in KNOWN_NOISE:
             warnings.filterwarnings("ignore", message=message, category=category)
     try:
