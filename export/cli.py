@@ -74,7 +74,7 @@ def _engine_options(args: argparse.Namespace):
     options = EngineOptions(fp16=args.fp16, int8=args.int8, workspace_mib=args.workspace, dla_core=args.dla_core,
                             optimization_level=args.opt_level, timing_cache=args.timing_cache,
                             version_compatible=args.version_compatible, hardware_compatible=args.hardware_compatible,
-                            max_batch=args.max_batch, pins=pins,
+                            tf32=args.tf32, max_batch=args.max_batch, pins=pins,
                             shapes=(tuple(args.min_size), tuple(args.opt_size), tuple(args.max_size)))
     options.validate()
     return options
@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     trt.add_argument("--timing-cache", type=Path, help="timing cache file, reused and updated")
     trt.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT versions")
     trt.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU")
+    trt.add_argument("--tf32", action="store_true",
+                     help="let FP32 layers use TF32 on Ampere+ GPUs (faster, less exact; default: true FP32)")
     trt.add_argument("--max-batch", type=int, default=1, help="largest batch of a dynamic engine (default 1)")
     trt.add_argument("--min-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
                      help="smallest input of a dynamic engine's optimization profile")
