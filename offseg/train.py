@@ -30,6 +30,7 @@ from .checkpoint import extract_state_dict, load_state, read_file
 from .data.datasets import LAYOUTS, SegmentationDataset
 from .data.transforms import TrainTransform, pad_batch
 from .evaluate import evaluate, mean_accuracy
+from .head_init import init_head_like_official
 from .losses import mmseg_cross_entropy
 from .optim import lr_factor, parameter_groups
 from .pretrained import load_pretrained_backbone
@@ -269,6 +270,7 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     dataset = SegmentationDataset(config.dataset, config.data_root, "train", length=config.synthetic_length,
                                   size=config.synthetic_size)
     model = build_model(config.model, dataset.num_classes)
+    init_head_like_official(model.head)
     if config.init_checkpoint:
         reset = init_from_checkpoint(model, config.init_checkpoint)
         if reset and run.main:

@@ -14,9 +14,10 @@ import reference
 from offseg import build_model
 from offseg.checkpoint import official_to_ours, save_checkpoint
 from offseg.cli import eval_main
-from offseg.data.datasets import LAYOUTS, SegmentationDataset
+from offseg.data.datasets import SegmentationDataset
 from offseg.data.transforms import photometric_distortion
 from offseg.evaluate import evaluate, mean_accuracy
+from offseg.head_init import init_head_like_official
 from offseg.inference import torch_infer
 from offseg.losses import mmseg_cross_entropy
 from offseg.optim import parameter_groups
@@ -403,3 +404,21 @@ def test_accumulated_steps_equal_one_big_batch():
     assert effective_batch_line(config, 1, 8).startswith("effective batch 16 = 2 per step x 1 process(es) x 8")
     assert "FP32" in effective_batch_line(config, 1, 8) and not TrainConfig().amp
     assert "official recipe uses 16" in effective_batch_line(TrainConfig(batch_size=3), 1, 6)
+
+
+def test_head_starts_from_the_official_initialisation():
+    """mmcv ConvModule: kaiming normal (fan_out, ReLU); FreqFusion: Xavier-uniform convs, kernel generators
+    N(0, 0.001); all biases 0."""
+    torch.manual_seed(0)
+    head = build_model("offseg-l", 150).head
+    init_head_like_official(head)
+    conv = head.align.conv.weight
+    assert conv.std().item() == pytest.approx((2 / (conv.shape[0] * conv[0, 0].numel())) ** 0.5, rel=0.05)
+    for fusion in head.freqfusions:
+        for module in fusion.modules():
+            if isinstance(module, nn.Conv2d):
+                assert module.bias is None or (module.bias == 0).all()
+        assert fusion.content_encoder.weight.std().item() == pytest.approx(0.001, rel=0.1)
+        offset = fusion.dysampler.offset.weight
+        bound = (6 / (offset.shape[1] * offset[0, 0].numel() + offset.shape[0] * offset[0, 0].numel())) ** 0.5
+        assert offset.abs().max() <= bound and offset.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.1)
