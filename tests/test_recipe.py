@@ -13,7 +13,7 @@ from torch import nn
 import reference
 from offseg import build_model
 from offseg.checkpoint import official_to_ours, save_checkpoint
-from offseg.cli import eval_main
+from offseg.cli import eval_main, train_main
 from offseg.data.datasets import SegmentationDataset
 from offseg.data.transforms import photometric_distortion
 from offseg.evaluate import evaluate, mean_accuracy
@@ -298,29 +298,42 @@ class NumpyRandomApi:
         return self.rng.uniform(low, high)
 
 
-def mmseg_photometric(image, random):
+class MmsegPhotoMetricDistortion:
+    """mmseg 1.x PhotoMetricDistortion, step by step as its methods are written, drawing from ``random``."""
+
+    def __init__(self, random):
+        self.random = random
+
+    @staticmethod
     def convert(img, alpha=1, beta=0):
         return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
-    def contrast(img):
-        return convert(img, alpha=random.uniform(0.5, 1.5)) if random.randint(2) else img
+    def brightness(self, img):
+        return self.convert(img, beta=self.random.uniform(-32, 32)) if self.random.randint(2) else img
 
-    if random.randint(2):
-        image = convert(image, beta=random.uniform(-32, 32))
-    mode = random.randint(2)
-    if mode == 1:
-        image = contrast(image)
-    if random.randint(2):
-        hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
-        hsv[:, :, 1] = convert(hsv[:, :, 1], alpha=random.uniform(0.5, 1.5))
-        image = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
-    if random.randint(2):
-        hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
-        hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + random.randint(-18, 18)) % 180
-        image = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
-    if mode == 0:
-        image = contrast(image)
-    return image
+    def contrast(self, img):
+        return self.convert(img, alpha=self.random.uniform(0.5, 1.5)) if self.random.randint(2) else img
+
+    def saturation(self, img):
+        if not self.random.randint(2):
+            return img
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        hsv[..., 1] = self.convert(hsv[..., 1], alpha=self.random.uniform(0.5, 1.5))
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+    def hue(self, img):
+        if not self.random.randint(2):
+            return img
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(int) + self.random.randint(-18, 18)) % 180
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+    def __call__(self, img):
+        img = self.brightness(img)
+        mode = self.random.randint(2)
+        img = self.contrast(img) if mode == 1 else img
+        img = self.hue(self.saturation(img))
+        return self.contrast(img) if mode == 0 else img
 
 
 def _coins(rng, count):
@@ -331,7 +344,7 @@ def test_photometric_distortion_equals_mmseg_with_the_same_draws():
     image = _image(24, 32, seed=9)
     for seed in range(300):
         ours = photometric_distortion(np.random.default_rng(seed), image.copy())
-        theirs = mmseg_photometric(image.copy(), NumpyRandomApi(np.random.default_rng(seed)))
+        theirs = MmsegPhotoMetricDistortion(NumpyRandomApi(np.random.default_rng(seed)))(image.copy())
         assert np.array_equal(ours, theirs), seed
     untouched = next(s for s in range(500) if _coins(np.random.default_rng(s), 5) in ([0, 1, 0, 0, 0], [0] * 5))
     assert np.array_equal(photometric_distortion(np.random.default_rng(untouched), image), image)  # nothing drawn
@@ -422,3 +435,13 @@ def test_head_starts_from_the_official_initialisation():
         offset = fusion.dysampler.offset.weight
         bound = (6 / (offset.shape[1] * offset[0, 0].numel() + offset.shape[0] * offset[0, 0].numel())) ** 0.5
         assert offset.abs().max() <= bound and offset.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--accumulate", "0"], "--accumulate must be at least 1 or 'auto'"),
+    (["--pretrained-backbone", "missing.pth"], "missing.pth does not exist"),
+])
+def test_training_mistakes_give_one_clear_line(tmp_path, capsys, argv, message):
+    assert train_main(["--iters", "1", "--workers", "0", "--work-dir", str(tmp_path / "w")] + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
