@@ -7,7 +7,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
@@ -88,14 +87,14 @@ def calibrate_main(argv: list[str] | None = None) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    import torch
-
     from offseg.checkpoint import build_from_checkpoint
     from offseg.data.datasets import LAYOUTS, SegmentationDataset
+    from offseg.inference import torch_infer
+    from offseg.protocol import TestProtocol
     from runtime.backends import open_backend
 
     from .report import write_report
-    from .validate import compare
+    from .validate import compare, engine_infer
 
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     backend = open_backend(args.engine)
@@ -105,21 +104,17 @@ def _validate(args: argparse.Namespace) -> int:
     dataset = SegmentationDataset(args.dataset, args.data_root, args.split, length=args.max_images or 50)
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.dataset} has {dataset.num_classes} classes, the checkpoint {model.num_classes}")
-    layout = LAYOUTS[args.dataset]
-
-    def reference(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-
-    result = compare(dataset, reference, backend.infer, info.input_size, info.uint8_input,
-                     info.output_kind == "labels", args.mode or layout.test_mode, layout.crop, layout.stride,
-                     args.max_images, progress=not args.debug)
+    protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
+    labels_only = info.output_kind == "labels"
+    engine = engine_infer(backend.infer, info.input_size, info.uint8_input, labels_only, info.num_classes, protocol)
+    result = compare(dataset, torch_infer(model), engine, protocol, labels_only, args.max_images,
+                     progress=not args.debug)
     bound = args.max_miou_drop if args.max_miou_drop is not None else (1.0 if "int8" in info.precision else 0.1)
     report = write_report(args.report, result, dataset.classes, palette_source=info, engine=str(args.engine),
                           precision=info.precision, model=name, dataset=args.dataset, bound=bound,
                           backend=backend.description)
     summary = report["summary"]
-    print(f"{name} on {args.dataset} {args.split} ({result.images} images, {result.mode}"
+    print(f"{name} on {args.dataset} {args.split} ({result.images} images, {protocol.describe()}"
           f"{', labels compared' if result.labels_only else ''}): PyTorch mIoU {summary['reference_miou']:.2f}, "
           f"{args.engine.name} ({info.precision}) {summary['engine_miou']:.2f}, delta {summary['miou_delta']:+.2f}, "
           f"pixel agreement {summary['pixel_agreement']:.3f}%"
