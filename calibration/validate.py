@@ -71,12 +71,12 @@ def compare(dataset, reference: Infer, engine: Infer, protocol: TestProtocol, la
     """Run both sides on ``dataset`` images through the test protocol and accumulate the scores.
 
     ``engine`` must already accept any normalized input size (see ``engine_infer``)."""
-    from tqdm import tqdm
+    from runtime.progress import progress as report_progress
 
     result = Comparison(protocol.mode, labels_only, ConfusionMatrix(dataset.num_classes),
                         ConfusionMatrix(dataset.num_classes))
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    for index in tqdm(range(count), desc=f"validating ({protocol.mode})", disable=not progress, leave=False):
+    for index in report_progress(range(count), f"validating ({protocol.mode})", unit="image", enabled=progress):
         image, truth = dataset.load(index)
         outputs = {}
         for side, infer in (("reference", reference), ("engine", engine)):
