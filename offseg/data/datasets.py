@@ -35,20 +35,22 @@ class Layout:
     test_mode: str  # the official test config's inference: whole or slide
     crop: tuple[int, int]  # official crop size (H, W); also the sliding window
     stride: tuple[int, int]
+    test_scale: tuple[int, int] | None  # test pipeline's Resize(scale, keep_ratio=True); None: original size
 
 
 LAYOUTS = {
     "ade20k": Layout("ade20k", 150, {"train": "training", "val": "validation"}, True, (2048, 512), "slide",
-                     (512, 512), (480, 480)),
+                     (512, 512), (480, 480), (2048, 512)),
     "cityscapes": Layout("cityscapes", 19, {"train": "train", "val": "val", "test": "test"}, False, (2048, 1024),
-                         "slide", (1024, 1024), (768, 768)),
+                         "slide", (1024, 1024), (768, 768), (2048, 1024)),
     "coco-stuff164k": Layout("coco-stuff164k", 171, {"train": "train2017", "val": "val2017"}, False, (2048, 512),
-                             "slide", (512, 512), (480, 480)),
+                             "slide", (512, 512), (480, 480), (2048, 512)),
     "pascal-context-59": Layout("pascal-context-59", 59, {"train": "train", "val": "val"}, True, (520, 520), "slide",
-                                (480, 480), (320, 320)),
-    "folder": Layout("folder", 0, {}, False, (2048, 512), "whole", (512, 512), (480, 480)),
+                                (480, 480), (320, 320), (520, 520)),
+    # a user's own folder: ADE20K's pipeline; the synthetic scenes are evaluated at their own size
+    "folder": Layout("folder", 0, {}, False, (2048, 512), "whole", (512, 512), (480, 480), (2048, 512)),
     "synthetic": Layout("synthetic", len(synthetic.CLASSES), {"train": "train", "val": "val"}, False, (512, 256),
-                        "whole", (256, 256), (224, 224)),
+                        "whole", (256, 256), (224, 224), None),
 }
 
 
@@ -165,6 +167,10 @@ class SegmentationDataset:
 
     def __len__(self) -> int:
         return self.length
+
+    def source(self, index: int) -> str:
+        """The label file behind ``index`` (for messages)."""
+        return str(self.pairs[index][1]) if self.pairs else f"synthetic scene {self.seed_base + index}"
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The untransformed (image, train-id labels) at ``index``."""
