@@ -59,7 +59,7 @@ class Comparison:
     max_logit_diff: float = 0.0
     seconds: dict[str, float] = field(default_factory=lambda: {"reference": 0.0, "engine": 0.0})
     images: int = 0
-    samples: list = field(default_factory=list)  # (image, reference labels, engine labels) for the report
+    samples: list = field(default_factory=list)  # (image, truth, reference labels, engine labels) for the report
 
     @property
     def agreement(self) -> float:
@@ -71,12 +71,12 @@ def compare(dataset, reference: Infer, engine: Infer, protocol: TestProtocol, la
     """Run both sides on ``dataset`` images through the test protocol and accumulate the scores.
 
     ``engine`` must already accept any normalized input size (see ``engine_infer``)."""
-    from tqdm import tqdm
+    from runtime.progress import progress as report_progress
 
     result = Comparison(protocol.mode, labels_only, ConfusionMatrix(dataset.num_classes),
                         ConfusionMatrix(dataset.num_classes))
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    for index in tqdm(range(count), desc=f"validating ({protocol.mode})", disable=not progress, leave=False):
+    for index in report_progress(range(count), f"validating ({protocol.mode})", unit="image", enabled=progress):
         image, truth = dataset.load(index)
         outputs = {}
         for side, infer in (("reference", reference), ("engine", engine)):
@@ -93,5 +93,5 @@ def compare(dataset, reference: Infer, engine: Infer, protocol: TestProtocol, la
         result.total_pixels += ref_labels.size
         result.images += 1
         if len(result.samples) < keep_samples:
-            result.samples.append((image, ref_labels.astype(np.uint8), eng_labels.astype(np.uint8)))
+            result.samples.append((image, truth, ref_labels.astype(np.uint8), eng_labels.astype(np.uint8)))
     return result

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runtime.console import add_common_options, run
+from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 
-from .names import MODEL_NAMES
+from .names import DATASET_NAMES, MODEL_NAMES
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -51,11 +51,10 @@ def _accumulate(text: str) -> int | None:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    from .data.datasets import LAYOUTS
     parser = argparse.ArgumentParser(prog="offseg-train", description="Train or fine-tune OffSeg (the official "
                                      "recipe); multi-GPU: torchrun --nproc-per-node N --no-python offseg-train ...")
-    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES)
-    parser.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS),
+    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to train")
+    parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES,
                         help="dataset layout (default: built-in synthetic scenes, no files needed)")
     parser.add_argument("--data-root", help="dataset root folder (mmseg layout)")
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/offseg"), help="checkpoints and logs")
@@ -69,10 +68,10 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default: the dataset's)")
     parser.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default 6e-5; head x10)")
     parser.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default 1500)")
-    parser.add_argument("--checkpoint-interval", type=int, default=16_000)
-    parser.add_argument("--eval-interval", type=int, default=16_000)
+    parser.add_argument("--checkpoint-interval", type=int, default=16_000, help="iterations between checkpoints")
+    parser.add_argument("--eval-interval", type=int, default=16_000, help="iterations between validations")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentations, weights)")
     parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
     parser.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth")
     start = parser.add_mutually_exclusive_group()
@@ -81,6 +80,7 @@ def train_main(argv: list[str] | None = None) -> int:
     start.add_argument("--pretrained-backbone", type=Path, metavar="PATH", help="EfficientFormerV2 ImageNet "
                        "checkpoint as released (eformer_s1_450.pth for T, s2 for B, l for L): the official start")
     add_common_options(parser)
+    add_hidden_aliases(parser, {"--workdir": "--work-dir"})
     return run(_train, parser, argv)
 
 
@@ -110,16 +110,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    from .data.datasets import LAYOUTS
     parser = argparse.ArgumentParser(prog="offseg-eval", description="mIoU / aAcc / per-class IoU of a checkpoint.")
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="official mmseg or offseg checkpoint")
     parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default: from the checkpoint)")
-    parser.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS))
-    parser.add_argument("--data-root")
-    parser.add_argument("--split", default="val")
+    parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES, help="dataset layout")
+    parser.add_argument("--data-root", help="dataset root folder (not needed for synthetic)")
+    parser.add_argument("--split", default="val", help="dataset split")
     parser.add_argument("--mode", choices=("whole", "slide"), help="inference (default: the dataset's test config; "
                         "the test pipeline's keep-ratio resize applies either way)")
-    parser.add_argument("--max-images", type=int)
+    parser.add_argument("--max-images", type=int, help="evaluate on the first N images (default: all)")
     parser.add_argument("--json", type=Path, help="also write the scores as JSON")
     add_common_options(parser)
     return run(_eval, parser, argv)

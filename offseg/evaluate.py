@@ -5,9 +5,9 @@ import logging
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from runtime.metrics import IGNORE_INDEX, ConfusionMatrix, Scores
+from runtime.progress import progress as report_progress
 
 from .inference import torch_infer
 from .protocol import TestProtocol, protocol_logits
@@ -49,7 +49,7 @@ def evaluate(model: torch.nn.Module, dataset, protocol: TestProtocol, max_images
     confusion = ConfusionMatrix(dataset.num_classes)
     out_of_range = OutOfRangeLabels(dataset.num_classes)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    for index in tqdm(range(count), desc=f"evaluating ({protocol.mode})", disable=not progress, leave=False):
+    for index in report_progress(range(count), f"evaluating ({protocol.mode})", unit="image", enabled=progress):
         image, labels = dataset.load(index)
         out_of_range.check(labels, dataset.source(index))
         confusion.update(protocol_logits(image, infer, protocol).argmax(axis=2), labels)

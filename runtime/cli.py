@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-masks", type=Path, metavar="DIR", help="write one label PNG per frame")
     parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
     parser.add_argument("--no-display", action="store_true", help="no window (the default; kept for scripts)")
-    parser.add_argument("--batch", type=int, default=1, help="frames per inference (dynamic models)")
+    parser.add_argument("--batch", type=int, default=1, help="frames per inference (models with a dynamic batch)")
     parser.add_argument("--resize", choices=RESIZE_POLICIES, default="letterbox",
                         help="fitting frames to a fixed-size model (default letterbox: keeps the aspect ratio)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                         "CPU, whichever exist)")
     parser.add_argument("--cuda", choices=("auto", "cuda-python", "pycuda"), default="auto",
                         help="CUDA binding for TensorRT engines (default: cuda-python, else pycuda)")
-    parser.add_argument("--reconnects", type=int, default=5, help="reconnect attempts for cameras/streams")
+    parser.add_argument("--reconnects", type=int, default=5, help="reconnect attempts when a camera or stream "
+                        "stops delivering frames")
     parser.add_argument("--summary", type=Path, help="write the run summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common_options(parser)
