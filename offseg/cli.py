@@ -82,6 +82,8 @@ def _eval(args: argparse.Namespace) -> int:
     result = {"model": name, "dataset": args.dataset, "split": args.split, "mode": mode,
               **scores.as_dict(dataset.classes)}
     print(f"{name} on {args.dataset} {args.split} ({mode}): mIoU {result['mIoU']:.2f}, aAcc {result['aAcc']:.2f}")
+    if dataset.out_of_range_pixels:
+        print(f"{dataset.out_of_range_pixels} pixels with labels above the class count were left out")
     for cls, iou in result["IoU"].items():
         print(f"  {cls:>20}: {'-' if iou is None else f'{iou:.2f}'}")
     if args.json:

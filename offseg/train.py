@@ -256,7 +256,7 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     work_dir = Path(config.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     dataset = SegmentationDataset(config.dataset, config.data_root, "train", length=config.synthetic_length,
-                                  size=config.synthetic_size)
+                                  size=config.synthetic_size, strict_labels=True)
     model = build_model(config.model, dataset.num_classes)
     if config.init_checkpoint:
         reset = init_from_checkpoint(model, config.init_checkpoint)
