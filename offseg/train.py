@@ -161,13 +161,18 @@ def resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sched
     """
     state = read_training_state(path)
     load_state(model, state["state_dict"], source=f"checkpoint {path}")
+    problems = (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError)
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
+    except problems as error:
         raise OffsegError(f"{path} does not fit this training run ({type(error).__name__}: {error}); move it away "
                           "to start afresh") from None
+    try:
+        set_rng_state(state["rng"])
+    except problems:  # written before RNG states were stored as tensors: its numpy state cannot be read safely
+        log.warning("%s: random generator states not restored (older checkpoint); the data order and "
+                    "augmentations still continue exactly, being seeded by position", path)
     return state["iteration"]
 
 
