@@ -42,10 +42,10 @@ def read_sidecar(engine: str | os.PathLike) -> dict:
         raise OffsegError(f"{path} is not a JSON object, so not an offseg engine sidecar")
     if info.get("format") != SIDECAR_FORMAT:
         raise OffsegError(f"{path} is not an offseg engine sidecar (format {info.get('format')!r})")
-    wrong = [f"{key} ({type(info.get(key)).__name__})" for key, kinds in SIDECAR_TYPES.items()
-             if not isinstance(info.get(key), kinds) or isinstance(info.get(key), bool)]
+    wrong = [f"{key} ({type(info[key]).__name__})" for key, kinds in SIDECAR_TYPES.items()
+             if key in info and (not isinstance(info[key], kinds) or isinstance(info[key], bool))]
     if wrong:
-        raise OffsegError(f"{path} is a damaged offseg engine sidecar: wrong or missing {', '.join(wrong)}; rebuild "
+        raise OffsegError(f"{path} is a damaged offseg engine sidecar: wrong type of {', '.join(wrong)}; rebuild "
                           "the engine with offseg-export")
     return info
 

@@ -37,7 +37,7 @@ class TensorRTBackend:
         self.output_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         profile_max = engine.get_tensor_profile_shape(self.input_name, 0)[2] if -1 in engine.get_tensor_shape(
             self.input_name) else tuple(engine.get_tensor_shape(self.input_name))
-        self.info = ModelInfo.from_metadata(sidecar["onnx"], str(path), max_batch=int(profile_max[0]))
+        self.info = ModelInfo.from_metadata(sidecar.get("onnx"), str(path), max_batch=int(profile_max[0]))
         self.info.check_graph(list(engine.get_tensor_shape(self.input_name)),
                               list(engine.get_tensor_shape(self.output_name)), str(path))
         self._buffers: dict[tuple, tuple] = {}
