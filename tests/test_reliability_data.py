@@ -11,6 +11,7 @@ import torch
 from calibration.cli import validate_main
 from calibration.sources import data_key
 from export.cli import main as export_main
+from exported import export_small_model
 from offseg import build_model, save_checkpoint
 from offseg.cli import eval_main, train_main
 
@@ -82,6 +83,11 @@ def checkpoint(tmp_path_factory):
     return save_checkpoint(build_model("offseg-t", 9).eval(), folder / "t.pth", "offseg-t")
 
 
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    return export_small_model(tmp_path_factory.mktemp("model"), 9, (64, 64))
+
+
 def labelled_folder(root, labels_value, count=2, classes=("a", "b", "c"), rest=0):
     """The ``folder`` dataset layout: images/ and labels/ per split (top half ``labels_value``, bottom half
     ``rest``), classes.txt."""
@@ -135,18 +141,11 @@ def test_training_on_labels_above_the_class_count_names_the_file(tmp_path, capsy
     assert "label values 175, but folder has 3 classes" in error[0] and "/labels/train/" in error[0]
 
 
-@pytest.fixture(scope="module")
-def onnx_model(checkpoint):
-    path = checkpoint.with_suffix(".onnx")
-    assert export_main(["--checkpoint", str(checkpoint), "--input-size", "64", "64", "--output", str(path),
-                        "--no-check"]) == 0
-    return path
-
-
 @pytest.mark.slow
-def test_a_validation_gate_that_measured_nothing_fails(checkpoint, onnx_model, tmp_path, capsys):
+def test_a_validation_gate_that_measured_nothing_fails(onnx_model, tmp_path, capsys):
+    checkpoint, onnx_path = onnx_model
     root = labelled_folder(tmp_path / "d", 255, classes=[str(i) for i in range(9)], rest=255)
-    common = ["--engine", str(onnx_model), "--checkpoint", str(checkpoint), "--report", str(tmp_path / "r")]
+    common = ["--engine", str(onnx_path), "--checkpoint", str(checkpoint), "--report", str(tmp_path / "r")]
     assert validate_main([*common, "--max-images", "0"]) == 2
     assert "--max-images must be at least 1" in capsys.readouterr().err
     assert validate_main([*common, "--dataset", "folder", "--data-root", str(root)]) == 2

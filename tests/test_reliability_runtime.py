@@ -13,10 +13,8 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-import torch
 
-from export.cli import main as export_main
-from offseg import build_model, save_checkpoint
+from exported import export_small_model
 from offseg.data.synthetic import write_video
 from runtime.backends import open_backend
 from runtime.cli import main as run_main
@@ -28,13 +26,7 @@ pytestmark = pytest.mark.xdist_group("runtime")
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory):
     """A 9-class OffSeg-T exported at a fixed 64x96 input."""
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(build_model("offseg-t", 9).eval(), folder / "t.pth", "offseg-t")
-    path = folder / "t.onnx"
-    assert export_main(["--checkpoint", str(checkpoint), "--input-size", "64", "96", "--output", str(path),
-                        "--no-check"]) == 0
-    return path
+    return export_small_model(tmp_path_factory.mktemp("model"))[1]
 
 
 @pytest.fixture(scope="module")

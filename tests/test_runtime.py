@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.cli import main as export_main
-from offseg import build_model, save_checkpoint
+from exported import export_small_model
 from offseg.data.synthetic import write_video
 from offseg.checkpoint import build_from_checkpoint
 from runtime.backends import open_backend
@@ -27,13 +26,7 @@ pytestmark = pytest.mark.xdist_group("runtime")
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A 9-class OffSeg-T as a checkpoint (PyTorch backend) and its ONNX export (fixed 128x192 input)."""
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(build_model("offseg-t", 9).eval(), folder / "t.pth", "offseg-t")
-    onnx_path = folder / "t.onnx"
-    assert export_main(["--checkpoint", str(checkpoint), "--input-size", "128", "192", "--output", str(onnx_path),
-                        "--no-check"]) == 0
-    return checkpoint, onnx_path
+    return export_small_model(tmp_path_factory.mktemp("models"), 9, (128, 192))
 
 
 @pytest.fixture(scope="module")
