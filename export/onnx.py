@@ -33,6 +33,8 @@ FUSION_MODULE = re.compile(r"'head\.freqfusions\.(\d+)'")  # torch module paths 
 MIN_OPSET = 18  # GroupNorm/Resize/GridSample as the exporter emits them; LayerNormalization needs 17
 OUTPUT_KINDS = ("logits", "labels")
 
+RANDOM_WEIGHTS = "RANDOM, UNTRAINED (no checkpoint): for speed tests only, its predictions are noise"
+
 
 @dataclass(frozen=True)
 class OnnxOptions:
@@ -213,6 +215,7 @@ def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint
         "offseg.opset": str(options.opset),
         "offseg.version": __version__,
         "offseg.checkpoint_sha256": file_sha256(checkpoint) if checkpoint else "none (fresh weights)",
+        "offseg.weights": "trained (from the checkpoint)" if checkpoint else RANDOM_WEIGHTS,
     }
 
 

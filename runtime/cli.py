@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-masks", type=Path, metavar="DIR", help="write one label PNG per frame")
     parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
     parser.add_argument("--no-display", action="store_true", help="no window (the default; kept for scripts)")
-    parser.add_argument("--batch", type=int, default=1, help="frames per inference (dynamic models)")
+    parser.add_argument("--batch", type=int, default=1, help="frames per inference (models with a dynamic batch)")
     parser.add_argument("--resize", choices=RESIZE_POLICIES, default="letterbox",
                         help="fitting frames to a fixed-size model (default letterbox: keeps the aspect ratio)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")

@@ -71,6 +71,10 @@ class RunStats:
             if values:
                 lines.append(f"{name:<12} {np.mean(values):8.1f} {np.percentile(values, 50):8.1f} "
                              f"{np.percentile(values, 95):8.1f}")
+        if self.latency_ms:
+            lines.append("end-to-end = frame read to frame written: it includes the time a frame waits in the "
+                         "queues behind earlier frames, so it exceeds the sum of the stages when the model is the "
+                         "bottleneck")
         return "\n".join(lines)
 
 

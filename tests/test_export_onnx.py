@@ -22,9 +22,10 @@ def test_fused_head_is_exact():
 
 
 @pytest.mark.slow
-def test_graph_has_the_head_as_one_local_function_and_metadata(tmp_path):
+def test_graph_has_the_head_as_one_local_function_and_metadata(tmp_path, capsys):
     path = tmp_path / "t.onnx"
     assert export_main(["--input-size", "64", "64", "--output", str(path), "--no-check"]) == 0
+    assert "RANDOM, UNTRAINED weights" in capsys.readouterr().err  # no checkpoint: said loudly
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     calls = [n for n in model.graph.node if n.domain == "offseg"]
@@ -36,6 +37,7 @@ def test_graph_has_the_head_as_one_local_function_and_metadata(tmp_path):
     props = {p.key: p.value for p in model.metadata_props}
     assert props["offseg.model"] == "offseg-t" and props["offseg.num_classes"] == "150"
     assert props["offseg.input_size"] == "64 64" and props["offseg.fused_head"] == "true"
+    assert props["offseg.weights"].startswith("RANDOM, UNTRAINED")
     assert any(n.name.startswith("FreqFusion2/") for n in model.graph.node)
     # what offseg-fp16-check suggests for a backbone module pins that module's nodes, and only those
     from calibration.fp16_safety import pin_unit

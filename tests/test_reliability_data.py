@@ -65,7 +65,7 @@ def test_replacing_every_calibration_image_recalibrates(tmp_path, capsys):
     checkpoint = save_checkpoint(build_model("offseg-t", 5).eval(), tmp_path / "t.pth", "offseg-t")
     calib = write_images(tmp_path / "calib", seed=0, count=2)
     argv = ["--checkpoint", str(checkpoint), "--input-size", "64", "64", "--output", str(tmp_path / "m.onnx"),
-            "--no-check", "--int8", "--calib-data", str(calib), "--calib-samples", "2"]
+            "--no-check", "--int8", "--calib-data", str(calib), "--calib-images", "2"]
     assert export_main(argv) == 0
     assert export_main(argv) == 0
     assert "reusing" in capsys.readouterr().out  # same images: the INT8 graph is reused
@@ -138,7 +138,7 @@ def test_training_on_labels_above_the_class_count_names_the_file(tmp_path, capsy
     err = capsys.readouterr().err
     error = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(error) == 1 and "Traceback" not in err, err[-2000:]
-    assert "label values 175, but folder has 3 classes" in error[0] and "/labels/train/" in error[0]
+    assert "label values 175, outside the 3 classes of folder" in error[0] and "/labels/train/" in error[0]
 
 
 @pytest.mark.slow

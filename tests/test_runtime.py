@@ -69,7 +69,8 @@ def test_onnx_run_matches_pytorch_labels_and_writes_a_playable_video(models, vid
     assert len(agreement) == 12 and min(agreement) >= 0.999
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["frames"] == 12 and set(summary["stages_ms"]) >= {"decode", "infer", "draw+write"}
-    assert "FPS" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FPS" in out and "waits in the queues behind earlier frames" in out  # end-to-end latency explained
 
 
 @pytest.mark.slow
@@ -149,6 +150,8 @@ def test_engine_problems_are_explained(tmp_path, capsys):
     assert run_main(["--engine", str(plan), "--image", str(bogus)]) == 2
     err = capsys.readouterr().err
     assert ("TensorRT is not installed" in err or "sidecar" in err) and "Traceback" not in err
+    assert run_main(["--engine", str(tmp_path / "missing.plan"), "--image", str(bogus)]) == 2
+    assert "offseg-export --onnx MODEL.onnx --format engine" in capsys.readouterr().err  # says how to make one
 
 
 @pytest.mark.slow

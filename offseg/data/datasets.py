@@ -38,20 +38,22 @@ class Layout:
     test_mode: str  # the official test config's inference: whole or slide
     crop: tuple[int, int]  # official crop size (H, W); also the sliding window
     stride: tuple[int, int]
+    test_scale: tuple[int, int] | None  # test pipeline's Resize(scale, keep_ratio=True); None: original size
 
 
 LAYOUTS = {
     "ade20k": Layout("ade20k", 150, {"train": "training", "val": "validation"}, True, (2048, 512), "slide",
-                     (512, 512), (480, 480)),
+                     (512, 512), (480, 480), (2048, 512)),
     "cityscapes": Layout("cityscapes", 19, {"train": "train", "val": "val", "test": "test"}, False, (2048, 1024),
-                         "slide", (1024, 1024), (768, 768)),
+                         "slide", (1024, 1024), (768, 768), (2048, 1024)),
     "coco-stuff164k": Layout("coco-stuff164k", 171, {"train": "train2017", "val": "val2017"}, False, (2048, 512),
-                             "slide", (512, 512), (480, 480)),
+                             "slide", (512, 512), (480, 480), (2048, 512)),
     "pascal-context-59": Layout("pascal-context-59", 59, {"train": "train", "val": "val"}, True, (520, 520), "slide",
-                                (480, 480), (320, 320)),
-    "folder": Layout("folder", 0, {}, False, (2048, 512), "whole", (512, 512), (480, 480)),
+                                (480, 480), (320, 320), (520, 520)),
+    # a user's own folder: ADE20K's pipeline; the synthetic scenes are evaluated at their own size
+    "folder": Layout("folder", 0, {}, False, (2048, 512), "whole", (512, 512), (480, 480), (2048, 512)),
     "synthetic": Layout("synthetic", len(synthetic.CLASSES), {"train": "train", "val": "val"}, False, (512, 256),
-                        "whole", (256, 256), (224, 224)),
+                        "whole", (256, 256), (224, 224), None),
 }
 
 
@@ -211,8 +213,8 @@ class SegmentationDataset:
         if not outside.any():
             return labels
         values = ", ".join(str(v) for v in np.unique(labels[outside])[:5])
-        sentence = (f"{path} has label values {values}, but {self.layout.name} has {self.num_classes} classes "
-                    f"(0-{self.num_classes - 1}, {IGNORE_INDEX} = ignore)")
+        sentence = (f"{path} has label values {values}, outside the {self.num_classes} classes of {self.layout.name} "
+                    f"(0-{self.num_classes - 1}) and not the ignore index {IGNORE_INDEX}")
         if self.strict_labels:
             raise LabelsOutOfRange(f"{sentence}: fix the labels or choose the dataset they were made for")
         if not self.out_of_range_pixels:

@@ -148,7 +148,11 @@ def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str
     """The backend for ``path``: ``.onnx`` -> ONNX Runtime, ``.plan``/``.engine`` -> TensorRT, ``.pth`` -> PyTorch."""
     path = Path(path)
     if not path.is_file():
-        raise OffsegError(f"model file not found: {path}")
+        how = {".plan": "build one on this device with: offseg-export --onnx MODEL.onnx --format engine --fp16",
+               ".engine": "build one on this device with: offseg-export --onnx MODEL.onnx --format engine --fp16",
+               ".onnx": "make one with: offseg-export --checkpoint CKPT.pth --output MODEL.onnx"}
+        hint = how.get(path.suffix.lower(), "give an .onnx model, a TensorRT .plan or a .pth checkpoint")
+        raise OffsegError(f"model file not found: {path}; {hint}")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         from .ort_backend import OnnxRuntimeBackend
