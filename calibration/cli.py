@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,10 +21,18 @@ def _calibrate(args: argparse.Namespace) -> int:
     from export.precision import DEFAULT_PINS, PinRule
     from export.trt_support import unsupported
 
+    from runtime.sinks import check_writable_folder
+
     from .quantize import QuantOptions, input_size_for_calibration, quantize_file
     from .sensitivity import sweep, worst_layers
-    from .sources import calibration_inputs
+    from .sources import calibration_inputs, data_key
 
+    if args.calib_images < 1:
+        raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
+    data_key(args.calib_data, args.calib_images)  # a missing, empty or unreadable source fails now, not in minutes
+    for path in (args.output, args.sensitivity_json):
+        if path is not None:
+            check_writable_folder(path.parent, f"{path}")
     model = load_onnx(args.onnx)
     exclude = (() if args.no_default_pins else DEFAULT_PINS) + tuple(PinRule.parse(t) for t in args.keep_fp32)
     options = QuantOptions(target=args.target, method=args.method, samples=args.calib_images,
@@ -96,6 +105,10 @@ def _validate(args: argparse.Namespace) -> int:
     from .report import write_report
     from .validate import compare, engine_infer
 
+    if args.max_miou_drop is not None and not 0 <= args.max_miou_drop < math.inf:
+        raise OffsegError(f"--max-miou-drop must be a number of at least 0, got {args.max_miou_drop}")
+    if args.max_images is not None and args.max_images < 1:
+        raise OffsegError(f"--max-images must be at least 1, got {args.max_images}: a gate must measure something")
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     backend = open_backend(args.engine)
     info = backend.info
@@ -120,7 +133,9 @@ def _validate(args: argparse.Namespace) -> int:
           f"pixel agreement {summary['pixel_agreement']:.3f}%"
           + (f", max |logit diff| {summary['max_logit_diff']:.2e}" if not result.labels_only else ""))
     print(f"wrote {args.report / 'report.md'} and report.json")
-    if -summary["miou_delta"] > bound:
+    if dataset.out_of_range_pixels:
+        print(f"{dataset.out_of_range_pixels} pixels with labels above the class count were left out")
+    if not math.isfinite(summary["miou_delta"]) or -summary["miou_delta"] > bound:  # NaN is never within bound
         print(f"FAIL: the mIoU drop {-summary['miou_delta']:.2f} exceeds --max-miou-drop {bound}")
         return 1
     return 0

@@ -94,12 +94,14 @@ def _fp16_onnx(fp32_path: Path, path: Path, pins) -> None:
 
 def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path) -> None:
     from calibration.quantize import QuantOptions, quantize_file
+    from calibration.sources import data_key
 
     from .files import is_derived_from
 
-    same = {"offseg.precision": "int8", "offseg.int8_target": "tensorrt", "offseg.int8_data": str(args.calib_data)}
+    same = {"offseg.precision": "int8", "offseg.int8_target": "tensorrt", "offseg.int8_method": "minmax",
+            "offseg.int8_data_key": data_key(args.calib_data, args.calib_images)}
     if is_derived_from(path, fp32_path, same):
-        print(f"reusing {path} (calibrated from this {fp32_path.name} on the same data)")
+        print(f"reusing {path} (calibrated from this {fp32_path.name} on the same images)")
         return
     stats = quantize_file(fp32_path, path, args.calib_data, QuantOptions(target="tensorrt",
                                                                          samples=args.calib_images))
@@ -107,13 +109,36 @@ def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path) -> None:
     _report_support(path)
 
 
+def _check_paths(args: argparse.Namespace, output_folders: set[Path]) -> None:
+    """Inputs and output folders, before minutes of export: one sentence for the first problem."""
+    from calibration.sources import data_key
+    from runtime.sinks import check_writable_folder
+
+    if args.int8:
+        if args.calib_data is None:
+            raise OffsegError("--int8 needs calibration images: --calib-data DIR (a folder of images or a video), "
+                              "or --calib-data synthetic")
+        if args.calib_images < 1:
+            raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
+        data_key(args.calib_data, args.calib_images)  # raises for a missing, empty or unreadable source
+    for option in ("checkpoint", "onnx"):
+        path = getattr(args, option)
+        if path is not None and not path.is_file():
+            raise OffsegError(f"--{option} {path} does not exist or is not a file")
+    for folder in sorted(output_folders):
+        if not folder.is_dir():
+            raise OffsegError(f"output folder {folder} does not exist")
+        check_writable_folder(folder, "output folder")
+
+
 def _export(args: argparse.Namespace) -> int:
     from .files import load_onnx, read_metadata
 
     engine_options = _engine_options(args)
-    if args.int8 and args.calib_data is None:
-        raise OffsegError("--int8 needs calibration images: --calib-data DIR (a folder of images or a video), "
-                          "or --calib-data synthetic")
+    name = args.model or "offseg-t"
+    main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
+    folders = {args.onnx.parent, *([args.output.parent] if args.output else [])} if args.onnx else {main.parent}
+    _check_paths(args, folders)
     if args.onnx:
         if args.checkpoint or args.model:
             raise OffsegError("--onnx builds from an exported file: drop --model/--checkpoint")
@@ -121,12 +146,8 @@ def _export(args: argparse.Namespace) -> int:
         meta = read_metadata(load_onnx(fp32_path))
         stem = fp32_path.with_suffix("")
     else:
-        name = args.model or "offseg-t"
-        main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
         stem = main.with_suffix("")
         fp32_path = main if args.format == "onnx" else stem.with_suffix(".onnx")
-        if not fp32_path.parent.is_dir():
-            raise OffsegError(f"output folder {fp32_path.parent} does not exist")
         meta = _export_torch(args, fp32_path)
     written = {"fp32": fp32_path}
     if args.format == "onnx":

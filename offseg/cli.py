@@ -102,6 +102,8 @@ def _eval(args: argparse.Namespace) -> int:
               "protocol": protocol.describe(), **scores.as_dict(dataset.classes), "mAcc": 100 * mean_accuracy(scores)}
     print(f"{name} on {args.dataset} {args.split} ({protocol.describe()}): mIoU {result['mIoU']:.2f}, "
           f"mAcc {result['mAcc']:.2f}, aAcc {result['aAcc']:.2f}")
+    if dataset.out_of_range_pixels:
+        print(f"{dataset.out_of_range_pixels} pixels with labels above the class count were left out")
     for cls, iou in result["IoU"].items():
         print(f"  {cls:>20}: {'-' if iou is None else f'{iou:.2f}'}")
     if args.json:

@@ -26,7 +26,7 @@ from runtime.errors import OffsegError
 from runtime.preprocess import normalize_bgr
 from runtime.sinks import atomic_output
 
-from .checkpoint import extract_state_dict, load_state, read_file
+from .checkpoint import extract_state_dict, load_state, read_file, read_training_state
 from .data.datasets import LAYOUTS, SegmentationDataset
 from .data.transforms import TrainTransform, pad_batch
 from .evaluate import evaluate, mean_accuracy
@@ -147,13 +147,41 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy and torch generator states as tensors and numbers (what the weights-only loader reads)."""
+    version, python_keys, python_gauss = random.getstate()
+    _, numpy_keys, position, has_gauss, numpy_gauss = np.random.get_state()
+    return {"python": torch.tensor(python_keys, dtype=torch.int64), "python_version": version,
+            "python_gauss": python_gauss, "numpy": torch.from_numpy(numpy_keys.astype(np.int64)),
+            "numpy_position": position, "numpy_gauss": [has_gauss, numpy_gauss], "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_position"],
+                         *state["numpy_gauss"]))
     torch.set_rng_state(state["torch"])
+
+
+def resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> int:
+    """Restore an offseg-train checkpoint (read weights-only) into the run; returns its iteration.
+
+    Raises OffsegError for a file that is not an offseg-train checkpoint or does not fit this run.
+    """
+    state = read_training_state(path)
+    load_state(model, state["state_dict"], source=f"checkpoint {path}")
+    problems = (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except problems as error:
+        raise OffsegError(f"{path} does not fit this training run ({type(error).__name__}: {error}); move it away "
+                          "to start afresh") from None
+    try:
+        set_rng_state(state["rng"])
+    except problems:  # written before RNG states were stored as tensors: its numpy state cannot be read safely
+        log.warning("%s: random generator states not restored (older checkpoint); the data order and "
+                    "augmentations still continue exactly, being seeded by position", path)
+    return state["iteration"]
 
 
 class Collate:
@@ -268,7 +296,7 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     work_dir = Path(config.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     dataset = SegmentationDataset(config.dataset, config.data_root, "train", length=config.synthetic_length,
-                                  size=config.synthetic_size)
+                                  size=config.synthetic_size, strict_labels=True)
     model = build_model(config.model, dataset.num_classes)
     init_head_like_official(model.head)
     if config.init_checkpoint:
@@ -300,12 +328,7 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     if config.resume:
         if not latest.is_file():
             raise OffsegError(f"--resume: no checkpoint at {latest}")
-        state = torch.load(latest, map_location="cpu", weights_only=False)  # our own file, written by us
-        core.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = state["iteration"]
-        set_rng_state(state["rng"])
+        start = resume(latest, core, optimizer, scheduler)
         if run.main:
             log.info("resumed from %s at iteration %d", latest, start)
     stream = AugmentedStream(dataset, TrainTransform(crop=crop, scale=scale), config.seed)

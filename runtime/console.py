@@ -8,6 +8,7 @@ import warnings
 from typing import Callable
 
 from .errors import OffsegError
+from .interrupts import describe, exit_code, stop_signals
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,9 @@ def _ours_or_errors(record: logging.LogRecord) -> bool:
 
 
 def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv``, call ``main``; an OffsegError prints ``error: <message>`` and returns 2 (unless --debug)."""
+    """Parse ``argv``, call ``main``; an OffsegError prints ``error: <message>`` and returns 2 (unless --debug).
+
+    Ctrl-C and SIGTERM interrupt ``main`` once (its clean-up runs; see ``interrupts``) and return 130 / 143."""
     _document_defaults(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
@@ -64,12 +67,13 @@ def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPars
         for category, message in KNOWN_NOISE:
             warnings.filterwarnings("ignore", message=message, category=category)
     try:
-        return main(args)
+        with stop_signals():
+            return main(args)
     except OffsegError as error:
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print(describe(interrupt), file=sys.stderr)
+        return exit_code(interrupt)

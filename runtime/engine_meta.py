@@ -15,6 +15,7 @@ from .errors import OffsegError
 from .sinks import atomic_output
 
 SIDECAR_FORMAT = "offseg-engine/1"
+SIDECAR_TYPES = {"num_classes": int, "onnx": dict, "tensorrt": dict, "gpu": (dict, type(None)), "precision": str}
 
 
 def sidecar_path(engine: str | os.PathLike) -> Path:
@@ -37,8 +38,15 @@ def read_sidecar(engine: str | os.PathLike) -> dict:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise OffsegError(f"cannot read {path}: {error}") from None
+    if not isinstance(info, dict):
+        raise OffsegError(f"{path} is not a JSON object, so not an offseg engine sidecar")
     if info.get("format") != SIDECAR_FORMAT:
         raise OffsegError(f"{path} is not an offseg engine sidecar (format {info.get('format')!r})")
+    wrong = [f"{key} ({type(info[key]).__name__})" for key, kinds in SIDECAR_TYPES.items()
+             if key in info and (not isinstance(info[key], kinds) or isinstance(info[key], bool))]
+    if wrong:
+        raise OffsegError(f"{path} is a damaged offseg engine sidecar: wrong type of {', '.join(wrong)}; rebuild "
+                          "the engine with offseg-export")
     return info
 
 

@@ -13,6 +13,7 @@ from sklearn.metrics import confusion_matrix, jaccard_score
 
 import reference
 from offseg import build_model
+from offseg.checkpoint import read_training_state
 from offseg.cli import eval_main, train_main
 from offseg.data.datasets import SegmentationDataset
 from offseg.data.transforms import TrainTransform, random_crop, random_resize
@@ -155,7 +156,7 @@ def test_resume_continues_exactly(tmp_path):
     shutil.copy(tmp_path / "a" / "iter_2.pth", tmp_path / "b" / "latest.pth")  # as if stopped after iteration 2
     resumed = train(TrainConfig(iters=4, checkpoint_interval=2, work_dir=str(tmp_path / "b"), resume=True, **TINY),
                     progress=False)
-    a, b = (torch.load(p, weights_only=False) for p in (straight, resumed))
+    a, b = (read_training_state(p) for p in (straight, resumed))
     assert b["iteration"] == 4
     for key, value in a["state_dict"].items():
         assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
@@ -172,7 +173,7 @@ def test_torchrun_two_processes_with_gloo(tmp_path):
                              "64", "--workers", "0", "--warmup-iters", "1", "--eval-interval", "100",
                              "--work-dir", str(work)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert torch.load(work / "latest.pth", weights_only=False)["iteration"] == 2
+    assert read_training_state(work / "latest.pth")["iteration"] == 2
 
 
 @pytest.mark.slow

@@ -35,8 +35,9 @@ class TensorRTBackend:
         self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         shape = tuple(self.engine.get_tensor_shape(self.input_name))
         profile_max = self.engine.get_tensor_profile_shape(self.input_name, 0)[2] if -1 in shape else shape
-        self.info = ModelInfo.from_metadata(sidecar["onnx"], max_batch=int(profile_max[0]),
+        self.info = ModelInfo.from_metadata(sidecar.get("onnx"), str(path), max_batch=int(profile_max[0]),
                                             precision=sidecar["precision"])
+        self.info.check_graph(list(shape), list(self.engine.get_tensor_shape(self.output_name)), str(path))
         self.description = (f"TensorRT {trt.__version__} ({sidecar['precision']}, {self.cuda.name}, "
                             f"{device.name if device else 'GPU'})")
 
