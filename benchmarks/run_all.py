@@ -34,8 +34,8 @@ def main() -> None:
         for size in args.sizes:
             h, w = size.split("x")
             out = HERE / ".cache" / f"{model}-{size}.json"  # the full report (p50 too) of the last run
-            subprocess.run([str(Path(sys.executable).with_name("offseg-bench")), "--model", model, "--size", h, w,
-                            "--iters", str(args.iters), "--backends", args.backends, "--workdir",
+            subprocess.run([str(Path(sys.executable).with_name("offseg-bench")), "--model", model, "--input-size", h, w,
+                            "--iters", str(args.iters), "--backends", args.backends, "--work-dir",
                             str(HERE / ".cache"), "--json", str(out)], check=True)
             report = json.loads(out.read_text())
             rows = update_table({(model, size): [

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import math
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 
-from runtime.console import add_common_options, run
+from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 
-QUIET_LOGGERS = ("onnxruntime", "root")
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -23,13 +21,21 @@ def _calibrate(args: argparse.Namespace) -> int:
     from export.precision import DEFAULT_PINS, PinRule
     from export.trt_support import unsupported
 
+    from runtime.sinks import check_writable_folder
+
     from .quantize import QuantOptions, input_size_for_calibration, quantize_file
     from .sensitivity import sweep, worst_layers
-    from .sources import calibration_inputs
+    from .sources import calibration_inputs, data_key
 
+    if args.calib_images < 1:
+        raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
+    data_key(args.calib_data, args.calib_images)  # a missing, empty or unreadable source fails now, not in minutes
+    for path in (args.output, args.sensitivity_json):
+        if path is not None:
+            check_writable_folder(path.parent, f"{path}")
     model = load_onnx(args.onnx)
-    exclude = (() if args.no_default_exclusions else DEFAULT_PINS) + tuple(PinRule.parse(t) for t in args.keep_float)
-    options = QuantOptions(target=args.target, method=args.method, samples=args.samples,
+    exclude = (() if args.no_default_pins else DEFAULT_PINS) + tuple(PinRule.parse(t) for t in args.keep_fp32)
+    options = QuantOptions(target=args.target, method=args.method, samples=args.calib_images,
                            per_channel=not args.per_tensor, exclude=exclude, cache=args.cache)
     options.validate()
     if args.exclude_worst and not args.sensitivity:
@@ -37,9 +43,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.sensitivity:
         meta = {p.key: p.value for p in model.metadata_props}
         uint8 = model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-        val = calibration_inputs(args.sensitivity_data or args.data, args.sensitivity_images,
+        val = calibration_inputs(args.sensitivity_data or args.calib_data, args.sensitivity_images,
                                  input_size_for_calibration(meta, model), uint8)
-        results = sweep(args.onnx, args.data, val, options, args.group_depth, progress=not args.debug)
+        results = sweep(args.onnx, args.calib_data, val, options, args.group_depth, progress=not args.debug)
         print(f"INT8 sensitivity ({len(val)} images; mIoU of the labels vs FP32 with only that group in INT8):")
         for item in results:
             print(f"  {item.group:<28} {item.layers:3d} convs  mIoU {item.miou:6.2f}  cost {item.cost:5.2f}")
@@ -50,7 +56,7 @@ def _calibrate(args: argparse.Namespace) -> int:
                   + ", ".join(s.group for s in results[:args.exclude_worst]))
         if args.sensitivity_json:
             args.sensitivity_json.write_text(json.dumps([s.__dict__ for s in results], indent=2) + "\n")
-    result = quantize_file(args.onnx, args.output, args.data, options)
+    result = quantize_file(args.onnx, args.output, args.calib_data, options)
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB): {options.target} Q/DQ, {result}")
     problems = unsupported(onnx.load(str(args.output)))
     print("  TensorRT 10 ONNX parser: " + ("all ops supported" if not problems else "; ".join(problems[:3])))
@@ -61,51 +67,48 @@ def calibrate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-calibrate", description="INT8 (Q/DQ) quantization of an "
                                      "offseg-exported ONNX model on calibration images.")
     parser.add_argument("--onnx", type=Path, required=True, help="FP32 ONNX from offseg-export")
-    parser.add_argument("--data", required=True, help="calibration images: folder, video file or 'synthetic'")
+    parser.add_argument("--calib-data", required=True, help="calibration images: folder, video file or 'synthetic'")
     parser.add_argument("--output", type=Path, required=True, help="Q/DQ ONNX to write")
     parser.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="tensorrt",
                         help="tensorrt (symmetric, float biases; NVIDIA's parser takes it) or onnxruntime "
                              "(ORT's fastest CPU form)")
-    parser.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
-    parser.add_argument("--samples", type=int, default=64, help="calibration images (default 64)")
+    parser.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                        help="how activation ranges are taken from the calibration images")
+    parser.add_argument("--calib-images", type=int, default=64, help="calibration images (default 64)")
     parser.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default per-channel)")
-    parser.add_argument("--keep-float", action="append", default=[], metavar="PREFIX[:Op,Op]",
+    parser.add_argument("--keep-fp32", action="append", default=[], metavar="PREFIX[:Op,Op]",
                         help="also keep these nodes out of INT8 (repeatable)")
-    parser.add_argument("--no-default-exclusions", action="store_true",
+    parser.add_argument("--no-default-pins", action="store_true",
                         help="quantize the offset-learning head and FreqFusion normalisation too")
     parser.add_argument("--cache", type=Path, help="calibration ranges file: reused when present, else written")
     parser.add_argument("--sensitivity", action="store_true", help="rank layer groups by the mIoU INT8 costs")
-    parser.add_argument("--sensitivity-data", help="validation images for the sweep (default: --data)")
-    parser.add_argument("--sensitivity-images", type=int, default=8)
+    parser.add_argument("--sensitivity-data", help="validation images for the sweep (default: --calib-data)")
+    parser.add_argument("--sensitivity-images", type=int, default=8, help="images the sweep scores each group on")
     parser.add_argument("--group-depth", type=int, default=3, help="module-name parts per group (default 3: "
                         "backbone.stages.2; 2: backbone.stages, faster)")
     parser.add_argument("--sensitivity-json", type=Path, help="write the ranking as JSON")
     parser.add_argument("--exclude-worst", type=int, default=0, metavar="N",
                         help="keep the N most costly groups in float (with --sensitivity)")
     add_common_options(parser)
-    return run(_quiet(_calibrate), parser, argv)
-
-
-def _quiet(function):
-    """Library chatter (ORT's quantizer logs through the root logger) is shown only with --debug."""
-    def wrapped(args):
-        if not args.debug:
-            for name in QUIET_LOGGERS:
-                logging.getLogger(name).setLevel(logging.ERROR)
-        return function(args)
-    return wrapped
+    add_hidden_aliases(parser, {"--data": "--calib-data", "--samples": "--calib-images", "--keep-float": "--keep-fp32",
+                                "--no-default-exclusions": "--no-default-pins"})
+    return run(_calibrate, parser, argv)
 
 
 def _validate(args: argparse.Namespace) -> int:
-    import torch
-
     from offseg.checkpoint import build_from_checkpoint
     from offseg.data.datasets import LAYOUTS, SegmentationDataset
+    from offseg.inference import torch_infer
+    from offseg.protocol import TestProtocol
     from runtime.backends import open_backend
 
     from .report import write_report
-    from .validate import compare
+    from .validate import compare, engine_infer
 
+    if args.max_miou_drop is not None and not 0 <= args.max_miou_drop < math.inf:
+        raise OffsegError(f"--max-miou-drop must be a number of at least 0, got {args.max_miou_drop}")
+    if args.max_images is not None and args.max_images < 1:
+        raise OffsegError(f"--max-images must be at least 1, got {args.max_images}: a gate must measure something")
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     backend = open_backend(args.engine)
     info = backend.info
@@ -114,49 +117,46 @@ def _validate(args: argparse.Namespace) -> int:
     dataset = SegmentationDataset(args.dataset, args.data_root, args.split, length=args.max_images or 50)
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.dataset} has {dataset.num_classes} classes, the checkpoint {model.num_classes}")
-    layout = LAYOUTS[args.dataset]
-
-    def reference(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-
-    result = compare(dataset, reference, backend.infer, info.input_size, info.uint8_input,
-                     info.output_kind == "labels", args.mode or layout.test_mode, layout.crop, layout.stride,
-                     args.max_images, progress=not args.debug)
+    protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
+    labels_only = info.output_kind == "labels"
+    engine = engine_infer(backend.infer, info.input_size, info.uint8_input, labels_only, info.num_classes, protocol)
+    result = compare(dataset, torch_infer(model), engine, protocol, labels_only, args.max_images,
+                     progress=not args.debug)
     bound = args.max_miou_drop if args.max_miou_drop is not None else (1.0 if "int8" in info.precision else 0.1)
     report = write_report(args.report, result, dataset.classes, palette_source=info, engine=str(args.engine),
                           precision=info.precision, model=name, dataset=args.dataset, bound=bound,
                           backend=backend.description)
     summary = report["summary"]
-    print(f"{name} on {args.dataset} {args.split} ({result.images} images, {result.mode}"
+    print(f"{name} on {args.dataset} {args.split} ({result.images} images, {protocol.describe()}"
           f"{', labels compared' if result.labels_only else ''}): PyTorch mIoU {summary['reference_miou']:.2f}, "
           f"{args.engine.name} ({info.precision}) {summary['engine_miou']:.2f}, delta {summary['miou_delta']:+.2f}, "
           f"pixel agreement {summary['pixel_agreement']:.3f}%"
           + (f", max |logit diff| {summary['max_logit_diff']:.2e}" if not result.labels_only else ""))
     print(f"wrote {args.report / 'report.md'} and report.json")
-    if -summary["miou_delta"] > bound:
+    if dataset.out_of_range_pixels:
+        print(f"{dataset.out_of_range_pixels} pixels with labels above the class count were left out")
+    if not math.isfinite(summary["miou_delta"]) or -summary["miou_delta"] > bound:  # NaN is never within bound
         print(f"FAIL: the mIoU drop {-summary['miou_delta']:.2f} exceeds --max-miou-drop {bound}")
         return 1
     return 0
 
 
 def validate_main(argv: list[str] | None = None) -> int:
-    from offseg.data.datasets import LAYOUTS
-    from offseg.names import MODEL_NAMES
+    from offseg.names import DATASET_NAMES, MODEL_NAMES
     parser = argparse.ArgumentParser(prog="offseg-validate", description="mIoU parity of an ONNX model or TensorRT "
                                      "engine against its PyTorch checkpoint, with the paper's test protocol.")
     parser.add_argument("--engine", type=Path, required=True, help=".onnx or .plan")
     parser.add_argument("--checkpoint", type=Path, required=True, help="the PyTorch checkpoint it came from")
     parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default: from the checkpoint)")
-    parser.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS))
-    parser.add_argument("--data-root")
-    parser.add_argument("--split", default="val")
+    parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES, help="dataset layout")
+    parser.add_argument("--data-root", help="dataset root folder (not needed for synthetic)")
+    parser.add_argument("--split", default="val", help="dataset split")
     parser.add_argument("--mode", choices=("whole", "slide"), help="default: the dataset's official test mode")
     parser.add_argument("--max-images", type=int, help="validate on the first N images")
     parser.add_argument("--max-miou-drop", type=float, help="fail above this drop (default 0.1; 1.0 for INT8)")
     parser.add_argument("--report", type=Path, default=Path("validation"), help="report folder")
     add_common_options(parser)
-    return run(_quiet(_validate), parser, argv)
+    return run(_validate, parser, argv)
 
 
 def _fp16_check(args: argparse.Namespace) -> int:
@@ -166,13 +166,13 @@ def _fp16_check(args: argparse.Namespace) -> int:
     from .fp16_safety import DEFAULT_TOLERANCE, check_fp16, markdown
     from .sources import calibration_inputs
 
-    if args.images < 1:
-        raise OffsegError(f"--images must be at least 1, got {args.images}")
+    if args.calib_images < 1:
+        raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
     height, width = args.input_size
     if height % 32 or width % 32 or height <= 0 or width <= 0:
         raise OffsegError(f"--input-size {height} {width}: both must be positive multiples of 32")
     model, name = build_from_checkpoint(args.checkpoint, args.model)
-    inputs = calibration_inputs(args.data, args.images, (height, width), uint8_input=False)
+    inputs = calibration_inputs(args.calib_data, args.calib_images, (height, width), uint8_input=False)
     report = check_fp16(model, inputs, args.tolerance or DEFAULT_TOLERANCE, progress=not args.debug)
     args.report.mkdir(parents=True, exist_ok=True)
     for file, text in (("fp16_safety.json", json.dumps(report.to_json(), indent=2)),
@@ -197,13 +197,16 @@ def fp16_check_main(argv: list[str] | None = None) -> int:
     from offseg.names import MODEL_NAMES
     parser = argparse.ArgumentParser(prog="offseg-fp16-check", description="Run each module of a checkpoint in "
                                      "FP16 on CPU, report overflow and precision loss, and list the FP32 pins.")
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="the PyTorch checkpoint to check")
     parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default: from the checkpoint)")
-    parser.add_argument("--data", default="synthetic", help="images: folder, video file or 'synthetic' (default)")
-    parser.add_argument("--images", type=int, default=4, help="images to check (default 4)")
-    parser.add_argument("--input-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    parser.add_argument("--calib-data", default="synthetic", help="images: folder, video file or 'synthetic' "
+                        "(default)")
+    parser.add_argument("--calib-images", type=int, default=4, help="images to check (default 4)")
+    parser.add_argument("--input-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
+                        help="input size, multiples of 32")
     parser.add_argument("--tolerance", type=float, help="relative error that flags a module (default: FP16's "
                         "machine epsilon, 2^-10)")
     parser.add_argument("--report", type=Path, default=Path("fp16-safety"), help="report folder")
     add_common_options(parser)
+    add_hidden_aliases(parser, {"--data": "--calib-data", "--images": "--calib-images"})
     return run(_fp16_check, parser, argv)

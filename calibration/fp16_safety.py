@@ -224,13 +224,13 @@ def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str]
 def check_fp16(model: nn.Module, inputs: list[np.ndarray], tolerance: float = DEFAULT_TOLERANCE,
                progress: bool = False) -> Fp16Report:
     """Check ``model`` (eval mode, FP32) on ``inputs`` ((1, 3, H, W) normalized float32 arrays)."""
-    from tqdm import tqdm
+    from runtime.progress import progress as report_progress
     model = model.float().eval()
     half_model = copy.deepcopy(model).half().eval()
     half_modules = checked_modules(half_model)
     stats = {name: ModuleStats(name, type(module).__name__) for name, module in checked_modules(model).items()}
     tensors = [torch.from_numpy(x) for x in inputs]
-    for x in tqdm(tensors, desc="FP16 check", unit="image", disable=not progress):
+    for x in report_progress(tensors, "FP16 check", unit="image", enabled=progress):
         for call in _record(model, x):
             _check_call(call, half_modules, stats)
     flagged_names = sorted(name for name, s in stats.items() if s.judge(tolerance))

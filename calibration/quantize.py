@@ -25,7 +25,7 @@ from export.precision import DEFAULT_PINS, HEAD_SCOPE, PinRule, pinned_nodes
 from runtime.errors import OffsegError
 from runtime.sinks import atomic_output
 
-from .sources import calibration_inputs
+from .sources import calibration_inputs, data_key
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,8 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
     meta = {**meta, "offseg.precision": "int8", "offseg.int8_target": options.target,
             "offseg.int8_method": options.method, "offseg.int8_images": "cached" if cached else str(len(inputs)),
             "offseg.int8_data": str(calib_data),
+            "offseg.int8_data_key": f"ranges {file_sha256(options.cache)}" if cached else
+            data_key(calib_data, options.samples),
             "offseg.int8_excluded": " ".join(map(str, options.exclude)),
             "offseg.source_onnx_sha256": file_sha256(source)}
     save_checked(quantized, meta, path)

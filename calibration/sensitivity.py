@@ -55,7 +55,7 @@ def _labels(path: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
 def sweep(source: Path, calib_data, val_inputs: list[np.ndarray], options: QuantOptions, depth: int = 3,
           progress: bool = True) -> list[Sensitivity]:
     """Per-group INT8 sensitivity, worst first (``depth``: how many name parts make a group)."""
-    from tqdm import tqdm
+    from runtime.progress import progress as report_progress
 
     model = onnx.load(str(source))
     groups = conv_groups(model, depth)
@@ -64,7 +64,7 @@ def sweep(source: Path, calib_data, val_inputs: list[np.ndarray], options: Quant
     results = []
     with tempfile.TemporaryDirectory(prefix="offseg-sensitivity-") as folder:
         cache = options.cache or Path(folder) / "ranges"
-        for name in tqdm(groups, desc="INT8 sensitivity", disable=not progress):
+        for name in report_progress(groups, "INT8 sensitivity", unit="group", enabled=progress):
             others = tuple(n for g, nodes in groups.items() if g != name for n in nodes)
             path = Path(folder) / "one.onnx"
             quantize_file(source, path, calib_data, replace(options, extra_exclude_nodes=others, cache=cache))

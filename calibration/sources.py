@@ -5,6 +5,8 @@ statistics describe exactly what the deployed model sees.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +14,11 @@ import cv2
 import numpy as np
 
 from runtime.errors import OffsegError
-from runtime.preprocess import normalize_bgr
+from runtime.preprocess import MEAN_RGB, STD_RGB, normalize_bgr
 from runtime.sources import IMAGE_SUFFIXES, read_image
 
 SYNTHETIC = "synthetic"
+RESIZE = "bilinear to the graph input, BGR->RGB"  # the preprocessing below; part of the data key
 
 
 def _evenly(items: list, count: int) -> list:
@@ -39,6 +42,45 @@ def _video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
         capture.release()
 
 
+def _sampled_files(source: str | Path, count: int) -> list[Path]:
+    """The image files (folder) or the one video file calibration reads from ``source`` (not ``synthetic``);
+    OffsegError for a missing path, a folder without images or a file OpenCV cannot open as a video."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {path}")
+        return _evenly(files, count)
+    if path.is_file():
+        return [path]
+    raise OffsegError(f"calibration data {path} does not exist (give a folder, a video or '{SYNTHETIC}')")
+
+
+def data_key(source: str | Path, count: int) -> str:
+    """A digest of what calibration on ``source`` would read: each sampled file's name, size and modification time,
+    the image count and the preprocessing. Replacing, editing, adding or removing an image changes it; so does
+    asking for more images. Raises OffsegError when ``source`` holds nothing to calibrate on (a cheap check)."""
+    if str(source) == SYNTHETIC:
+        files = [SYNTHETIC]
+    else:
+        root = Path(source)
+        files = [[str(f.relative_to(root)) if root.is_dir() else f.name, f.stat().st_size, f.stat().st_mtime_ns]
+                 for f in _sampled_files(source, count)]
+        if not root.is_dir():
+            _check_video(root)
+    content = {"files": files, "count": count, "resize": RESIZE, "mean": MEAN_RGB, "std": STD_RGB}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _check_video(path: Path) -> None:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened() or int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) <= 0:
+            raise OffsegError(f"calibration data {path} is neither a folder of images nor a video OpenCV can read")
+    finally:
+        capture.release()
+
+
 def calibration_images(source: str | Path, count: int, seed: int = 0) -> Iterator[np.ndarray]:
     """Up to ``count`` uint8 BGR images from ``source`` (folder, video file or ``synthetic``), evenly sampled."""
     if str(source) == SYNTHETIC:
@@ -46,17 +88,12 @@ def calibration_images(source: str | Path, count: int, seed: int = 0) -> Iterato
         for i in range(count):
             yield render_scene(seed + i)[0]
         return
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {path}")
-        for file in _evenly(files, count):
+    files = _sampled_files(source, count)
+    if Path(source).is_dir():
+        for file in files:
             yield read_image(file)
-    elif path.is_file():
-        yield from _video_frames(path, count)
     else:
-        raise OffsegError(f"calibration data {path} does not exist (give a folder, a video or '{SYNTHETIC}')")
+        yield from _video_frames(files[0], count)
 
 
 def calibration_inputs(source: str | Path, count: int, size: tuple[int, int], uint8_input: bool) -> list[np.ndarray]:

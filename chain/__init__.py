@@ -1,1 +1,2 @@
-"""The chain orchestrators above the four packages: the demo (train -> export -> INT8 -> run -> validate -> report) and the benchmark."""
+"""The chain orchestrators above the four packages: the demo (train -> export -> INT8 -> run -> validate ->
+report) and the benchmark."""

@@ -143,7 +143,7 @@ def _open(backend: str, workdir: Path, model, name: str, size, batch: int):
 def run_bench(args: argparse.Namespace) -> dict:
     import torch
 
-    workdir = args.workdir
+    workdir = args.work_dir
     workdir.mkdir(parents=True, exist_ok=True)
     if args.checkpoint:
         from offseg.checkpoint import build_from_checkpoint
@@ -152,7 +152,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         from offseg.zoo import build_model
         torch.manual_seed(0)
         model, name = build_model(args.model, args.num_classes).eval(), args.model
-    size, batch = tuple(args.size), args.batch
+    size, batch = tuple(args.input_size), args.batch
     images = np.random.default_rng(0).standard_normal((batch, 3, *size), dtype=np.float32)
     infers, memory, skipped = {}, {}, {}
     for backend in args.backends:
@@ -189,13 +189,13 @@ def _pipeline(workdir: Path, onnx_path: Path, args) -> dict:
     from offseg.data.synthetic import write_video
     video = workdir / "bench-video.mp4"
     if not video.is_file():
-        write_video(video, seed=1, frames=args.pipeline_frames, height=args.size[0], width=args.size[1])
+        write_video(video, seed=1, frames=args.pipeline_frames, height=args.input_size[0], width=args.input_size[1])
     summary = workdir / "bench-run.json"
     run_main(["--engine", str(onnx_path), "--video", str(video), "--output", str(workdir / "bench-out.mp4"),
               "--summary", str(summary), "--no-progress"])
     pipeline_fps = json.loads(summary.read_text())["fps"]
     backend = open_backend(onnx_path)
-    x = np.random.default_rng(0).standard_normal((1, 3, *args.size), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 3, *args.input_size), dtype=np.float32)
     _warm(backend.infer, x, args.warmup)
     bare = _stats(_time_round_robin({"bare": backend.infer}, x, args.iters)["bare"], 1)["images_per_s"]
     return {"pipeline_fps": pipeline_fps, "bare_inference_fps": bare, "ratio": pipeline_fps / bare}

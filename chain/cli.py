@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from offseg.names import MODEL_NAMES
-from runtime.console import add_common_options, run
+from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 
 from .bench import BACKENDS, BENCH_DESCRIPTION, format_report, run_bench
@@ -15,11 +15,11 @@ from .bench import BACKENDS, BENCH_DESCRIPTION, format_report, run_bench
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, format_table, run_demo
     overrides = {"model": args.model or "offseg-t", "checkpoint": args.checkpoint}
-    config = DemoConfig.quick(args.workdir, **overrides) if args.quick else \
-        DemoConfig(workdir=args.workdir, **overrides)
+    config = DemoConfig.quick(args.work_dir, **overrides) if args.quick else \
+        DemoConfig(workdir=args.work_dir, **overrides)
     rows = run_demo(config)
     print(format_table(rows))
-    print(f"wrote {args.workdir / 'report.md'} (table, videos, validation reports with side-by-side pictures)")
+    print(f"wrote {args.work_dir / 'report.md'} (table, videos, validation reports with side-by-side pictures)")
     return 0 if all(r["within_bound"] for r in rows) else 1
 
 
@@ -27,24 +27,19 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-demo", description="The whole chain offline: train a model on "
                                      "synthetic scenes (or use --checkpoint), export, calibrate INT8, run on a "
                                      "video, validate, report.")
-    parser.add_argument("--workdir", type=Path, default=Path("offseg-demo"),
+    parser.add_argument("--work-dir", type=Path, default=Path("offseg-demo"),
                         help="output folder (default ./offseg-demo)")
     parser.add_argument("--model", default=None, choices=MODEL_NAMES, help="model to train (default offseg-t)")
     parser.add_argument("--checkpoint", type=Path, help="use this checkpoint instead of training on synthetic scenes "
                         "(its classes must be the synthetic ones for the validation step)")
     parser.add_argument("--quick", action="store_true", help="a reduced run (short training, small inputs): CI")
     add_common_options(parser)
+    add_hidden_aliases(parser, {"--workdir": "--work-dir"})
     return run(_demo, parser, argv)
 
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if not args.debug:
-        import logging
-
-        from export.cli import NOISY_LOGGERS
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
     if args.iters < 1 or args.batch < 1 or args.warmup < 0:
         raise OffsegError("--iters and --batch must be at least 1, --warmup at least 0")
     unknown = [b for b in args.backends if b not in BACKENDS]
@@ -59,21 +54,24 @@ def _bench(args: argparse.Namespace) -> int:
 
 def bench_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-bench", description=BENCH_DESCRIPTION)
-    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES)
-    parser.add_argument("--checkpoint", type=Path)
-    parser.add_argument("--num-classes", type=int, default=150)
+    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to time")
+    parser.add_argument("--checkpoint", type=Path, help="weights to time (default: fresh weights; the speed is the "
+                        "same)")
+    parser.add_argument("--num-classes", type=int, default=150, help="classes of the fresh weights")
     parser.add_argument("--backends", type=lambda s: s.split(","), default=["torch", "onnx-fp32", "onnx-int8"],
                         help=f"comma-separated, from {','.join(BACKENDS)} (default torch,onnx-fp32,onnx-int8)")
-    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
+                        help="input size, multiples of 32")
+    parser.add_argument("--batch", type=int, default=1, help="images per call")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per backend (they measure its memory)")
+    parser.add_argument("--iters", type=int, default=20, help="timed rounds (each backend once per round)")
     parser.add_argument("--pipeline", action="store_true", help="also offseg-run FPS vs bare inference FPS")
-    parser.add_argument("--pipeline-frames", type=int, default=60)
-    parser.add_argument("--workdir", type=Path, default=Path("offseg-bench"),
+    parser.add_argument("--pipeline-frames", type=int, default=60, help="frames of the --pipeline video")
+    parser.add_argument("--work-dir", type=Path, default=Path("offseg-bench"),
                         help="cached exports (default ./offseg-bench)")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     add_common_options(parser)
+    add_hidden_aliases(parser, {"--workdir": "--work-dir", "--size": "--input-size"})
     return run(_bench, parser, argv)
 
 

@@ -11,8 +11,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from runtime.errors import OffsegError
 
 log = logging.getLogger(__name__)
@@ -49,11 +47,12 @@ class Artifact:
 
 
 def _trained_checkpoint(config: DemoConfig) -> Path:
+    from offseg.checkpoint import read_training_state
     from offseg.train import TrainConfig, train
     work = config.workdir / "train"
     latest = work / "latest.pth"
     if latest.is_file():
-        done = torch.load(latest, map_location="cpu", weights_only=False).get("iteration", 0)
+        done = read_training_state(latest)["iteration"]
         if done >= config.train_iters:
             print(f"[1/5] model: reusing {latest} ({done} iterations on synthetic scenes)")
             return latest

@@ -7,17 +7,15 @@ TensorRT writes the ONNX files and says how to build on the device (``--onnx NAM
 from __future__ import annotations
 
 import argparse
-import logging
+import sys
 import time
 from pathlib import Path
 
-from runtime.console import add_common_options, run
+from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 
 from offseg.names import MODEL_NAMES
 
-NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export", "modelopt",
-                 "onnxruntime")
 
 
 def _size(path: Path) -> str:
@@ -54,6 +52,9 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
     else:
         name = args.model or "offseg-t"
         model = build_model(name, args.num_classes or 150).eval()
+        print(f"WARNING: no --checkpoint given: exporting {name} with RANDOM, UNTRAINED weights. Its predictions "
+              "are noise; the files are for speed tests only (the metadata says so too). Pass --checkpoint PATH "
+              "for a real model.", file=sys.stderr, flush=True)
     start = time.perf_counter()
     result = export_onnx(model, name, onnx_path, options, args.checkpoint)
     print(f"wrote {result.path} ({_size(result.path)}) in {time.perf_counter() - start:.0f} s: input "
@@ -75,7 +76,7 @@ def _engine_options(args: argparse.Namespace):
     options = EngineOptions(fp16=args.fp16, int8=args.int8, workspace_mib=args.workspace, dla_core=args.dla_core,
                             optimization_level=args.opt_level, timing_cache=args.timing_cache,
                             version_compatible=args.version_compatible, hardware_compatible=args.hardware_compatible,
-                            max_batch=args.max_batch, pins=pins,
+                            tf32=args.tf32, max_batch=args.max_batch, pins=pins,
                             shapes=(tuple(args.min_size), tuple(args.opt_size), tuple(args.max_size)))
     options.validate()
     return options
@@ -95,29 +96,51 @@ def _fp16_onnx(fp32_path: Path, path: Path, pins) -> None:
 
 def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path) -> None:
     from calibration.quantize import QuantOptions, quantize_file
+    from calibration.sources import data_key
 
     from .files import is_derived_from
 
-    same = {"offseg.precision": "int8", "offseg.int8_target": "tensorrt", "offseg.int8_data": str(args.calib_data)}
+    same = {"offseg.precision": "int8", "offseg.int8_target": "tensorrt", "offseg.int8_method": "minmax",
+            "offseg.int8_data_key": data_key(args.calib_data, args.calib_images)}
     if is_derived_from(path, fp32_path, same):
-        print(f"reusing {path} (calibrated from this {fp32_path.name} on the same data)")
+        print(f"reusing {path} (calibrated from this {fp32_path.name} on the same images)")
         return
     stats = quantize_file(fp32_path, path, args.calib_data, QuantOptions(target="tensorrt",
-                                                                         samples=args.calib_samples))
+                                                                         samples=args.calib_images))
     print(f"wrote {path} ({_size(path)}): Q/DQ INT8 for TensorRT, {stats}")
     _report_support(path)
+
+
+def _check_paths(args: argparse.Namespace, output_folders: set[Path]) -> None:
+    """Inputs and output folders, before minutes of export: one sentence for the first problem."""
+    from calibration.sources import data_key
+    from runtime.sinks import check_writable_folder
+
+    if args.int8:
+        if args.calib_data is None:
+            raise OffsegError("--int8 needs calibration images: --calib-data DIR (a folder of images or a video), "
+                              "or --calib-data synthetic")
+        if args.calib_images < 1:
+            raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
+        data_key(args.calib_data, args.calib_images)  # raises for a missing, empty or unreadable source
+    for option in ("checkpoint", "onnx"):
+        path = getattr(args, option)
+        if path is not None and not path.is_file():
+            raise OffsegError(f"--{option} {path} does not exist or is not a file")
+    for folder in sorted(output_folders):
+        if not folder.is_dir():
+            raise OffsegError(f"output folder {folder} does not exist")
+        check_writable_folder(folder, "output folder")
 
 
 def _export(args: argparse.Namespace) -> int:
     from .files import load_onnx, read_metadata
 
-    if not args.debug:
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
     engine_options = _engine_options(args)
-    if args.int8 and args.calib_data is None:
-        raise OffsegError("--int8 needs calibration images: --calib-data DIR (a folder of images or a video), "
-                          "or --calib-data synthetic")
+    name = args.model or "offseg-t"
+    main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
+    folders = {args.onnx.parent, *([args.output.parent] if args.output else [])} if args.onnx else {main.parent}
+    _check_paths(args, folders)
     if args.onnx:
         if args.checkpoint or args.model:
             raise OffsegError("--onnx builds from an exported file: drop --model/--checkpoint")
@@ -128,12 +151,8 @@ def _export(args: argparse.Namespace) -> int:
         meta = read_metadata(load_onnx(fp32_path))
         stem = fp32_path.with_suffix("")
     else:
-        name = args.model or "offseg-t"
-        main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
         stem = main.with_suffix("")
         fp32_path = main if args.format == "onnx" else stem.with_suffix(".onnx")
-        if not fp32_path.parent.is_dir():
-            raise OffsegError(f"output folder {fp32_path.parent} does not exist")
         meta = _export_torch(args, fp32_path)
     written = {"fp32": fp32_path}
     if args.format == "onnx":
@@ -190,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--fp16", action="store_true", help="FP16 (ONNX: NAME.fp16.onnx; engine: FP16 engine)")
     out.add_argument("--int8", action="store_true", help="INT8 from a Q/DQ graph calibrated on --calib-data")
     out.add_argument("--calib-data", help="calibration images: folder, video file, or 'synthetic'")
-    out.add_argument("--calib-samples", type=int, default=64, help="calibration images to use (default 64)")
+    out.add_argument("--calib-images", type=int, default=64, help="calibration images to use (default 64)")
     onnx_group = parser.add_argument_group("ONNX")
     onnx_group.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
                             help="input size, multiples of 32 (default 512 512; the example size with --dynamic)")
@@ -217,11 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     trt.add_argument("--timing-cache", type=Path, help="timing cache file, reused and updated")
     trt.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT versions")
     trt.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU")
+    trt.add_argument("--tf32", action="store_true",
+                     help="let FP32 layers use TF32 on Ampere+ GPUs (faster, less exact; default: true FP32)")
     trt.add_argument("--max-batch", type=int, default=1, help="largest batch of a dynamic engine (default 1)")
-    trt.add_argument("--min-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
-    trt.add_argument("--opt-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    trt.add_argument("--min-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
+                     help="smallest input of a dynamic engine's optimization profile")
+    trt.add_argument("--opt-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
+                     help="input size a dynamic engine is tuned for")
     trt.add_argument("--max-size", type=int, nargs=2, default=(1024, 2048), metavar=("H", "W"),
-                     help="optimization profile of a dynamic engine (defaults 256x256, 512x512, 1024x2048)")
+                     help="largest input of a dynamic engine's optimization profile")
     trt.add_argument("--keep-fp32", action="append", default=[], metavar="PREFIX[:Op,Op]",
                      help="also keep these nodes in FP32 (repeatable), e.g. FreqFusion0 or Backbone:Softmax")
     trt.add_argument("--no-default-pins", action="store_true",
@@ -229,4 +252,5 @@ def main(argv: list[str] | None = None) -> int:
     trt.add_argument("--trt-module", choices=("tensorrt", "tensorrt_rtx"),
                      help="TensorRT Python module (default: tensorrt, else tensorrt_rtx)")
     add_common_options(parser)
+    add_hidden_aliases(parser, {"--calib-samples": "--calib-images"})
     return run(_export, parser, argv)

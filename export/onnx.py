@@ -44,6 +44,8 @@ def freqfusion_form_for(choice: str, target: str) -> str:
         return choice
     return "taps" if target == "engine" else "gather"
 
+RANDOM_WEIGHTS = "RANDOM, UNTRAINED (no checkpoint): for speed tests only, its predictions are noise"
+
 
 @dataclass(frozen=True)
 class OnnxOptions:
@@ -234,6 +236,7 @@ def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint
         "offseg.opset": str(options.opset),
         "offseg.version": __version__,
         "offseg.checkpoint_sha256": file_sha256(checkpoint) if checkpoint else "none (fresh weights)",
+        "offseg.weights": "trained (from the checkpoint)" if checkpoint else RANDOM_WEIGHTS,
     }
 
 

@@ -45,6 +45,7 @@ class EngineOptions:
     timing_cache: Path | None = None
     version_compatible: bool = False
     hardware_compatible: bool = False
+    tf32: bool = False
     max_batch: int = 1
     shapes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((256, 256), (512, 512), (1024, 2048))
     pins: tuple[PinRule, ...] = DEFAULT_PINS
@@ -89,6 +90,7 @@ class BuildPlan:
     pin_layers: bool
     dla_core: int | None = None
     notes: tuple[str, ...] = ()
+    tf32: bool = False  # TF32 stays on (TensorRT's default); else FP32 layers run in true FP32
 
 
 def plan_build(options: EngineOptions, caps: TrtCapabilities, dynamic: bool) -> BuildPlan:
@@ -117,13 +119,14 @@ def plan_build(options: EngineOptions, caps: TrtCapabilities, dynamic: bool) -> 
             flags.append("OBEY_PRECISION_CONSTRAINTS")
         elif pin:
             notes.append("this TensorRT cannot obey precision constraints; FP32 pins are hints only")
-        return BuildPlan("int8" if options.int8 else "fp32", False, tuple(flags), pin, options.dla_core, tuple(notes))
+        return BuildPlan("int8" if options.int8 else "fp32", False, tuple(flags), pin, options.dla_core, tuple(notes),
+                         options.tf32)
     if options.fp16 and options.int8:
         raise OffsegError(f"{caps.module} {caps.version} builds strongly typed only: use --int8 alone (the Q/DQ "
                           "graph's other layers run in FP32) or --fp16 alone")
     notes.append("strongly typed: precision comes from the graph")
     precision = "int8" if options.int8 else "fp16" if options.fp16 else "fp32"
-    return BuildPlan(precision, True, tuple(flags), False, None, tuple(notes))
+    return BuildPlan(precision, True, tuple(flags), False, None, tuple(notes), options.tf32)
 
 
 def profile_shapes(input_shape: list[int | str], options: EngineOptions) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -168,8 +171,8 @@ def import_tensorrt(module: str | None = None):
             return importlib.import_module(name)
         except ImportError:
             continue
-    raise OffsegError("TensorRT is not installed here (pip install 'offseg-deploy[gpu]' on an x86 GPU machine; "
-                      f"JetPack provides it on Jetson); or {DEVICE_BUILD_HINT}")
+    raise OffsegError("TensorRT is not installed here: JetPack provides it on a Jetson, pip install "
+                      f"'offseg-deploy[gpu]' on an x86 GPU machine; or {DEVICE_BUILD_HINT}")
 
 
 def capabilities(trt, builder) -> TrtCapabilities:
@@ -238,6 +241,8 @@ class TrtBuilder:
         config = builder.create_builder_config()
         for flag in plan.flags:
             config.set_flag(getattr(trt.BuilderFlag, flag))
+        if not plan.tf32:
+            config.clear_flag(trt.BuilderFlag.TF32)  # on by default: an "FP32" engine would be TF32 on Ampere+
         if options.workspace_mib:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
         config.builder_optimization_level = options.optimization_level
@@ -254,20 +259,20 @@ class TrtBuilder:
         seconds = time.perf_counter() - start
         if serialized is None:
             raise OffsegError(explain_build_failure(self.errors, options))
-        with atomic_output(engine_path) as tmp:
-            tmp.write_bytes(serialized)
-        if cache is not None:
-            with atomic_output(options.timing_cache) as tmp:
-                tmp.write_bytes(config.get_timing_cache().serialize())
         info = sidecar_info(onnx_info, options, plan, self.caps, pinned, seconds)
         info["onnx"]["file_sha256"] = file_sha256(onnx_path)
-        return EngineBuild(engine_path, write_sidecar(engine_path, info), plan, seconds, pinned)
+        with atomic_output(engine_path) as tmp:  # the plan and its sidecar, with nothing that can fail between
+            tmp.write_bytes(serialized)
+        sidecar = write_sidecar(engine_path, info)
+        if cache is not None:
+            _save_timing_cache(config, options.timing_cache)
+        return EngineBuild(engine_path, sidecar, plan, seconds, pinned)
 
 
 def sidecar_info(onnx_info: dict, options: EngineOptions, plan: BuildPlan, caps: TrtCapabilities,
                  pinned: list[str], seconds: float) -> dict:
     """The sidecar's content: the model (from the ONNX metadata), the build and the machine it was built on."""
-    device = cuda_device(plan.dla_core or 0)
+    device = cuda_device()  # the GPU; a DLA core number is not a CUDA device index
     meta = {k.removeprefix("offseg."): v for k, v in onnx_info.items() if k.startswith("offseg.")}
     return {
         "model": meta.get("model"),
@@ -279,7 +284,7 @@ def sidecar_info(onnx_info: dict, options: EngineOptions, plan: BuildPlan, caps:
         "build": {"flags": list(plan.flags), "strongly_typed": plan.strongly_typed, "notes": list(plan.notes),
                   "workspace_mib": options.workspace_mib, "optimization_level": options.optimization_level,
                   "max_batch": options.max_batch, "profile_shapes": [list(s) for s in options.shapes],
-                  "seconds": round(seconds, 1)},
+                  "tf32": plan.tf32, "seconds": round(seconds, 1)},
         "tensorrt": {"module": caps.module, "version": caps.version,
                      "version_compatible": options.version_compatible,
                      "hardware_compatibility": "AMPERE_PLUS" if options.hardware_compatible else "NONE"},
@@ -299,24 +304,47 @@ def _add_profile(builder, network, config, options: EngineOptions) -> None:
 
 
 def _pin_layers(trt, network, pinned_node_names: list[str]) -> list[str]:
-    """Set FP32 precision and FP32 float outputs on the layers of pinned nodes (TensorRT 10 path)."""
+    """Set FP32 precision and outputs on the floating-point layers of pinned nodes (TensorRT 10 path).
+
+    Integer layers (shape arithmetic: an INT64 Div, Concat or Reshape under a pinned scope) are left alone: TensorRT
+    has no FP32 implementation for them and fails the build under OBEY_PRECISION_CONSTRAINTS.
+    """
     layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
-    names = layers_to_pin(list(layers), pinned_node_names)
-    floats = (trt.float32, trt.float16)
+    names = [name for name in layers_to_pin(list(layers), pinned_node_names)
+             if is_floating_point_layer(trt, layers[name])]
     for name in names:
         layer = layers[name]
         layer.precision = trt.float32
         for i in range(layer.num_outputs):
-            if layer.get_output(i).dtype in floats:
-                layer.set_output_type(i, trt.float32)
+            layer.set_output_type(i, trt.float32)
     return names
 
 
+def is_floating_point_layer(trt, layer) -> bool:
+    """Whether every output of a parsed network's ``layer`` is a float tensor (FP32, FP16 or BF16)."""
+    floats = (trt.float32, trt.float16, trt.bfloat16)
+    return all(layer.get_output(i).dtype in floats for i in range(layer.num_outputs))
+
+
 def _load_timing_cache(config, path: Path | None):
-    """Reuse the timing cache at ``path`` (created on first use); None when no cache was asked for."""
+    """Reuse the timing cache at ``path`` (a new one on first use, or when it comes from another device or TensorRT,
+    which ``set_timing_cache`` refuses); None when no cache was asked for or none can be set."""
     if path is None:
         return None
     data = Path(path).read_bytes() if Path(path).is_file() else b""
     cache = config.create_timing_cache(data)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
+    if config.set_timing_cache(cache, ignore_mismatch=False):
+        return cache
+    log.warning("timing cache %s was made on another GPU or TensorRT version: starting a new one", path)
+    cache = config.create_timing_cache(b"")
+    return cache if config.set_timing_cache(cache, ignore_mismatch=False) else None
+
+
+def _save_timing_cache(config, path: Path) -> None:
+    """Write the builder's updated timing cache to ``path`` (TensorRT may have none to give)."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        log.warning("TensorRT returned no timing cache; %s is left as it was", path)
+        return
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(cache.serialize())

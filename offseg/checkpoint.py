@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from runtime.sinks import atomic_output
 log = logging.getLogger(__name__)
 
 FORMAT = "offseg"  # marker of our own checkpoint format
+TRAINING_KEYS = ("state_dict", "optimizer", "scheduler", "iteration", "rng")  # what offseg-train --resume needs
+LISTED_KEYS = 5  # keys named per kind of mismatch; the count says how many more there are
 UNUSED_OFFICIAL_KEY = re.compile(r"^decode_head\.conv_seg\.|\.attention_biases$|\.attention_bias_idxs$")
 STEM_LAYERS = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2"}
 HEAD_RENAMES = {
@@ -48,7 +51,10 @@ def read_file(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise OffsegError(f"checkpoint {path} does not exist or is not a file")
     try:
-        unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        with path.open("rb") as stream:
+            zipped = zipfile.is_zipfile(stream)
+        # legacy (non-zip) files are read by the same weights-only unpickler, without the placeholder scan
+        unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path) if zipped else []
         placeholders = [(type(name.rsplit(".", 1)[-1], (InertObject,), {}), name) for name in unknown]
         with torch.serialization.safe_globals(placeholders):
             content = torch.load(path, map_location="cpu", weights_only=True)
@@ -131,22 +137,45 @@ def checkpoint_num_classes(state: dict[str, torch.Tensor]) -> int:
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Copy ``state`` into ``model`` strictly; raises OffsegError naming every missing/unexpected/mis-shaped key."""
+    """Copy ``state`` into ``model`` strictly; raises OffsegError for a mismatch: it names the registry model the
+    tensors fit when that is another one, else counts the missing/unexpected/mis-shaped keys and names a few."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [f"{k} {tuple(state[k].shape)} (model wants {tuple(v.shape)})"
-                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = [f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped))
-                if keys]
-    if problems:
-        hint = ""
-        if "head.offset_learning.class_embed" in state and state["head.offset_learning.class_embed"].shape != \
-                expected["head.offset_learning.class_embed"].shape:
-            hint = f" (the {source} is for {checkpoint_num_classes(state)} classes; build the model with that many)"
-        raise OffsegError(f"{source} does not fit the model{hint}; " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    kinds = {"missing": [k for k in expected if k not in state],
+             "unexpected": [k for k in state if k not in expected],
+             "wrong shape": [f"{k} {tuple(state[k].shape)} (model wants {tuple(v.shape)})"
+                             for k, v in expected.items() if k in state and state[k].shape != v.shape]}
+    if not any(kinds.values()):
+        model.load_state_dict(state, strict=True)
+        return
+    theirs = matching_model_name(state)
+    if theirs is not None and theirs != matching_model_name(expected):
+        raise OffsegError(f"{source} does not fit the model: this looks like an {theirs} checkpoint; pass --model "
+                          f"{theirs}, or leave --model out")
+    counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in kinds.items() if keys)
+    named = [f"{kind}: {key}" for kind, keys in kinds.items() for key in keys][:LISTED_KEYS]
+    raise OffsegError(f"{source} does not fit the model{_class_count_hint(state, expected)} ({counts}): "
+                      + "; ".join(named) + (" ..." if sum(map(len, kinds.values())) > LISTED_KEYS else ""))
+
+
+def _class_count_hint(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
+    key = "head.offset_learning.class_embed"
+    if key in state and key in expected and state[key].shape != expected[key].shape:
+        return f" (the checkpoint is for {checkpoint_num_classes(state)} classes; build the model with that many)"
+    return ""
+
+
+def matching_model_name(state: dict[str, torch.Tensor]) -> str | None:
+    """The registry model whose every tensor name and shape ``state`` matches (None if none does)."""
+    from .zoo import MODELS, build_model
+    embed = state.get("head.offset_learning.class_embed")
+    if embed is None or embed.dim() < 2:
+        return None
+    for name in MODELS:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            expected = build_model(name, embed.shape[1]).state_dict()
+        if expected.keys() == state.keys() and all(v.shape == state[k].shape for k, v in expected.items()):
+            return name
+    return None
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
@@ -195,3 +224,17 @@ def build_from_checkpoint(path: str | os.PathLike, model_name: str | None = None
     model = build_model(name, checkpoint_num_classes(state))
     load_state(model, state, source=f"checkpoint {path}")
     return model.eval(), name
+
+
+def read_training_state(path: str | os.PathLike) -> dict:
+    """A training checkpoint written by offseg-train (read weights-only, like every checkpoint).
+
+    Raises OffsegError for any other file: a foreign, random or weights-only file must not be resumed from.
+    """
+    content = read_file(path)
+    missing = [key for key in TRAINING_KEYS if key not in content]
+    if content.get("format") != FORMAT or missing or not isinstance(content.get("iteration"), int):
+        lacking = ", ".join(missing) if missing else "the offseg format marker and iteration count"
+        raise OffsegError(f"{path} is not an offseg-train checkpoint (it lacks {lacking}); move it away to start "
+                          "afresh, or pass another --work-dir")
+    return content

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runtime.console import add_common_options, run
+from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 
-from .names import MODEL_NAMES
+from .names import DATASET_NAMES, MODEL_NAMES
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -34,34 +34,53 @@ def _train(args: argparse.Namespace) -> int:
                          lr=args.lr, warmup_iters=min(args.warmup_iters, args.iters),
                          checkpoint_interval=args.checkpoint_interval, eval_interval=args.eval_interval,
                          workers=args.workers, seed=args.seed, deterministic=args.deterministic, resume=args.resume,
-                         init_checkpoint=str(args.checkpoint) if args.checkpoint else None)
+                         init_checkpoint=str(args.checkpoint) if args.checkpoint else None,
+                         pretrained_backbone=str(args.pretrained_backbone) if args.pretrained_backbone else None,
+                         accumulate=args.accumulate, amp=args.amp)
     print(f"wrote {train(config)}")
     return 0
 
 
+def _accumulate(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps or 'auto', got {text!r}") from None
+
+
 def train_main(argv: list[str] | None = None) -> int:
-    from .data.datasets import LAYOUTS
     parser = argparse.ArgumentParser(prog="offseg-train", description="Train or fine-tune OffSeg (the official "
                                      "recipe); multi-GPU: torchrun --nproc-per-node N --no-python offseg-train ...")
-    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES)
-    parser.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS),
+    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to train")
+    parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES,
                         help="dataset layout (default: built-in synthetic scenes, no files needed)")
     parser.add_argument("--data-root", help="dataset root folder (mmseg layout)")
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/offseg"), help="checkpoints and logs")
     parser.add_argument("--iters", type=int, default=160_000, help="iterations (default 160000, the paper's)")
     parser.add_argument("--batch-size", type=int, default=2, help="images per GPU (default 2, x8 GPUs officially)")
+    parser.add_argument("--accumulate", type=_accumulate, default=1, metavar="N|auto",
+                        help="gradient accumulation: micro-batches per optimizer step (default 1); 'auto' reaches "
+                             "the official total batch of 16 (--iters counts optimizer steps)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast) on CUDA; the "
+                        "official runs and the default are FP32")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default: the dataset's)")
     parser.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default 6e-5; head x10)")
     parser.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default 1500)")
-    parser.add_argument("--checkpoint-interval", type=int, default=16_000)
-    parser.add_argument("--eval-interval", type=int, default=16_000)
+    parser.add_argument("--checkpoint-interval", type=int, default=16_000, help="iterations between checkpoints")
+    parser.add_argument("--eval-interval", type=int, default=16_000, help="iterations between validations")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentations, weights)")
     parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
     parser.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth")
-    parser.add_argument("--checkpoint", type=Path, help="weights to start from (official or ours); another "
-                        "class count re-initialises only the class-dependent tensors")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--checkpoint", type=Path, help="weights to start from (official or ours); another "
+                       "class count re-initialises only the class-dependent tensors")
+    start.add_argument("--pretrained-backbone", type=Path, metavar="PATH", help="EfficientFormerV2 ImageNet "
+                       "checkpoint as released (eformer_s1_450.pth for T, s2 for B, l for L): the official start")
     add_common_options(parser)
+    add_hidden_aliases(parser, {"--workdir": "--work-dir"})
     return run(_train, parser, argv)
 
 
@@ -70,18 +89,21 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .checkpoint import build_from_checkpoint
     from .data.datasets import LAYOUTS, SegmentationDataset
-    from .evaluate import evaluate
-    layout = LAYOUTS[args.dataset]
+    from .evaluate import evaluate, mean_accuracy
+    from .protocol import TestProtocol
+    protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     dataset = SegmentationDataset(args.dataset, args.data_root, args.split)
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.dataset} has "
                           f"{dataset.num_classes}")
-    mode = args.mode or layout.test_mode
-    scores = evaluate(model, dataset, mode, layout.crop, layout.stride, args.max_images)
-    result = {"model": name, "dataset": args.dataset, "split": args.split, "mode": mode,
-              **scores.as_dict(dataset.classes)}
-    print(f"{name} on {args.dataset} {args.split} ({mode}): mIoU {result['mIoU']:.2f}, aAcc {result['aAcc']:.2f}")
+    scores = evaluate(model, dataset, protocol, args.max_images)
+    result = {"model": name, "dataset": args.dataset, "split": args.split, "mode": protocol.mode,
+              "protocol": protocol.describe(), **scores.as_dict(dataset.classes), "mAcc": 100 * mean_accuracy(scores)}
+    print(f"{name} on {args.dataset} {args.split} ({protocol.describe()}): mIoU {result['mIoU']:.2f}, "
+          f"mAcc {result['mAcc']:.2f}, aAcc {result['aAcc']:.2f}")
+    if dataset.out_of_range_pixels:
+        print(f"{dataset.out_of_range_pixels} pixels with labels above the class count were left out")
     for cls, iou in result["IoU"].items():
         print(f"  {cls:>20}: {'-' if iou is None else f'{iou:.2f}'}")
     if args.json:
@@ -90,15 +112,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    from .data.datasets import LAYOUTS
     parser = argparse.ArgumentParser(prog="offseg-eval", description="mIoU / aAcc / per-class IoU of a checkpoint.")
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="official mmseg or offseg checkpoint")
     parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default: from the checkpoint)")
-    parser.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS))
-    parser.add_argument("--data-root")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--mode", choices=("whole", "slide"), help="inference (default: the dataset's test config)")
-    parser.add_argument("--max-images", type=int)
+    parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES, help="dataset layout")
+    parser.add_argument("--data-root", help="dataset root folder (not needed for synthetic)")
+    parser.add_argument("--split", default="val", help="dataset split")
+    parser.add_argument("--mode", choices=("whole", "slide"), help="inference (default: the dataset's test config; "
+                        "the test pipeline's keep-ratio resize applies either way)")
+    parser.add_argument("--max-images", type=int, help="evaluate on the first N images (default: all)")
     parser.add_argument("--json", type=Path, help="also write the scores as JSON")
     add_common_options(parser)
     return run(_eval, parser, argv)

@@ -1,25 +1,30 @@
-"""mIoU evaluation of a PyTorch model on a dataset split (whole or sliding-window inference)."""
+"""mIoU evaluation of a PyTorch model on a dataset split, by the dataset's test protocol (``offseg.protocol``)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
 from runtime.metrics import ConfusionMatrix, Scores
-from runtime.preprocess import normalize_bgr
+from runtime.progress import progress as report_progress
 
-from .inference import slide_logits, whole_logits
+from .inference import torch_infer
+from .protocol import TestProtocol, protocol_logits
+
+
+def mean_accuracy(scores: Scores) -> float:
+    """mmseg's mAcc: the mean over classes present in the ground truth of their pixel accuracy."""
+    return float(np.nanmean(scores.accuracy)) if np.isfinite(scores.accuracy).any() else float("nan")
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, mode: str = "whole", crop: tuple[int, int] = (512, 512),
-             stride: tuple[int, int] = (480, 480), max_images: int | None = None, progress: bool = True) -> Scores:
+def evaluate(model: torch.nn.Module, dataset, protocol: TestProtocol, max_images: int | None = None,
+             progress: bool = True) -> Scores:
     """Scores of ``model`` (switched to eval) on ``dataset`` items (image, labels), untransformed."""
     model.eval()
+    infer = torch_infer(model)
     confusion = ConfusionMatrix(dataset.num_classes)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    for index in tqdm(range(count), desc=f"evaluating ({mode})", disable=not progress, leave=False):
+    for index in report_progress(range(count), f"evaluating ({protocol.mode})", unit="image", enabled=progress):
         image, labels = dataset.load(index)
-        x = torch.from_numpy(normalize_bgr(image))
-        logits = whole_logits(model, x) if mode == "whole" else slide_logits(model, x, crop, stride)
-        confusion.update(logits.argmax(1)[0].cpu().numpy(), labels)
+        confusion.update(protocol_logits(image, infer, protocol).argmax(axis=2), labels)
     return confusion.scores()

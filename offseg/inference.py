@@ -1,16 +1,11 @@
-"""Inference helpers on top of ``model(x)`` (which returns stride-4 logits, exactly like the official head).
-
-``whole_logits`` and ``slide_logits`` follow mmseg's ``whole`` and ``slide`` test modes: logits are resized
-bilinearly (align_corners=False) to the image (or window) size before windows are averaged and before argmax.
-Inputs are zero-padded bottom/right to a multiple of 32 and the logits cropped back.
-"""
+"""Inference helpers on top of ``model(x)`` (which returns stride-4 logits, exactly like the official head)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime.preprocess import normalize_bgr, padded_size, sliding_windows
+from .protocol import Infer, TestProtocol, protocol_logits
 
 
 def logits_to_labels(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -18,33 +13,24 @@ def logits_to_labels(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(dim=1)
 
 
-def whole_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) normalized images of any size -> (N, K, H, W) float32 logits."""
-    h, w = x.shape[-2:]
-    ph, pw = padded_size(h, w)
+def torch_infer(model: torch.nn.Module) -> Infer:
+    """The model as a protocol ``Infer``: (1, 3, h, w) normalized numpy input -> (1, K, h/4, w/4) numpy logits."""
     param = next(model.parameters())
-    logits = model(F.pad(x, (0, pw - w, 0, ph - h)).to(param.device, param.dtype)).float()
-    return F.interpolate(logits, size=(ph, pw), mode="bilinear", align_corners=False)[:, :, :h, :w]
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x).to(param.device, param.dtype)).float().cpu().numpy()
+
+    return infer
 
 
-def slide_logits(model: torch.nn.Module, x: torch.Tensor, crop: tuple[int, int],
-                 stride: tuple[int, int]) -> torch.Tensor:
-    """Sliding-window logits (mmseg ``slide``): windows of ``crop`` every ``stride``, overlaps averaged."""
-    n, _, h, w = x.shape
-    total, count = None, torch.zeros(1, 1, h, w, device=x.device)
-    for y1, y2, x1, x2 in sliding_windows(h, w, crop, stride):
-        logits = whole_logits(model, x[:, :, y1:y2, x1:x2])
-        if total is None:
-            total = torch.zeros(n, logits.shape[1], h, w, device=logits.device)
-        total[:, :, y1:y2, x1:x2] += logits
-        count[:, :, y1:y2, x1:x2] += 1
-    return total / count.to(total.device)
-
-
-@torch.no_grad()
 def predict(model: torch.nn.Module, image_bgr: np.ndarray, mode: str = "whole",
-            crop: tuple[int, int] = (512, 512), stride: tuple[int, int] = (480, 480)) -> np.ndarray:
-    """Label map (H, W) int64 for one uint8 BGR image of any size (``mode`` whole or slide; model in eval)."""
-    x = torch.from_numpy(normalize_bgr(image_bgr))
-    logits = whole_logits(model, x) if mode == "whole" else slide_logits(model, x, crop, stride)
-    return logits.argmax(dim=1)[0].cpu().numpy()
+            crop: tuple[int, int] = (512, 512), stride: tuple[int, int] = (480, 480),
+            scale: tuple[int, int] | None = None) -> np.ndarray:
+    """Label map (H, W) int64 for one uint8 BGR image of any size (model in eval).
+
+    ``mode`` whole or slide (windows of ``crop`` every ``stride``); ``scale`` resizes the image keep-ratio first,
+    as a dataset's test pipeline does (e.g. (2048, 512) for ADE20K); the labels are at the original size.
+    """
+    logits = protocol_logits(image_bgr, torch_infer(model), TestProtocol(mode, crop, stride, scale))
+    return logits.argmax(axis=2).astype(np.int64)

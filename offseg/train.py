@@ -1,10 +1,12 @@
-"""Training with the official recipe: AdamW (lr 6e-5, weight decay 0.01, head lr x10, no decay on norms and position
-biases), 1,500 linear warm-up iterations then poly decay, cross-entropy with ignore index 255, AMP on GPU,
-checkpoints with resume, TensorBoard scalars, multi-GPU through ``torchrun`` (DistributedDataParallel, SyncBatchNorm
-as the official configs convert BN to SyncBN).
+"""Training with the official recipe: AdamW (lr 6e-5, weight decay 0.01) with mmengine's parameter rules
+(``offseg.optim``), 1,500 linear warm-up iterations then poly decay, mmseg's cross-entropy (``offseg.losses``),
+total batch 16 (per-process batch x processes x gradient accumulation), FP32 (AMP opt-in), an optional
+ImageNet-pretrained backbone, checkpoints with resume, TensorBoard scalars, multi-GPU through ``torchrun``
+(DistributedDataParallel, SyncBatchNorm as the official backbone converts its BNs to SyncBN).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,20 +23,25 @@ from torch import nn
 from tqdm import tqdm
 
 from runtime.errors import OffsegError
-from runtime.metrics import IGNORE_INDEX
+from runtime.preprocess import normalize_bgr
 from runtime.sinks import atomic_output
 
-from .checkpoint import extract_state_dict, load_state, read_file
+from .checkpoint import extract_state_dict, load_state, read_file, read_training_state
 from .data.datasets import LAYOUTS, SegmentationDataset
-from .data.transforms import TrainTransform
-from .evaluate import evaluate
+from .data.transforms import TrainTransform, pad_batch
+from .evaluate import evaluate, mean_accuracy
+from .head_init import init_head_like_official
+from .losses import mmseg_cross_entropy
+from .optim import lr_factor, parameter_groups
+from .pretrained import load_pretrained_backbone
+from .protocol import TestProtocol
 from .zoo import build_model
 
 log = logging.getLogger(__name__)
 
 CLASS_DEPENDENT = ("head.offset_learning.class_embed", "head.offset_learning.mask_norm.weight",
                    "head.offset_learning.mask_norm.bias")
-NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+OFFICIAL_BATCH = 16  # 8 GPUs x 2 images in the official runs
 
 
 @dataclass
@@ -49,7 +56,8 @@ class TrainConfig:
     scale: tuple[int, int] | None = None  # default: the dataset's official resize scale
     lr: float = 6e-5
     weight_decay: float = 0.01
-    head_lr_mult: float = 10.0
+    accumulate: int | None = 1  # micro-batches per optimizer step; None: enough to reach OFFICIAL_BATCH
+    amp: bool = False  # the official runs are FP32
     warmup_iters: int = 1500
     poly_power: float = 1.0
     checkpoint_interval: int = 16_000
@@ -60,6 +68,7 @@ class TrainConfig:
     deterministic: bool = False
     resume: bool = False
     init_checkpoint: str | None = None  # official or own weights to start from (fine-tuning)
+    pretrained_backbone: str | None = None  # EfficientFormerV2 ImageNet release (the official starting point)
     synthetic_size: tuple[int, int] = (256, 384)
     synthetic_length: int = 1000
     eval_images: int | None = None
@@ -68,29 +77,28 @@ class TrainConfig:
     def validate(self) -> None:
         if self.iters < 1 or self.batch_size < 1:
             raise OffsegError("--iters and --batch-size must be at least 1")
+        if self.accumulate is not None and self.accumulate < 1:
+            raise OffsegError(f"--accumulate must be at least 1 or 'auto', got {self.accumulate}")
+        if self.init_checkpoint and self.pretrained_backbone:
+            raise OffsegError("give either --checkpoint (whole model) or --pretrained-backbone, not both")
         if self.dataset not in LAYOUTS:
             raise OffsegError(f"unknown dataset {self.dataset!r}; choose from {', '.join(LAYOUTS)}")
 
 
-def lr_factor(iteration: int, warmup: int, total: int, power: float) -> float:
-    """mmseg's LinearLR(start_factor=1e-6, end=warmup) then PolyLR(power, eta_min=0, begin=warmup, end=total)."""
-    if iteration < warmup:
-        return 1e-6 + (1 - 1e-6) * iteration / warmup
-    remaining = max(total - warmup, 1)
-    return max(1 - (iteration - warmup) / remaining, 0.0) ** power
+def accumulation_steps(config: TrainConfig, world: int) -> int:
+    """Micro-batches per optimizer step: as configured, or the fewest that reach the official total batch."""
+    if config.accumulate is not None:
+        return config.accumulate
+    return max(1, -(-OFFICIAL_BATCH // (config.batch_size * world)))
 
 
-def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
-    """Four groups: backbone / head x decay / no decay (normalization layers and attention position biases)."""
-    no_decay = {id(p) for m in model.modules() if isinstance(m, NO_DECAY_MODULES) for p in m.parameters()}
-    no_decay |= {id(p) for n, p in model.named_parameters() if "attention_biases" in n}
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups.setdefault((name.startswith("head."), id(param) in no_decay), []).append(param)
-    return [{"params": params, "lr": config.lr * (config.head_lr_mult if head else 1.0),
-             "weight_decay": 0.0 if skip_decay else config.weight_decay, "name": f"{'head' if head else 'backbone'}"
-             f"{'_no_decay' if skip_decay else ''}"} for (head, skip_decay), params in sorted(groups.items())]
+def effective_batch_line(config: TrainConfig, world: int, steps: int) -> str:
+    total = config.batch_size * world * steps
+    line = (f"effective batch {total} = {config.batch_size} per step x {world} process(es) x {steps} accumulated "
+            f"step(s), {'AMP (float16)' if config.amp else 'FP32'}")
+    if total != OFFICIAL_BATCH:
+        line += f"; the official recipe uses {OFFICIAL_BATCH} (8 GPUs x 2), --accumulate auto reaches it"
+    return line
 
 
 def init_from_checkpoint(model: nn.Module, path: str) -> list[str]:
@@ -139,19 +147,53 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy and torch generator states as tensors and numbers (what the weights-only loader reads)."""
+    version, python_keys, python_gauss = random.getstate()
+    _, numpy_keys, position, has_gauss, numpy_gauss = np.random.get_state()
+    return {"python": torch.tensor(python_keys, dtype=torch.int64), "python_version": version,
+            "python_gauss": python_gauss, "numpy": torch.from_numpy(numpy_keys.astype(np.int64)),
+            "numpy_position": position, "numpy_gauss": [has_gauss, numpy_gauss], "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_position"],
+                         *state["numpy_gauss"]))
     torch.set_rng_state(state["torch"])
 
 
-def _collate(batch):
-    images = np.stack([np.ascontiguousarray(b[0][:, :, ::-1]) for b in batch])  # BGR -> RGB
-    labels = np.stack([b[1] for b in batch])
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels).long()
+def resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> int:
+    """Restore an offseg-train checkpoint (read weights-only) into the run; returns its iteration.
+
+    Raises OffsegError for a file that is not an offseg-train checkpoint or does not fit this run.
+    """
+    state = read_training_state(path)
+    load_state(model, state["state_dict"], source=f"checkpoint {path}")
+    problems = (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except problems as error:
+        raise OffsegError(f"{path} does not fit this training run ({type(error).__name__}: {error}); move it away "
+                          "to start afresh") from None
+    try:
+        set_rng_state(state["rng"])
+    except problems:  # written before RNG states were stored as tensors: its numpy state cannot be read safely
+        log.warning("%s: random generator states not restored (older checkpoint); the data order and "
+                    "augmentations still continue exactly, being seeded by position", path)
+    return state["iteration"]
+
+
+class Collate:
+    """Normalize each crop (BGR -> RGB, ImageNet mean/std), then pad to the crop size with 0 / labels 255."""
+
+    def __init__(self, crop: tuple[int, int]):
+        self.crop = crop
+
+    def __call__(self, batch):
+        images, labels = pad_batch([normalize_bgr(image)[0] for image, _ in batch], [b[1] for b in batch],
+                                   self.crop)
+        return torch.from_numpy(images), torch.from_numpy(labels).long()
 
 
 class SampleStream(torch.utils.data.Sampler):
@@ -211,6 +253,27 @@ class ScalarLog:
             self.writer.close()
 
 
+def train_step(model: nn.Module, micro_batches: list, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, device: torch.device, amp: bool) -> float:
+    """One optimizer step over ``micro_batches`` of (images, labels): each loss is divided by their count, so the
+    gradient is that of one batch made of all of them (mmengine's ``accumulative_counts``). Returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for index, (images, labels) in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            labels = labels.to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = model(images.to(device))
+                logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            loss = mmseg_cross_entropy(logits, labels) / len(micro_batches)
+            scaler.scale(loss).backward()
+        total += loss.item()
+    scaler.step(optimizer)
+    scaler.update()
+    return total
+
+
 def train(config: TrainConfig, progress: bool = True) -> Path:
     """Train; returns the final checkpoint (``work_dir/latest.pth``, in our own format)."""
     config.validate()
@@ -233,12 +296,21 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     work_dir = Path(config.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     dataset = SegmentationDataset(config.dataset, config.data_root, "train", length=config.synthetic_length,
-                                  size=config.synthetic_size)
+                                  size=config.synthetic_size, strict_labels=True)
     model = build_model(config.model, dataset.num_classes)
+    init_head_like_official(model.head)
     if config.init_checkpoint:
         reset = init_from_checkpoint(model, config.init_checkpoint)
         if reset and run.main:
             log.info("fine-tuning to %d classes: re-initialised %s", dataset.num_classes, ", ".join(reset))
+    if config.pretrained_backbone:
+        load_pretrained_backbone(model, config.pretrained_backbone)
+    steps = accumulation_steps(config, run.world)
+    amp = config.amp and run.device.type == "cuda"
+    if run.main:
+        log.info(effective_batch_line(config, run.world, steps))
+        if config.amp and not amp:
+            log.warning("--amp needs a CUDA GPU: training in FP32")
     model.to(run.device)
     if run.world > 1:
         if run.device.type == "cuda":
@@ -246,29 +318,24 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[run.device.index] if run.device.index is not
                                                     None else None)
     core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    optimizer = torch.optim.AdamW(parameter_groups(core, config), lr=config.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(parameter_groups(core, config.lr, config.weight_decay), lr=config.lr,
+                                  betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: lr_factor(i, config.warmup_iters, config.iters, config.poly_power))
-    scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start = 0
     latest = work_dir / "latest.pth"
     if config.resume:
         if not latest.is_file():
             raise OffsegError(f"--resume: no checkpoint at {latest}")
-        state = torch.load(latest, map_location="cpu", weights_only=False)  # our own file, written by us
-        core.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = state["iteration"]
-        set_rng_state(state["rng"])
+        start = resume(latest, core, optimizer, scheduler)
         if run.main:
             log.info("resumed from %s at iteration %d", latest, start)
     stream = AugmentedStream(dataset, TrainTransform(crop=crop, scale=scale), config.seed)
-    sampler = SampleStream(len(dataset), config.seed, start * config.batch_size * run.world, run.rank, run.world)
+    sampler = SampleStream(len(dataset), config.seed, start * config.batch_size * run.world * steps, run.rank,
+                           run.world)
     loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, sampler=sampler,
-                                         num_workers=config.workers, collate_fn=_collate)
-    mean = torch.tensor((123.675, 116.28, 103.53), device=run.device).view(1, 3, 1, 1)
-    std = torch.tensor((58.395, 57.12, 57.375), device=run.device).view(1, 3, 1, 1)
+                                         num_workers=config.workers, collate_fn=Collate(crop))
     scalars = ScalarLog(work_dir) if run.main else None
 
     def save(iteration: int) -> None:
@@ -285,24 +352,16 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     iteration, timer = start, time.perf_counter()
     bar = tqdm(total=config.iters, initial=start, desc=f"training {config.model}", disable=not progress)
     try:
-        for images, labels in loader:
-            images = (images.to(run.device).float() - mean) / std
-            labels = labels.to(run.device)
-            with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.device.type == "cuda"):
-                logits = model(images)
-                logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-                loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        batches = iter(loader)
+        while iteration < config.iters:
+            loss = train_step(model, [next(batches) for _ in range(steps)], optimizer, scaler, run.device, amp)
             scheduler.step()
             iteration += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
             if scalars and (iteration % config.log_interval == 0 or iteration == config.iters):
                 elapsed = time.perf_counter() - timer
-                scalars.add(iteration, loss=loss.item(), lr=optimizer.param_groups[0]["lr"],
+                scalars.add(iteration, loss=loss, lr=optimizer.param_groups[0]["lr"],
                             seconds_per_iter=elapsed / config.log_interval)
                 timer = time.perf_counter()
             if run.main and (iteration % config.checkpoint_interval == 0 or iteration == config.iters):
@@ -310,8 +369,6 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
             if run.main and iteration % config.eval_interval == 0 and iteration < config.iters:
                 _log_eval(core, config, scalars, iteration)
                 model.train()
-            if iteration >= config.iters:
-                break
     except KeyboardInterrupt:
         if run.main and iteration > start:
             save(iteration)
@@ -329,6 +386,8 @@ def _log_eval(model: nn.Module, config: TrainConfig, scalars: ScalarLog, iterati
     layout = LAYOUTS[config.dataset]
     val = SegmentationDataset(config.dataset, config.data_root, "val", length=min(config.synthetic_length, 50),
                               size=config.synthetic_size)
-    scores = evaluate(model, val, layout.test_mode, layout.crop, layout.stride, config.eval_images, progress=False)
-    log.info("iteration %d: mIoU %.2f, aAcc %.2f", iteration, 100 * scores.miou, 100 * scores.aacc)
-    scalars.add(iteration, mIoU=100 * scores.miou, aAcc=100 * scores.aacc)
+    scores = evaluate(model, val, TestProtocol.for_layout(layout), config.eval_images, progress=False)
+    macc = mean_accuracy(scores)
+    log.info("iteration %d: mIoU %.2f, mAcc %.2f, aAcc %.2f", iteration, 100 * scores.miou, 100 * macc,
+             100 * scores.aacc)
+    scalars.add(iteration, mIoU=100 * scores.miou, mAcc=100 * macc, aAcc=100 * scores.aacc)

@@ -27,8 +27,8 @@ class ModelSpec:
 
 
 PAPER_MIOU_SOURCE = (
-    "arXiv 2508.08811 as quoted (labelled 'paper', beside the same params and FLOPs) in a third-party public results "
-    "ledger; the paper's tables were not reachable offline, so Cityscapes and Pascal Context are missing")
+    "arXiv 2508.08811, as quoted (labelled 'paper', beside the same params and FLOPs) by a third-party public "
+    "results ledger; no traceable source gives the Cityscapes and Pascal Context figures, so they are not listed")
 
 MODELS = {
     spec.name: spec for spec in (

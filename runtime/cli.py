@@ -11,20 +11,51 @@ from tqdm import tqdm
 
 from .console import add_common_options, run
 from .errors import OffsegError
+from .interrupts import exit_code
 from .preprocess import RESIZE_POLICIES
 
 log = logging.getLogger(__name__)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every argument and output path, before the model is loaded: one sentence for the first problem, and never
+    an output that would overwrite an input."""
+    from .sinks import VideoSink, check_writable_folder, same_file
+
+    if args.fps is not None and not args.fps > 0:
+        raise OffsegError(f"--fps must be above 0, got {args.fps:g}")
+    if not 0 <= args.alpha <= 1:
+        raise OffsegError(f"--alpha must be between 0 and 1, got {args.alpha:g}")
+    if args.camera is not None and args.camera < 0:
+        raise OffsegError(f"--camera must be 0 or more (0 = first camera), got {args.camera}")
+    inputs = [p for p in (args.engine, args.video, args.image, args.images) if p is not None]
+    outputs = [(f"--{name.replace('_', '-')}", path) for name, path in
+               (("output", args.output), ("save_masks", args.save_masks), ("summary", args.summary)) if path]
+    for option, path in outputs:
+        clash = next((i for i in inputs if same_file(path, i)), None)
+        if clash is not None:
+            raise OffsegError(f"{option} {path} is the input {clash}; choose another name, the input would be "
+                              "overwritten")
+    if args.output:
+        VideoSink.check_target(args.output, args.fps)
+    if args.save_masks:
+        check_writable_folder(args.save_masks, f"--save-masks {args.save_masks}")
+    if args.summary:
+        if args.summary.is_dir():
+            raise OffsegError(f"--summary {args.summary} is a folder; give a file name such as run.json")
+        if not args.summary.parent.is_dir():
+            raise OffsegError(f"--summary folder {args.summary.parent} does not exist")
+        check_writable_folder(args.summary.parent, f"--summary {args.summary}")
 
 
 def _run(args: argparse.Namespace) -> int:
     from .backends import open_backend
     from .draw import annotate, class_names, palette_for
     from .pipeline import Pipeline, RunStats
-    from .sinks import MaskSink, VideoSink, WindowSink
+    from .sinks import MaskSink, VideoSink, WindowSink, atomic_output
     from .sources import open_source
 
-    if args.output and args.output.exists() and args.output.is_dir():
-        raise OffsegError(f"--output {args.output} is a folder; give a video file name such as out.mp4")
+    _check_arguments(args)
     backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda)
     source = open_source(args.video, args.camera, args.stream, args.image, args.images, args.reconnects)
     pipeline = Pipeline(backend, args.batch, args.resize)
@@ -62,10 +93,12 @@ def _run(args: argparse.Namespace) -> int:
         bar.set_postfix(fps=f"{fps:.1f}")
         return window.show(image) if window else True
 
+    interrupted = None
     try:
         pipeline.run(source, consume, stats)
-    except KeyboardInterrupt:
-        print("interrupted: finishing the outputs", flush=True)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: later ones are ignored while the outputs finish
+        interrupted = interrupt
+        print(f"{stats.stop_reason}: finishing the outputs", flush=True)
     finally:
         bar.close()
         source.close()
@@ -78,12 +111,15 @@ def _run(args: argparse.Namespace) -> int:
     if video:
         print(f"wrote {video.path} ({video.frames} frames)")
     if masks:
-        print(f"wrote {stats.frames} label PNGs to {masks.folder}")
+        print(f"wrote {masks.written} label PNGs to {masks.folder}")
     if args.summary:
-        args.summary.write_text(json.dumps(stats.summary(), indent=2) + "\n")
+        with atomic_output(args.summary) as tmp:
+            tmp.write_text(json.dumps(stats.summary(), indent=2) + "\n")
+    if interrupted is not None:
+        return exit_code(interrupted)
     if stats.frames == 0:
         raise OffsegError(f"no frame could be processed ({stats.stop_reason})")
-    return 130 if stats.stop_reason.startswith("interrupted") else 0
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-masks", type=Path, metavar="DIR", help="write one label PNG per frame")
     parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
     parser.add_argument("--no-display", action="store_true", help="no window (the default; kept for scripts)")
-    parser.add_argument("--batch", type=int, default=1, help="frames per inference (dynamic models)")
+    parser.add_argument("--batch", type=int, default=1, help="frames per inference (models with a dynamic batch)")
     parser.add_argument("--resize", choices=RESIZE_POLICIES, default="letterbox",
                         help="fitting frames to a fixed-size model (default letterbox: keeps the aspect ratio)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
@@ -112,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                         "CPU, whichever exist)")
     parser.add_argument("--cuda", choices=("auto", "cuda-python", "pycuda"), default="auto",
                         help="CUDA binding for TensorRT engines (default: cuda-python, else pycuda)")
-    parser.add_argument("--reconnects", type=int, default=5, help="reconnect attempts for cameras/streams")
+    parser.add_argument("--reconnects", type=int, default=5, help="reconnects of a camera/stream allowed within any "
+                        "60 s (default 5); more stalls than that end the run")
     parser.add_argument("--summary", type=Path, help="write the run summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common_options(parser)

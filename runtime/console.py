@@ -4,15 +4,46 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from typing import Callable
 
 from .errors import OffsegError
+from .interrupts import describe, exit_code, stop_signals
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks, debug logs and library warnings")
 
 
+def add_hidden_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str]) -> None:
+    """Accept each old option name (key) for its current one (value) without listing it in ``--help``."""
+    actions = {option: action for action in parser._actions for option in action.option_strings}
+    for old, new in aliases.items():
+        action = actions[new]
+        kwargs = {} if action.nargs == 0 else {"type": action.type, "nargs": action.nargs, "choices": action.choices,
+                                                "metavar": action.metavar}
+        parser.add_argument(old, action=type(action), dest=action.dest, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS, **kwargs)
+
+
+def _document_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append ``(default: X)`` to every option help that does not state its default already."""
+    for action in parser._actions:
+        default = action.default
+        if action.help in (None, argparse.SUPPRESS) or "default" in action.help:
+            continue
+        if default is None or default is False or default is argparse.SUPPRESS or default in ([], ()):
+            continue
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        action.help += f" (default: {shown})"
+
+
+# Third-party notices that say nothing to our users (shown with --debug): (category, message regex).
+# Libraries that log progress or notices through handlers of their own (torch's), which the filter below cannot
+# reach: without --debug they show errors only.
+LIBRARY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export", "modelopt",
+                   "onnxruntime")
+KNOWN_NOISE = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)
 OUR_PACKAGES = ("offseg", "export", "runtime", "calibration", "chain")
 
 
@@ -22,19 +53,27 @@ def _ours_or_errors(record: logging.LogRecord) -> bool:
 
 
 def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv``, call ``main``; an OffsegError prints ``error: <message>`` and returns 2 (unless --debug)."""
+    """Parse ``argv``, call ``main``; an OffsegError prints ``error: <message>`` and returns 2 (unless --debug).
+
+    Ctrl-C and SIGTERM interrupt ``main`` once (its clean-up runs; see ``interrupts``) and return 130 / 143."""
+    _document_defaults(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
     if not args.debug:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_ours_or_errors)
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        for category, message in KNOWN_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category)
     try:
-        return main(args)
+        with stop_signals():
+            return main(args)
     except OffsegError as error:
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print(describe(interrupt), file=sys.stderr)
+        return exit_code(interrupt)

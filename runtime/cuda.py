@@ -1,33 +1,55 @@
 """The few CUDA calls a TensorRT engine needs (stream, device memory, pinned host memory, async copies) behind one
 tiny adapter, with cuda-python (what TensorRT's samples use since 10.13; the default) or pycuda (mmdeploy-era code,
-and what some Jetson images have)."""
+and what some Jetson images have).
+
+The adapter's calls, and TensorRT's, must run inside ``with adapter.active():`` in the thread that makes them: a
+CUDA context is current per thread, and the pipeline runs inference in its own thread.
+"""
 from __future__ import annotations
 
 import ctypes
+from contextlib import contextmanager
 
 import numpy as np
 
+from .device import CudaDevice, cuda_version, cudart_device, import_cudart
 from .errors import OffsegError
 
 BINDINGS = ("cuda-python", "pycuda")
+CUDA12_PIN = "pip install 'cuda-python>=12.6,<13'"
 
 
 class CudaPython:
-    """cuda-python's runtime API (``cuda.bindings.runtime``)."""
+    """cuda-python's runtime API (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6) on device 0."""
 
     name = "cuda-python"
+    index = 0
 
     def __init__(self):
-        from cuda.bindings import runtime as cudart
-        self.cudart = cudart
-        self._check(cudart.cudaFree(0), "initialising CUDA")  # creates the context
-        self.stream = self._check(cudart.cudaStreamCreate(), "creating a stream")
+        self.cudart = import_cudart()
+        self._check(self.cudart.cudaSetDevice(self.index), "initialising CUDA")  # creates the primary context
+        self.stream = self._check(self.cudart.cudaStreamCreate(), "creating a stream")
 
     def _check(self, result, what: str):
         error, *values = result if isinstance(result, tuple) else (result,)
-        if error != self.cudart.cudaError_t.cudaSuccess:
+        codes = self.cudart.cudaError_t
+        if error == codes.cudaErrorInsufficientDriver:
+            _, runtime = self.cudart.cudaRuntimeGetVersion()
+            _, driver = self.cudart.cudaDriverGetVersion()
+            raise OffsegError(f"cuda-python {cuda_version(runtime)} needs a newer NVIDIA driver than this one "
+                              f"(CUDA {cuda_version(driver)}): on CUDA 12 drivers (JetPack 6) {CUDA12_PIN}")
+        if error != codes.cudaSuccess:
             raise OffsegError(f"CUDA error while {what}: {self.cudart.cudaGetErrorString(error)[1].decode()}")
         return values[0] if len(values) == 1 else values
+
+    def device(self) -> CudaDevice | None:
+        return cudart_device(self.cudart, self.index)
+
+    @contextmanager
+    def active(self):
+        """The runtime API binds the device's primary context to whichever thread calls it."""
+        self._check(self.cudart.cudaSetDevice(self.index), "selecting the GPU")
+        yield
 
     def device_alloc(self, nbytes: int) -> int:
         return int(self._check(self.cudart.cudaMalloc(nbytes), f"allocating {nbytes} bytes"))
@@ -48,26 +70,47 @@ class CudaPython:
 
     @property
     def stream_handle(self) -> int:
-        return int(self.stream)
+        return self.stream.getPtr()  # int(stream) is deprecated in cuda-bindings 13
 
     def synchronize(self) -> None:
         self._check(self.cudart.cudaStreamSynchronize(self.stream), "synchronizing")
 
     def free(self, device: int) -> None:
-        self.cudart.cudaFree(device)
+        self._check(self.cudart.cudaFree(device), "freeing device memory")
+
+    def free_host(self, host: np.ndarray) -> None:
+        self._check(self.cudart.cudaFreeHost(host.ctypes.data), "freeing pinned memory")
 
 
 class PyCuda:
-    """pycuda's driver API."""
+    """pycuda's driver API on device 0's primary context, pushed around each use (not ``pycuda.autoinit``, whose
+    context is current only in the importing thread: "invalid device context" elsewhere)."""
 
     name = "pycuda"
 
     def __init__(self):
-        import pycuda.autoinit  # noqa: F401  (creates the context)
         import pycuda.driver as driver
+        driver.init()
         self.driver = driver
-        self.stream = driver.Stream()
+        self.gpu = driver.Device(0)
+        self.context = self.gpu.retain_primary_context()
         self._allocations: dict[int, object] = {}
+        with self.active():
+            self.stream = driver.Stream()
+
+    def device(self) -> CudaDevice:
+        major, minor = self.gpu.compute_capability()
+        runtime = ".".join(map(str, self.driver.get_version()[:2]))
+        return CudaDevice(0, self.gpu.name(), f"{major}.{minor}", runtime,
+                          cuda_version(self.driver.get_driver_version()))
+
+    @contextmanager
+    def active(self):
+        self.context.push()
+        try:
+            yield
+        finally:
+            self.driver.Context.pop()
 
     def device_alloc(self, nbytes: int) -> int:
         allocation = self.driver.mem_alloc(nbytes)
@@ -94,6 +137,9 @@ class PyCuda:
         allocation = self._allocations.pop(device, None)
         if allocation is not None:
             allocation.free()
+
+    def free_host(self, host: np.ndarray) -> None:
+        host.base.free()  # the array's HostAllocation
 
 
 def open_cuda(binding: str = "auto"):

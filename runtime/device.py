@@ -1,4 +1,4 @@
-"""The CUDA device we run on (name, compute capability, CUDA versions) through cuda-python; None without a GPU."""
+"""The CUDA device we run on (name, compute capability, CUDA versions); None without a GPU or a CUDA binding."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -16,20 +16,37 @@ class CudaDevice:
         return asdict(self)
 
 
-def _version(code: int) -> str:
+def cuda_version(code: int) -> str:
+    """CUDA's integer version (12060) as text ("12.6")."""
     return f"{code // 1000}.{code % 1000 // 10}"
 
 
-def cuda_device(index: int = 0) -> CudaDevice | None:
-    """The device at ``index``, or None when cuda-python, a driver or the device is missing."""
+def import_cudart():
+    """cuda-python's runtime module: ``cuda.bindings.runtime`` (cuda-bindings 12.6+, the only one in 13), else
+    ``cuda.cudart`` (cuda-python before 12.6). Raises ImportError when neither exists."""
     try:
-        from cuda.bindings import runtime as cudart
+        from cuda.bindings import runtime
     except ImportError:
-        return None
+        from cuda import cudart as runtime
+    return runtime
+
+
+def cudart_device(cudart, index: int = 0) -> CudaDevice | None:
+    """The device at ``index`` through cuda-python's runtime module; None when the driver or device is missing."""
     error, props = cudart.cudaGetDeviceProperties(index)
     if error != cudart.cudaError_t.cudaSuccess:
         return None
     _, runtime_version = cudart.cudaRuntimeGetVersion()
     _, driver_version = cudart.cudaDriverGetVersion()
     name = props.name.decode(errors="replace").rstrip("\0") if isinstance(props.name, bytes) else str(props.name)
-    return CudaDevice(index, name, f"{props.major}.{props.minor}", _version(runtime_version), _version(driver_version))
+    return CudaDevice(index, name, f"{props.major}.{props.minor}", cuda_version(runtime_version),
+                      cuda_version(driver_version))
+
+
+def cuda_device(index: int = 0) -> CudaDevice | None:
+    """The device at ``index`` through cuda-python, or None when cuda-python, a driver or the device is missing."""
+    try:
+        cudart = import_cudart()
+    except ImportError:
+        return None
+    return cudart_device(cudart, index)

@@ -1,7 +1,7 @@
 """The JSON sidecar of a TensorRT engine (``model.plan`` -> ``model.plan.json``) and the checks made before use.
 
-A serialized engine only runs with the TensorRT version (unless built version-compatible) and the GPU family it
-was built for; deserializing it elsewhere fails deep inside TensorRT. The sidecar records what the engine is
+A serialized engine only runs with the exact TensorRT version (unless built version-compatible) and the GPU family
+it was built for; deserializing it elsewhere fails deep inside TensorRT. The sidecar records what the engine is
 (model, classes, input, normalization, precision, pins) and where it was built, so the runtime can refuse a
 mismatch with a sentence instead of a crash.
 """
@@ -15,6 +15,7 @@ from .errors import OffsegError
 from .sinks import atomic_output
 
 SIDECAR_FORMAT = "offseg-engine/1"
+SIDECAR_TYPES = {"num_classes": int, "onnx": dict, "tensorrt": dict, "gpu": (dict, type(None)), "precision": str}
 
 
 def sidecar_path(engine: str | os.PathLike) -> Path:
@@ -37,8 +38,15 @@ def read_sidecar(engine: str | os.PathLike) -> dict:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise OffsegError(f"cannot read {path}: {error}") from None
+    if not isinstance(info, dict):
+        raise OffsegError(f"{path} is not a JSON object, so not an offseg engine sidecar")
     if info.get("format") != SIDECAR_FORMAT:
         raise OffsegError(f"{path} is not an offseg engine sidecar (format {info.get('format')!r})")
+    wrong = [f"{key} ({type(info[key]).__name__})" for key, kinds in SIDECAR_TYPES.items()
+             if key in info and (not isinstance(info[key], kinds) or isinstance(info[key], bool))]
+    if wrong:
+        raise OffsegError(f"{path} is a damaged offseg engine sidecar: wrong type of {', '.join(wrong)}; rebuild "
+                          "the engine with offseg-export")
     return info
 
 
@@ -49,7 +57,8 @@ def compatibility_problems(info: dict, tensorrt_version: str, device: dict | Non
     built = info.get("tensorrt", {})
     if built.get("module", "tensorrt") != "tensorrt":
         problems.append(f"it was built with {built.get('module')}, which needs its own runtime")
-    elif not built.get("version_compatible") and _major_minor(built.get("version")) != _major_minor(tensorrt_version):
+    elif not built.get("version_compatible") and built.get("version") != tensorrt_version:
+        # TensorRT loads a plan only in the exact version that built it (patch and build number included).
         problems.append(f"it was built with TensorRT {built.get('version')}, this is TensorRT {tensorrt_version} "
                         "(rebuild here, or build with --version-compatible)")
     gpu = info.get("gpu")
@@ -73,6 +82,3 @@ def check_engine(engine: str | os.PathLike, tensorrt_version: str, device: dict 
         raise OffsegError(f"cannot run {engine}: " + "; ".join(problems))
     return info
 
-
-def _major_minor(version: str | None) -> tuple[str, ...]:
-    return tuple((version or "").split(".")[:2])

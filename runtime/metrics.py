@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import OffsegError
+
 IGNORE_INDEX = 255
 
 
@@ -33,13 +35,16 @@ class ConfusionMatrix:
         self.matrix += other.matrix
 
     def scores(self) -> Scores:
+        """The scores; OffsegError when no pixel was measured (a score of nothing must never pass a gate)."""
+        if not self.matrix.any():
+            raise OffsegError("no labelled pixel was measured (no images, or every label is the ignore index "
+                              f"{self.ignore_index} or above the class count), so there is nothing to score")
         tp = np.diag(self.matrix).astype(np.float64)
         truth, predicted = self.matrix.sum(1), self.matrix.sum(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             iou = tp / (truth + predicted - tp)
             accuracy = tp / truth
-        total = self.matrix.sum()
-        return Scores(iou=iou, accuracy=accuracy, aacc=float(tp.sum() / total) if total else float("nan"))
+        return Scores(iou=iou, accuracy=accuracy, aacc=float(tp.sum() / self.matrix.sum()))
 
 
 @dataclass(frozen=True)

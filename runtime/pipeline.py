@@ -7,6 +7,7 @@ cleanly: every sink is closed, so the output video is finalized up to the last f
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -18,9 +19,13 @@ import numpy as np
 
 from .backends import Backend
 from .errors import OffsegError
-from .preprocess import Geometry, fit_frame, logits_to_labels, to_model_input
+from .interrupts import describe
+from .preprocess import FrameTooSmall, Geometry, fit_frame, logits_to_labels, to_model_input
 from .sources import Frame, Source
 
+log = logging.getLogger(__name__)
+
+JOIN_SECONDS = 60  # longer than a stalled stream read or a slow inference, short of hanging forever
 STAGES = ("decode", "preprocess", "infer", "postprocess", "draw+write")
 _END = object()
 
@@ -36,7 +41,8 @@ class Result:
 @dataclass
 class RunStats:
     frames: int = 0
-    skipped: int = 0
+    skipped: int = 0  # unreadable (counted by the source) or too small to fit the model input
+    too_small: int = 0
     seconds: float = 0.0
     stop_reason: str = ""
     stage_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -57,7 +63,7 @@ class RunStats:
 
     def table(self) -> str:
         lines = [f"{self.frames} frames in {self.seconds:.1f} s: {self.fps:.1f} FPS"
-                 + (f", {self.skipped} unreadable frames skipped" if self.skipped else "")
+                 + (f", {self.skipped} unreadable or too small frames skipped" if self.skipped else "")
                  + (f"; stopped: {self.stop_reason}" if self.stop_reason else ""),
                  f"{'stage':<12} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8}"]
         rows = [(s, self.stage_ms.get(s)) for s in STAGES] + [("end-to-end", self.latency_ms)]
@@ -65,6 +71,10 @@ class RunStats:
             if values:
                 lines.append(f"{name:<12} {np.mean(values):8.1f} {np.percentile(values, 50):8.1f} "
                              f"{np.percentile(values, 95):8.1f}")
+        if self.latency_ms:
+            lines.append("end-to-end = frame read to frame written: it includes the time a frame waits in the "
+                         "queues behind earlier frames, so it exceeds the sum of the stages when the model is the "
+                         "bottleneck")
         return "\n".join(lines)
 
 
@@ -87,9 +97,24 @@ class Pipeline:
             labels = logits_to_labels(outputs, geometries[0].input_size)
         return [g.labels_to_frame(item) for g, item in zip(geometries, labels)]
 
+    def _fit(self, frames: list[tuple[Frame, float]], stats: RunStats) -> tuple[list, list]:
+        """The frames that fit the model input and their (image, geometry); the others are skipped and counted."""
+        kept, fitted = [], []
+        for frame, started in frames:
+            try:
+                fitted.append(fit_frame(frame.image, self.backend.info.input_size, self.policy))
+            except FrameTooSmall as error:
+                log.warning("skipping frame %s: %s", frame.name, error)
+                stats.too_small += 1
+                continue
+            kept.append((frame, started))
+        return kept, fitted
+
     def _infer_batch(self, frames: list[tuple[Frame, float]], stats: RunStats) -> list[Result]:
         t0 = time.perf_counter()
-        fitted = [fit_frame(f.image, self.backend.info.input_size, self.policy) for f, _ in frames]
+        frames, fitted = self._fit(frames, stats)
+        if not frames:
+            return []
         shapes = {im.shape for im, _ in fitted}
         t1 = time.perf_counter()
         if len(shapes) > 1:  # a dynamic model fed frames of different sizes: run them one by one
@@ -189,15 +214,15 @@ class Pipeline:
                 if not keep_going:
                     stats.stop_reason = "stopped by the user"
                     break
-        except KeyboardInterrupt:
-            stats.stop_reason = "interrupted (Ctrl-C)"
+        except KeyboardInterrupt as interrupt:
+            stats.stop_reason = describe(interrupt)
             raise
         finally:
             stop.set()
-            for thread in threads:
-                thread.join(timeout=5)
+            for thread in threads:  # before the sinks close: no thread may still be inside OpenCV or the engine
+                thread.join(timeout=JOIN_SECONDS)
             stats.seconds = time.perf_counter() - start
-            stats.skipped = source.skipped
+            stats.skipped = source.skipped + stats.too_small
             stats.stop_reason = stats.stop_reason or source.stop_reason
         if errors:
             raise errors[0]

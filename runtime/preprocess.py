@@ -50,6 +50,10 @@ class Geometry:
 RESIZE_POLICIES = ("letterbox", "stretch")
 
 
+class FrameTooSmall(OffsegError):
+    """A frame that shrinks to nothing when fitted to the model input (e.g. 1x5000 into 512x512)."""
+
+
 def fit_frame(image: np.ndarray, input_size: tuple[int, int] | None, policy: str = "letterbox"):
     """Fit a BGR frame to the model input: (fitted BGR image, Geometry).
 
@@ -70,6 +74,8 @@ def fit_frame(image: np.ndarray, input_size: tuple[int, int] | None, policy: str
             content = (min(round(h * scale), target[0]), min(round(w * scale), target[1]))
         else:
             raise OffsegError(f"resize policy must be one of {', '.join(RESIZE_POLICIES)}, not {policy!r}")
+        if min(content) < 1:
+            raise FrameTooSmall(f"a {h}x{w} frame shrinks to nothing in the {target[0]}x{target[1]} model input")
         resized = image if content == (h, w) else cv2.resize(image, content[::-1], interpolation=cv2.INTER_LINEAR)
     fitted = cv2.copyMakeBorder(resized, 0, target[0] - content[0], 0, target[1] - content[1],
                                 cv2.BORDER_CONSTANT, value=0) if content != target else resized

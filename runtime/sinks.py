@@ -1,8 +1,13 @@
-"""Where results go: files written atomically (a partial file never appears under the final name)."""
+"""Where results go: files written atomically (a partial file never appears under the final name).
+
+Each writer writes to its own temporary file beside the target (a unique name, so concurrent runs never share
+one) and renames it over the target when done: with several writers of one path, the last to finish wins whole.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +15,18 @@ import cv2
 import numpy as np
 
 from .errors import OffsegError
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp creates files 0600, finished outputs get the usual permissions
+
+
+def unique_temp(path: Path) -> Path:
+    """A new, empty, uniquely named hidden file beside ``path`` ending in ``path``'s suffix (writers pick their
+    format from it), e.g. ``.out.k3j9x2.partial.mp4``."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    os.close(handle)
+    os.chmod(name, 0o666 & ~_UMASK)
+    return Path(name)
 
 
 @contextlib.contextmanager
@@ -19,17 +36,43 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     On any failure the temporary file is removed; an OSError becomes an OffsegError naming ``path``.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = unique_temp(path)
         yield tmp
         os.replace(tmp, path)
     except BaseException as error:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         if isinstance(error, OSError):
             raise OffsegError(f"cannot write {path}: {error.strerror or error}") from error
         raise
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
+    """OffsegError unless a file can be created in ``folder`` (tried for real: read-only mounts and permissions
+    show only then); a missing folder is checked through its nearest existing parent, which must be a folder."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise OffsegError(f"{what}: {existing} is a file, not a folder")
+    try:
+        handle, name = tempfile.mkstemp(prefix=".offseg-write-check.", dir=existing)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        raise OffsegError(f"{what}: cannot write in {existing} ({error.strerror or error})") from None
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when both paths name one file or folder (resolved links and hard links included)."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
@@ -50,17 +93,34 @@ class VideoSink:
 
     def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int]):
         self.path = Path(path)
-        fourcc = FOURCC.get(self.path.suffix.lower())
-        if fourcc is None:
-            raise OffsegError(f"unsupported video format {self.path.suffix!r}; use one of {', '.join(FOURCC)}")
-        if not self.path.parent.is_dir():
-            raise OffsegError(f"output folder {self.path.parent} does not exist")
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        fourcc = self.check_target(self.path, fps)
+        try:
+            self.tmp = unique_temp(self.path)
+        except OSError as error:
+            raise OffsegError(f"cannot write {self.path}: {error.strerror or error}") from None
         self.size = size  # (h, w)
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (size[1], size[0]))
-        if not self.writer.isOpened():
-            raise OffsegError(f"cannot write video {self.path} (codec {fourcc})")
+        if not self.writer.isOpened():  # folder and fps were checked up front: the codec refuses this frame size
+            self.tmp.unlink(missing_ok=True)
+            raise OffsegError(f"the {fourcc} codec cannot write {size[1]}x{size[0]} frames to {self.path} "
+                              f"at {fps:g} fps; use another container ({', '.join(FOURCC)}) or larger frames")
         self.frames = 0
+
+    @staticmethod
+    def check_target(path: Path, fps: float | None) -> str:
+        """The codec for ``path``; OffsegError for an unknown container, a missing or unwritable folder or fps <= 0
+        (checked before a run starts, so the codec error is left for what it really means)."""
+        fourcc = FOURCC.get(path.suffix.lower())
+        if fourcc is None:
+            raise OffsegError(f"unsupported video format {path.suffix!r}; use one of {', '.join(FOURCC)}")
+        if path.is_dir():
+            raise OffsegError(f"--output {path} is a folder; give a video file name such as out.mp4")
+        if not path.parent.is_dir():
+            raise OffsegError(f"output folder {path.parent} does not exist")
+        check_writable_folder(path.parent, f"--output {path}")
+        if fps is not None and not fps > 0:
+            raise OffsegError(f"the video frame rate must be above 0, got {fps:g}")
+        return fourcc
 
     def write(self, image: np.ndarray) -> None:
         if image.shape[:2] != self.size:
@@ -81,13 +141,18 @@ class MaskSink:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise OffsegError(f"--save-masks {self.folder} is a file; give a folder")
+        check_writable_folder(self.folder, f"--save-masks {self.folder}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise OffsegError(f"cannot create {self.folder}: {error.strerror}") from None
+        self.written = 0
 
     def write(self, name: str, labels: np.ndarray) -> None:
         write_image(self.folder / f"{name}.png", labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
+        self.written += 1
 
 
 class WindowSink:

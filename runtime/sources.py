@@ -1,13 +1,16 @@
 """Where frames come from (OpenCV): video files, cameras, network streams, image files and folders.
 
-Every source yields ``Frame``s in order. A video's corrupt frames are skipped and counted; a camera or stream that
-stops delivering is reopened a bounded number of times, then the source ends cleanly (``stop_reason`` says why).
+Every source yields ``Frame``s in order. A video's corrupt frames are skipped and counted. A camera or stream that
+stops delivering is reopened, at most ``reconnects`` times within any ``RECONNECT_WINDOW_SECONDS``: a stream that
+drops now and then keeps going, one that stalls again right after each reconnect ends cleanly (``stop_reason``
+says why) even if it delivers a frame or two each time.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ from .errors import OffsegError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+RECONNECT_WINDOW_SECONDS = 60.0
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -37,7 +41,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 class Frame:
     index: int
     image: np.ndarray
-    name: str  # file stem for images, frame number for video
+    name: str  # file stem for images (the whole file name where stems repeat), frame number for video
 
 
 class Source:
@@ -96,12 +100,18 @@ class VideoFile(Source):
 
 
 class LiveSource(Source):
-    """A camera index or a stream URL; reopened up to ``reconnects`` times when it stops delivering."""
+    """A camera index or a stream URL; reopened when it stops delivering, at most ``reconnects`` times within any
+    ``window_seconds``."""
 
     def __init__(self, target: int | str, reconnects: int = 5, retry_seconds: float = 1.0,
-                 stall_seconds: float = 5.0):
+                 stall_seconds: float = 5.0, window_seconds: float = RECONNECT_WINDOW_SECONDS):
         super().__init__()
+        if isinstance(target, int) and target < 0:
+            raise OffsegError(f"camera index must be 0 or more (0 = first camera), got {target}")
+        if reconnects < 0:
+            raise OffsegError(f"--reconnects must be 0 or more, got {reconnects}")
         self.target, self.reconnects, self.retry_seconds = target, reconnects, retry_seconds
+        self.window_seconds = window_seconds
         self.stall_ms = int(stall_seconds * 1000)
         self.description = f"camera {target}" if isinstance(target, int) else f"stream {target}"
         self.capture = self._open()
@@ -122,19 +132,22 @@ class LiveSource(Source):
         return None
 
     def frames(self) -> Iterator[Frame]:
-        index, attempts = 0, 0
+        index, reconnected = 0, []  # monotonic times of the reconnects within the window
         while True:
             ok, image = self.capture.read() if self.capture is not None else (False, None)
             if ok and image is not None:
-                attempts = 0
                 yield Frame(index, image, f"{index:06d}")
                 index += 1
                 continue
-            if attempts >= self.reconnects:
-                self.stop_reason = f"{self.description} stopped delivering frames ({self.reconnects} reconnects)"
+            now = time.monotonic()
+            reconnected = [t for t in reconnected if now - t < self.window_seconds]
+            if len(reconnected) >= self.reconnects:
+                self.stop_reason = (f"{self.description} stopped delivering frames ({self.reconnects} reconnects "
+                                    f"within {self.window_seconds:g} s)")
                 return
-            attempts += 1
-            log.warning("%s: no frame, reconnecting (%d/%d)", self.description, attempts, self.reconnects)
+            reconnected.append(now)
+            log.warning("%s: no frame, reconnecting (%d/%d within %g s)", self.description, len(reconnected),
+                        self.reconnects, self.window_seconds)
             if self.capture is not None:
                 self.capture.release()
             time.sleep(self.retry_seconds)
@@ -151,15 +164,17 @@ class ImageFiles(Source):
         if not paths:
             raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {description}")
         self.paths, self.length, self.description = paths, len(paths), description
+        stems = Counter(path.stem for path in paths)  # x.jpg and x.png both keep their masks: x.jpg.png, x.png.png
+        self.names = [path.stem if stems[path.stem] == 1 else path.name for path in paths]
 
     def frames(self) -> Iterator[Frame]:
-        for index, path in enumerate(self.paths):
+        for index, (path, name) in enumerate(zip(self.paths, self.names)):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
                 log.warning("skipping %s: not an image OpenCV can read", path)
                 self.skipped += 1
                 continue
-            yield Frame(index, image, path.stem)
+            yield Frame(index, image, name)
 
 
 def open_source(video: Path | None = None, camera: int | None = None, stream: str | None = None,

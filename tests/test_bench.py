@@ -10,8 +10,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench")]
 
 def test_bench_reports_each_backend_with_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert bench_main(["--size", "64", "96", "--num-classes", "9", "--iters", "2", "--warmup", "1", "--backends",
-                       "torch,onnx-fp32,openvino,trt-fp16", "--workdir", str(tmp_path), "--json", str(out)]) == 0
+    assert bench_main(["--input-size", "64", "96", "--num-classes", "9", "--iters", "2", "--warmup", "1", "--backends",
+                       "torch,onnx-fp32,openvino,trt-fp16", "--work-dir", str(tmp_path), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     try:
         import openvino  # noqa: F401 (the optional extra)
@@ -25,7 +25,7 @@ def test_bench_reports_each_backend_with_ratios(tmp_path, capsys):
 
 
 def test_bench_rejects_unknown_backends(tmp_path, capsys):
-    assert bench_main(["--backends", "torch,tpu", "--workdir", str(tmp_path)]) == 2
+    assert bench_main(["--backends", "torch,tpu", "--work-dir", str(tmp_path)]) == 2
     assert "unknown backend(s) tpu" in capsys.readouterr().err
 
 

@@ -28,7 +28,7 @@ def majority_class_miou(images: int) -> float:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
-    code = demo_main(["--quick", "--workdir", str(workdir)])
+    code = demo_main(["--quick", "--work-dir", str(workdir)])
     return workdir, code
 
 
@@ -53,7 +53,7 @@ def test_demo_writes_the_table_videos_and_reports(demo):
 
 def test_demo_rerun_reuses_everything(demo, capsys):
     workdir, _ = demo
-    demo_main(["--quick", "--workdir", str(workdir)])
+    demo_main(["--quick", "--work-dir", str(workdir)])
     out = capsys.readouterr().out
     assert "model: reusing" in out and "export: reusing" in out and "INT8: reusing" in out
 
@@ -61,9 +61,9 @@ def test_demo_rerun_reuses_everything(demo, capsys):
 def test_calibrate_for_tensorrt_with_a_sensitivity_sweep(demo, tmp_path, capsys):
     workdir, _ = demo
     output = tmp_path / "m.int8.onnx"
-    assert calibrate_main(["--onnx", str(workdir / "model.onnx"), "--data", "synthetic", "--samples", "4",
-                           "--output", str(output), "--sensitivity", "--sensitivity-images", "3", "--group-depth", "2",
-                           "--exclude-worst", "1", "--sensitivity-json", str(tmp_path / "s.json")]) == 0
+    assert calibrate_main(["--onnx", str(workdir / "model.onnx"), "--calib-data", "synthetic", "--calib-images",
+                           "4", "--output", str(output), "--sensitivity", "--sensitivity-images", "3", "--group-depth",
+                           "2", "--exclude-worst", "1", "--sensitivity-json", str(tmp_path / "s.json")]) == 0
     ranking = json.loads((tmp_path / "s.json").read_text())
     assert len(ranking) >= 3 and ranking[0]["miou"] <= ranking[-1]["miou"]  # worst group first
     assert "keeping the 1 most costly groups in float" in capsys.readouterr().out

@@ -21,7 +21,7 @@ def test_info_reports_params_and_macs_next_to_the_paper(capsys, name, params):
     (["--checkpoint", "missing.pth"], "missing.pth does not exist"),
 ])
 def test_demo_user_mistakes_give_one_clear_line(tmp_path, capsys, argv, message):
-    assert demo_main(["--workdir", str(tmp_path)] + argv) == 2
+    assert demo_main(["--work-dir", str(tmp_path)] + argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
@@ -29,6 +29,6 @@ def test_demo_user_mistakes_give_one_clear_line(tmp_path, capsys, argv, message)
 def test_demo_unwritable_workdir(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert demo_main(["--workdir", str(blocker / "sub")]) == 2
+    assert demo_main(["--work-dir", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and "Traceback" not in err

@@ -15,7 +15,7 @@ from export.cli import main as export_main
 from export.trt_support import unsupported
 
 MODELS = [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in ("offseg-t", "offseg-b", "offseg-l")]
-CALIB = ["--calib-data", "synthetic", "--calib-samples", "4"]
+CALIB = ["--calib-data", "synthetic", "--calib-images", "4"]
 
 
 def run_export(argv):

@@ -22,9 +22,10 @@ def test_fused_head_is_exact():
 
 
 @pytest.mark.slow
-def test_graph_has_the_head_as_one_local_function_and_metadata(tmp_path):
+def test_graph_has_the_head_as_one_local_function_and_metadata(tmp_path, capsys):
     path = tmp_path / "t.onnx"
     assert export_main(["--input-size", "64", "64", "--output", str(path), "--no-check"]) == 0
+    assert "RANDOM, UNTRAINED weights" in capsys.readouterr().err  # no checkpoint: said loudly
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     calls = [n for n in model.graph.node if n.domain == "offseg"]
@@ -36,6 +37,7 @@ def test_graph_has_the_head_as_one_local_function_and_metadata(tmp_path):
     props = {p.key: p.value for p in model.metadata_props}
     assert props["offseg.model"] == "offseg-t" and props["offseg.num_classes"] == "150"
     assert props["offseg.input_size"] == "64 64" and props["offseg.fused_head"] == "true"
+    assert props["offseg.weights"].startswith("RANDOM, UNTRAINED")
     assert props["offseg.freqfusion_form"] == "gather"  # auto, for --format onnx
     for stage in range(3):  # FreqFusion as a few large ops: no Resize, GridSample or per-tap Slice/Mul/Add
         nodes = [n for n in model.graph.node if n.name.startswith(f"FreqFusion{stage}/")]
@@ -76,8 +78,8 @@ def test_labels_export_with_normalization_in_the_graph(tmp_path, capsys):
     (["--input-size", "250", "256"], "multiples of 32"),
     (["--output", "/nonexistent-folder/x.onnx", "--input-size", "64", "64"], "does not exist"),
     (["--checkpoint", "missing.pth"], "missing.pth does not exist"),
-    (["--onnx", "missing.onnx"], "ONNX file not found"),
-    (["--onnx", "x.onnx", "--freqfusion-form", "taps"], "applies when exporting from PyTorch"),
+    (["--onnx", "missing.onnx"], "--onnx missing.onnx does not exist"),
+    (["--onnx", __file__, "--freqfusion-form", "taps"], "applies when exporting from PyTorch"),
     (["--onnx", __file__], "not a readable ONNX model"),
     (["--int8", "--input-size", "64", "64", "--no-check", "--output", "/tmp/offseg-test-int8.onnx"],
      "--int8 needs calibration images"),

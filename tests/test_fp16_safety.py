@@ -61,7 +61,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_cli_writes_the_report_and_suggests_flags(checkpoint, tmp_path, capsys):
-    assert fp16_check_main(["--checkpoint", str(checkpoint), "--images", "1", "--input-size", "128", "128",
+    assert fp16_check_main(["--checkpoint", str(checkpoint), "--calib-images", "1", "--input-size", "128", "128",
                             "--tolerance", "0.0005", "--report", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "r" / "fp16_safety.json").read_text())
@@ -74,8 +74,8 @@ def test_cli_writes_the_report_and_suggests_flags(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--input-size", "100", "100"], "positive multiples of 32"),
-    (["--images", "0"], "--images must be at least 1"),
-    (["--data", "missing-folder"], "does not exist"),
+    (["--calib-images", "0"], "--calib-images must be at least 1"),
+    (["--calib-data", "missing-folder"], "does not exist"),
 ])
 def test_user_mistakes_give_one_clear_line(checkpoint, capsys, argv, message):
     assert fp16_check_main(["--checkpoint", str(checkpoint), *argv]) == 2

@@ -26,10 +26,14 @@ def onnx_t(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("precision, flags, min_agreement", [
-    ("fp32", [], 0.999), ("fp16", ["--fp16"], 0.99), ("int8", ["--int8", "--calib-data", "synthetic"], 0.9)])
+# FP32 engines are built without TF32 (true FP32): ONNX Runtime's CPU result within 1e-3. With --tf32 the issue's
+# emulation of TF32 on the reference input gave max |logit diff| 1.1e-2 and 99.85% label agreement; the bounds leave
+# room for the GPU's own kernels.
+@pytest.mark.parametrize("precision, flags, min_agreement, max_diff", [
+    ("fp32", [], 0.999, 1e-3), ("fp32", ["--tf32"], 0.995, 5e-2), ("fp16", ["--fp16"], 0.99, None),
+    ("int8", ["--int8", "--calib-data", "synthetic"], 0.9, None)])
 @pytest.mark.parametrize("cuda", ["cuda-python", "pycuda"])
-def test_engine_matches_onnxruntime(onnx_t, precision, flags, min_agreement, cuda):
+def test_engine_matches_onnxruntime(onnx_t, precision, flags, min_agreement, max_diff, cuda):
     if cuda == "pycuda":
         pytest.importorskip("pycuda")
     assert export_main(["--onnx", str(onnx_t), "--format", "engine", *flags]) == 0
@@ -39,8 +43,8 @@ def test_engine_matches_onnxruntime(onnx_t, precision, flags, min_agreement, cud
     actual = engine.infer(x)
     engine.close()
     assert (actual.argmax(1) == expected.argmax(1)).mean() >= min_agreement
-    if precision == "fp32":
-        assert np.abs(actual - expected).max() <= 1e-3
+    if max_diff is not None:
+        assert np.abs(actual - expected).max() <= max_diff
 
 
 def test_offseg_run_with_an_engine(onnx_t, tmp_path):

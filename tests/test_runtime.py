@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.cli import main as export_main
-from offseg import build_model, save_checkpoint
+from exported import export_small_model
 from offseg.data.synthetic import write_video
 from offseg.checkpoint import build_from_checkpoint
 from runtime.backends import open_backend
@@ -27,13 +26,7 @@ pytestmark = pytest.mark.xdist_group("runtime")
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A 9-class OffSeg-T as a checkpoint (PyTorch backend) and its ONNX export (fixed 128x192 input)."""
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(build_model("offseg-t", 9).eval(), folder / "t.pth", "offseg-t")
-    onnx_path = folder / "t.onnx"
-    assert export_main(["--checkpoint", str(checkpoint), "--input-size", "128", "192", "--output", str(onnx_path),
-                        "--no-check"]) == 0
-    return checkpoint, onnx_path
+    return export_small_model(tmp_path_factory.mktemp("models"), 9, (128, 192))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +69,8 @@ def test_onnx_run_matches_pytorch_labels_and_writes_a_playable_video(models, vid
     assert len(agreement) == 12 and min(agreement) >= 0.999
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["frames"] == 12 and set(summary["stages_ms"]) >= {"decode", "infer", "draw+write"}
-    assert "FPS" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FPS" in out and "waits in the queues behind earlier frames" in out  # end-to-end latency explained
 
 
 @pytest.mark.slow
@@ -156,6 +150,8 @@ def test_engine_problems_are_explained(tmp_path, capsys):
     assert run_main(["--engine", str(plan), "--image", str(bogus)]) == 2
     err = capsys.readouterr().err
     assert ("TensorRT is not installed" in err or "sidecar" in err) and "Traceback" not in err
+    assert run_main(["--engine", str(tmp_path / "missing.plan"), "--image", str(bogus)]) == 2
+    assert "offseg-export --onnx MODEL.onnx --format engine" in capsys.readouterr().err  # says how to make one
 
 
 @pytest.mark.slow
@@ -214,15 +210,35 @@ def flaky_stream(monkeypatch):
 
 def test_a_dropped_stream_is_reopened_a_bounded_number_of_times(flaky_stream):
     from runtime.sources import LiveSource
-    flaky_stream.sessions = [3, None, 2]  # 3 frames, a failed reopen, 2 frames, then nothing opens any more
+    flaky_stream.sessions = [3, None, 2, 5]  # 3 frames, a failed reopen, 2 frames, then more than allowed
     source = LiveSource("rtsp://camera.local/live", reconnects=2, retry_seconds=0.5, stall_seconds=2)
     frames = list(source.frames())
     assert [frame.index for frame in frames] == [0, 1, 2, 3, 4]
-    assert len(flaky_stream.opened) == 1 + 2 + 2  # first open, two reconnects, two more after the second drop
-    assert "stopped delivering frames (2 reconnects)" in source.stop_reason
+    assert len(flaky_stream.opened) == 1 + 2  # first open, then two reconnects within the window
+    assert "stopped delivering frames (2 reconnects within 60 s)" in source.stop_reason
     # a stall must end a read instead of blocking: the URL is opened with open/read timeouts
     target, (api, params) = flaky_stream.opened[0]
     assert params == [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 2000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 2000]
+
+
+@pytest.mark.parametrize("seconds_per_frame, sessions_used", [(0.0, 2), (61.0, 40)])
+def test_a_stream_that_stalls_after_every_frame_ends_unless_the_stalls_are_a_window_apart(
+        flaky_stream, monkeypatch, seconds_per_frame, sessions_used):
+    """--reconnects bounds the reconnects within any 60 s: good frames in between do not reset the count."""
+    import runtime.sources
+    from runtime.sources import LiveSource
+    clock, read = [0.0], FlakyCapture.read
+
+    def timed_read(capture):
+        ok, image = read(capture)
+        clock[0] += seconds_per_frame if ok else 0.0
+        return ok, image
+    monkeypatch.setattr(FlakyCapture, "read", timed_read)
+    monkeypatch.setattr(runtime.sources.time, "monotonic", lambda: clock[0])
+    flaky_stream.sessions = [1] * 40  # one frame, then a stall, every time
+    source = LiveSource("rtsp://camera.local/live", reconnects=1)
+    assert len(list(source.frames())) == sessions_used
+    assert len(flaky_stream.opened) == sessions_used + (seconds_per_frame > 0)  # + the open that found nothing
 
 
 def test_offseg_run_on_a_stream_that_drops_finalizes_the_video(models, flaky_stream, tmp_path, capsys):
@@ -232,5 +248,5 @@ def test_offseg_run_on_a_stream_that_drops_finalizes_the_video(models, flaky_str
                      "--output", str(out), "--no-display"]) == 0
     frames, fps = frames_of(out)
     assert len(frames) == 7 and frames[0].shape == (120, 160, 3) and fps == pytest.approx(10)
-    assert "stopped delivering frames (1 reconnects)" in capsys.readouterr().out
+    assert "stopped delivering frames (1 reconnects within 60 s)" in capsys.readouterr().out
 

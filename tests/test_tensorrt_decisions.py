@@ -44,6 +44,12 @@ def test_impossible_dla_builds_are_refused_with_a_reason(options, caps, dynamic,
         plan_build(options, caps, dynamic)
 
 
+@pytest.mark.parametrize("caps", [TRT10_X86, TRT11])
+def test_tf32_is_off_unless_asked(caps):
+    assert not plan_build(EngineOptions(), caps, False).tf32
+    assert plan_build(EngineOptions(tf32=True), caps, False).tf32
+
+
 def test_dla_build_falls_back_to_gpu():
     plan = plan_build(EngineOptions(int8=True, dla_core=1, version_compatible=True), TRT10_JETSON, False)
     assert plan.dla_core == 1 and {"GPU_FALLBACK", "INT8", "VERSION_COMPATIBLE"} <= set(plan.flags)
@@ -116,7 +122,8 @@ ORIN = {"name": "Orin", "compute_capability": "8.7"}
 
 
 def test_engine_for_another_tensorrt_gpu_or_class_count_is_refused():
-    assert compatibility_problems(SIDECAR, "10.3.1", ORIN, 19) == []
+    assert compatibility_problems(SIDECAR, "10.3.0", ORIN, 19) == []
+    assert "TensorRT 10.3.0, this is TensorRT 10.3.1" in compatibility_problems(SIDECAR, "10.3.1", ORIN, 19)[0]
     problems = compatibility_problems(SIDECAR, "10.7.0", {"name": "RTX 4090", "compute_capability": "8.9"}, 150)
     assert len(problems) == 3 and "TensorRT 10.3.0" in problems[0] and "RTX 4090" in problems[1]
     assert compatibility_problems(SIDECAR, "10.3.0", None) == ["no CUDA GPU is available here"]

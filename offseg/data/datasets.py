@@ -4,6 +4,7 @@ Every dataset yields ``(uint8 BGR image (H, W, 3), uint8 labels (H, W))`` with 2
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from runtime.class_names import DATASET_CLASSES
 from runtime.sources import IMAGE_SUFFIXES, read_image
 
 from . import synthetic
+
+log = logging.getLogger(__name__)
 
 # Cityscapes label ids -> the 19 train ids (everything else ignored), as cityscapesscripts defines them.
 CITYSCAPES_ID_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
@@ -35,20 +38,22 @@ class Layout:
     test_mode: str  # the official test config's inference: whole or slide
     crop: tuple[int, int]  # official crop size (H, W); also the sliding window
     stride: tuple[int, int]
+    test_scale: tuple[int, int] | None  # test pipeline's Resize(scale, keep_ratio=True); None: original size
 
 
 LAYOUTS = {
     "ade20k": Layout("ade20k", 150, {"train": "training", "val": "validation"}, True, (2048, 512), "slide",
-                     (512, 512), (480, 480)),
+                     (512, 512), (480, 480), (2048, 512)),
     "cityscapes": Layout("cityscapes", 19, {"train": "train", "val": "val", "test": "test"}, False, (2048, 1024),
-                         "slide", (1024, 1024), (768, 768)),
+                         "slide", (1024, 1024), (768, 768), (2048, 1024)),
     "coco-stuff164k": Layout("coco-stuff164k", 171, {"train": "train2017", "val": "val2017"}, False, (2048, 512),
-                             "slide", (512, 512), (480, 480)),
+                             "slide", (512, 512), (480, 480), (2048, 512)),
     "pascal-context-59": Layout("pascal-context-59", 59, {"train": "train", "val": "val"}, True, (520, 520), "slide",
-                                (480, 480), (320, 320)),
-    "folder": Layout("folder", 0, {}, False, (2048, 512), "whole", (512, 512), (480, 480)),
+                                (480, 480), (320, 320), (520, 520)),
+    # a user's own folder: ADE20K's pipeline; the synthetic scenes are evaluated at their own size
+    "folder": Layout("folder", 0, {}, False, (2048, 512), "whole", (512, 512), (480, 480), (2048, 512)),
     "synthetic": Layout("synthetic", len(synthetic.CLASSES), {"train": "train", "val": "val"}, False, (512, 256),
-                        "whole", (256, 256), (224, 224)),
+                        "whole", (256, 256), (224, 224), None),
 }
 
 
@@ -136,11 +141,27 @@ def _train_id_lut(layout: Layout) -> np.ndarray | None:
     return None
 
 
+class LabelsOutOfRange(OffsegError):
+    """Label values at or above the class count (other than the ignore index) in a training label file.
+
+    Keeps its one sentence when a DataLoader worker re-raises it with the worker's traceback as the message."""
+
+    def __init__(self, message: str):
+        super().__init__(message.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1])
+
+
 class SegmentationDataset:
-    """Image/label pairs of one split; ``transform(image, labels)`` is applied on access."""
+    """Image/label pairs of one split; ``transform(image, labels)`` is applied on access.
+
+    Label values at or above the class count (other than 255, ignored) raise ``LabelsOutOfRange`` naming the file
+    when ``strict_labels`` (training); otherwise they are counted in ``out_of_range_pixels`` and the first file is
+    named in a warning (evaluation leaves those pixels out, as mmseg does).
+    """
 
     def __init__(self, name: str, root: str | Path | None, split: str = "train",
-                 transform: Callable | None = None, length: int = 200, size: tuple[int, int] = (256, 384)):
+                 transform: Callable | None = None, length: int = 200, size: tuple[int, int] = (256, 384),
+                 strict_labels: bool = False):
+        self.strict_labels, self.out_of_range_pixels = strict_labels, 0
         if name not in LAYOUTS:
             raise OffsegError(f"unknown dataset {name!r}; choose from {', '.join(LAYOUTS)}")
         self.layout, self.split, self.transform = LAYOUTS[name], split, transform
@@ -184,7 +205,22 @@ class SegmentationDataset:
             labels = lut[labels]
         elif self.lut is not None:
             labels = self.lut[labels]
-        return image, labels.astype(np.uint8)
+        return image, self._check_range(labels, label_path).astype(np.uint8)
+
+    def _check_range(self, labels: np.ndarray, path: Path) -> np.ndarray:
+        """``labels`` with out-of-range values set to the ignore index (or LabelsOutOfRange when strict)."""
+        outside = (labels != IGNORE_INDEX) & (labels >= self.num_classes)
+        if not outside.any():
+            return labels
+        values = ", ".join(str(v) for v in np.unique(labels[outside])[:5])
+        sentence = (f"{path} has label values {values}, outside the {self.num_classes} classes of {self.layout.name} "
+                    f"(0-{self.num_classes - 1}) and not the ignore index {IGNORE_INDEX}")
+        if self.strict_labels:
+            raise LabelsOutOfRange(f"{sentence}: fix the labels or choose the dataset they were made for")
+        if not self.out_of_range_pixels:
+            log.warning("%s; those pixels are left out of the scores (counted; warned once)", sentence)
+        self.out_of_range_pixels += int(outside.sum())
+        return np.where(outside, IGNORE_INDEX, labels)
 
     def __getitem__(self, index: int):
         image, labels = self.load(index)

@@ -28,19 +28,110 @@ class ModelInfo:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, str], **overrides) -> ModelInfo:
-        """From ``offseg.*`` ONNX metadata (the engine sidecar keeps the same keys without the prefix)."""
-        get = lambda key, default=None: meta.get(f"offseg.{key}", meta.get(key, default))  # noqa: E731
-        if get("model") is None:
-            raise OffsegError("the model file has no offseg metadata; export it with offseg-export")
-        size = get("input_size", "dynamic")
+    def from_metadata(cls, meta: dict[str, str], source: str = "the model file", **overrides) -> ModelInfo:
+        """From ``offseg.*`` ONNX metadata (the engine sidecar keeps the same keys without the prefix).
+
+        Every value is checked (metadata is untrusted input): OffsegError names ``source`` and the bad key.
+        """
+        if not isinstance(meta, dict) or _get(meta, "model") is None:
+            raise OffsegError(f"{source} has no offseg metadata; export it with offseg-export")
+        num_classes = _whole_number(meta, "num_classes", source)
         values = dict(
-            name=get("model"), num_classes=int(get("num_classes")),
-            input_size=None if size == "dynamic" else tuple(int(v) for v in size.split()),
-            uint8_input=get("input_format", "").startswith("uint8"), output_kind=get("output_kind", "logits"),
-            classes=tuple(json.loads(get("classes", "[]"))),
-            palette=tuple(tuple(c) for c in json.loads(get("palette", "[]"))), precision=get("precision", "fp32"))
+            name=str(_get(meta, "model")), num_classes=num_classes, input_size=_input_size(meta, source),
+            uint8_input=str(_get(meta, "input_format", "")).startswith("uint8"),
+            output_kind=_choice(meta, "output_kind", "logits", ("logits", "labels"), source),
+            classes=_classes(meta, num_classes, source), palette=_palette(meta, num_classes, source),
+            precision=str(_get(meta, "precision", "fp32")))
         return cls(**{**values, **overrides})
+
+    def check_graph(self, input_shape: list, output_shape: list, source: str) -> None:
+        """OffsegError when the metadata contradicts the graph's real shapes (dimensions: int, or None/str when
+        dynamic), e.g. a forged input size or class count."""
+        dims = [d if isinstance(d, int) and d > 0 else None for d in input_shape]
+        if len(dims) != 4:
+            raise OffsegError(f"{source}: its graph input is {len(dims)}-D, not an image batch (N, 3, H, W)")
+        graph_size = None if None in dims[2:] else tuple(dims[2:])
+        if self.input_size is not None and graph_size is not None and self.input_size != graph_size:
+            raise OffsegError(f"{source} says input {_hw(self.input_size)} but its graph takes {_hw(graph_size)}")
+        if self.input_size is None and graph_size is not None:
+            raise OffsegError(f"{source} says its input size is dynamic but its graph takes {_hw(graph_size)}")
+        rank, wanted = len(output_shape), 4 if self.output_kind == "logits" else 3
+        if rank != wanted:
+            raise OffsegError(f"{source} says its output is {self.output_kind} but its graph outputs a {rank}-D "
+                              f"tensor, not {'(N, K, h, w)' if wanted == 4 else '(N, H, W)'}")
+        classes = output_shape[1] if self.output_kind == "logits" else None
+        if isinstance(classes, int) and classes > 0 and classes != self.num_classes:
+            raise OffsegError(f"{source} says {self.num_classes} classes but its graph outputs {classes}")
+
+
+MAX_CLASSES = 65535  # label PNGs are uint16 at most
+
+
+def _get(meta: dict, key: str, default=None):
+    return meta.get(f"offseg.{key}", meta.get(key, default))
+
+
+def _label(meta: dict, key: str) -> str:
+    return key if key in meta and f"offseg.{key}" not in meta else f"offseg.{key}"
+
+
+def _hw(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _whole_number(meta: dict, key: str, source: str) -> int:
+    value = _get(meta, key)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise OffsegError(f"{source}: {_label(meta, key)} {value!r} is not a whole number") from None
+    if not 1 <= number <= MAX_CLASSES:
+        raise OffsegError(f"{source}: {_label(meta, key)} {number} is outside 1-{MAX_CLASSES}")
+    return number
+
+
+def _input_size(meta: dict, source: str) -> tuple[int, int] | None:
+    value = _get(meta, "input_size", "dynamic")
+    if value == "dynamic":
+        return None
+    parts = str(value).split()
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise OffsegError(f"{source}: {_label(meta, 'input_size')} {value!r} is not 'H W' or 'dynamic'")
+    return int(parts[0]), int(parts[1])
+
+
+def _choice(meta: dict, key: str, default: str, choices: tuple[str, ...], source: str) -> str:
+    value = _get(meta, key, default)
+    if value not in choices:
+        raise OffsegError(f"{source}: {_label(meta, key)} {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _json_list(meta: dict, key: str) -> list | None:
+    value = _get(meta, key, "[]")
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, list) else None
+
+
+def _classes(meta: dict, num_classes: int, source: str) -> tuple[str, ...]:
+    names = _json_list(meta, "classes")
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise OffsegError(f"{source}: {_label(meta, 'classes')} is not a JSON list of names")
+    if names and len(names) != num_classes:
+        raise OffsegError(f"{source}: {_label(meta, 'classes')} names {len(names)} classes, not {num_classes}")
+    return tuple(names)
+
+
+def _palette(meta: dict, num_classes: int, source: str) -> tuple[tuple[int, int, int], ...]:
+    colours = _json_list(meta, "palette")
+    valid = colours is not None and (not colours or len(colours) == num_classes) and all(
+        isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colours)
+    if not valid:
+        raise OffsegError(f"{source}: {_label(meta, 'palette')} is not a JSON list of {num_classes} RGB colours")
+    return tuple(tuple(c) for c in colours)
 
 
 class Backend(Protocol):
@@ -57,7 +148,11 @@ def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str
     """The backend for ``path``: ``.onnx`` -> ONNX Runtime, ``.plan``/``.engine`` -> TensorRT, ``.pth`` -> PyTorch."""
     path = Path(path)
     if not path.is_file():
-        raise OffsegError(f"model file not found: {path}")
+        how = {".plan": "build one on this device with: offseg-export --onnx MODEL.onnx --format engine --fp16",
+               ".engine": "build one on this device with: offseg-export --onnx MODEL.onnx --format engine --fp16",
+               ".onnx": "make one with: offseg-export --checkpoint CKPT.pth --output MODEL.onnx"}
+        hint = how.get(path.suffix.lower(), "give an .onnx model, a TensorRT .plan or a .pth checkpoint")
+        raise OffsegError(f"model file not found: {path}; {hint}")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         from .ort_backend import OnnxRuntimeBackend

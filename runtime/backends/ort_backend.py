@@ -40,7 +40,8 @@ class OnnxRuntimeBackend:
         meta = self.session.get_modelmeta().custom_metadata_map
         model_input = self.session.get_inputs()[0]
         batch = model_input.shape[0]
-        self.info = ModelInfo.from_metadata(meta, max_batch=batch if isinstance(batch, int) else None)
+        self.info = ModelInfo.from_metadata(meta, str(path), max_batch=batch if isinstance(batch, int) else None)
+        self.info.check_graph(model_input.shape, self.session.get_outputs()[0].shape, str(path))
         self.input_name = model_input.name
         self.description = f"ONNX Runtime {ort.__version__} ({', '.join(self.session.get_providers())})"
 

@@ -1,0 +1,24 @@
+"""mmseg's ``CrossEntropyLoss`` as the official configs use it (``avg_non_ignore=False``, loss weight 1)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from runtime.errors import OffsegError
+from runtime.metrics import IGNORE_INDEX
+
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+
+def mmseg_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Per-pixel cross-entropy summed and divided by *all* pixels, ignored ones included (mmseg's default).
+
+    ``F.cross_entropy`` divides by the non-ignored pixels instead, which weights images with many ignored pixels
+    more. ``logits`` (N, K, H, W) at the labels' size (N, H, W). Raises OffsegError on labels outside the classes.
+    """
+    valid = labels != ignore_index
+    if valid.any() and int(labels[valid].max()) >= logits.shape[1]:
+        raise OffsegError(f"training labels go up to {int(labels[valid].max())} but the model has "
+                          f"{logits.shape[1]} classes (255 is the ignore index): check the dataset's labels")
+    per_pixel = F.cross_entropy(logits.float(), labels, reduction="none", ignore_index=ignore_index)
+    return per_pixel.sum() / (labels.numel() + FLOAT32_EPS)

@@ -1,0 +1,56 @@
+"""Ctrl-C and SIGTERM end a command the same way: the work stops, outputs are finalized, the exit code says why.
+
+SIGTERM is what systemd, Docker and Kubernetes send to stop a process; it raises ``Terminated``, a
+``KeyboardInterrupt``, so every path that finalizes outputs after Ctrl-C does so after SIGTERM too. Only the first
+signal interrupts: later ones are noted and ignored until the command has finished writing, so pressing Ctrl-C twice
+never abandons a half-written file (SIGKILL still stops at once).
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM was received."""
+
+
+def exit_code(interrupt: KeyboardInterrupt) -> int:
+    """The shell convention 128 + signal number: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+def describe(interrupt: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted (Ctrl-C)"
+
+
+def _ignore_repeat(signum: int, frame) -> None:
+    print(f"{signal.Signals(signum).name} again: still finishing the outputs", file=sys.stderr, flush=True)
+
+
+def _interrupt_once(signum: int, frame) -> None:
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, _ignore_repeat)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Within: the first SIGINT/SIGTERM raises KeyboardInterrupt/Terminated, later ones are ignored; the previous
+    handlers come back on exit. A no-op outside the main thread (Python delivers signals only there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {stop_signal: signal.getsignal(stop_signal) for stop_signal in STOP_SIGNALS}
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, _interrupt_once)
+    try:
+        yield
+    finally:
+        for stop_signal, handler in previous.items():
+            signal.signal(stop_signal, handler)

@@ -1,0 +1,87 @@
+"""Every command line speaks one language: each option explains itself and shows its default, old option names
+still work, and ``--help`` answers without importing torch or onnx."""
+import argparse
+import importlib
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def _parser_of(command: str, monkeypatch) -> argparse.ArgumentParser:
+    """The parser ``command`` builds, as its ``--help`` shows it."""
+    module, function = ENTRY_POINTS[command].split(":")
+    seen = []
+    monkeypatch.setattr(argparse.ArgumentParser, "print_help", lambda parser, file=None: seen.append(parser))
+    with pytest.raises(SystemExit):
+        getattr(importlib.import_module(module), function)(["--help"])
+    return seen[0]
+
+
+@pytest.mark.parametrize("command", sorted(ENTRY_POINTS))
+def test_every_option_has_help_and_shows_its_default(command, monkeypatch):
+    parser = _parser_of(command, monkeypatch)
+    assert "``" not in (parser.description or ""), "reST markup in the description"
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or not action.option_strings:
+            continue
+        assert action.help, f"{command} {action.option_strings[0]} has no help"
+        meaningful = action.default not in (None, False, argparse.SUPPRESS) and action.default not in ([], ())
+        if meaningful and action.dest != "help":
+            assert "default" in action.help, f"{command} {action.option_strings[0]} hides its default"
+
+
+@pytest.mark.parametrize("command,old,new,value", [
+    ("offseg-bench", "--size", "input_size", ["64", "96"]),
+    ("offseg-bench", "--workdir", "work_dir", ["w"]),
+    ("offseg-demo", "--workdir", "work_dir", ["w"]),
+    ("offseg-export", "--calib-samples", "calib_images", ["7"]),
+    ("offseg-calibrate", "--samples", "calib_images", ["7"]),
+    ("offseg-calibrate", "--keep-float", "keep_fp32", ["FreqFusion0"]),
+    ("offseg-calibrate", "--no-default-exclusions", "no_default_pins", []),
+    ("offseg-fp16-check", "--images", "calib_images", ["7"]),
+])
+def test_old_option_names_still_work_but_stay_out_of_help(command, old, new, value, monkeypatch):
+    parser = _parser_of(command, monkeypatch)
+    required = {"offseg-calibrate": ["--onnx", "m.onnx", "--calib-data", "d", "--output", "o.onnx"],
+                "offseg-fp16-check": ["--checkpoint", "c.pth"]}.get(command, [])
+    args = parser.parse_args(required + [old, *value])
+    current = getattr(args, new)
+    expected = {"store_true": True}.get("store_true" if not value else "", None)
+    if expected is None:
+        assert str(value[0]) in str(current), (current, value)
+    else:
+        assert current is True
+    assert old not in parser.format_help()
+
+
+def test_help_imports_neither_torch_nor_onnx():
+    calls = "\n".join(f"    call('{spec}')" for spec in ENTRY_POINTS.values())
+    code = f"""
+import importlib, sys, contextlib, io
+def call(spec):
+    module, function = spec.split(':')
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            getattr(importlib.import_module(module), function)(['--help'])
+        except SystemExit:
+            pass
+if True:
+{calls}
+heavy = sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'tensorrt_rtx') if m in sys.modules)
+print(','.join(heavy))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == "", f"--help imported {result.stdout.strip()}"
+
+
+def test_torch_free_name_lists_match_the_registries():
+    from offseg.data.datasets import LAYOUTS
+    from offseg.names import DATASET_NAMES, MODEL_NAMES
+    from offseg.zoo import MODELS
+    assert MODEL_NAMES == tuple(MODELS) and DATASET_NAMES == tuple(LAYOUTS)

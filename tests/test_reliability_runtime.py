@@ -1,0 +1,269 @@
+"""offseg-run and the shared writers under hostile or careless use: signals, inputs named as outputs, concurrent
+writers, odd frames, forged model metadata, bad arguments. Each ends in one sentence (or a clean stop) with every
+input intact and every output whole."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from exported import export_small_model
+from offseg.data.synthetic import write_video
+from runtime.backends import open_backend
+from runtime.cli import main as run_main
+from runtime.sinks import VideoSink, atomic_output
+
+pytestmark = pytest.mark.xdist_group("runtime")
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    """A 9-class OffSeg-T exported at a fixed 64x96 input."""
+    return export_small_model(tmp_path_factory.mktemp("model"))[1]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("video") / "short.mp4"
+    write_video(path, seed=5, frames=3, height=120, width=160, fps=25)
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory, video):
+    """400 frames (the short video's first frame repeated): long enough to be signalled mid-run."""
+    frame = cv2.VideoCapture(str(video)).read()[1]
+    path = video.with_name("long.mp4")
+    sink = VideoSink(path, 25, frame.shape[:2])
+    for index in range(400):
+        sink.write(np.roll(frame, index, axis=1))
+    sink.close()
+    return path
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nothing can be created in: /sys for root (which ignores permission bits), else a chmod-ed one."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+def frame_count(path):
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    return count
+
+
+def partial_files(folder):
+    return [p.name for p in Path(folder).iterdir() if "partial" in p.name]
+
+
+def offseg_run(*argv):
+    """offseg-run in its own process, as systemd or a shell starts it."""
+    code = f"import sys; from runtime.cli import main; sys.exit(main({[str(a) for a in argv]!r}))"
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, seconds=120.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals, code, reason", [([signal.SIGTERM], 143, "terminated (SIGTERM)"),
+                                                    ([signal.SIGINT, signal.SIGINT], 130, "interrupted (Ctrl-C)")])
+def test_sigterm_and_a_second_ctrl_c_finalize_the_video(onnx_model, long_video, tmp_path, signals, code, reason):
+    out, summary = tmp_path / "out.mp4", tmp_path / "run.json"
+    process = offseg_run("--engine", onnx_model, "--video", long_video, "--output", out, "--summary", summary,
+                         "--no-progress")
+    wait_for(lambda: partial_files(tmp_path) or process.poll() is not None)
+    time.sleep(0.3)  # some frames into the video
+    assert process.poll() is None, "the run ended before it could be signalled"
+    for number in signals:
+        process.send_signal(number)
+        time.sleep(0.05)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr[-2000:]
+    assert f"{reason}: finishing the outputs" in stdout and "terminate called" not in stderr
+    frames = frame_count(out)
+    assert 0 < frames < 400 and not partial_files(tmp_path)
+    assert json.loads(summary.read_text()) | {"frames": frames, "stop_reason": reason} == json.loads(summary.read_text())
+
+
+@pytest.mark.slow
+def test_sigterm_during_export_leaves_no_partial_file(tmp_path):
+    out = tmp_path / "m.onnx"
+    code = ("import sys; from export.cli import main; "
+            f"sys.exit(main(['--input-size', '512', '512', '--output', {str(out)!r}, '--no-check']))")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    wait_for(lambda: partial_files(tmp_path) or time.monotonic() - started > 8 or process.poll() is not None)
+    assert process.poll() is None, "the export ended before it could be signalled"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_writers_of_one_file_never_mix_and_the_last_wins(tmp_path):
+    target = tmp_path / "model.onnx"
+    with atomic_output(target) as first, atomic_output(target) as second:
+        assert first != second and first.parent == second.parent == tmp_path and first.suffix == ".onnx"
+        first.write_bytes(b"first run")
+        second.write_bytes(b"second run")
+    assert target.read_bytes() == b"first run"  # the outer writer finished last
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_two_video_runs_into_one_file_give_one_whole_video(tmp_path):
+    out = tmp_path / "out.mp4"
+    one, two = VideoSink(out, 10, (64, 96)), VideoSink(out, 10, (64, 96))
+    for index in range(7):
+        one.write(np.full((64, 96, 3), 40, np.uint8))
+        if index < 3:
+            two.write(np.full((64, 96, 3), 200, np.uint8))
+    two.close()
+    one.close()  # last to finish: its 7 frames, whole
+    assert frame_count(out) == 7 and not partial_files(tmp_path)
+
+
+def test_finished_outputs_get_the_usual_permissions(tmp_path):
+    with atomic_output(tmp_path / "a.txt") as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("case", ["video", "hard link", "masks into images"])
+def test_an_output_that_is_an_input_is_refused(onnx_model, video, tmp_path, capsys, case):
+    if case == "masks into images":
+        images = tmp_path / "images"
+        images.mkdir()
+        cv2.imwrite(str(images / "a.png"), np.zeros((8, 8, 3), np.uint8))
+        argv, protected = ["--images", str(images), "--save-masks", str(tmp_path / "." / "images")], images / "a.png"
+    else:
+        source = tmp_path / "in.mp4"
+        source.write_bytes(video.read_bytes())
+        output = tmp_path / "in.mp4" if case == "video" else tmp_path / "link.mp4"
+        if case == "hard link":
+            os.link(source, output)
+        argv, protected = ["--video", str(source), "--output", str(output)], source
+    before = protected.read_bytes()
+    assert run_main(["--engine", str(onnx_model), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "the input would be overwritten" in err and "Traceback" not in err
+    assert protected.read_bytes() == before
+
+
+def test_images_with_one_stem_keep_every_mask_and_the_count_is_true(onnx_model, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("x.jpg", "x.png", "y.png"):
+        cv2.imwrite(str(images / name), np.full((40, 60, 3), 90, np.uint8))
+    assert run_main(["--engine", str(onnx_model), "--images", str(images), "--save-masks", str(tmp_path / "m"),
+                     "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["x.jpg.png", "x.png.png", "y.png"]
+    assert "wrote 3 label PNGs" in capsys.readouterr().out
+
+
+def test_frames_too_small_to_fit_are_skipped_and_counted(onnx_model, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.full((40, 60, 3), 90, np.uint8))
+    cv2.imwrite(str(images / "b_thin.png"), np.full((1, 5000, 3), 90, np.uint8))
+    (images / "c_broken.png").write_bytes(b"not an image")
+    assert run_main(["--engine", str(onnx_model), "--images", str(images), "--save-masks", str(tmp_path / "m"),
+                     "--summary", str(tmp_path / "s.json"), "--no-progress"]) == 0
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["a.png"]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["frames"] == 1 and summary["skipped"] == 2
+    assert "2 unreadable or too small frames skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--camera", "-1"], "--camera must be 0 or more"),
+    (["--video", "VIDEO", "--output", "out.mp4", "--fps", "-5"], "--fps must be above 0"),
+    (["--video", "VIDEO", "--output", "READONLY/out.mp4"], "--output READONLY/out.mp4: cannot write in READONLY"),
+    (["--video", "VIDEO", "--save-masks", "READONLY/masks"], "--save-masks READONLY/masks: cannot write in READONLY"),
+    (["--video", "VIDEO", "--summary", "missing/s.json"], "--summary folder TMP/missing does not exist"),
+    (["--video", "VIDEO", "--summary", "READONLY/s.json"], "--summary READONLY/s.json: cannot write in READONLY"),
+    (["--video", "VIDEO", "--summary", "."], "is a folder"),
+])
+def test_bad_arguments_are_named_before_the_model_loads(onnx_model, video, tmp_path, read_only_folder,
+                                                        monkeypatch, capsys, argv, message):
+    import runtime.backends
+    monkeypatch.setattr(runtime.backends, "open_backend", lambda *a, **k: pytest.fail("model loaded before checks"))
+
+    def fill(text):
+        return text.replace("VIDEO", str(video)).replace("READONLY", str(read_only_folder)).replace(
+            "TMP", str(tmp_path))
+    argv = [fill(a) if "VIDEO" in a or "READONLY" in a else str(tmp_path / a) if a.endswith(("json", "mp4")) or
+            a == "." else a for a in argv]
+    assert run_main(["--engine", str(onnx_model), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert fill(message) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_tiny_frame_video_names_the_codec_not_the_folder(onnx_model, tmp_path, capsys):
+    image = tmp_path / "dot.png"
+    cv2.imwrite(str(image), np.zeros((1, 1, 3), np.uint8))
+    assert run_main(["--engine", str(onnx_model), "--image", str(image), "--output", str(tmp_path / "o.mp4"),
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "codec cannot write 1x1 frames" in err and not partial_files(tmp_path)
+
+
+def forged(onnx_model, tmp_path, **props):
+    model = onnx.load(str(onnx_model))
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta.update({f"offseg.{key}": value for key, value in props.items()})
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta)
+    path = tmp_path / "forged.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("props, message", [
+    ({"input_size": "512 512"}, "says input 512x512 but its graph takes 64x96"),
+    ({"num_classes": "19"}, "says 19 classes but its graph outputs 9"),
+    ({"num_classes": "many"}, "offseg.num_classes 'many' is not a whole number"),
+    ({"num_classes": "999999999"}, "offseg.num_classes 999999999 is outside 1-65535"),
+    ({"classes": "[oops"}, "offseg.classes is not a JSON list of names"),
+    ({"classes": '["a", "b"]'}, "names 2 classes, not 9"),
+    ({"palette": '[[1, 2]]'}, "offseg.palette is not a JSON list of 9 RGB colours"),
+    ({"input_size": "64"}, "offseg.input_size '64' is not 'H W' or 'dynamic'"),
+    ({"output_kind": "labels"}, "says its output is labels but its graph outputs a 4-D tensor"),
+])
+def test_forged_onnx_metadata_is_refused_in_one_sentence(onnx_model, tmp_path, props, message):
+    from runtime.errors import OffsegError
+    with pytest.raises(OffsegError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        open_backend(forged(onnx_model, tmp_path, **props))
+
+
+def test_an_engine_sidecar_of_the_wrong_shape_is_refused(tmp_path):
+    from runtime.engine_meta import read_sidecar
+    from runtime.errors import OffsegError
+    engine = tmp_path / "m.plan"
+    engine.write_bytes(b"plan")
+    for content, message in (("[1, 2]", "not a JSON object"), ('{"format": "offseg-engine/1", "num_classes": "x"}',
+                                                               "num_classes")):
+        (tmp_path / "m.plan.json").write_text(content)
+        with pytest.raises(OffsegError, match=message):
+            read_sidecar(engine)

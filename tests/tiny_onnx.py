@@ -1,0 +1,44 @@
+"""A tiny ONNX graph shaped like an OffSeg export (same metadata, NCHW input, logits at 1/4 size, node names under
+the pinned scopes), including the INT64 shape arithmetic a ``--dynamic`` export has under FreqFusion: enough for
+TensorRT's parser and the fakes without exporting a real model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+NUM_CLASSES = 5
+
+
+def write_tiny_onnx(path: Path, dynamic: bool = True, size: tuple[int, int] = (64, 64)) -> Path:
+    """Write the graph: Conv (stride 4) -> OffsetLearning Softmax -> FreqFusion Div by a value computed in INT64."""
+    h, w = ("h", "w") if dynamic else size
+    batch = "batch" if dynamic else 1
+    out_h, out_w = ("h/4", "w/4") if dynamic else (size[0] // 4, size[1] // 4)
+    weight = numpy_helper.from_array(np.full((NUM_CLASSES, 3, 4, 4), 1 / 48, np.float32), "weight")
+    nodes = [
+        helper.make_node("Conv", ["images", "weight"], ["features"], "node_conv_1", strides=[4, 4]),
+        helper.make_node("Softmax", ["features"], ["attention"], "OffsetLearning/node_softmax_1", axis=1),
+        helper.make_node("Shape", ["features"], ["shape"], "FreqFusion0/node_shape_1"),
+        helper.make_node("Gather", ["shape", "one"], ["channels"], "FreqFusion0/node_gather_1", axis=0),
+        helper.make_node("Div", ["channels", "one"], ["channels_per_group"], "FreqFusion0/node_div_int"),
+        helper.make_node("Cast", ["channels_per_group"], ["divisor"], "FreqFusion0/node_cast_1", to=TensorProto.FLOAT),
+        helper.make_node("Div", ["attention", "divisor"], ["logits"], "FreqFusion0/node_div_float"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny-offseg",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, h, w])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, NUM_CLASSES, out_h, out_w])],
+        [weight, numpy_helper.from_array(np.array(1, np.int64), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    meta = {"offseg.model": "offseg-t", "offseg.num_classes": str(NUM_CLASSES),
+            "offseg.input_size": "dynamic" if dynamic else f"{size[0]} {size[1]}",
+            "offseg.input_format": "float32 normalized RGB NCHW", "offseg.output_kind": "logits",
+            "offseg.precision": "fp32", "offseg.mean_rgb": "123.675 116.28 103.53",
+            "offseg.std_rgb": "58.395 57.12 57.375"}
+    helper.set_model_props(model, meta)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
