@@ -173,7 +173,8 @@ class SamplingCorners(nn.Module):
         n, h, _, w, _, groups, _ = offsets.shape
         height, width = 2 * h, 2 * w
         dtype, device = offsets.dtype, offsets.device
-        position = sampling_positions(offsets).clamp_min(0).minimum(torch.tensor([width - 1, height - 1], dtype=dtype, device=device))
+        limit = torch.tensor([width - 1, height - 1], dtype=dtype, device=device)
+        position = sampling_positions(offsets).clamp_min(0).minimum(limit)
         floor = position.floor()
         corners = floor.unsqueeze(-2) + torch.tensor(CORNERS, dtype=dtype, device=device)  # (N, H, W, G, 4, 2)
         weights = (1 - (corners - position.unsqueeze(-2)).abs()).prod(dim=-1).unsqueeze(-2)
