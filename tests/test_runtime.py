@@ -150,6 +150,13 @@ def test_engine_problems_are_explained(tmp_path, capsys):
     assert run_main(["--engine", str(plan), "--image", str(bogus)]) == 2
     err = capsys.readouterr().err
     assert ("TensorRT is not installed" in err or "sidecar" in err) and "Traceback" not in err
+    from runtime.engine_meta import write_sidecar
+    rtx = tmp_path / "rtx.fp16.plan"
+    rtx.write_bytes(b"engine")
+    write_sidecar(rtx, {"tensorrt": {"module": "tensorrt_rtx", "version": "1.7.1.116"}, "gpu": None})
+    assert run_main(["--engine", str(rtx), "--image", str(bogus)]) == 2
+    err = capsys.readouterr().err  # says which TensorRT built it and what it needs, not "TensorRT is not installed"
+    assert "built by TensorRT-RTX 1.7.1.116 on a machine without a GPU" in err and "RTX GPU" in err
     assert run_main(["--engine", str(tmp_path / "missing.plan"), "--image", str(bogus)]) == 2
     assert "offseg-export --onnx MODEL.onnx --format engine" in capsys.readouterr().err  # says how to make one
 
