@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{info.name} ({info.num_classes} classes, {info.precision}, input "
           f"{'any size' if info.input_size is None else '%dx%d' % info.input_size}) on {backend.description}; "
           f"reading {source.description}")
+    if not info.trained:
+        print(f"WARNING: {args.engine.name} was exported without a checkpoint: its weights are RANDOM and its "
+              "labels are noise (for speed tests only)", file=sys.stderr, flush=True)
     masks = MaskSink(args.save_masks) if args.save_masks else None
     window = WindowSink() if args.show else None
     video: VideoSink | None = None

@@ -257,3 +257,19 @@ def test_offseg_run_on_a_stream_that_drops_finalizes_the_video(models, flaky_str
     assert len(frames) == 7 and frames[0].shape == (120, 160, 3) and fps == pytest.approx(10)
     assert "stopped delivering frames (1 reconnects within 60 s)" in capsys.readouterr().out
 
+
+
+def test_a_model_with_random_weights_is_called_out(models, video, tmp_path, capsys):
+    import onnx
+
+    from export.onnx import RANDOM_WEIGHTS
+    model = onnx.load(str(models[1]))
+    for prop in model.metadata_props:
+        if prop.key == "offseg.weights":
+            prop.value = RANDOM_WEIGHTS  # as offseg-export writes it without --checkpoint
+    random_path = tmp_path / "random.onnx"
+    onnx.save(model, str(random_path))
+    assert run_main(["--engine", str(models[1]), "--video", str(video), "--no-progress"]) == 0
+    assert "RANDOM" not in capsys.readouterr().err
+    assert run_main(["--engine", str(random_path), "--video", str(video), "--no-progress"]) == 0
+    assert "its weights are RANDOM" in capsys.readouterr().err
