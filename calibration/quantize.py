@@ -75,7 +75,8 @@ def calibrate_ranges(flat_path: Path, inputs: list[np.ndarray], method: str, op_
     """
     import onnxruntime as ort
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
-    from tqdm import tqdm
+
+    from runtime.progress import progress
     with tempfile.TemporaryDirectory(prefix="offseg-calib-") as folder:
         calibrator = create_calibrator(flat_path, list(op_types), augmented_model_path=str(Path(folder) / "aug.onnx"),
                                        calibrate_method=getattr(CalibrationMethod, METHODS[method]),
@@ -86,7 +87,7 @@ def calibrate_ranges(flat_path: Path, inputs: list[np.ndarray], method: str, op_
         calibrator.infer_session = ort.InferenceSession(calibrator.augmented_model_path, session_options,
                                                         providers=["CPUExecutionProvider"])
         name = calibrator.infer_session.get_inputs()[0].name
-        for x in tqdm(inputs, desc="calibrating", unit="image", disable=None, leave=False):
+        for x in progress(inputs, "calibrating", unit="image"):
             calibrator.collect_data(_OneImage(name, x))
         with atomic_output(cache) as tmp:
             save_tensors_data(calibrator.compute_data(), tmp)

@@ -20,6 +20,8 @@ import numpy as np
 
 from runtime.errors import OffsegError
 
+from .commands import run_command
+
 BENCH_DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
 BACKENDS = ("torch", "onnx-fp32", "onnx-fp32-taps", "onnx-fp32-unfused", "onnx-int8", "onnx-int8-trt", "openvino",
             "openvino-taps", "trt-fp16", "trt-int8")
@@ -109,7 +111,6 @@ def _openvino(fp32: Path, threads: int):
 def _engine(fp32: Path, precision: str) -> Path:
     import importlib.util
 
-    from export.cli import main as export_main
     from runtime.device import cuda_device
     if importlib.util.find_spec("tensorrt") is None:
         raise OffsegError("TensorRT is not installed")
@@ -118,7 +119,8 @@ def _engine(fp32: Path, precision: str) -> Path:
     plan = fp32.with_name(f"{fp32.stem}.{precision}.plan")
     if not plan.is_file():
         flags = ["--fp16"] if precision == "fp16" else ["--int8", "--calib-data", "synthetic"]
-        if export_main(["--onnx", str(fp32), "--format", "engine", "--output", str(plan), *flags]) != 0:
+        argv = ["--onnx", str(fp32), "--format", "engine", "--output", str(plan), *flags]
+        if run_command("offseg-export", argv) != 0:
             raise OffsegError(f"building the {precision} engine failed")
     return plan
 
@@ -183,16 +185,15 @@ def run_bench(args: argparse.Namespace) -> dict:
 
 def _pipeline(workdir: Path, onnx_path: Path, args) -> dict:
     """offseg-run on a synthetic video (annotated output written) vs bare inference FPS of the same model."""
-    from runtime.backends import open_backend
-    from runtime.cli import main as run_main
-
     from offseg.data.synthetic import write_video
+    from runtime.backends import open_backend
     video = workdir / "bench-video.mp4"
     if not video.is_file():
         write_video(video, seed=1, frames=args.pipeline_frames, height=args.input_size[0], width=args.input_size[1])
     summary = workdir / "bench-run.json"
-    run_main(["--engine", str(onnx_path), "--video", str(video), "--output", str(workdir / "bench-out.mp4"),
-              "--summary", str(summary), "--no-progress"])
+    if run_command("offseg-run", ["--engine", str(onnx_path), "--video", str(video), "--output",
+                                  str(workdir / "bench-out.mp4"), "--summary", str(summary), "--no-progress"]) != 0:
+        raise OffsegError("offseg-run failed on the pipeline video")
     pipeline_fps = json.loads(summary.read_text())["fps"]
     backend = open_backend(onnx_path)
     x = np.random.default_rng(0).standard_normal((1, 3, *args.input_size), dtype=np.float32)

@@ -189,6 +189,10 @@ def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict
     build = builder.build(source, engine, engine_options, plan, read_metadata(graph), pins)
     print(f"wrote {build.path} ({_size(build.path)}) and {build.sidecar.name} in {build.seconds:.0f} s"
           + (f"; {len(build.pinned_layers)} layers pinned to FP32" if plan.pin_layers else ""))
+    if builder.caps.module == "tensorrt_rtx":
+        print("  note: a TensorRT-RTX engine runs only on an NVIDIA RTX GPU through TensorRT-RTX's own runtime "
+              "(offseg-run does not drive it); for Jetson or TensorRT 10/11 hosts build on the device with "
+              "--trt-module tensorrt")
     return 0
 
 
