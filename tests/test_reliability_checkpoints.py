@@ -12,7 +12,7 @@ import torch
 
 from chain.cli import demo_main
 from offseg import build_model, save_checkpoint
-from offseg.checkpoint import build_from_checkpoint, read_training_state
+from offseg.checkpoint import build_from_checkpoint
 from offseg.cli import train_main
 from runtime.errors import OffsegError
 
