@@ -12,7 +12,6 @@ import json
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -23,25 +22,26 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["offseg-t", "offseg-b", "offseg-l"])
     parser.add_argument("--sizes", nargs="+", default=["512x512", "1024x2048"])
     parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--backends", default="torch,onnx-fp32,onnx-fp32-unfused,onnx-int8,trt-fp16,trt-int8")
+    parser.add_argument("--backends", default="torch,onnx-fp32,onnx-fp32-taps,onnx-fp32-unfused,onnx-int8,"
+                        "onnx-int8-trt,openvino,openvino-taps,trt-fp16,trt-int8")
     parser.add_argument("--no-run", action="store_true", help="only redraw the plot from the README's table")
     args = parser.parse_args()
     if args.no_run:
         args.models = []
     rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        for model in args.models:
-            for size in args.sizes:
-                h, w = size.split("x")
-                out = Path(folder) / f"{model}-{size}.json"
-                subprocess.run([str(Path(sys.executable).with_name("offseg-bench")), "--model", model, "--size", h, w,
-                                "--iters", str(args.iters), "--backends", args.backends, "--workdir",
-                                str(HERE / ".cache"), "--json", str(out)], check=True)
-                report = json.loads(out.read_text())
-                rows = update_table({(model, size): [
-                    f"| {model} | {size} | {backend} | {r['mean_ms']:.1f} | {r['p95_ms']:.1f} | "
-                    f"{r['images_per_s']:.2f} | {r['peak_extra_mib']:.0f} | "
-                    f"{r.get('speedup_vs_torch', float('nan')):.2f}x |" for backend, r in report["results"].items()]})
+    (HERE / ".cache").mkdir(exist_ok=True)
+    for model in args.models:
+        for size in args.sizes:
+            h, w = size.split("x")
+            out = HERE / ".cache" / f"{model}-{size}.json"  # the full report (p50 too) of the last run
+            subprocess.run([str(Path(sys.executable).with_name("offseg-bench")), "--model", model, "--input-size", h, w,
+                            "--iters", str(args.iters), "--backends", args.backends, "--work-dir",
+                            str(HERE / ".cache"), "--json", str(out)], check=True)
+            report = json.loads(out.read_text())
+            rows = update_table({(model, size): [
+                f"| {model} | {size} | {backend} | {r['mean_ms']:.1f} | {r['p95_ms']:.1f} | "
+                f"{r['images_per_s']:.2f} | {r['peak_extra_mib']:.0f} | "
+                f"{r.get('speedup_vs_torch', float('nan')):.2f}x |" for backend, r in report["results"].items()]})
     rows = rows or update_table({})
     print("\n".join(rows))
     try:

@@ -1,11 +1,13 @@
 """``offseg-bench``: latency (mean, p50, p95), throughput and peak memory of each backend in one run, with ratios
 against PyTorch eager, and the ``offseg-run`` pipeline FPS against bare inference FPS.
 
-Backends: ``torch`` (eager), ``onnx-fp32`` (fused head), ``onnx-fp32-unfused`` (the paper's head, for the fusion's
-effect), ``onnx-int8`` (Q/DQ for ONNX Runtime CPU), ``trt-fp16`` / ``trt-int8`` (TensorRT engines; skipped with the
-reason when TensorRT or a GPU is missing). Exported files are cached in the work folder. After each backend's
-warm-up (which also measures the memory it adds), the backends take turns call by call, so the ratios come from
-the same stretch of time.
+Backends: ``torch`` (eager), ``onnx-fp32`` (fused head, FreqFusion in the gather form), ``onnx-fp32-taps``
+(FreqFusion in the readable taps form, what TensorRT engines get), ``onnx-fp32-unfused`` (the paper's head, for the
+fusion's effect), ``onnx-int8`` (Q/DQ for ONNX Runtime CPU), ``onnx-int8-trt`` (the Q/DQ flavour TensorRT builds
+from, run by ONNX Runtime), ``openvino`` / ``openvino-taps`` (OpenVINO on CPU running the same ONNX files, inlined;
+the ``openvino`` extra), ``trt-fp16`` / ``trt-int8`` (TensorRT engines). Backends that cannot run here are skipped
+with the reason. Exported files are cached in the work folder. After each backend's warm-up (which also measures
+the memory it adds), the backends take turns call by call, so the ratios come from the same stretch of time.
 """
 from __future__ import annotations
 
@@ -18,8 +20,12 @@ import numpy as np
 
 from runtime.errors import OffsegError
 
+from .commands import run_command
+
 BENCH_DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
-BACKENDS = ("torch", "onnx-fp32", "onnx-fp32-unfused", "onnx-int8", "trt-fp16", "trt-int8")
+BACKENDS = ("torch", "onnx-fp32", "onnx-fp32-taps", "onnx-fp32-unfused", "onnx-int8", "onnx-int8-trt", "openvino",
+            "openvino-taps", "trt-fp16", "trt-int8")
+INT8_TARGETS = {"onnx-int8": "onnxruntime", "onnx-int8-trt": "tensorrt"}
 
 
 def _rss(field: str) -> int:
@@ -60,30 +66,51 @@ def _stats(times: list[float], batch_size: int) -> dict:
             "images_per_s": batch_size * 1000 / mean}
 
 
-def _onnx(workdir: Path, model, name: str, size, batch: int, fused: bool) -> Path:
+def _onnx(workdir: Path, model, name: str, size, batch: int, fused: bool, form: str) -> Path:
     from export.files import load_onnx, read_metadata
     from export.onnx import OnnxOptions, export_onnx
-    path = workdir / f"{name}-{size[0]}x{size[1]}-b{batch}{'' if fused else '-unfused'}.onnx"
-    if not path.is_file() or read_metadata(load_onnx(path)).get("offseg.fused_head") != str(fused).lower():
+    path = workdir / f"{name}-{size[0]}x{size[1]}-b{batch}{'' if fused else '-unfused'}-{form}.onnx"
+    wanted = {"offseg.fused_head": str(fused).lower(), "offseg.freqfusion_form": form}
+    if not path.is_file() or any(read_metadata(load_onnx(path)).get(k) != v for k, v in wanted.items()):
         print(f"exporting {path.name} ...", flush=True)
-        export_onnx(model, name, path, OnnxOptions(input_size=tuple(size), fused_head=fused, batch=batch))
+        export_onnx(model, name, path, OnnxOptions(input_size=tuple(size), fused_head=fused, batch=batch,
+                                                   freqfusion_form=form))
     return path
 
 
-def _int8(workdir: Path, fp32: Path) -> Path:
+def _int8(fp32: Path, target: str) -> Path:
     from calibration.quantize import QuantOptions, quantize_file
     from export.files import is_derived_from
-    path = fp32.with_name(fp32.stem + ".int8.onnx")
-    if not is_derived_from(path, fp32, {"offseg.precision": "int8", "offseg.int8_target": "onnxruntime"}):
+    path = fp32.with_name(f"{fp32.stem}.int8-{target}.onnx")
+    if not is_derived_from(path, fp32, {"offseg.precision": "int8", "offseg.int8_target": target}):
         print(f"calibrating {path.name} ...", flush=True)
-        quantize_file(fp32, path, "synthetic", QuantOptions(target="onnxruntime", samples=8))
+        quantize_file(fp32, path, "synthetic", QuantOptions(target=target, samples=8))
     return path
+
+
+def _openvino(fp32: Path, threads: int):
+    """OpenVINO's CPU plugin on an inlined copy of ``fp32`` (it cannot read ONNX local functions): infer(x)."""
+    import onnx.inliner
+
+    from export.files import load_onnx, read_metadata, save_checked
+    try:
+        import openvino
+    except ImportError:
+        raise OffsegError("OpenVINO is not installed: pip install 'offseg-deploy[openvino]'") from None
+    inlined = fp32.with_name(f"{fp32.stem}.inlined.onnx")
+    if not inlined.is_file() or inlined.stat().st_mtime < fp32.stat().st_mtime:
+        model = load_onnx(fp32)
+        save_checked(onnx.inliner.inline_local_functions(model), read_metadata(model), inlined)
+    compiled = openvino.Core().compile_model(str(inlined), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+    return lambda x: request.infer({0: x})[output]
 
 
 def _engine(fp32: Path, precision: str) -> Path:
     import importlib.util
 
-    from export.cli import main as export_main
     from runtime.device import cuda_device
     if importlib.util.find_spec("tensorrt") is None:
         raise OffsegError("TensorRT is not installed")
@@ -92,15 +119,32 @@ def _engine(fp32: Path, precision: str) -> Path:
     plan = fp32.with_name(f"{fp32.stem}.{precision}.plan")
     if not plan.is_file():
         flags = ["--fp16"] if precision == "fp16" else ["--int8", "--calib-data", "synthetic"]
-        if export_main(["--onnx", str(fp32), "--format", "engine", "--output", str(plan), *flags]) != 0:
+        argv = ["--onnx", str(fp32), "--format", "engine", "--output", str(plan), *flags]
+        if run_command("offseg-export", argv) != 0:
             raise OffsegError(f"building the {precision} engine failed")
     return plan
+
+
+def _open(backend: str, workdir: Path, model, name: str, size, batch: int):
+    """infer(x) of a non-torch backend, exporting, calibrating or building what it needs first."""
+    import torch
+
+    from runtime.backends import open_backend
+    taps = backend.endswith("-taps") or backend.startswith("trt-")  # engines get what TensorRT fuses
+    fp32 = _onnx(workdir, model, name, size, batch, fused=backend != "onnx-fp32-unfused",
+                 form="taps" if taps else "gather")
+    if backend.startswith("openvino"):
+        return _openvino(fp32, torch.get_num_threads())
+    if backend in INT8_TARGETS:
+        return open_backend(_int8(fp32, INT8_TARGETS[backend])).infer
+    if backend.startswith("trt-"):
+        return open_backend(_engine(fp32, backend.removeprefix("trt-"))).infer
+    return open_backend(fp32).infer
 
 
 def run_bench(args: argparse.Namespace) -> dict:
     import torch
 
-    from runtime.backends import open_backend
     workdir = args.work_dir
     workdir.mkdir(parents=True, exist_ok=True)
     if args.checkpoint:
@@ -120,10 +164,7 @@ def run_bench(args: argparse.Namespace) -> dict:
                     with torch.no_grad():
                         return model(torch.from_numpy(x))
             else:
-                fp32 = _onnx(workdir, model, name, size, batch, fused=backend != "onnx-fp32-unfused")
-                path = {"onnx-int8": lambda: _int8(workdir, fp32), "trt-fp16": lambda: _engine(fp32, "fp16"),
-                        "trt-int8": lambda: _engine(fp32, "int8")}.get(backend, lambda: fp32)()
-                infer = open_backend(path).infer
+                infer = _open(backend, workdir, model, name, size, batch)
             print(f"warming up {backend} ...", flush=True)
             memory[backend] = _warm(infer, images, args.warmup)
             infers[backend] = infer
@@ -138,22 +179,21 @@ def run_bench(args: argparse.Namespace) -> dict:
     report = {"model": name, "size": list(size), "batch": batch, "threads": torch.get_num_threads(),
               "results": results, "skipped": skipped}
     if args.pipeline and "onnx-fp32" in results:
-        report["pipeline"] = _pipeline(workdir, _onnx(workdir, model, name, size, 1, True), args)
+        report["pipeline"] = _pipeline(workdir, _onnx(workdir, model, name, size, 1, True, "gather"), args)
     return report
 
 
 def _pipeline(workdir: Path, onnx_path: Path, args) -> dict:
     """offseg-run on a synthetic video (annotated output written) vs bare inference FPS of the same model."""
-    from runtime.backends import open_backend
-    from runtime.cli import main as run_main
-
     from offseg.data.synthetic import write_video
+    from runtime.backends import open_backend
     video = workdir / "bench-video.mp4"
     if not video.is_file():
         write_video(video, seed=1, frames=args.pipeline_frames, height=args.input_size[0], width=args.input_size[1])
     summary = workdir / "bench-run.json"
-    run_main(["--engine", str(onnx_path), "--video", str(video), "--output", str(workdir / "bench-out.mp4"),
-              "--summary", str(summary), "--no-progress"])
+    if run_command("offseg-run", ["--engine", str(onnx_path), "--video", str(video), "--output",
+                                  str(workdir / "bench-out.mp4"), "--summary", str(summary), "--no-progress"]) != 0:
+        raise OffsegError("offseg-run failed on the pipeline video")
     pipeline_fps = json.loads(summary.read_text())["fps"]
     backend = open_backend(onnx_path)
     x = np.random.default_rng(0).standard_normal((1, 3, *args.input_size), dtype=np.float32)

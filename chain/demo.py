@@ -13,6 +13,8 @@ from pathlib import Path
 
 from runtime.errors import OffsegError
 
+from .commands import run_command
+
 log = logging.getLogger(__name__)
 
 
@@ -105,12 +107,12 @@ def _engines(config: DemoConfig, onnx_path: Path) -> list[Artifact]:
     if cuda_device() is None:
         print("      TensorRT engines: skipped (no CUDA GPU)")
         return []
-    from export.cli import main as export_main
     artifacts = []
     for precision, flags in (("fp16", ["--fp16"]), ("int8", ["--int8", "--calib-data", "synthetic"])):
         plan = config.workdir / f"model.{precision}.plan"
         if not plan.is_file():
-            if export_main(["--onnx", str(onnx_path), "--format", "engine", "--output", str(plan), *flags]) != 0:
+            argv = ["--onnx", str(onnx_path), "--format", "engine", "--output", str(plan), *flags]
+            if run_command("offseg-export", argv) != 0:
                 raise OffsegError(f"building the {precision} engine failed")
         artifacts.append(Artifact(f"TensorRT {precision.upper()}", plan, precision, "TensorRT"))
     return artifacts
@@ -118,9 +120,6 @@ def _engines(config: DemoConfig, onnx_path: Path) -> list[Artifact]:
 
 def run_demo(config: DemoConfig) -> list[dict]:
     """Run every step; returns the table rows (also written to report.md / report.json)."""
-    from calibration.cli import validate_main
-    from runtime.cli import main as run_main
-
     from offseg.data.synthetic import write_video
     if config.checkpoint is not None and not Path(config.checkpoint).is_file():
         raise OffsegError(f"checkpoint {config.checkpoint} does not exist")
@@ -143,13 +142,14 @@ def run_demo(config: DemoConfig) -> list[dict]:
         stem = artifact.path.name.replace(".onnx", "").replace(".plan", "")
         out, summary = config.workdir / f"{stem}.mp4", config.workdir / f"{stem}.run.json"
         print(f"[4/5] offseg-run with {artifact.name} -> {out}")
-        if run_main(["--engine", str(artifact.path), "--video", str(video), "--output", str(out), "--legend",
-                     "--summary", str(summary), "--no-progress"]) != 0:
+        if run_command("offseg-run", ["--engine", str(artifact.path), "--video", str(video), "--output", str(out),
+                                      "--legend", "--summary", str(summary), "--no-progress"]) != 0:
             raise OffsegError(f"offseg-run failed on {artifact.path}")
         report = config.workdir / f"validation-{stem}"
         print(f"[5/5] offseg-validate {artifact.name} on {config.val_images} synthetic validation scenes")
-        code = validate_main(["--engine", str(artifact.path), "--checkpoint", str(checkpoint), "--dataset",
-                              "synthetic", "--max-images", str(config.val_images), "--report", str(report)])
+        code = run_command("offseg-validate", ["--engine", str(artifact.path), "--checkpoint", str(checkpoint),
+                                               "--dataset", "synthetic", "--max-images", str(config.val_images),
+                                               "--report", str(report)])
         if code == 2:
             raise OffsegError(f"offseg-validate failed on {artifact.path}")
         figures = json.loads((report / "report.json").read_text())["summary"]

@@ -36,12 +36,13 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
     from offseg import build_model
     from offseg.checkpoint import build_from_checkpoint
 
-    from .onnx import OnnxOptions, export_onnx
+    from .onnx import OnnxOptions, export_onnx, freqfusion_form_for
     from .parity import onnx_parity
 
     options = OnnxOptions(input_size=tuple(args.input_size), dynamic=args.dynamic, opset=args.opset,
                           fold_normalization=args.fold_normalization, output_kind=args.output_kind,
-                          fused_head=not args.unfused_head, head_as_function=not args.inline_head)
+                          fused_head=not args.unfused_head, head_as_function=not args.inline_head,
+                          freqfusion_form=freqfusion_form_for(args.freqfusion_form, args.format))
     options.validate()
     if args.checkpoint:
         model, name = build_from_checkpoint(args.checkpoint, args.model)
@@ -58,7 +59,8 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
     result = export_onnx(model, name, onnx_path, options, args.checkpoint)
     print(f"wrote {result.path} ({_size(result.path)}) in {time.perf_counter() - start:.0f} s: input "
           f"'{result.input_name}' {result.metadata['offseg.input_format']} ({result.metadata['offseg.input_size']}),"
-          f" output '{result.output_name}' ({options.output_kind}), {model.num_classes} classes")
+          f" output '{result.output_name}' ({options.output_kind}), {model.num_classes} classes, FreqFusion as "
+          f"{options.freqfusion_form}")
     if not args.no_check:
         print(f"  parity vs PyTorch (ONNX Runtime CPU, {options.input_size[0]}x{options.input_size[1]}): "
               f"{onnx_parity(model, onnx_path, options)}")
@@ -142,6 +144,9 @@ def _export(args: argparse.Namespace) -> int:
     if args.onnx:
         if args.checkpoint or args.model:
             raise OffsegError("--onnx builds from an exported file: drop --model/--checkpoint")
+        if args.freqfusion_form != "auto":
+            raise OffsegError("--freqfusion-form applies when exporting from PyTorch; the file given with --onnx "
+                              "keeps its form (offseg.freqfusion_form in its metadata)")
         fp32_path = args.onnx
         meta = read_metadata(load_onnx(fp32_path))
         stem = fp32_path.with_suffix("")
@@ -184,6 +189,10 @@ def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict
     build = builder.build(source, engine, engine_options, plan, read_metadata(graph), pins)
     print(f"wrote {build.path} ({_size(build.path)}) and {build.sidecar.name} in {build.seconds:.0f} s"
           + (f"; {len(build.pinned_layers)} layers pinned to FP32" if plan.pin_layers else ""))
+    if builder.caps.module == "tensorrt_rtx":
+        print("  note: a TensorRT-RTX engine runs only on an NVIDIA RTX GPU through TensorRT-RTX's own runtime "
+              "(offseg-run does not drive it); for Jetson or TensorRT 10/11 hosts build on the device with "
+              "--trt-module tensorrt")
     return 0
 
 
@@ -219,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "local function, for tools that cannot take ONNX functions")
     onnx_group.add_argument("--unfused-head", action="store_true",
                             help="export the paper's unfused offset learning (for comparisons)")
+    onnx_group.add_argument("--freqfusion-form", choices=("auto", "gather", "taps"), default="auto",
+                            help="FreqFusion as a few Gather/MatMul ops (gather: fastest on ONNX Runtime and OpenVINO) "
+                                 "or per-tap ops with GridSample (taps: what TensorRT fuses); auto (default): gather "
+                                 "for --format onnx, taps for --format engine; recorded in the metadata and sidecar")
     onnx_group.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
     trt = parser.add_argument_group("TensorRT engine")
     trt.add_argument("--workspace", type=int, metavar="MiB", help="builder workspace limit (Jetson: keep it small)")

@@ -24,14 +24,25 @@ from runtime.preprocess import MEAN_RGB, SIZE_DIVISOR, STD_RGB
 
 from .files import FUNCTION_DOMAIN, file_sha256, save_checked
 from .graph import extract_function, rename_scope
-from .precision import FUSION_SCOPE, HEAD_SCOPE
+from .precision import FUSION_FP32_PARTS, FUSION_SCOPE, HEAD_SCOPE
 
 log = logging.getLogger(__name__)
 
 HEAD_MODULE = "head.offset_learning"  # torch module path of the offset-learning head
 FUSION_MODULE = re.compile(r"'head\.freqfusions\.(\d+)'")  # torch module paths of the FreqFusion stages
+FUSION_PART = re.compile(rf"'head\.freqfusions\.\d+\.({'|'.join(FUSION_FP32_PARTS)})'")  # pinned whole
 MIN_OPSET = 18  # GroupNorm/Resize/GridSample as the exporter emits them; LayerNormalization needs 17
 OUTPUT_KINDS = ("logits", "labels")
+FREQFUSION_FORMS = ("gather", "taps")  # export forms of FreqFusion (offseg.models.freqfusion_gather, freqfusion)
+
+
+def freqfusion_form_for(choice: str, target: str) -> str:
+    """The FreqFusion form to export: ``choice`` unless ``auto``, which picks per target (``onnx``: the gather form,
+    fastest on ONNX Runtime and OpenVINO as measured; ``engine``: the taps form with native GridSample, which
+    TensorRT fuses, until GPU measurements say otherwise)."""
+    if choice != "auto":
+        return choice
+    return "taps" if target == "engine" else "gather"
 
 RANDOM_WEIGHTS = "RANDOM, UNTRAINED (no checkpoint): for speed tests only, its predictions are noise"
 
@@ -48,6 +59,7 @@ class OnnxOptions:
     fused_head: bool = True
     head_as_function: bool = True
     batch: int = 1  # static batch size (dynamic exports: any)
+    freqfusion_form: str = "gather"  # gather: few large ops (ONNX Runtime, OpenVINO); taps: the readable form
 
     def validate(self) -> None:
         h, w = self.input_size
@@ -55,6 +67,9 @@ class OnnxOptions:
             raise OffsegError(f"input size {h} {w} must be positive multiples of {SIZE_DIVISOR}")
         if self.output_kind not in OUTPUT_KINDS:
             raise OffsegError(f"output kind must be one of {', '.join(OUTPUT_KINDS)}, got {self.output_kind!r}")
+        if self.freqfusion_form not in FREQFUSION_FORMS:
+            raise OffsegError(f"FreqFusion form must be one of {', '.join(FREQFUSION_FORMS)}, "
+                              f"got {self.freqfusion_form!r}")
         if self.batch < 1:
             raise OffsegError(f"batch must be at least 1, got {self.batch}")
         if self.opset < MIN_OPSET:
@@ -91,6 +106,9 @@ class DeployModel(nn.Module):
         model = copy.deepcopy(model).eval()
         if options.fused_head:
             model.head.offset_learning = FusedOffsetLearning(model.head.offset_learning)
+        if options.freqfusion_form == "gather":
+            from offseg.models.freqfusion_gather import GatherFreqFusion
+            model.head.freqfusions = nn.ModuleList(GatherFreqFusion(f) for f in model.head.freqfusions)
         self.backbone, self.head = model.backbone, model.head
         self.num_classes = model.num_classes
         self.options = options
@@ -142,13 +160,15 @@ def trace(model: DeployModel, options: OnnxOptions):
 
 def node_scope(torch_scopes: str) -> str | None:
     """The name scope of a node, from torch's name-scope metadata: ``OffsetLearning`` and ``FreqFusion<i>`` for
-    those modules (what the precision pins and the local function use), else the innermost module path
+    those modules (what the precision pins and the local function use; ``FreqFusion<i>/<part>`` for the gather
+    form's parts pinned whole), else the innermost module path
     (``backbone.stages.2.blocks.1.mlp``), so node names, TensorRT layer names and INT8 groups stay readable."""
     if f"'{HEAD_MODULE}'" in torch_scopes:
         return HEAD_SCOPE
     fusion = FUSION_MODULE.search(torch_scopes)
     if fusion:
-        return f"{FUSION_SCOPE}{fusion.group(1)}"
+        part = FUSION_PART.search(torch_scopes)
+        return f"{FUSION_SCOPE}{fusion.group(1)}" + (f"/{part.group(1)}" if part else "")
     scopes = re.findall(r"'([\w.]*)'", torch_scopes)  # ['', 'backbone', ..., innermost module, aten op]
     return scopes[-2] if len(scopes) >= 2 and scopes[-2] else None
 
@@ -211,6 +231,7 @@ def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint
         "offseg.std_rgb": " ".join(map(str, STD_RGB)),
         "offseg.output_kind": options.output_kind,
         "offseg.fused_head": str(options.fused_head).lower(),
+        "offseg.freqfusion_form": options.freqfusion_form,
         "offseg.precision": "fp32",
         "offseg.opset": str(options.opset),
         "offseg.version": __version__,

@@ -9,10 +9,14 @@ Default pins, and why:
 - the whole offset-learning head: the coupled logits, the softmax over up to 131k positions and the LayerNorm over
   classes are long reductions whose FP16 error changes labels;
 - FreqFusion's kernel normalisation (Softmax, ReduceSum, Div) and its cosine similarity (ReduceL2, Max, Div): the
-  similarity's 1e-8 epsilon underflows in FP16 at zero-padded borders.
+  similarity's 1e-8 epsilon underflows in FP16 at zero-padded borders;
+- in the gather form (``offseg.models.freqfusion_gather``) also its unit vectors (a sum of squares as a MatMul,
+  Sqrt, which overflows FP16) and its sampling corners (positions and row numbers need 24 bits), whole: their nodes
+  are named ``FreqFusion<i>/unit_vectors/...`` and ``FreqFusion<i>/sampling_corners/...``.
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 import re
 import tempfile
@@ -26,17 +30,19 @@ from runtime.errors import OffsegError
 HEAD_SCOPE = "OffsetLearning"
 FUSION_SCOPE = "FreqFusion"
 NORMALISATION_OPS = ("Softmax", "ReduceSum", "Div", "ReduceL2", "Max", "Clip", "LayerNormalization")
+FUSION_FP32_PARTS = ("unit_vectors", "sampling_corners")  # gather-form submodules pinned whole
 
 
 @dataclass(frozen=True)
 class PinRule:
-    """Nodes whose name starts with ``scope`` (and, if given, whose op type is in ``ops``)."""
+    """Nodes whose name starts with ``scope`` (``*`` matches any text) and, if given, whose op type is in ``ops``."""
 
     scope: str
     ops: tuple[str, ...] = ()
 
     def matches(self, name: str, op_type: str) -> bool:
-        return name.startswith(self.scope) and (not self.ops or op_type in self.ops)
+        prefix = fnmatch.fnmatchcase(name, self.scope + "*") if "*" in self.scope else name.startswith(self.scope)
+        return prefix and (not self.ops or op_type in self.ops)
 
     def __str__(self) -> str:
         return f"{self.scope}:{','.join(self.ops)}" if self.ops else self.scope
@@ -50,7 +56,8 @@ class PinRule:
         return cls(scope, tuple(o for o in ops.split(",") if o))
 
 
-DEFAULT_PINS = (PinRule(HEAD_SCOPE), PinRule(FUSION_SCOPE, NORMALISATION_OPS))
+DEFAULT_PINS = (PinRule(HEAD_SCOPE), PinRule(FUSION_SCOPE, NORMALISATION_OPS),
+                *(PinRule(f"{FUSION_SCOPE}*/{part}/") for part in FUSION_FP32_PARTS))
 
 
 def pinned(name: str, op_type: str, rules: tuple[PinRule, ...] = DEFAULT_PINS) -> bool:

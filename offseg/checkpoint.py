@@ -190,11 +190,13 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str, **meta: Any) -> Path:
-    """Write our own checkpoint format atomically (a partial file never appears under ``path``)."""
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str,
+                    classes: list[str] | None = None, **meta: Any) -> Path:
+    """Write our own checkpoint format atomically (a partial file never appears under ``path``); ``classes``
+    (names) travel with it into exports and legends."""
     path = Path(path)
     content = {"format": FORMAT, "model": model_name, "num_classes": model.num_classes,
-               "state_dict": model.state_dict(), "meta": meta}
+               "state_dict": model.state_dict(), "meta": meta, **({"classes": classes} if classes else {})}
     with atomic_output(path) as tmp:
         torch.save(content, tmp)
     return path

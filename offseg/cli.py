@@ -32,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(model=args.model, dataset=args.dataset, data_root=args.data_root, work_dir=str(args.work_dir),
                          iters=args.iters, batch_size=args.batch_size, crop=tuple(args.crop) if args.crop else None,
                          lr=args.lr, warmup_iters=min(args.warmup_iters, args.iters),
-                         checkpoint_interval=args.checkpoint_interval, eval_interval=args.eval_interval,
+                         checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,
+                         eval_interval=args.eval_interval,
                          workers=args.workers, seed=args.seed, deterministic=args.deterministic, resume=args.resume,
                          init_checkpoint=str(args.checkpoint) if args.checkpoint else None,
                          pretrained_backbone=str(args.pretrained_backbone) if args.pretrained_backbone else None,
@@ -68,7 +69,11 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default: the dataset's)")
     parser.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default 6e-5; head x10)")
     parser.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default 1500)")
-    parser.add_argument("--checkpoint-interval", type=int, default=16_000, help="iterations between checkpoints")
+    parser.add_argument("--checkpoint-interval", type=int, default=16_000, help="iterations between checkpoints "
+                        "(WORK_DIR/latest.pth, the resume point)")
+    parser.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",
+                        help="also keep the last N checkpoints as iter_<N>.pth (default 0: only latest.pth and "
+                             "best.pth, the weights of the best validation mIoU)")
     parser.add_argument("--eval-interval", type=int, default=16_000, help="iterations between validations")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentations, weights)")

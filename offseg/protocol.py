@@ -6,10 +6,11 @@ each window's logits resized to the window, overlaps averaged) inference, and th
 to the original size before argmax. PyTorch (``offseg-eval``) and exported models (``offseg-validate``) both go
 through this module, so their figures are comparable by construction.
 
-mmseg feeds a window to the model as it is; OffSeg (like the official model) needs sides whose stride-4 size is a
-multiple of 8, so a window that is not a multiple of 32 is padded bottom/right with 0 after normalization (mmseg's
-``pad_val``) and the logits cropped. The official model fails on such windows instead; at the official scales
-(ADE20K and COCO-Stuff resized to a 512 short side, slide windows of 512) every window is already 512x512.
+mmseg feeds a window to the model as it is. The official model runs only sides whose stride-4 size is a multiple
+of 8 (multiples of 32 and the three sizes below each) and fails on others; ours takes multiples of 32. So a window
+that is not a multiple of 32 is padded bottom/right with 0 after normalization (mmseg's ``pad_val``) and its
+logits cropped. At the official scales (ADE20K and COCO-Stuff resized to a 512 short side, slide windows of 512)
+every window is already 512x512.
 """
 from __future__ import annotations
 

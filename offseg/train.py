@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from runtime.errors import OffsegError
 from runtime.preprocess import normalize_bgr
+from runtime.progress import Progress
 from runtime.sinks import atomic_output
 
 from .checkpoint import extract_state_dict, load_state, read_file, read_training_state
@@ -34,6 +34,7 @@ from .head_init import init_head_like_official
 from .losses import mmseg_cross_entropy
 from .optim import lr_factor, parameter_groups
 from .pretrained import load_pretrained_backbone
+from .run_files import BestCheckpoint, disk_line, prune_checkpoints
 from .protocol import TestProtocol
 from .zoo import build_model
 
@@ -61,6 +62,7 @@ class TrainConfig:
     warmup_iters: int = 1500
     poly_power: float = 1.0
     checkpoint_interval: int = 16_000
+    keep_checkpoints: int = 0  # iter_N.pth files kept besides latest.pth (resume point) and best.pth (best mIoU)
     eval_interval: int = 16_000
     log_interval: int = 50
     workers: int = 2
@@ -77,6 +79,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.iters < 1 or self.batch_size < 1:
             raise OffsegError("--iters and --batch-size must be at least 1")
+        if self.keep_checkpoints < 0:
+            raise OffsegError(f"--keep-checkpoints must be 0 or more, got {self.keep_checkpoints}")
         if self.accumulate is not None and self.accumulate < 1:
             raise OffsegError(f"--accumulate must be at least 1 or 'auto', got {self.accumulate}")
         if self.init_checkpoint and self.pretrained_backbone:
@@ -344,21 +348,25 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "iteration": iteration, "rng": rng_state(), "config": asdict(config),
                    "meta": {"dataset": config.dataset, "iteration": iteration}}
-        for path in (work_dir / f"iter_{iteration}.pth", latest):
+        kept = [work_dir / f"iter_{iteration}.pth"] if config.keep_checkpoints else []
+        for path in (*kept, latest):
             with atomic_output(path) as tmp:
                 torch.save(content, tmp)
+        prune_checkpoints(work_dir, config.keep_checkpoints)
 
+    best = BestCheckpoint(work_dir / "best.pth", config.model, dataset.classes)
+    if run.main:
+        log.info(disk_line(core, config.keep_checkpoints))
     model.train()
     iteration, timer = start, time.perf_counter()
-    bar = tqdm(total=config.iters, initial=start, desc=f"training {config.model}", disable=not progress)
+    bar = Progress(config.iters, f"training {config.model}", initial=start, enabled=progress)
     try:
         batches = iter(loader)
         while iteration < config.iters:
             loss = train_step(model, [next(batches) for _ in range(steps)], optimizer, scaler, run.device, amp)
             scheduler.step()
             iteration += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.update(1, loss=f"{loss:.3f}")
             if scalars and (iteration % config.log_interval == 0 or iteration == config.iters):
                 elapsed = time.perf_counter() - timer
                 scalars.add(iteration, loss=loss, lr=optimizer.param_groups[0]["lr"],
@@ -367,7 +375,7 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
             if run.main and (iteration % config.checkpoint_interval == 0 or iteration == config.iters):
                 save(iteration)
             if run.main and iteration % config.eval_interval == 0 and iteration < config.iters:
-                _log_eval(core, config, scalars, iteration)
+                best.offer(core, _log_eval(core, config, scalars, iteration), iteration)
                 model.train()
     except KeyboardInterrupt:
         if run.main and iteration > start:
@@ -377,12 +385,13 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     finally:
         bar.close()
     if run.main:
-        _log_eval(core, config, scalars, iteration)
+        best.offer(core, _log_eval(core, config, scalars, iteration), iteration)
         scalars.close()
     return latest
 
 
-def _log_eval(model: nn.Module, config: TrainConfig, scalars: ScalarLog, iteration: int) -> None:
+def _log_eval(model: nn.Module, config: TrainConfig, scalars: ScalarLog, iteration: int) -> float:
+    """Validate, log and record the scores; returns the mIoU."""
     layout = LAYOUTS[config.dataset]
     val = SegmentationDataset(config.dataset, config.data_root, "val", length=min(config.synthetic_length, 50),
                               size=config.synthetic_size)
@@ -391,3 +400,4 @@ def _log_eval(model: nn.Module, config: TrainConfig, scalars: ScalarLog, iterati
     log.info("iteration %d: mIoU %.2f, mAcc %.2f, aAcc %.2f", iteration, 100 * scores.miou, 100 * macc,
              100 * scores.aacc)
     scalars.add(iteration, mIoU=100 * scores.miou, mAcc=100 * macc, aAcc=100 * scores.aacc)
+    return scores.miou

@@ -4,15 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
 
 from .console import add_common_options, run
 from .errors import OffsegError
 from .interrupts import exit_code
 from .preprocess import RESIZE_POLICIES
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,14 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{info.name} ({info.num_classes} classes, {info.precision}, input "
           f"{'any size' if info.input_size is None else '%dx%d' % info.input_size}) on {backend.description}; "
           f"reading {source.description}")
+    if not info.trained:
+        print(f"WARNING: {args.engine.name} was exported without a checkpoint: its weights are RANDOM and its "
+              "labels are noise (for speed tests only)", file=sys.stderr, flush=True)
     masks = MaskSink(args.save_masks) if args.save_masks else None
     window = WindowSink() if args.show else None
     video: VideoSink | None = None
     stats = RunStats()
-    bar = tqdm(total=source.length, unit="frame", disable=args.no_progress or source.length is None)
+    bar = Progress(source.length, "segmenting", unit="frame", enabled=not args.no_progress)
     recent: list[float] = []
 
     def consume(result) -> bool:
@@ -89,8 +93,7 @@ def _run(args: argparse.Namespace) -> int:
             if video is None:
                 video = VideoSink(args.output, args.fps or source.fps or 30.0, image.shape[:2])
             video.write(image)
-        bar.update(1)
-        bar.set_postfix(fps=f"{fps:.1f}")
+        bar.update(1, fps=f"{fps:.1f}")
         return window.show(image) if window else True
 
     interrupted = None
@@ -151,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reconnects", type=int, default=5, help="reconnects of a camera/stream allowed within any "
                         "60 s (default 5); more stalls than that end the run")
     parser.add_argument("--summary", type=Path, help="write the run summary as JSON")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (or, in a log, no progress "
+                        "lines)")
     add_common_options(parser)
     return run(_run, parser, argv)

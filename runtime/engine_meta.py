@@ -50,6 +50,16 @@ def read_sidecar(engine: str | os.PathLike) -> dict:
     return info
 
 
+def describe_build(info: dict) -> str:
+    """``built by TensorRT 10.3.0 for Orin (compute capability 8.7)``: which builder made an engine, and where."""
+    built = info.get("tensorrt", {})
+    module = {"tensorrt_rtx": "TensorRT-RTX"}.get(built.get("module"), "TensorRT")
+    gpu = info.get("gpu")
+    where = (f"for {gpu.get('name')} (compute capability {gpu.get('compute_capability')})" if gpu
+             else "on a machine without a GPU")
+    return f"built by {module} {built.get('version')} {where}"
+
+
 def compatibility_problems(info: dict, tensorrt_version: str, device: dict | None,
                            num_classes: int | None = None) -> list[str]:
     """Why an engine described by ``info`` cannot run here (empty list: it can)."""

@@ -33,3 +33,20 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"{REQUIRE_GPU}=1 but this gpu test was skipped: {reason}"
+
+
+@pytest.fixture(scope="session")
+def dynamic_onnx(tmp_path_factory):
+    """OffSeg-T exported once per test process with dynamic batch, height and width, from the official-format
+    reference checkpoint (tests using it share the xdist group "dynamic", so one process exports it)."""
+    import torch
+
+    import reference
+    from export.cli import main as export_main
+    folder = tmp_path_factory.mktemp("dynamic")
+    checkpoint = folder / "official.pth"
+    torch.save({"meta": {}, "state_dict": reference.official_state_dict("offseg-t")}, checkpoint)
+    path = folder / "t.onnx"
+    assert export_main(["--model", "offseg-t", "--checkpoint", str(checkpoint), "--dynamic", "--input-size", "256",
+                        "256", "--output", str(path), "--no-check"]) == 0  # parity: test_export_dynamic.py
+    return path

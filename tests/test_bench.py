@@ -11,9 +11,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench")]
 def test_bench_reports_each_backend_with_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench_main(["--input-size", "64", "96", "--num-classes", "9", "--iters", "2", "--warmup", "1", "--backends",
-                       "torch,onnx-fp32,trt-fp16", "--work-dir", str(tmp_path), "--json", str(out)]) == 0
+                       "torch,onnx-fp32,openvino,trt-fp16", "--work-dir", str(tmp_path), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert set(report["results"]) == {"torch", "onnx-fp32"}
+    try:
+        import openvino  # noqa: F401 (the optional extra)
+        assert set(report["results"]) == {"torch", "onnx-fp32", "openvino"}
+    except ImportError:
+        assert set(report["results"]) == {"torch", "onnx-fp32"}
+        assert "pip install 'offseg-deploy[openvino]'" in report["skipped"]["openvino"]
     assert report["results"]["torch"]["speedup_vs_torch"] == pytest.approx(1.0)
     assert "trt-fp16" in report["skipped"]  # no TensorRT / GPU here: skipped with the reason
     assert "vs torch" in capsys.readouterr().out

@@ -5,23 +5,11 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 import reference
 from export.cli import main as export_main
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dynamic")]
-
-
-@pytest.fixture(scope="module")
-def dynamic_onnx(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dynamic")
-    checkpoint = folder / "official.pth"
-    torch.save({"meta": {}, "state_dict": reference.official_state_dict("offseg-t")}, checkpoint)
-    path = folder / "t.onnx"
-    assert export_main(["--model", "offseg-t", "--checkpoint", str(checkpoint), "--dynamic", "--input-size", "256",
-                        "256", "--output", str(path), "--no-check"]) == 0  # parity: below
-    return path
 
 
 @pytest.mark.parametrize("size", ["256x256", "320x480"])

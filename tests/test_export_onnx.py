@@ -38,7 +38,16 @@ def test_graph_has_the_head_as_one_local_function_and_metadata(tmp_path, capsys)
     assert props["offseg.model"] == "offseg-t" and props["offseg.num_classes"] == "150"
     assert props["offseg.input_size"] == "64 64" and props["offseg.fused_head"] == "true"
     assert props["offseg.weights"].startswith("RANDOM, UNTRAINED")
-    assert any(n.name.startswith("FreqFusion2/") for n in model.graph.node)
+    assert props["offseg.freqfusion_form"] == "gather"  # auto, for --format onnx
+    for stage in range(3):  # FreqFusion as a few large ops: no Resize, GridSample or per-tap Slice/Mul/Add
+        nodes = [n for n in model.graph.node if n.name.startswith(f"FreqFusion{stage}/")]
+        ops = collections.Counter(n.op_type for n in nodes)
+        assert len(nodes) <= 135 and ops["Resize"] == ops["GridSample"] == 0 and ops["Slice"] <= 2, ops
+        assert ops["Gather"] == 11 and ops["MatMul"] == 9 and ops["Conv"] == 10
+    from export.precision import pinned_nodes as fp32_nodes
+    pinned = fp32_nodes(model)
+    assert any("/sampling_corners/" in n and "floor" in n for n in pinned)  # positions and rows need 24 bits
+    assert any("/unit_vectors/" in n and "sqrt" in n for n in pinned)  # the sum of squares overflows FP16
     # what offseg-fp16-check suggests for a backbone module pins that module's nodes, and only those
     from calibration.fp16_safety import pin_unit
     from export.precision import PinRule, pinned_nodes
@@ -53,7 +62,8 @@ def test_labels_export_with_normalization_in_the_graph(tmp_path, capsys):
     torch.manual_seed(0)
     path = tmp_path / "labels.onnx"
     assert export_main(["--num-classes", "19", "--input-size", "64", "96", "--output-kind", "labels",
-                        "--fold-normalization", "--inline-head", "--output", str(path)]) == 0
+                        "--fold-normalization", "--inline-head", "--freqfusion-form", "taps",
+                        "--output", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"wrote {path}" in out and "labels agree on 100.00% of pixels" in out
     assert "TensorRT 10 ONNX parser: all ops supported" in out
@@ -68,7 +78,8 @@ def test_labels_export_with_normalization_in_the_graph(tmp_path, capsys):
     (["--input-size", "250", "256"], "multiples of 32"),
     (["--output", "/nonexistent-folder/x.onnx", "--input-size", "64", "64"], "does not exist"),
     (["--checkpoint", "missing.pth"], "missing.pth does not exist"),
-    (["--onnx", "missing.onnx"], "ONNX file not found"),
+    (["--onnx", "missing.onnx"], "--onnx missing.onnx does not exist"),
+    (["--onnx", __file__, "--freqfusion-form", "taps"], "applies when exporting from PyTorch"),
     (["--onnx", __file__], "not a readable ONNX model"),
     (["--int8", "--input-size", "64", "64", "--no-check", "--output", "/tmp/offseg-test-int8.onnx"],
      "--int8 needs calibration images"),

@@ -102,7 +102,8 @@ def test_sigterm_and_a_second_ctrl_c_finalize_the_video(onnx_model, long_video, 
     assert f"{reason}: finishing the outputs" in stdout and "terminate called" not in stderr
     frames = frame_count(out)
     assert 0 < frames < 400 and not partial_files(tmp_path)
-    assert json.loads(summary.read_text()) | {"frames": frames, "stop_reason": reason} == json.loads(summary.read_text())
+    written = json.loads(summary.read_text())
+    assert written | {"frames": frames, "stop_reason": reason} == written
 
 
 @pytest.mark.slow

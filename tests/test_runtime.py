@@ -150,6 +150,13 @@ def test_engine_problems_are_explained(tmp_path, capsys):
     assert run_main(["--engine", str(plan), "--image", str(bogus)]) == 2
     err = capsys.readouterr().err
     assert ("TensorRT is not installed" in err or "sidecar" in err) and "Traceback" not in err
+    from runtime.engine_meta import write_sidecar
+    rtx = tmp_path / "rtx.fp16.plan"
+    rtx.write_bytes(b"engine")
+    write_sidecar(rtx, {"tensorrt": {"module": "tensorrt_rtx", "version": "1.7.1.116"}, "gpu": None})
+    assert run_main(["--engine", str(rtx), "--image", str(bogus)]) == 2
+    err = capsys.readouterr().err  # says which TensorRT built it and what it needs, not "TensorRT is not installed"
+    assert "built by TensorRT-RTX 1.7.1.116 on a machine without a GPU" in err and "RTX GPU" in err
     assert run_main(["--engine", str(tmp_path / "missing.plan"), "--image", str(bogus)]) == 2
     assert "offseg-export --onnx MODEL.onnx --format engine" in capsys.readouterr().err  # says how to make one
 
@@ -250,3 +257,19 @@ def test_offseg_run_on_a_stream_that_drops_finalizes_the_video(models, flaky_str
     assert len(frames) == 7 and frames[0].shape == (120, 160, 3) and fps == pytest.approx(10)
     assert "stopped delivering frames (1 reconnects within 60 s)" in capsys.readouterr().out
 
+
+
+def test_a_model_with_random_weights_is_called_out(models, video, tmp_path, capsys):
+    import onnx
+
+    from export.onnx import RANDOM_WEIGHTS
+    model = onnx.load(str(models[1]))
+    for prop in model.metadata_props:
+        if prop.key == "offseg.weights":
+            prop.value = RANDOM_WEIGHTS  # as offseg-export writes it without --checkpoint
+    random_path = tmp_path / "random.onnx"
+    onnx.save(model, str(random_path))
+    assert run_main(["--engine", str(models[1]), "--video", str(video), "--no-progress"]) == 0
+    assert "RANDOM" not in capsys.readouterr().err
+    assert run_main(["--engine", str(random_path), "--video", str(video), "--no-progress"]) == 0
+    assert "its weights are RANDOM" in capsys.readouterr().err

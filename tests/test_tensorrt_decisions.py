@@ -92,6 +92,20 @@ def test_default_pins_cover_the_head_and_fusion_normalisation_only():
         PinRule.parse(":Softmax")
 
 
+def test_default_pins_keep_the_gather_forms_unit_vectors_and_sampling_corners_whole():
+    assert pinned("FreqFusion1/unit_vectors/node_matmul_2", "MatMul") and pinned("FreqFusion1/unit_vectors/x", "Mul")
+    assert pinned("FreqFusion2/sampling_corners/node_add_9", "Add")
+    assert not pinned("FreqFusion2/node_matmul_4", "MatMul")  # CARAFE's MatMuls run in FP16
+    assert PinRule("FreqFusion*/unit_vectors/").matches("FreqFusion0/unit_vectors/n", "Sqrt")
+    assert not PinRule("FreqFusion*/unit_vectors/").matches("FreqFusion0/node_sqrt", "Sqrt")
+
+
+def test_freqfusion_form_auto_is_gather_for_onnx_and_taps_for_engines():
+    from export.onnx import freqfusion_form_for
+    assert freqfusion_form_for("auto", "onnx") == "gather" and freqfusion_form_for("auto", "engine") == "taps"
+    assert freqfusion_form_for("gather", "engine") == "gather"
+
+
 def test_build_failures_get_one_actionable_sentence():
     jetson = explain_build_failure(["[optimizer] Could not find any implementation for node X"],
                                    EngineOptions(workspace_mib=4096))

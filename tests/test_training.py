@@ -13,7 +13,7 @@ from sklearn.metrics import confusion_matrix, jaccard_score
 
 import reference
 from offseg import build_model
-from offseg.checkpoint import read_training_state
+from offseg.checkpoint import read_file, read_training_state
 from offseg.cli import eval_main, train_main
 from offseg.data.datasets import SegmentationDataset
 from offseg.data.transforms import TrainTransform, random_crop, random_resize
@@ -151,7 +151,8 @@ TINY = dict(dataset="synthetic", batch_size=2, crop=(64, 64), scale=(96, 64), wa
 
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
-    straight = train(TrainConfig(iters=4, checkpoint_interval=2, work_dir=str(tmp_path / "a"), **TINY), progress=False)
+    straight = train(TrainConfig(iters=4, checkpoint_interval=2, keep_checkpoints=2, work_dir=str(tmp_path / "a"),
+                                 **TINY), progress=False)
     (tmp_path / "b").mkdir()
     shutil.copy(tmp_path / "a" / "iter_2.pth", tmp_path / "b" / "latest.pth")  # as if stopped after iteration 2
     resumed = train(TrainConfig(iters=4, checkpoint_interval=2, work_dir=str(tmp_path / "b"), resume=True, **TINY),
@@ -188,3 +189,39 @@ def test_train_and_eval_commands(tmp_path, capsys, caplog):
     assert "mIoU" in capsys.readouterr().out and (tmp_path / "s.json").is_file()
     assert train_main(["--dataset", "ade20k", "--data-root", str(tmp_path / "nothing"), "--iters", "1"]) == 2
     assert "ade20k root not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_keeps_latest_best_and_n_checkpoints_and_logs_plain_progress(tmp_path, capsys):
+    work = tmp_path / "keep"
+    train(TrainConfig(iters=4, checkpoint_interval=1, keep_checkpoints=2, eval_interval=2, work_dir=str(work),
+                      **TINY), progress=True)
+    assert sorted(p.name for p in work.glob("*.pth")) == ["best.pth", "iter_3.pth", "iter_4.pth", "latest.pth"]
+    best = read_file(work / "best.pth")
+    assert best["meta"]["iteration"] in (2, 4) and 0 <= best["meta"]["miou"] <= 1 and "optimizer" not in best
+    assert best["classes"] and best["num_classes"] == len(best["classes"])
+    log = capsys.readouterr().err
+    assert "\r" not in log and "training offseg-t:" in log and "expected duration" in log  # stderr is not a TTY
+
+
+def test_pruning_keeps_the_newest_iteration_files_only(tmp_path):
+    from offseg.run_files import prune_checkpoints
+    for n in (50, 100, 150, 1000):
+        (tmp_path / f"iter_{n}.pth").write_bytes(b"x")
+    (tmp_path / "latest.pth").write_bytes(b"x")
+    (tmp_path / "iter_notes.pth").write_bytes(b"x")
+    removed = prune_checkpoints(tmp_path, 2)
+    assert sorted(p.name for p in removed) == ["iter_100.pth", "iter_50.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_1000.pth", "iter_150.pth", "iter_notes.pth",
+                                                          "latest.pth"]
+
+
+def test_best_checkpoint_only_improves_and_survives_a_restart(tmp_path):
+    from offseg.run_files import BestCheckpoint
+    model = build_model("offseg-t", 3)
+    best = BestCheckpoint(tmp_path / "best.pth", "offseg-t", ("a", "b", "c"))
+    assert best.offer(model, 0.30, 10) and not best.offer(model, 0.20, 20) and not best.offer(model, float("nan"), 30)
+    again = BestCheckpoint(tmp_path / "best.pth", "offseg-t", ("a", "b", "c"))
+    assert again.miou == pytest.approx(0.30) and not again.offer(model, 0.25, 40) and again.offer(model, 0.5, 50)
+    (tmp_path / "foreign.pth").write_bytes(b"not a checkpoint")
+    assert BestCheckpoint(tmp_path / "foreign.pth", "offseg-t", ("a",)).miou == float("-inf")

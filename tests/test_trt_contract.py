@@ -38,8 +38,10 @@ def machine(monkeypatch, trt_version: str, device: dict, cuda_major: int = 12, d
 
 
 def build(onnx, *flags) -> dict:
+    """Build an engine next to ``onnx``; returns the sidecar of the engine just built."""
     assert export_main(["--onnx", str(onnx), "--format", "engine", *flags]) == 0
-    return json.loads(next(onnx.parent.glob("*.plan.json")).read_text())
+    precision = "fp16" if "--fp16" in flags else "int8" if "--int8" in flags else "fp32"
+    return json.loads(onnx.with_name(f"{onnx.stem}.{precision}.plan.json").read_text())
 
 
 def run_in_thread(backend, batch):
@@ -261,19 +263,12 @@ def test_real_tensorrt_rtx_builds_with_tf32_off_and_a_timing_cache(tiny):
     assert sidecar["build"]["tf32"] is False and sidecar["tensorrt"]["module"] == "tensorrt_rtx"
 
 
-@pytest.fixture(scope="module")
-def dynamic_export(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dynamic") / "t.onnx"
-    assert export_main(["--model", "offseg-t", "--num-classes", "19", "--dynamic", "--output", str(path),
-                        "--no-check"]) == 0
-    return path
-
-
 @pytest.mark.slow
-def test_dynamic_offseg_export_pins_only_floating_point_layers(dynamic_export, monkeypatch):
+@pytest.mark.xdist_group("dynamic")  # shares the dynamic export with test_export_dynamic.py
+def test_dynamic_offseg_export_pins_only_floating_point_layers(dynamic_onnx, monkeypatch):
     """The real parser (tensorrt_rtx) types part of the pinned scopes INT64; the TensorRT 10.3 build pins the rest."""
-    integer = {layer.name for layer in integer_pin_candidates(dynamic_export)[0]}
+    integer = {layer.name for layer in integer_pin_candidates(dynamic_onnx)[0]}
     assert integer, "the dynamic export has integer shape arithmetic under the pinned scopes"
     machine(monkeypatch, "10.3.0", RTX)
-    sidecar = build(dynamic_export, "--fp16")  # fails with "no implementation" if an integer layer is forced to FP32
+    sidecar = build(dynamic_onnx, "--fp16")  # fails with "no implementation" if an integer layer is forced to FP32
     assert sidecar["pinned_layers"] and not integer & set(sidecar["pinned_layers"])

@@ -25,6 +25,7 @@ class ModelInfo:
     classes: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
     precision: str = "fp32"
+    trained: bool = True  # False: exported without a checkpoint (random weights, predictions are noise)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -41,7 +42,8 @@ class ModelInfo:
             uint8_input=str(_get(meta, "input_format", "")).startswith("uint8"),
             output_kind=_choice(meta, "output_kind", "logits", ("logits", "labels"), source),
             classes=_classes(meta, num_classes, source), palette=_palette(meta, num_classes, source),
-            precision=str(_get(meta, "precision", "fp32")))
+            precision=str(_get(meta, "precision", "fp32")),
+            trained=not str(_get(meta, "weights", "")).startswith("RANDOM"))
         return cls(**{**values, **overrides})
 
     def check_graph(self, input_shape: list, output_shape: list, source: str) -> None:

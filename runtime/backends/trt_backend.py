@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cuda import open_cuda
-from ..engine_meta import check_engine
+from ..engine_meta import check_engine, describe_build, read_sidecar, sidecar_path
 from ..errors import OffsegError
 from . import ModelInfo
 
@@ -17,11 +17,19 @@ log = logging.getLogger(__name__)
 
 class TensorRTBackend:
     def __init__(self, path: Path, cuda: str = "auto"):
+        sidecar = read_sidecar(path) if sidecar_path(path).is_file() else None
+        built = f"; {path.name} was {describe_build(sidecar)}" if sidecar else ""
+        if sidecar and sidecar.get("tensorrt", {}).get("module") == "tensorrt_rtx":
+            raise OffsegError(f"{path.name} was {describe_build(sidecar)}: such an engine runs only on an NVIDIA "
+                              "RTX GPU through TensorRT-RTX's own runtime, which offseg-run does not drive. Run the "
+                              ".onnx file with ONNX Runtime, or build the engine on the target GPU with offseg-export "
+                              "--onnx MODEL.onnx --format engine --trt-module tensorrt")
         try:
             import tensorrt as trt
         except ImportError:
-            raise OffsegError("TensorRT is not installed: pip install 'offseg-deploy[gpu]' (Jetson: JetPack's "
-                              "TensorRT); or run the .onnx file with ONNX Runtime") from None
+            raise OffsegError(f"TensorRT is not installed{built}: pip install 'offseg-deploy[gpu]' (Jetson: "
+                              "JetPack's TensorRT), the same version that built the engine; or run the .onnx file "
+                              "with ONNX Runtime") from None
         self.cuda = open_cuda(cuda)
         device = self.cuda.device()
         sidecar = check_engine(path, trt.__version__, device.as_dict() if device else None)

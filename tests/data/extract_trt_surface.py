@@ -2,7 +2,8 @@
 
 Reads ``python/src/**/*.cpp`` and the wheel's ``tensorrt/__init__.py`` of a NVIDIA/TensorRT git checkout at a tag
 and writes, as JSON: every class (its bases and attributes: methods, properties, nested enums), every enum (its
-members, numbered in binding order) and the module-level names. The strict fake in ``tests/fake_tensorrt.py`` is built from this file.
+members, numbered in binding order) and the module-level names.
+The strict fake in ``tests/fake_tensorrt.py`` is built from this file.
 
     git clone https://github.com/NVIDIA/TensorRT trt-src
     python tests/data/extract_trt_surface.py trt-src v10.3.0 tests/data/tensorrt_10.3.json
