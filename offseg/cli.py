@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace) -> int:
                          iters=args.iters, batch_size=args.batch_size, crop=tuple(args.crop) if args.crop else None,
                          lr=args.lr, warmup_iters=min(args.warmup_iters, args.iters),
                          checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,
-                         eval_interval=args.eval_interval,
+                         eval_interval=args.eval_interval, eval_images=args.eval_images,
                          workers=args.workers, seed=args.seed, deterministic=args.deterministic, resume=args.resume,
                          init_checkpoint=str(args.checkpoint) if args.checkpoint else None,
                          pretrained_backbone=str(args.pretrained_backbone) if args.pretrained_backbone else None,
@@ -75,6 +75,8 @@ def train_main(argv: list[str] | None = None) -> int:
                         help="also keep the last N checkpoints as iter_<N>.pth (default 0: only latest.pth and "
                              "best.pth, the weights of the best validation mIoU)")
     parser.add_argument("--eval-interval", type=int, default=16_000, help="iterations between validations")
+    parser.add_argument("--eval-images", type=int, metavar="N", help="validate on the first N images (default: the "
+                        "whole validation split)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentations, weights)")
     parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")

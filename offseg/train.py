@@ -81,6 +81,8 @@ class TrainConfig:
             raise OffsegError("--iters and --batch-size must be at least 1")
         if self.keep_checkpoints < 0:
             raise OffsegError(f"--keep-checkpoints must be 0 or more, got {self.keep_checkpoints}")
+        if self.eval_images is not None and self.eval_images < 1:
+            raise OffsegError(f"--eval-images must be at least 1, got {self.eval_images}")
         if self.accumulate is not None and self.accumulate < 1:
             raise OffsegError(f"--accumulate must be at least 1 or 'auto', got {self.accumulate}")
         if self.init_checkpoint and self.pretrained_backbone:

@@ -182,7 +182,8 @@ def test_train_and_eval_commands(tmp_path, capsys, caplog):
     work = tmp_path / "w"
     with caplog.at_level("INFO", logger="offseg"):
         assert train_main(["--iters", "2", "--batch-size", "2", "--crop", "64", "64", "--workers", "0",
-                           "--warmup-iters", "1", "--work-dir", str(work), "--accumulate", "2"]) == 0
+                           "--warmup-iters", "1", "--work-dir", str(work), "--accumulate", "2",
+                           "--eval-images", "2"]) == 0
     assert "effective batch 4 = 2 per step x 1 process(es) x 2 accumulated step(s), FP32" in caplog.text
     assert eval_main(["--checkpoint", str(work / "latest.pth"), "--max-images", "2", "--json",
                       str(tmp_path / "s.json")]) == 0
