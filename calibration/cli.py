@@ -103,7 +103,7 @@ def _validate(args: argparse.Namespace) -> int:
     from runtime.backends import open_backend
 
     from .report import write_report
-    from .validate import compare, engine_infer
+    from .validate import at_input_size, compare, engine_infer
 
     if args.max_miou_drop is not None and not 0 <= args.max_miou_drop < math.inf:
         raise OffsegError(f"--max-miou-drop must be a number of at least 0, got {args.max_miou_drop}")
@@ -120,7 +120,8 @@ def _validate(args: argparse.Namespace) -> int:
     protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
     labels_only = info.output_kind == "labels"
     engine = engine_infer(backend.infer, info.input_size, info.uint8_input, labels_only, info.num_classes, protocol)
-    result = compare(dataset, torch_infer(model), engine, protocol, labels_only, args.max_images,
+    reference = at_input_size(torch_infer(model), info.input_size, protocol)
+    result = compare(dataset, reference, engine, protocol, labels_only, args.max_images,
                      progress=not args.debug)
     bound = args.max_miou_drop if args.max_miou_drop is not None else (1.0 if "int8" in info.precision else 0.1)
     report = write_report(args.report, result, dataset.classes, palette_source=info, engine=str(args.engine),

@@ -4,7 +4,7 @@ Both sides go through ``offseg.protocol`` — the same function ``offseg-eval`` 
 ``offseg-eval``'s: keep-ratio test resize, whole or slide inference, logits resized to the original size before
 argmax. An exported model with a fixed input size follows the protocol through ``offseg.protocol.fixed_size``:
 inputs that fit are padded with the mean colour and the logits cropped, larger ones run as sliding windows of its
-input size. A model that outputs labels is compared on labels (one-hot votes instead of logits), and the report
+input size; PyTorch then runs the same way, so the delta measures the export, not the geometry. A model that outputs labels is compared on labels (one-hot votes instead of logits), and the report
 says so.
 """
 from __future__ import annotations
@@ -33,6 +33,16 @@ def one_hot_labels(infer: Infer, num_classes: int) -> Infer:
     return run
 
 
+def at_input_size(infer: Infer, input_size: tuple[int, int] | None, protocol: TestProtocol) -> Infer:
+    """``infer`` run the way a model with a fixed ``input_size`` (None: any size) must run: padded to it, or in
+    sliding windows of it. Validation runs PyTorch this way too, so both sides see the same pixels and windows
+    and the comparison measures the exported model's numbers alone."""
+    if input_size is None:
+        return infer
+    stride = tuple(min(s, size) for s, size in zip(protocol.stride, input_size))
+    return fixed_size(infer, tuple(input_size), stride)
+
+
 def engine_infer(infer: Infer, input_size: tuple[int, int] | None, uint8: bool, labels_out: bool,
                  num_classes: int, protocol: TestProtocol) -> Infer:
     """An exported model's ``infer`` adapted to the protocol's normalized inputs of any size."""
@@ -40,10 +50,7 @@ def engine_infer(infer: Infer, input_size: tuple[int, int] | None, uint8: bool, 
         infer = uint8_input(infer)
     if labels_out:
         infer = one_hot_labels(infer, num_classes)
-    if input_size is not None:
-        stride = tuple(min(s, size) for s, size in zip(protocol.stride, input_size))
-        infer = fixed_size(infer, tuple(input_size), stride)
-    return infer
+    return at_input_size(infer, input_size, protocol)
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from typing import Callable
@@ -43,6 +44,7 @@ def _document_defaults(parser: argparse.ArgumentParser) -> None:
 # reach: without --debug they show errors only.
 LIBRARY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export", "modelopt",
                    "onnxruntime")
+TORCH_QUIET_LOGS = "-onnx,-export"  # torch's TORCH_LOGS syntax: "-name" = errors only
 KNOWN_NOISE = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)
 OUR_PACKAGES = ("offseg", "export", "runtime", "calibration", "chain")
 
@@ -64,6 +66,8 @@ def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPars
             handler.addFilter(_ours_or_errors)
         for name in LIBRARY_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
+        # torch resets its own loggers' levels when it is imported (later, lazily): tell it through its setting
+        os.environ.setdefault("TORCH_LOGS", TORCH_QUIET_LOGS)
         for category, message in KNOWN_NOISE:
             warnings.filterwarnings("ignore", message=message, category=category)
     try:

@@ -1,6 +1,9 @@
 """The README's main job in its reduced (CI) size, end to end: train on synthetic scenes -> export -> INT8 -> run on
 a video -> validate -> report; then calibration and validation commands on the model it trained."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,13 +30,25 @@ def majority_class_miou(images: int) -> float:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    """The quick demo run as a user runs it, its output going to a log file (not a terminal)."""
     workdir = tmp_path_factory.mktemp("demo")
-    code = demo_main(["--quick", "--work-dir", str(workdir)])
-    return workdir, code
+    log = workdir.parent / "demo.log"
+    with log.open("w") as stream:
+        code = subprocess.run([str(Path(sys.executable).with_name("offseg-demo")), "--quick", "--work-dir",
+                               str(workdir)], stdout=stream, stderr=subprocess.STDOUT).returncode
+    return workdir, code, log.read_text()
+
+
+def test_demo_log_says_what_it_does_with_an_estimate_and_no_redraws(demo):
+    _, _, log = demo
+    assert "\r" not in log and "Traceback" not in log and "Warning" not in log
+    assert "[1/5] model: training" in log and "checkpoints: latest.pth" in log and "MB of disk" in log
+    assert "training offseg-t:" in log and "expected duration" in log  # measured after the first iterations
+    assert "[5/5] offseg-validate" in log and "| ONNX FP32 | fp32 |" in log
 
 
 def test_demo_writes_the_table_videos_and_reports(demo):
-    workdir, code = demo
+    workdir, code, _ = demo
     rows = json.loads((workdir / "report.json").read_text())
     assert [r["artifact"] for r in rows] == ["ONNX FP32", "ONNX INT8 (Q/DQ)"]
     fp32, int8 = rows
@@ -52,14 +67,14 @@ def test_demo_writes_the_table_videos_and_reports(demo):
 
 
 def test_demo_rerun_reuses_everything(demo, capsys):
-    workdir, _ = demo
+    workdir, _, _ = demo
     demo_main(["--quick", "--work-dir", str(workdir)])
     out = capsys.readouterr().out
     assert "model: reusing" in out and "export: reusing" in out and "INT8: reusing" in out
 
 
 def test_calibrate_for_tensorrt_with_a_sensitivity_sweep(demo, tmp_path, capsys):
-    workdir, _ = demo
+    workdir, _, _ = demo
     output = tmp_path / "m.int8.onnx"
     assert calibrate_main(["--onnx", str(workdir / "model.onnx"), "--calib-data", "synthetic", "--calib-images",
                            "4", "--output", str(output), "--sensitivity", "--sensitivity-images", "3", "--group-depth",
@@ -74,17 +89,21 @@ def test_calibrate_for_tensorrt_with_a_sensitivity_sweep(demo, tmp_path, capsys)
 
 
 def test_onnxruntime_default_qdq_is_flagged_for_tensorrt(demo):
-    workdir, _ = demo
+    workdir, _, _ = demo
     model = onnx.load(str(workdir / "model.int8-onnxruntime.onnx"))  # uint8 activations: zero points != 0
     assert any("zero point" in problem for problem in unsupported(model))
 
 
 def test_validate_reports_and_enforces_the_bound(demo, tmp_path, capsys):
-    workdir, _ = demo
+    workdir, _, _ = demo
     args = ["--engine", str(workdir / "model.int8-onnxruntime.onnx"), "--checkpoint",
             str(workdir / "train" / "latest.pth"), "--max-images", "2", "--report", str(tmp_path / "r")]
     assert validate_main(args + ["--max-miou-drop", "100"]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["precision"] == "int8" and len(report["per_class"]) == 9
-    assert validate_main(args + ["--max-miou-drop", "-1"]) == 1  # an impossible bound fails
-    assert "FAIL" in capsys.readouterr().out
+    drop = -report["summary"]["miou_delta"]
+    capsys.readouterr()
+    assert validate_main(args + ["--max-miou-drop", "0"]) == (1 if drop > 0 else 0)  # any drop fails a 0 bound
+    assert ("FAIL: the mIoU drop" in capsys.readouterr().out) == (drop > 0)
+    assert validate_main(args + ["--max-miou-drop", "-1"]) == 2  # a bound no gate can hold is a user mistake
+    assert "--max-miou-drop must be a number of at least 0" in capsys.readouterr().err
