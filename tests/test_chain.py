@@ -42,6 +42,7 @@ def demo(tmp_path_factory):
 def test_demo_log_says_what_it_does_with_an_estimate_and_no_redraws(demo):
     _, _, log = demo
     assert "\r" not in log and "Traceback" not in log and "Warning" not in log
+    assert "torchvision is not installed" not in log  # the exporter's notices stay hidden without --debug
     assert "[1/5] model: training" in log and "checkpoints: latest.pth" in log and "MB of disk" in log
     assert "training offseg-t:" in log and "expected duration" in log  # measured after the first iterations
     assert "[5/5] offseg-validate" in log and "| ONNX FP32 | fp32 |" in log

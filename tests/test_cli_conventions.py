@@ -85,3 +85,21 @@ def test_torch_free_name_lists_match_the_registries():
     from offseg.names import DATASET_NAMES, MODEL_NAMES
     from offseg.zoo import MODELS
     assert MODEL_NAMES == tuple(MODELS) and DATASET_NAMES == tuple(LAYOUTS)
+
+
+def test_known_library_noise_is_hidden_unless_debug():
+    import warnings
+
+    from runtime.console import add_common_options, run
+
+    def noisy(args):
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `treespec.is_leaf()`", FutureWarning)
+        return 0
+
+    parser = argparse.ArgumentParser(prog="noisy")
+    add_common_options(parser)
+    for argv, shown in (([], False), (["--debug"], True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert run(noisy, parser, argv) == 0
+        assert any("LeafSpec" in str(w.message) for w in caught) == shown
