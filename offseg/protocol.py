@@ -21,12 +21,12 @@ import cv2
 import numpy as np
 
 from runtime.errors import OffsegError
-from runtime.preprocess import normalize_bgr, padded_size, resize_logits, sliding_windows
+from runtime.preprocess import (normalize_bgr, padded_size, resize_channels_last, resize_logits,
+                                sliding_windows)
 
 from .data.transforms import keep_ratio_size
 
 Infer = Callable[[np.ndarray], np.ndarray]  # (1, 3, h, w) normalized float32 -> (1, K, h', w') logits
-CV_MAX_CHANNELS = 512  # cv2.resize handles at most this many channels at once
 TEST_MODES = ("whole", "slide")
 
 
@@ -64,16 +64,6 @@ def test_resize(image: np.ndarray, scale: tuple[int, int] | None) -> np.ndarray:
     if size == image.shape[:2]:
         return image
     return cv2.resize(image, size[::-1], interpolation=cv2.INTER_LINEAR)
-
-
-def resize_channels_last(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w, K) float32 -> (H, W, K), bilinear with half-pixel centres (torch's ``align_corners=False``)."""
-    if logits.shape[:2] == tuple(size):
-        return logits
-    chunks = [cv2.resize(np.ascontiguousarray(logits[:, :, i:i + CV_MAX_CHANNELS]), tuple(size)[::-1],
-                         interpolation=cv2.INTER_LINEAR).reshape(*size, -1)
-              for i in range(0, logits.shape[2], CV_MAX_CHANNELS)]
-    return np.concatenate(chunks, axis=2)
 
 
 def forward_window(infer: Infer, x: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from .errors import OffsegError
 MEAN_RGB = (123.675, 116.28, 103.53)
 STD_RGB = (58.395, 57.12, 57.375)
 SIZE_DIVISOR = 32  # every input side must be a multiple of this
+CV_MAX_CHANNELS = 512  # cv2.resize handles at most this many channels at once
 
 
 def normalize_bgr(image: np.ndarray) -> np.ndarray:
@@ -89,14 +90,19 @@ def to_model_input(images: list[np.ndarray], uint8_input: bool) -> np.ndarray:
     return np.concatenate([normalize_bgr(im) for im in images])
 
 
+def resize_channels_last(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w, K) float32 -> (H, W, K), bilinear with half-pixel centres (torch's ``align_corners=False``)."""
+    if logits.shape[:2] == tuple(size):
+        return logits
+    chunks = [cv2.resize(np.ascontiguousarray(logits[:, :, i:i + CV_MAX_CHANNELS]), tuple(size)[::-1],
+                         interpolation=cv2.INTER_LINEAR).reshape(*size, -1)
+              for i in range(0, logits.shape[2], CV_MAX_CHANNELS)]
+    return np.concatenate(chunks, axis=2)
+
+
 def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(K, h, w) logits -> (H, W, K) float32, resized bilinearly (align_corners=False, as torch's interpolate)."""
-    channels_last = logits.astype(np.float32, copy=False).transpose(1, 2, 0)
-    if channels_last.shape[:2] == tuple(size):
-        return np.ascontiguousarray(channels_last)
-    chunks = [cv2.resize(np.ascontiguousarray(channels_last[:, :, i:i + 512]), tuple(size)[::-1],
-                         interpolation=cv2.INTER_LINEAR) for i in range(0, channels_last.shape[2], 512)]
-    return np.concatenate([c.reshape(*size, -1) for c in chunks], axis=2)
+    return resize_channels_last(np.ascontiguousarray(logits.astype(np.float32, copy=False).transpose(1, 2, 0)), size)
 
 
 def logits_to_labels(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -95,13 +95,15 @@ class Progress:
     def _figures(self) -> str:
         return "".join(f", {key} {value}" for key, value in self.figures.items())
 
+    def _per_second(self, now: float) -> float:
+        return (self.done - self.initial) / max(now - self.start, 1e-9)
+
     def _rate(self, now: float) -> str:
-        per_second = (self.done - self.initial) / max(now - self.start, 1e-9)
+        per_second = self._per_second(now)
         return f"{per_second:.2f} {self.unit}/s" if per_second >= 1 else f"{1 / per_second:.2f} s/{self.unit}"
 
     def _remaining(self, now: float) -> float:
-        per_second = (self.done - self.initial) / max(now - self.start, 1e-9)
-        return max(self.total - self.done, 0) / per_second
+        return max(self.total - self.done, 0) / self._per_second(now)
 
     def _write(self, line: str) -> None:
         if self.bar is not None:
