@@ -20,7 +20,7 @@ import numpy as np
 
 from runtime.errors import OffsegError
 
-from .commands import run_command
+from .commands import build_engine, run_command, tensorrt_unavailable
 
 BENCH_DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
 BACKENDS = ("torch", "onnx-fp32", "onnx-fp32-taps", "onnx-fp32-unfused", "onnx-int8", "onnx-int8-trt", "openvino",
@@ -109,20 +109,10 @@ def _openvino(fp32: Path, threads: int):
 
 
 def _engine(fp32: Path, precision: str) -> Path:
-    import importlib.util
-
-    from runtime.device import cuda_device
-    if importlib.util.find_spec("tensorrt") is None:
-        raise OffsegError("TensorRT is not installed")
-    if cuda_device() is None:
-        raise OffsegError("no CUDA GPU")
-    plan = fp32.with_name(f"{fp32.stem}.{precision}.plan")
-    if not plan.is_file():
-        flags = ["--fp16"] if precision == "fp16" else ["--int8", "--calib-data", "synthetic"]
-        argv = ["--onnx", str(fp32), "--format", "engine", "--output", str(plan), *flags]
-        if run_command("offseg-export", argv) != 0:
-            raise OffsegError(f"building the {precision} engine failed")
-    return plan
+    reason = tensorrt_unavailable()
+    if reason:
+        raise OffsegError(reason)
+    return build_engine(fp32, fp32.with_name(f"{fp32.stem}.{precision}.plan"), precision)
 
 
 def _open(backend: str, workdir: Path, model, name: str, size, batch: int):

@@ -32,3 +32,25 @@ def run_command(name: str, argv: list[str]) -> int:
     except KeyboardInterrupt:
         child.wait()
         raise
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT engines cannot be built and run here (None: they can)."""
+    import importlib.util
+
+    from runtime.device import cuda_device
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed here"
+    if cuda_device() is None:
+        return "no CUDA GPU"
+    return None
+
+
+def build_engine(onnx_path: Path, plan: Path, precision: str) -> Path:
+    """``plan``, an fp16 or int8 engine built from ``onnx_path`` by ``offseg-export`` (kept when it exists)."""
+    if not plan.is_file():
+        flags = ["--fp16"] if precision == "fp16" else ["--int8", "--calib-data", "synthetic"]
+        if run_command("offseg-export", ["--onnx", str(onnx_path), "--format", "engine", "--output", str(plan),
+                                         *flags]) != 0:
+            raise OffsegError(f"building the {precision} engine failed")
+    return plan

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from runtime.errors import OffsegError
 
-from .commands import run_command
+from .commands import build_engine, run_command, tensorrt_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -99,23 +99,13 @@ def _int8(config: DemoConfig, onnx_path: Path, target: str) -> Path:
 
 def _engines(config: DemoConfig, onnx_path: Path) -> list[Artifact]:
     """FP16 and INT8 TensorRT engines when TensorRT and a GPU are present (else an explanation)."""
-    from runtime.device import cuda_device
-    import importlib.util
-    if importlib.util.find_spec("tensorrt") is None:
-        print("      TensorRT engines: skipped (TensorRT is not installed here)")
+    reason = tensorrt_unavailable()
+    if reason:
+        print(f"      TensorRT engines: skipped ({reason})")
         return []
-    if cuda_device() is None:
-        print("      TensorRT engines: skipped (no CUDA GPU)")
-        return []
-    artifacts = []
-    for precision, flags in (("fp16", ["--fp16"]), ("int8", ["--int8", "--calib-data", "synthetic"])):
-        plan = config.workdir / f"model.{precision}.plan"
-        if not plan.is_file():
-            argv = ["--onnx", str(onnx_path), "--format", "engine", "--output", str(plan), *flags]
-            if run_command("offseg-export", argv) != 0:
-                raise OffsegError(f"building the {precision} engine failed")
-        artifacts.append(Artifact(f"TensorRT {precision.upper()}", plan, precision, "TensorRT"))
-    return artifacts
+    return [Artifact(f"TensorRT {precision.upper()}",
+                     build_engine(onnx_path, config.workdir / f"model.{precision}.plan", precision), precision,
+                     "TensorRT") for precision in ("fp16", "int8")]
 
 
 def run_demo(config: DemoConfig) -> list[dict]:
