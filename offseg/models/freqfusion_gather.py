@@ -26,7 +26,6 @@ from torch import nn
 from .freqfusion import HIGHPASS_KERNEL, LOWPASS_KERNEL, SIMILARITY_DILATION, FreqFusion
 
 PHASES = 4  # output pixels per low-resolution pixel at scale 2
-CORNERS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))  # bilinear corners as (x, y) steps from the floor
 
 
 def _arange(n, device: torch.device) -> torch.Tensor:
@@ -147,53 +146,64 @@ def highpass_kernels(logits: torch.Tensor, window: torch.Tensor) -> torch.Tensor
 
 
 def sampling_positions(offsets: torch.Tensor) -> torch.Tensor:
-    """``grid_sample``'s sampling positions as (x, y) pixel indices of the (2h, 2w) map: (N, 2h, 2w, G, 2), for
-    ``offsets`` (N, h, 2, w, 2, G, 2) in pixels of the (h, w) map around its pixel centres (b + 0.5, a + 0.5)."""
-    n, h, _, w, _, groups, _ = offsets.shape
+    """``grid_sample``'s sampling positions as pixel indices of the (2h, 2w) map, planar (N, 2, G, 2, 2, h, w) like
+    ``offsets``: (x, y) offsets in pixels of the (h, w) map around its pixel centres (b + 0.5, a + 0.5) for
+    channel group G and output phase (dy, dx) of low-resolution pixel (a, b)."""
+    h, w = offsets.shape[-2:]
     xs = 2 * torch.arange(w, dtype=offsets.dtype, device=offsets.device) + 0.5
     ys = 2 * torch.arange(h, dtype=offsets.dtype, device=offsets.device) + 0.5
-    centres = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), dim=-1)  # (h, w, 2)
-    return (2 * offsets + centres[:, None, :, None, None, :]).reshape(n, 2 * h, 2 * w, groups, 2)
+    centres = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]))  # (2, h, w)
+    return 2 * offsets + centres[:, None, None, None]
 
 
 class SamplingCorners(nn.Module):
     """Where ``grid_sample`` (bilinear, border padding, ``align_corners=False``) reads, and with which weights.
 
-    Its own module so that precision pins keep it whole in FP32 (row numbers and positions need 24 bits).
+    All arithmetic runs planar (the pixel axes innermost: ONNX Runtime broadcasts slowly over small inner axes);
+    one Transpose each puts rows and weights in output order. Its own module so that precision pins keep it whole
+    in FP32 (row numbers and positions need 24 bits).
     """
 
     def forward(self, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``offsets`` (N, h, 2, w, 2, G, 2): (x, y) sampling offsets in pixels of the (h, w) map for each pixel
-        of the (2h, 2w) map and each of G channel groups, read from an upsampled (H, W) = (2h, 2w) map.
+        """``offsets`` (N, 2, G, 2, 2, h, w): (x, y) sampling offsets in pixels of the (h, w) map for output phase
+        (dy, dx) of each low-resolution pixel and each of G channel groups, read from a (2h, 2w) map given in
+        phase order (N, h*w, 4, C) (``carafe_up``'s output).
 
-        Returns rows (N, H, W, G, 4) int64 into that map channels-last, zero-padded by one row and column at the
-        end and flattened to (N * (H+1) * (W+1) * G, C/G), and the corner weights (N, H, W, G, 1, 4). Border
-        padding is a clamp of the position; a corner past the last row or column then has weight 0.
+        Returns rows (N, 2h, 2w, G, 4) int64 into that map flattened to (N * h*w*4 * G, C/G), and the corner
+        weights (N, 2h, 2w, G, 1, 4). Border padding is a clamp of the position; the corner past the last row or
+        column, whose weight is then 0, reads the last one.
         """
-        n, h, _, w, _, groups, _ = offsets.shape
-        height, width = 2 * h, 2 * w
+        n, _, groups, _, _, h, w = offsets.shape
         dtype, device = offsets.dtype, offsets.device
-        limit = torch.tensor([width - 1, height - 1], dtype=dtype, device=device)
-        position = sampling_positions(offsets).clamp_min(0).minimum(limit)
-        floor = position.floor()
-        corners = floor.unsqueeze(-2) + torch.tensor(CORNERS, dtype=dtype, device=device)  # (N, H, W, G, 4, 2)
-        weights = (1 - (corners - position.unsqueeze(-2)).abs()).prod(dim=-1).unsqueeze(-2)
-        # float arithmetic is exact below 2^24 (rows of one image); the image offset is added in int64
-        strides = torch.tensor([groups, (width + 1) * groups], dtype=dtype, device=device)
-        group = torch.arange(groups, dtype=dtype, device=device)
-        steps = torch.tensor([0, groups, (width + 1) * groups, (width + 2) * groups], dtype=dtype, device=device)
-        rows = (((floor * strides).sum(dim=-1) + group).unsqueeze(-1) + steps).to(torch.int64)
+        last = torch.tensor([2 * w - 1, 2 * h - 1], dtype=dtype, device=device).reshape(2, 1, 1, 1, 1, 1)
+        position = sampling_positions(offsets).clamp_min(0).minimum(last)
+        low = position.floor()
+        fraction = position - low
+        corners = torch.stack([low, (low + 1).minimum(last)], dim=1)  # (N, 2 corners, 2 axes, G, 2, 2, h, w)
+        # pixel (Y, X) sits at phase-order row (Y//2 * w + X//2) * 4 + Y%2 * 2 + X%2, a sum of one part per axis:
+        # X + 2 * (X//2) for x and 2Y + 4(w - 1) * (Y//2) for y
+        scale = torch.tensor([1.0, 2.0], dtype=dtype, device=device).reshape(2, 1, 1, 1, 1, 1)
+        halves = torch.tensor([2, 4 * w - 4], dtype=dtype, device=device).reshape(2, 1, 1, 1, 1, 1)
+        parts = corners * scale + (0.5 * corners).floor() * halves
+        group = torch.arange(groups, dtype=dtype, device=device).reshape(groups, 1, 1, 1, 1)
+        rows = (parts[:, :, 1, None] + parts[:, None, :, 0]) * groups + group  # (N, y corner, x corner, G, ...)
+        weights_x = torch.stack([1 - fraction[:, 0], fraction[:, 0]], dim=1)
+        weights_y = torch.stack([1 - fraction[:, 1], fraction[:, 1]], dim=1)
+        weights = weights_y[:, :, None] * weights_x[:, None]
+        order = (0, 5, 3, 6, 4, 2, 1)  # (N, 4 corners, G, dy, dx, h, w) -> (N, h, dy, w, dx, G, 4 corners)
+        rows = rows.reshape(n, 4, groups, 2, 2, h, w).to(torch.int64).permute(order)
+        weights = weights.reshape(n, 4, groups, 2, 2, h, w).permute(order)
         if not (isinstance(n, int) and n == 1):
-            image = torch.arange(n, device=device) * ((height + 1) * (width + 1) * groups)
-            rows = rows + image.reshape(n, 1, 1, 1, 1)
-        return rows, weights
+            image = torch.arange(n, device=device) * (h * w * 4 * groups)
+            rows = rows + image.reshape(n, 1, 1, 1, 1, 1, 1)
+        return rows.reshape(n, 2 * h, 2 * w, groups, 4), weights.reshape(n, 2 * h, 2 * w, groups, 1, 4)
 
 
 def sample_bilinear(source: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``source`` (N, H, W, C) read at ``SamplingCorners`` rows with its weights: (N, H', W', C)."""
-    n, _, _, c = source.shape
+    """``source`` (N, h*w, 4, C) in phase order read at ``SamplingCorners`` rows with its weights: (N, 2h, 2w, C)."""
+    n, c = source.shape[0], source.shape[-1]
     groups = rows.shape[-2]
-    values = F.embedding(rows, F.pad(source, [0, 0, 0, 1, 0, 1]).reshape(-1, c // groups))  # (N, H', W', G, 4, C/G)
+    values = F.embedding(rows, source.reshape(-1, c // groups))  # (N, 2h, 2w, G, 4, C/G)
     return (weights @ values).reshape(n, rows.shape[1], rows.shape[2], c)
 
 
@@ -237,6 +247,6 @@ class GatherFreqFusion(nn.Module):
             sampler.hr_offset(neighbour_similarity(self.unit_vectors(hr_x))), sampler.scale)
         gate = sampler.direct_scale(lr_x) + F.pixel_unshuffle(sampler.hr_direct_scale(hr_x), sampler.scale)
         offsets = direction * gate.sigmoid() + sampler.init_pos  # (N, 2 * G * 4, h, w), low-resolution pixels
-        offsets = offsets.reshape(lr_x.shape[0], 2, sampler.groups, 2, 2, h, w).permute(0, 5, 3, 6, 4, 2, 1)
-        sampled = sample_bilinear(phases_to_channels_last(upsampled, h, w), *self.sampling_corners(offsets))
+        offsets = offsets.reshape(lr_x.shape[0], 2, sampler.groups, 2, 2, h, w)
+        sampled = sample_bilinear(upsampled, *self.sampling_corners(offsets))
         return sampled.permute(0, 3, 1, 2)
