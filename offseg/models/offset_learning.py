@@ -55,18 +55,27 @@ class OffsetLearning(nn.Module):
         return masks.transpose(1, 2).reshape(n, self.num_classes, h, w)
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Same output as ``forward`` without materializing dE (see the module docstring)."""
+        """Same output as ``forward`` without materializing dE (see the module docstring), computed class-major:
+        every product is (K x .) @ (. x hw) on the features as they come (N, C, hw), so the output needs no
+        transpose, and the LayerNorm over classes takes its means as MatMuls with a 1/K row (ONNX Runtime runs
+        transposed-operand GEMMs at half speed and reductions over a non-last axis slowly)."""
         n, c, h, w = x.shape
-        pixel_features = x.flatten(2).transpose(1, 2)  # E: (N, hw, C)
+        features = x.reshape(n, c, h * w)  # E^T: (N, C, hw)
         class_embed = self.class_embed.expand(n, -1, -1)  # W: (N, K, C)
 
-        coupled_logits = pixel_features @ class_embed.transpose(1, 2)  # A: (N, hw, K), computed once
+        coupled_logits = class_embed @ features  # A^T: (N, K, hw), computed once
+        pixel_weights = coupled_logits.softmax(dim=2)  # softmax over pixels, per class
+        aligned_classes = class_embed + self.class_offset_proj(pixel_weights @ features.transpose(1, 2))  # W + dW
 
-        pixel_weights = coupled_logits.transpose(1, 2).softmax(dim=2)
-        aligned_classes = class_embed + self.class_offset_proj(pixel_weights @ pixel_features)  # W + dW
+        class_weights = coupled_logits.softmax(dim=1)  # softmax over classes, per pixel: (N, K, hw)
+        class_mixing = aligned_classes @ self.feature_offset_proj(class_embed).transpose(1, 2)  # (N, K, K)
+        masks = aligned_classes @ features + class_mixing @ class_weights  # masks^T: (N, K, hw)
+        return self._norm_over_classes(masks).reshape(n, self.num_classes, h, w)
 
-        class_weights = coupled_logits.softmax(dim=2)  # softmax over classes: (N, hw, K)
-        class_mixing = self.feature_offset_proj(class_embed) @ aligned_classes.transpose(1, 2)  # (N, K, K)
-        masks = pixel_features @ aligned_classes.transpose(1, 2) + class_weights @ class_mixing
-        masks = self.mask_norm(masks)
-        return masks.transpose(1, 2).reshape(n, self.num_classes, h, w)
+    def _norm_over_classes(self, masks: torch.Tensor) -> torch.Tensor:
+        """``mask_norm`` (LayerNorm over K) of class-major masks (N, K, hw)."""
+        norm = self.mask_norm
+        average = masks.new_full((1, masks.shape[1]), 1.0 / masks.shape[1])
+        centred = masks - average @ masks
+        variance = average @ (centred * centred)
+        return centred * (variance + norm.eps).rsqrt() * norm.weight[:, None] + norm.bias[:, None]
