@@ -16,6 +16,7 @@ from runtime.errors import OffsegError
 
 from offseg.names import MODEL_NAMES
 
+from .opsets import DEFAULT_OPSET, MIN_OPSET
 
 
 def _size(path: Path) -> str:
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     onnx_group.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
                             help="input size, multiples of 32 (default 512 512; the example size with --dynamic)")
     onnx_group.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
-    onnx_group.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    onnx_group.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                            help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET} and up)")
     onnx_group.add_argument("--fold-normalization", action="store_true",
                             help="take uint8 RGB NCHW images; mean/std normalization inside the graph")
     onnx_group.add_argument("--output-kind", choices=("logits", "labels"), default="logits",

@@ -24,6 +24,7 @@ from runtime.preprocess import MEAN_RGB, SIZE_DIVISOR, STD_RGB
 
 from .files import FUNCTION_DOMAIN, file_sha256, save_checked
 from .graph import extract_function, rename_scope
+from .opsets import DEFAULT_OPSET, MIN_OPSET
 from .precision import FUSION_FP32_PARTS, FUSION_SCOPE, HEAD_SCOPE
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 HEAD_MODULE = "head.offset_learning"  # torch module path of the offset-learning head
 FUSION_MODULE = re.compile(r"'head\.freqfusions\.(\d+)'")  # torch module paths of the FreqFusion stages
 FUSION_PART = re.compile(rf"'head\.freqfusions\.\d+\.({'|'.join(FUSION_FP32_PARTS)})'")  # pinned whole
-MIN_OPSET = 18  # GroupNorm/Resize/GridSample as the exporter emits them; LayerNormalization needs 17
 OUTPUT_KINDS = ("logits", "labels")
 FREQFUSION_FORMS = ("gather", "taps")  # export forms of FreqFusion (offseg.models.freqfusion_gather, freqfusion)
 
@@ -53,7 +53,7 @@ class OnnxOptions:
 
     input_size: tuple[int, int] = (512, 512)
     dynamic: bool = False
-    opset: int = MIN_OPSET
+    opset: int = DEFAULT_OPSET
     fold_normalization: bool = False
     output_kind: str = "logits"
     fused_head: bool = True
