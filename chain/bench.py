@@ -5,7 +5,8 @@ Backends: ``torch`` (eager), ``onnx-fp32`` (fused head, FreqFusion in the gather
 (FreqFusion in the readable taps form, what TensorRT engines get), ``onnx-fp32-unfused`` (the paper's head, for the
 fusion's effect), ``onnx-int8`` (Q/DQ for ONNX Runtime CPU), ``onnx-int8-trt`` (the Q/DQ flavour TensorRT builds
 from, run by ONNX Runtime), ``openvino`` / ``openvino-taps`` (OpenVINO on CPU running the same ONNX files, inlined;
-the ``openvino`` extra), ``trt-fp16`` / ``trt-int8`` (TensorRT engines). Backends that cannot run here are skipped
+the ``openvino`` extra), ``trt-fp16`` / ``trt-int8`` (TensorRT engines of the taps form, what ``auto`` builds) and
+``trt-fp16-gather`` / ``trt-int8-gather`` (of the gather form, to compare the two on GPUs). Backends that cannot run here are skipped
 with the reason. Exported files are cached in the work folder. After each backend's warm-up (which also measures
 the memory it adds), the backends take turns call by call, so the ratios come from the same stretch of time.
 """
@@ -24,7 +25,7 @@ from .commands import build_engine, run_command, tensorrt_unavailable
 
 BENCH_DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
 BACKENDS = ("torch", "onnx-fp32", "onnx-fp32-taps", "onnx-fp32-unfused", "onnx-int8", "onnx-int8-trt", "openvino",
-            "openvino-taps", "trt-fp16", "trt-int8")
+            "openvino-taps", "trt-fp16", "trt-int8", "trt-fp16-gather", "trt-int8-gather")
 INT8_TARGETS = {"onnx-int8": "onnxruntime", "onnx-int8-trt": "tensorrt"}
 
 
@@ -69,8 +70,10 @@ def _stats(times: list[float], batch_size: int) -> dict:
 def _onnx(workdir: Path, model, name: str, size, batch: int, fused: bool, form: str) -> Path:
     from export.files import load_onnx, read_metadata
     from export.onnx import OnnxOptions, export_onnx
+    from export.opsets import DEFAULT_OPSET
     path = workdir / f"{name}-{size[0]}x{size[1]}-b{batch}{'' if fused else '-unfused'}-{form}.onnx"
-    wanted = {"offseg.fused_head": str(fused).lower(), "offseg.freqfusion_form": form}
+    wanted = {"offseg.fused_head": str(fused).lower(), "offseg.freqfusion_form": form,
+              "offseg.opset": str(DEFAULT_OPSET)}
     if not path.is_file() or any(read_metadata(load_onnx(path)).get(k) != v for k, v in wanted.items()):
         print(f"exporting {path.name} ...", flush=True)
         export_onnx(model, name, path, OnnxOptions(input_size=tuple(size), fused_head=fused, batch=batch,
@@ -120,15 +123,18 @@ def _open(backend: str, workdir: Path, model, name: str, size, batch: int):
     import torch
 
     from runtime.backends import open_backend
-    taps = backend.endswith("-taps") or backend.startswith("trt-")  # engines get what TensorRT fuses
-    fp32 = _onnx(workdir, model, name, size, batch, fused=backend != "onnx-fp32-unfused",
-                 form="taps" if taps else "gather")
+    if backend.startswith("trt-"):  # engines get the taps form (what TensorRT fuses) unless named -gather
+        precision, _, form = backend.removeprefix("trt-").partition("-")
+        form = form or "taps"
+    else:
+        form = "taps" if backend.endswith("-taps") else "gather"
+    fp32 = _onnx(workdir, model, name, size, batch, fused=backend != "onnx-fp32-unfused", form=form)
     if backend.startswith("openvino"):
         return _openvino(fp32, torch.get_num_threads())
     if backend in INT8_TARGETS:
         return open_backend(_int8(fp32, INT8_TARGETS[backend])).infer
     if backend.startswith("trt-"):
-        return open_backend(_engine(fp32, backend.removeprefix("trt-"))).infer
+        return open_backend(_engine(fp32, precision)).infer
     return open_backend(fp32).infer
 
 

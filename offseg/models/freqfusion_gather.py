@@ -146,50 +146,49 @@ def highpass_kernels(logits: torch.Tensor, window: torch.Tensor) -> torch.Tensor
 
 
 def sampling_positions(offsets: torch.Tensor) -> torch.Tensor:
-    """``grid_sample``'s sampling positions as pixel indices of the (2h, 2w) map, planar (N, 2, G, 2, 2, h, w) like
+    """``grid_sample``'s sampling positions as pixel indices of the (2h, 2w) map, planar (N, 2, G, 4, h, w) like
     ``offsets``: (x, y) offsets in pixels of the (h, w) map around its pixel centres (b + 0.5, a + 0.5) for
-    channel group G and output phase (dy, dx) of low-resolution pixel (a, b)."""
+    channel group G and output phase dy*2+dx of low-resolution pixel (a, b)."""
     h, w = offsets.shape[-2:]
     xs = 2 * torch.arange(w, dtype=offsets.dtype, device=offsets.device) + 0.5
     ys = 2 * torch.arange(h, dtype=offsets.dtype, device=offsets.device) + 0.5
     centres = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]))  # (2, h, w)
-    return 2 * offsets + centres[:, None, None, None]
+    return 2 * offsets + centres[:, None, None]
 
 
 class SamplingCorners(nn.Module):
     """Where ``grid_sample`` (bilinear, border padding, ``align_corners=False``) reads, and with which weights.
 
-    All arithmetic runs planar (the pixel axes innermost: ONNX Runtime broadcasts slowly over small inner axes);
-    one Transpose each puts rows and weights in output order. Its own module so that precision pins keep it whole
-    in FP32 (row numbers and positions need 24 bits).
+    All arithmetic runs planar (the pixel axes innermost: ONNX Runtime broadcasts slowly over small inner axes) on
+    at most 7-D tensors (TensorRT's limit is 8); one Transpose each puts rows and weights in output order. Its own
+    module so that precision pins keep it whole in FP32 (row numbers and positions need 24 bits).
     """
 
     def forward(self, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``offsets`` (N, 2, G, 2, 2, h, w): (x, y) sampling offsets in pixels of the (h, w) map for output phase
-        (dy, dx) of each low-resolution pixel and each of G channel groups, read from a (2h, 2w) map given in
+        """``offsets`` (N, 2, G, 4, h, w): (x, y) sampling offsets in pixels of the (h, w) map for output phase
+        dy*2+dx of each low-resolution pixel and each of G channel groups, read from a (2h, 2w) map given in
         phase order (N, h*w, 4, C) (``carafe_up``'s output).
 
         Returns rows (N, 2h, 2w, G, 4) int64 into that map flattened to (N * h*w*4 * G, C/G), and the corner
         weights (N, 2h, 2w, G, 1, 4). Border padding is a clamp of the position; the corner past the last row or
         column, whose weight is then 0, reads the last one.
         """
-        n, _, groups, _, _, h, w = offsets.shape
+        n, _, groups, _, h, w = offsets.shape
         dtype, device = offsets.dtype, offsets.device
-        last = torch.tensor([2 * w - 1, 2 * h - 1], dtype=dtype, device=device).reshape(2, 1, 1, 1, 1, 1)
-        position = sampling_positions(offsets).clamp_min(0).minimum(last)
-        low = position.floor()
-        fraction = position - low
-        corners = torch.stack([low, (low + 1).minimum(last)], dim=1)  # (N, 2 corners, 2 axes, G, 2, 2, h, w)
+        axis = (2, 1, 1, 1, 1)  # a constant per (x, y) axis
+        last = torch.tensor([2 * w - 1, 2 * h - 1], dtype=dtype, device=device).reshape(axis)
+        position = sampling_positions(offsets).clamp_min(0).minimum(last).unsqueeze(1)
+        corners = position.floor() + torch.tensor([0.0, 1.0], dtype=dtype, device=device).reshape(2, 1, 1, 1, 1, 1)
+        tent = 1 - (corners - position).abs()  # (N, 2 corners, 2 axes, G, 4, h, w): linear weights per axis
+        corners = corners.minimum(last)
         # pixel (Y, X) sits at phase-order row (Y//2 * w + X//2) * 4 + Y%2 * 2 + X%2, a sum of one part per axis:
         # X + 2 * (X//2) for x and 2Y + 4(w - 1) * (Y//2) for y
-        scale = torch.tensor([1.0, 2.0], dtype=dtype, device=device).reshape(2, 1, 1, 1, 1, 1)
-        halves = torch.tensor([2, 4 * w - 4], dtype=dtype, device=device).reshape(2, 1, 1, 1, 1, 1)
+        scale = torch.tensor([1.0, 2.0], dtype=dtype, device=device).reshape(axis)
+        halves = torch.tensor([2, 4 * w - 4], dtype=dtype, device=device).reshape(axis)
         parts = corners * scale + (0.5 * corners).floor() * halves
-        group = torch.arange(groups, dtype=dtype, device=device).reshape(groups, 1, 1, 1, 1)
-        rows = (parts[:, :, 1, None] + parts[:, None, :, 0]) * groups + group  # (N, y corner, x corner, G, ...)
-        weights_x = torch.stack([1 - fraction[:, 0], fraction[:, 0]], dim=1)
-        weights_y = torch.stack([1 - fraction[:, 1], fraction[:, 1]], dim=1)
-        weights = weights_y[:, :, None] * weights_x[:, None]
+        group = torch.arange(groups, dtype=dtype, device=device).reshape(groups, 1, 1, 1)
+        rows = (parts[:, :, 1].unsqueeze(2) + parts[:, :, 0].unsqueeze(1)) * groups + group  # (N, y, x corner, ...)
+        weights = tent[:, :, 1].unsqueeze(2) * tent[:, :, 0].unsqueeze(1)
         order = (0, 5, 3, 6, 4, 2, 1)  # (N, 4 corners, G, dy, dx, h, w) -> (N, h, dy, w, dx, G, 4 corners)
         rows = rows.reshape(n, 4, groups, 2, 2, h, w).to(torch.int64).permute(order)
         weights = weights.reshape(n, 4, groups, 2, 2, h, w).permute(order)
@@ -247,6 +246,6 @@ class GatherFreqFusion(nn.Module):
             sampler.hr_offset(neighbour_similarity(self.unit_vectors(hr_x))), sampler.scale)
         gate = sampler.direct_scale(lr_x) + F.pixel_unshuffle(sampler.hr_direct_scale(hr_x), sampler.scale)
         offsets = direction * gate.sigmoid() + sampler.init_pos  # (N, 2 * G * 4, h, w), low-resolution pixels
-        offsets = offsets.reshape(lr_x.shape[0], 2, sampler.groups, 2, 2, h, w)
+        offsets = offsets.reshape(lr_x.shape[0], 2, sampler.groups, 4, h, w)
         sampled = sample_bilinear(upsampled, *self.sampling_corners(offsets))
         return sampled.permute(0, 3, 1, 2)
