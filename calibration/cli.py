@@ -164,7 +164,7 @@ def _fp16_check(args: argparse.Namespace) -> int:
     from offseg.checkpoint import build_from_checkpoint
     from runtime.sinks import atomic_output
 
-    from .fp16_safety import DEFAULT_TOLERANCE, check_fp16, markdown
+    from .fp16_safety import DEFAULT_TOLERANCE, check_fp16, describe_whole, markdown
     from .sources import calibration_inputs
 
     if args.calib_images < 1:
@@ -174,20 +174,21 @@ def _fp16_check(args: argparse.Namespace) -> int:
         raise OffsegError(f"--input-size {height} {width}: both must be positive multiples of 32")
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     inputs = calibration_inputs(args.calib_data, args.calib_images, (height, width), uint8_input=False)
-    report = check_fp16(model, inputs, args.tolerance or DEFAULT_TOLERANCE, progress=not args.debug)
+    form = "taps" if args.freqfusion_form == "auto" else args.freqfusion_form  # auto: what engines get
+    report = check_fp16(model, inputs, args.tolerance or DEFAULT_TOLERANCE, progress=not args.debug,
+                        freqfusion_form=form)
     args.report.mkdir(parents=True, exist_ok=True)
     for file, text in (("fp16_safety.json", json.dumps(report.to_json(), indent=2)),
                        ("fp16_safety.md", markdown(report, name))):
         with atomic_output(args.report / file) as tmp:
             tmp.write_text(text)
     whole, pinned = report.whole_fp16, report.whole_fp16_pinned
-    print(f"{name}: {report.modules_checked} modules checked on {report.images} images at {height}x{width}; "
+    print(f"{name} (FreqFusion {form} form): {report.modules_checked} modules checked on {report.images} images "
+          f"at {height}x{width}; "
           f"{len(report.flagged)} need FP32 (tolerance {report.tolerance:.2g})")
     for stats in report.flagged:
         print(f"  {stats.module} ({stats.kind}): {stats.reason}")
-    if whole.get("finite") and pinned.get("finite"):
-        print(f"whole model in FP16: labels agree {whole['label_agreement_percent']:.2f}%, with those in FP32: "
-              f"{pinned['label_agreement_percent']:.2f}%")
+    print(f"whole model in FP16: {describe_whole(whole)}; with those in FP32: {describe_whole(pinned)}")
     if report.pins:
         print("build with: offseg-export ... --fp16 " + " ".join(f"--keep-fp32 '{rule}'" for rule in report.pins))
     print(f"wrote {args.report / 'fp16_safety.md'} and fp16_safety.json")
@@ -207,6 +208,9 @@ def fp16_check_main(argv: list[str] | None = None) -> int:
                         help="input size, multiples of 32")
     parser.add_argument("--tolerance", type=float, help="relative error that flags a module (default: FP16's "
                         "machine epsilon, 2^-10)")
+    parser.add_argument("--freqfusion-form", choices=("auto", "gather", "taps"), default="auto",
+                        help="FreqFusion form to check, as offseg-export writes it (default auto: taps, what "
+                        "TensorRT engines get; gather for an FP16 ONNX file of the default ONNX export)")
     parser.add_argument("--report", type=Path, default=Path("fp16-safety"), help="report folder")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--data": "--calib-data", "--images": "--calib-images"})

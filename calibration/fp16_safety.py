@@ -32,6 +32,7 @@ class ModuleStats:
     relative_error: float = 0.0
     subnormal_share: float = 0.0  # nonzero FP32 outputs below FP16's smallest normal
     nonfinite: bool = False
+    error: str = ""  # what the module raised in FP16 (e.g. an index computed in FP16 out of range)
     reason: str = ""
 
     def update(self, reference: torch.Tensor, half: torch.Tensor) -> None:
@@ -48,7 +49,9 @@ class ModuleStats:
             self.subnormal_share = max(self.subnormal_share, float((nonzero < FP16_MIN_NORMAL).float().mean()))
 
     def judge(self, tolerance: float) -> bool:
-        if self.nonfinite or self.abs_max > FP16_MAX:
+        if self.error:
+            self.reason = f"fails in FP16: {self.error}"
+        elif self.nonfinite or self.abs_max > FP16_MAX:
             self.reason = "overflow: FP16 output is not finite" if self.nonfinite else \
                 f"overflow: FP32 values up to {self.abs_max:.3g} exceed FP16's {FP16_MAX:g}"
         elif self.relative_error > tolerance:
@@ -63,6 +66,7 @@ class Fp16Report:
     images: int
     tolerance: float
     modules_checked: int
+    freqfusion_form: str  # the FreqFusion form checked (``export.onnx.FREQFUSION_FORMS``)
     flagged: list[ModuleStats]
     pins: list[str]  # ``--keep-fp32`` rules
     whole_fp16: dict = field(default_factory=dict)  # label agreement / logit diff of the whole model in FP16
@@ -147,6 +151,8 @@ def _check_call(call: _Call, half_modules: dict[str, nn.Module], stats: dict[str
         half_modules[name].forward = lambda *a, name=name, **k: _to_half(replays[name].pop(0))
     try:
         half_output = module(*_to_half(call.args))
+    except (RuntimeError, IndexError) as error:  # e.g. rows computed in FP16 point outside the map
+        stats[call.name].error, half_output = str(error).splitlines()[0], None
     finally:
         for name in replays:
             del half_modules[name].forward  # back to the class's forward
@@ -158,13 +164,18 @@ def _check_call(call: _Call, half_modules: dict[str, nn.Module], stats: dict[str
 
 def pin_unit(name: str) -> tuple[str, list[str]]:
     """The module a pin for ``name`` covers and its ``--keep-fp32`` rules (see ``export.onnx.node_scope``): the
-    head and each FreqFusion stage export under one scope, so they are pinned whole."""
+    head and each FreqFusion stage export under one scope, so they are pinned whole, except the gather form's parts
+    with scopes of their own (``FreqFusion<i>/sampling_corners``, ``FreqFusion<i>/unit_vectors``)."""
     from export.onnx import FUSION_MODULE, FUSION_SCOPE, HEAD_MODULE, HEAD_SCOPE
+    from export.precision import FUSION_FP32_PARTS
     if name == HEAD_MODULE or name.startswith(HEAD_MODULE + "."):
         return HEAD_MODULE, [HEAD_SCOPE]
-    stage = ".".join(name.split(".")[:3])
+    parts = name.split(".")
+    stage = ".".join(parts[:3])
     fusion = FUSION_MODULE.search(f"'{stage}'")
     if fusion:
+        if len(parts) > 3 and parts[3] in FUSION_FP32_PARTS:
+            return ".".join(parts[:4]), [f"{FUSION_SCOPE}{fusion.group(1)}/{parts[3]}/"]
         return stage, [f"{FUSION_SCOPE}{fusion.group(1)}"]
     return name, [f"{name}/", f"{name}."]  # its own nodes and its children's
 
@@ -211,7 +222,10 @@ def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str]
             module.register_forward_pre_hook(_cast_inputs)
     agree, max_diff = [], 0.0
     for x in inputs:
-        reference, result = model(x), half(x.half()).float()
+        try:
+            reference, result = model(x), half(x.half()).float()
+        except (RuntimeError, IndexError) as error:
+            return {"finite": False, "error": str(error).splitlines()[0]}
         if not torch.isfinite(result).all():
             return {"finite": False}
         agree.append(float((reference.argmax(1) == result.argmax(1)).float().mean()))
@@ -222,9 +236,13 @@ def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str]
 
 @torch.no_grad()
 def check_fp16(model: nn.Module, inputs: list[np.ndarray], tolerance: float = DEFAULT_TOLERANCE,
-               progress: bool = False) -> Fp16Report:
-    """Check ``model`` (eval mode, FP32) on ``inputs`` ((1, 3, H, W) normalized float32 arrays)."""
+               progress: bool = False, freqfusion_form: str | None = None) -> Fp16Report:
+    """Check ``model`` (eval mode, FP32) on ``inputs`` ((1, 3, H, W) normalized float32 arrays); for an OffSeg,
+    ``freqfusion_form`` "gather" checks the FreqFusion form exported for ONNX Runtime instead of the readable one."""
     from runtime.progress import progress as report_progress
+    if freqfusion_form == "gather":
+        from offseg.models.freqfusion_gather import with_gather_fusions
+        model = with_gather_fusions(model)
     model = model.float().eval()
     half_model = copy.deepcopy(model).half().eval()
     half_modules = checked_modules(half_model)
@@ -236,23 +254,30 @@ def check_fp16(model: nn.Module, inputs: list[np.ndarray], tolerance: float = DE
     flagged_names = sorted(name for name, s in stats.items() if s.judge(tolerance))
     flagged = sorted((stats[name] for name in flagged_names), key=lambda s: (not s.nonfinite, -s.relative_error))
     pinned_modules, rules = pin_plan(flagged_names)
-    return Fp16Report(images=len(tensors), tolerance=tolerance, modules_checked=len(stats), flagged=flagged,
+    return Fp16Report(images=len(tensors), tolerance=tolerance, modules_checked=len(stats),
+                      freqfusion_form=freqfusion_form or "taps", flagged=flagged,
                       pins=rules, whole_fp16=_whole_model(model, tensors, []),
                       whole_fp16_pinned=_whole_model(model, tensors, pinned_modules))
 
 
+def describe_whole(result: dict) -> str:
+    """One of ``Fp16Report``'s whole-model results in words."""
+    if "error" in result:
+        return f"fails ({result['error']})"
+    if not result.get("finite"):
+        return "non-finite outputs"
+    return f"labels agree on {result['label_agreement_percent']:.2f}% of pixels, " \
+           f"max logit diff {result['max_logit_diff']:.3g}"
+
+
 def markdown(report: Fp16Report, model_name: str) -> str:
     """The report as a short markdown page."""
-    def whole(result: dict) -> str:
-        if not result.get("finite"):
-            return "non-finite outputs"
-        return f"labels agree on {result['label_agreement_percent']:.2f}% of pixels, " \
-               f"max logit diff {result['max_logit_diff']:.3g}"
     lines = [f"# FP16 safety: {model_name}", "",
              f"{report.modules_checked} modules checked one by one on {report.images} images "
-             f"(relative-error tolerance {report.tolerance:.2g}).", "",
-             f"- whole model in FP16: {whole(report.whole_fp16)}",
-             f"- with the pins below in FP32: {whole(report.whole_fp16_pinned)}", ""]
+             f"(relative-error tolerance {report.tolerance:.2g}; FreqFusion in the {report.freqfusion_form} form).",
+             "",
+             f"- whole model in FP16: {describe_whole(report.whole_fp16)}",
+             f"- with the pins below in FP32: {describe_whole(report.whole_fp16_pinned)}", ""]
     if report.flagged:
         lines += ["| module | type | FP32 max abs | FP16 rel. error | below FP16 normal | why |",
                   "|---|---|---:|---:|---:|---|"]

@@ -103,12 +103,13 @@ class DeployModel(nn.Module):
 
     def __init__(self, model: nn.Module, options: OnnxOptions):
         super().__init__()
-        model = copy.deepcopy(model).eval()
+        if options.freqfusion_form == "gather":
+            from offseg.models.freqfusion_gather import with_gather_fusions
+            model = with_gather_fusions(model).eval()
+        else:
+            model = copy.deepcopy(model).eval()
         if options.fused_head:
             model.head.offset_learning = FusedOffsetLearning(model.head.offset_learning)
-        if options.freqfusion_form == "gather":
-            from offseg.models.freqfusion_gather import GatherFreqFusion
-            model.head.freqfusions = nn.ModuleList(GatherFreqFusion(f) for f in model.head.freqfusions)
         self.backbone, self.head = model.backbone, model.head
         self.num_classes = model.num_classes
         self.options = options

@@ -52,6 +52,22 @@ def test_pins_follow_the_export_scopes():
     assert modules == ["backbone.stages.1.blocks.0.mlp", "head.freqfusions.2", "head.offset_learning"]
     assert rules == ["backbone.stages.1.blocks.0.mlp/", "backbone.stages.1.blocks.0.mlp.", "FreqFusion2",
                      "OffsetLearning"]
+    # the gather form's parts with scopes of their own are pinned alone, as the default pins do
+    modules, rules = pin_plan(["head.freqfusions.1.sampling_corners", "head.freqfusions.0.unit_vectors"])
+    assert modules == ["head.freqfusions.1.sampling_corners", "head.freqfusions.0.unit_vectors"]
+    assert rules == ["FreqFusion1/sampling_corners/", "FreqFusion0/unit_vectors/"]
+
+
+def test_the_gather_form_is_checked_and_its_sampling_rows_need_fp32():
+    torch.manual_seed(0)
+    inputs = [torch.randn(1, 3, 128, 128).numpy()]
+    report = check_fp16(build_model("offseg-t", 9).eval(), inputs, freqfusion_form="gather")
+    assert report.freqfusion_form == "gather"
+    # rows of up to h*w*4*groups computed in FP16 point outside the map: the FP16 model fails, and with the
+    # sampling corners in FP32 (what the default pins keep) it agrees with FP32
+    assert "index out of range" in report.whole_fp16["error"]
+    assert all(f"FreqFusion{i}/sampling_corners/" in report.pins for i in range(3))
+    assert report.whole_fp16_pinned["finite"] and report.whole_fp16_pinned["label_agreement_percent"] > 95
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +86,7 @@ def test_cli_writes_the_report_and_suggests_flags(checkpoint, tmp_path, capsys):
     assert all(f"--keep-fp32 '{rule}'" in out for rule in report["pins"])
     markdown = (tmp_path / "r" / "fp16_safety.md").read_text()
     assert all(f"`{s['module']}`" in markdown for s in report["flagged"])
+    assert report["freqfusion_form"] == "taps" and "FreqFusion taps form" in out  # auto: what engines get
 
 
 @pytest.mark.parametrize("argv, message", [

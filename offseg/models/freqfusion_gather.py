@@ -19,6 +19,8 @@ rounding:
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -203,7 +205,8 @@ def sample_bilinear(source: torch.Tensor, rows: torch.Tensor, weights: torch.Ten
     n, c = source.shape[0], source.shape[-1]
     groups = rows.shape[-2]
     values = F.embedding(rows, source.reshape(-1, c // groups))  # (N, 2h, 2w, G, 4, C/G)
-    return (weights @ values).reshape(n, rows.shape[1], rows.shape[2], c)
+    # weights from an FP32-pinned SamplingCorners meet FP16 values at the pin's border
+    return (weights.to(values.dtype) @ values).reshape(n, rows.shape[1], rows.shape[2], c)
 
 
 class GatherFreqFusion(nn.Module):
@@ -249,3 +252,10 @@ class GatherFreqFusion(nn.Module):
         offsets = offsets.reshape(lr_x.shape[0], 2, sampler.groups, 4, h, w)
         sampled = sample_bilinear(upsampled, *self.sampling_corners(offsets))
         return sampled.permute(0, 3, 1, 2)
+
+
+def with_gather_fusions(model: nn.Module) -> nn.Module:
+    """A copy of an OffSeg model whose FreqFusion stages run in the gather form (same weights, same outputs)."""
+    model = copy.deepcopy(model)
+    model.head.freqfusions = nn.ModuleList(GatherFreqFusion(f) for f in model.head.freqfusions)
+    return model
