@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench")]
 def test_bench_reports_each_backend_with_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench_main(["--input-size", "64", "96", "--num-classes", "9", "--iters", "2", "--warmup", "1", "--backends",
-                       "torch,onnx-fp32,openvino,trt-fp16", "--work-dir", str(tmp_path), "--json", str(out)]) == 0
+                       "torch,onnx-fp32,openvino,trt-fp16,trt-int8-gather", "--work-dir", str(tmp_path), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     try:
         import openvino  # noqa: F401 (the optional extra)
@@ -20,7 +20,8 @@ def test_bench_reports_each_backend_with_ratios(tmp_path, capsys):
         assert set(report["results"]) == {"torch", "onnx-fp32"}
         assert "pip install 'offseg-deploy[openvino]'" in report["skipped"]["openvino"]
     assert report["results"]["torch"]["speedup_vs_torch"] == pytest.approx(1.0)
-    assert "trt-fp16" in report["skipped"]  # no TensorRT / GPU here: skipped with the reason
+    # no TensorRT / GPU here: skipped with the reason, for engines of either FreqFusion form
+    assert "trt-fp16" in report["skipped"] and "trt-int8-gather" in report["skipped"]
     assert "vs torch" in capsys.readouterr().out
 
 
