@@ -17,9 +17,9 @@ from runtime.errors import OffsegError
 def _calibrate(args: argparse.Namespace) -> int:
     import onnx
 
-    from export.files import load_onnx
-    from export.precision import DEFAULT_PINS, PinRule
-    from export.trt_support import unsupported
+    from .files import load_onnx
+    from .precision import DEFAULT_PINS, PinRule
+    from .trt_support import unsupported
 
     from runtime.sinks import check_writable_folder
 

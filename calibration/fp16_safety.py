@@ -166,8 +166,7 @@ def pin_unit(name: str) -> tuple[str, list[str]]:
     """The module a pin for ``name`` covers and its ``--keep-fp32`` rules (see ``export.onnx.node_scope``): the
     head and each FreqFusion stage export under one scope, so they are pinned whole, except the gather form's parts
     with scopes of their own (``FreqFusion<i>/sampling_corners``, ``FreqFusion<i>/unit_vectors``)."""
-    from export.onnx import FUSION_MODULE, FUSION_SCOPE, HEAD_MODULE, HEAD_SCOPE
-    from export.precision import FUSION_FP32_PARTS
+    from .precision import FUSION_FP32_PARTS, FUSION_MODULE, FUSION_SCOPE, HEAD_MODULE, HEAD_SCOPE
     if name == HEAD_MODULE or name.startswith(HEAD_MODULE + "."):
         return HEAD_MODULE, [HEAD_SCOPE]
     parts = name.split(".")

@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 import onnx.inliner
 
-from export.files import FUNCTION_DOMAIN, file_sha256, load_onnx, read_metadata, save_checked
-from export.graph import extract_function
-from export.precision import DEFAULT_PINS, HEAD_SCOPE, PinRule, pinned_nodes
+from .files import FUNCTION_DOMAIN, file_sha256, load_onnx, read_metadata, save_checked
+from .graph import extract_function
+from .precision import DEFAULT_PINS, HEAD_SCOPE, PinRule, pinned_nodes
 from runtime.errors import OffsegError
 from runtime.sinks import atomic_output
 

@@ -68,7 +68,7 @@ def _stats(times: list[float], batch_size: int) -> dict:
 
 
 def _onnx(workdir: Path, model, name: str, size, batch: int, fused: bool, form: str) -> Path:
-    from export.files import load_onnx, read_metadata
+    from calibration.files import load_onnx, read_metadata
     from export.onnx import OnnxOptions, export_onnx
     from export.opsets import DEFAULT_OPSET
     path = workdir / f"{name}-{size[0]}x{size[1]}-b{batch}{'' if fused else '-unfused'}-{form}.onnx"
@@ -83,7 +83,7 @@ def _onnx(workdir: Path, model, name: str, size, batch: int, fused: bool, form: 
 
 def _int8(fp32: Path, target: str) -> Path:
     from calibration.quantize import QuantOptions, quantize_file
-    from export.files import is_derived_from
+    from calibration.files import is_derived_from
     path = fp32.with_name(f"{fp32.stem}.int8-{target}.onnx")
     if not is_derived_from(path, fp32, {"offseg.precision": "int8", "offseg.int8_target": target}):
         print(f"calibrating {path.name} ...", flush=True)
@@ -95,7 +95,7 @@ def _openvino(fp32: Path, threads: int):
     """OpenVINO's CPU plugin on an inlined copy of ``fp32`` (it cannot read ONNX local functions): infer(x)."""
     import onnx.inliner
 
-    from export.files import load_onnx, read_metadata, save_checked
+    from calibration.files import load_onnx, read_metadata, save_checked
     try:
         import openvino
     except ImportError:

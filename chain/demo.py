@@ -68,7 +68,7 @@ def _trained_checkpoint(config: DemoConfig) -> Path:
 
 
 def _export(config: DemoConfig, checkpoint: Path) -> Path:
-    from export.files import file_sha256, load_onnx, read_metadata
+    from calibration.files import file_sha256, load_onnx, read_metadata
     from export.onnx import OnnxOptions, export_onnx
     from export.parity import onnx_parity
 
@@ -87,7 +87,7 @@ def _export(config: DemoConfig, checkpoint: Path) -> Path:
 
 def _int8(config: DemoConfig, onnx_path: Path, target: str) -> Path:
     from calibration.quantize import QuantOptions, quantize_file
-    from export.files import is_derived_from
+    from calibration.files import is_derived_from
     path = config.workdir / f"model.int8-{target}.onnx"
     if is_derived_from(path, onnx_path, {"offseg.precision": "int8", "offseg.int8_target": target}):
         print(f"[3/5] INT8: reusing {path}")

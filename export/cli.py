@@ -25,8 +25,8 @@ def _size(path: Path) -> str:
 
 def _report_support(path: Path) -> None:
     """Say whether TensorRT 10's ONNX parser takes every op of ``path`` (a warning, not an error)."""
-    from .files import load_onnx
-    from .trt_support import unsupported
+    from calibration.files import load_onnx
+    from calibration.trt_support import unsupported
 
     problems = unsupported(load_onnx(path))
     print(f"  TensorRT 10 ONNX parser: {'all ops supported' if not problems else 'WARNING ' + '; '.join(problems)}")
@@ -70,7 +70,7 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
 
 
 def _engine_options(args: argparse.Namespace):
-    from .precision import DEFAULT_PINS, PinRule
+    from calibration.precision import DEFAULT_PINS, PinRule
     from .tensorrt import EngineOptions
 
     pins = (() if args.no_default_pins else DEFAULT_PINS) + tuple(PinRule.parse(t) for t in args.keep_fp32)
@@ -84,7 +84,7 @@ def _engine_options(args: argparse.Namespace):
 
 
 def _fp16_onnx(fp32_path: Path, path: Path, pins) -> None:
-    from .files import derive_fp16, is_derived_from
+    from calibration.files import derive_fp16, is_derived_from
 
     pin_text = " ".join(map(str, pins))
     if is_derived_from(path, fp32_path, {"offseg.precision": "fp16", "offseg.fp32_pins": pin_text}):
@@ -99,7 +99,7 @@ def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path) -> None:
     from calibration.quantize import QuantOptions, quantize_file
     from calibration.sources import data_key
 
-    from .files import is_derived_from
+    from calibration.files import is_derived_from
 
     same = {"offseg.precision": "int8", "offseg.int8_target": "tensorrt", "offseg.int8_method": "minmax",
             "offseg.int8_data_key": data_key(args.calib_data, args.calib_images)}
@@ -135,7 +135,7 @@ def _check_paths(args: argparse.Namespace, output_folders: set[Path]) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .files import load_onnx, read_metadata
+    from calibration.files import load_onnx, read_metadata
 
     engine_options = _engine_options(args)
     name = args.model or "offseg-t"
@@ -168,8 +168,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict[str, Path]) -> int:
-    from .files import load_onnx, read_metadata
-    from .precision import pinned_nodes
+    from calibration.files import load_onnx, read_metadata
+    from calibration.precision import pinned_nodes
     from .tensorrt import TrtBuilder
 
     builder = TrtBuilder(args.trt_module)

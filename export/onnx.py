@@ -22,15 +22,13 @@ from torch import nn
 from runtime.errors import OffsegError
 from runtime.preprocess import MEAN_RGB, SIZE_DIVISOR, STD_RGB
 
-from .files import FUNCTION_DOMAIN, file_sha256, save_checked
-from .graph import extract_function, rename_scope
+from calibration.files import FUNCTION_DOMAIN, file_sha256, save_checked
+from calibration.graph import extract_function, rename_scope
 from .opsets import DEFAULT_OPSET, MIN_OPSET
-from .precision import FUSION_FP32_PARTS, FUSION_SCOPE, HEAD_SCOPE
+from calibration.precision import FUSION_FP32_PARTS, FUSION_MODULE, FUSION_SCOPE, HEAD_MODULE, HEAD_SCOPE
 
 log = logging.getLogger(__name__)
 
-HEAD_MODULE = "head.offset_learning"  # torch module path of the offset-learning head
-FUSION_MODULE = re.compile(r"'head\.freqfusions\.(\d+)'")  # torch module paths of the FreqFusion stages
 FUSION_PART = re.compile(rf"'head\.freqfusions\.\d+\.({'|'.join(FUSION_FP32_PARTS)})'")  # pinned whole
 OUTPUT_KINDS = ("logits", "labels")
 FREQFUSION_FORMS = ("gather", "taps")  # export forms of FreqFusion (offseg.models.freqfusion_gather, freqfusion)

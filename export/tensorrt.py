@@ -23,8 +23,8 @@ from runtime.errors import OffsegError
 from runtime.preprocess import SIZE_DIVISOR
 from runtime.sinks import atomic_output
 
-from .files import file_sha256
-from .precision import DEFAULT_PINS, PinRule
+from calibration.files import file_sha256
+from calibration.precision import DEFAULT_PINS, PinRule
 
 log = logging.getLogger(__name__)
 

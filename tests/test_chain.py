@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from calibration.cli import calibrate_main, validate_main
-from export.trt_support import unsupported
+from calibration.trt_support import unsupported
 from chain.cli import demo_main
 from offseg.data.datasets import SegmentationDataset
 from runtime.metrics import ConfusionMatrix

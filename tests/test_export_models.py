@@ -12,7 +12,7 @@ import torch
 
 import reference
 from export.cli import main as export_main
-from export.trt_support import unsupported
+from calibration.trt_support import unsupported
 
 MODELS = [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in ("offseg-t", "offseg-b", "offseg-l")]
 CALIB = ["--calib-data", "synthetic", "--calib-images", "4"]

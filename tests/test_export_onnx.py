@@ -47,13 +47,13 @@ def test_graph_has_the_head_as_one_local_function_and_metadata(tmp_path, capsys)
         ops = collections.Counter(n.op_type for n in nodes)
         assert len(nodes) <= 153 and ops["Resize"] == ops["GridSample"] == 0 and ops["Slice"] <= 2, ops
         assert ops["MatMul"] == 9 and ops["Conv"] == 10
-    from export.precision import pinned_nodes as fp32_nodes
+    from calibration.precision import pinned_nodes as fp32_nodes
     pinned = fp32_nodes(model)
     assert any("/sampling_corners/" in n and "floor" in n for n in pinned)  # positions and rows need 24 bits
     assert any("/unit_vectors/" in n and "sqrt" in n for n in pinned)  # the sum of squares overflows FP16
     # what offseg-fp16-check suggests for a backbone module pins that module's nodes, and only those
     from calibration.fp16_safety import pin_unit
-    from export.precision import PinRule, pinned_nodes
+    from calibration.precision import PinRule, pinned_nodes
     _, rules = pin_unit("backbone.stages.2.blocks.1.mlp")
     nodes = pinned_nodes(model, tuple(PinRule.parse(rule) for rule in rules))
     assert nodes and all(n.startswith("backbone.stages.2.blocks.1.mlp") for n in nodes)

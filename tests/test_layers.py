@@ -1,13 +1,13 @@
-"""The layering: runtime at the bottom (torch-free), offseg on it, export and calibration above, chain above all
-four and imported by none, and no module imports a command-line module (the chain runs the commands as a user
-would)."""
+"""The layering: runtime at the bottom (torch-free), offseg on it, calibration on both (ONNX files, precision pins,
+INT8), export on all three, chain above all four and imported by none, and no module imports a command-line module
+(the chain runs the commands as a user would)."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # package -> the packages of ours it may import
 ALLOWED = {"runtime": {"runtime"}, "offseg": {"offseg", "runtime"}, "export": {"export", "offseg", "runtime",
-           "calibration"}, "calibration": {"calibration", "export", "offseg", "runtime"},
+           "calibration"}, "calibration": {"calibration", "offseg", "runtime"},
            "chain": {"chain", "offseg", "export", "calibration", "runtime"}}
 OURS = set(ALLOWED)
 # The one upward import: offseg-run's optional .pth backend builds the PyTorch model (imported lazily, only when a

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from export.precision import DEFAULT_PINS, PinRule, pinned
+from calibration.precision import DEFAULT_PINS, PinRule, pinned
 from export.tensorrt import (EngineOptions, TrtCapabilities, explain_build_failure, layers_to_pin, plan_build,
                              profile_shapes)
 from runtime.engine_meta import SIDECAR_FORMAT, check_engine, compatibility_problems, read_sidecar, write_sidecar

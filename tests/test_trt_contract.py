@@ -139,8 +139,8 @@ def test_fp32_pins_skip_integer_shape_arithmetic(monkeypatch, tiny):
 def integer_pin_candidates(onnx_path) -> tuple[list, object]:
     """Layers of tensorrt_rtx's parse of ``onnx_path`` that the default pins select but whose outputs are integer."""
     trt = pytest.importorskip("tensorrt_rtx")
-    from export.files import load_onnx
-    from export.precision import pinned_nodes
+    from calibration.files import load_onnx
+    from calibration.precision import pinned_nodes
     from export.tensorrt import is_floating_point_layer, layers_to_pin
     logger = trt.Logger(trt.Logger.ERROR)
     network = trt.Builder(logger).create_network(0)

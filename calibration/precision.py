@@ -28,6 +28,8 @@ import onnx
 from runtime.errors import OffsegError
 
 HEAD_SCOPE = "OffsetLearning"
+HEAD_MODULE = "head.offset_learning"  # torch module path of the offset-learning head
+FUSION_MODULE = re.compile(r"'head\.freqfusions\.(\d+)'")  # torch module paths of the FreqFusion stages
 FUSION_SCOPE = "FreqFusion"
 NORMALISATION_OPS = ("Softmax", "ReduceSum", "Div", "ReduceL2", "Max", "Clip", "LayerNormalization")
 FUSION_FP32_PARTS = ("unit_vectors", "sampling_corners")  # gather-form submodules pinned whole
