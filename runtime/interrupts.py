@@ -41,8 +41,10 @@ def _interrupt_once(signum: int, frame) -> None:
 
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
-    """Within: the first SIGINT/SIGTERM raises KeyboardInterrupt/Terminated, later ones are ignored; the previous
-    handlers come back on exit. A no-op outside the main thread (Python delivers signals only there)."""
+    """Within: the first SIGINT/SIGTERM raises KeyboardInterrupt/Terminated, later ones are ignored. On exit the
+    previous handlers come back if no signal came; after one, repeats stay ignored (the command is ending: a second
+    Ctrl-C just after the outputs are finalized must not turn exit code 130 into a death by SIGINT). A no-op outside
+    the main thread (Python delivers signals only there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -52,5 +54,6 @@ def stop_signals() -> Iterator[None]:
     try:
         yield
     finally:
-        for stop_signal, handler in previous.items():
-            signal.signal(stop_signal, handler)
+        if all(signal.getsignal(stop_signal) is _interrupt_once for stop_signal in STOP_SIGNALS):
+            for stop_signal, handler in previous.items():
+                signal.signal(stop_signal, handler)

@@ -84,6 +84,28 @@ def wait_for(predicate, seconds=120.0):
         time.sleep(0.02)
 
 
+def test_after_an_interrupt_repeats_stay_ignored_until_the_process_ends():
+    from runtime.interrupts import stop_signals
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with stop_signals():
+            pass
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]  # no signal: handlers restored
+        with pytest.raises(KeyboardInterrupt):
+            with stop_signals():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # the handler runs here
+        # a second Ctrl-C while the command returns 130 is ignored instead of killing the process by SIGINT
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        except KeyboardInterrupt:
+            pytest.fail("a Ctrl-C after the first raised again once the command had finished its outputs")
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signals, code, reason", [([signal.SIGTERM], 143, "terminated (SIGTERM)"),
                                                     ([signal.SIGINT, signal.SIGINT], 130, "interrupted (Ctrl-C)")])
