@@ -162,6 +162,7 @@ def validate_main(argv: list[str] | None = None) -> int:
 
 def _fp16_check(args: argparse.Namespace) -> int:
     from offseg.checkpoint import build_from_checkpoint
+    from offseg.names import freqfusion_form_for
     from runtime.sinks import atomic_output
 
     from .fp16_safety import DEFAULT_TOLERANCE, check_fp16, describe_whole, markdown
@@ -174,7 +175,7 @@ def _fp16_check(args: argparse.Namespace) -> int:
         raise OffsegError(f"--input-size {height} {width}: both must be positive multiples of 32")
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     inputs = calibration_inputs(args.calib_data, args.calib_images, (height, width), uint8_input=False)
-    form = "taps" if args.freqfusion_form == "auto" else args.freqfusion_form  # auto: what engines get
+    form = freqfusion_form_for(args.freqfusion_form, "engine")  # auto: what engines get
     report = check_fp16(model, inputs, args.tolerance or DEFAULT_TOLERANCE, progress=not args.debug,
                         freqfusion_form=form)
     args.report.mkdir(parents=True, exist_ok=True)
@@ -196,7 +197,7 @@ def _fp16_check(args: argparse.Namespace) -> int:
 
 
 def fp16_check_main(argv: list[str] | None = None) -> int:
-    from offseg.names import MODEL_NAMES
+    from offseg.names import FREQFUSION_CHOICES, MODEL_NAMES
     parser = argparse.ArgumentParser(prog="offseg-fp16-check", description="Run each module of a checkpoint in "
                                      "FP16 on CPU, report overflow and precision loss, and list the FP32 pins.")
     parser.add_argument("--checkpoint", type=Path, required=True, help="the PyTorch checkpoint to check")
@@ -208,7 +209,7 @@ def fp16_check_main(argv: list[str] | None = None) -> int:
                         help="input size, multiples of 32")
     parser.add_argument("--tolerance", type=float, help="relative error that flags a module (default: FP16's "
                         "machine epsilon, 2^-10)")
-    parser.add_argument("--freqfusion-form", choices=("auto", "gather", "taps"), default="auto",
+    parser.add_argument("--freqfusion-form", choices=FREQFUSION_CHOICES, default="auto",
                         help="FreqFusion form to check, as offseg-export writes it (default auto: taps, what "
                         "TensorRT engines get; gather for an FP16 ONNX file of the default ONNX export)")
     parser.add_argument("--report", type=Path, default=Path("fp16-safety"), help="report folder")

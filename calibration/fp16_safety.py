@@ -20,6 +20,8 @@ from torch import nn
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 FP16_MIN_NORMAL = float(torch.finfo(torch.float16).tiny)  # 6.1e-5: smaller values keep fewer significant bits
 DEFAULT_TOLERANCE = float(torch.finfo(torch.float16).eps)  # 2^-10: twice the rounding of storing a value
+# what a module raises when FP16 breaks it, e.g. gather rows computed in FP16 that point outside the map
+FP16_FAILURES = (RuntimeError, IndexError)
 
 
 @dataclass
@@ -66,7 +68,7 @@ class Fp16Report:
     images: int
     tolerance: float
     modules_checked: int
-    freqfusion_form: str  # the FreqFusion form checked (``export.onnx.FREQFUSION_FORMS``)
+    freqfusion_form: str  # the FreqFusion form checked (``offseg.names.FREQFUSION_FORMS``)
     flagged: list[ModuleStats]
     pins: list[str]  # ``--keep-fp32`` rules
     whole_fp16: dict = field(default_factory=dict)  # label agreement / logit diff of the whole model in FP16
@@ -151,7 +153,7 @@ def _check_call(call: _Call, half_modules: dict[str, nn.Module], stats: dict[str
         half_modules[name].forward = lambda *a, name=name, **k: _to_half(replays[name].pop(0))
     try:
         half_output = module(*_to_half(call.args))
-    except (RuntimeError, IndexError) as error:  # e.g. rows computed in FP16 point outside the map
+    except FP16_FAILURES as error:
         stats[call.name].error, half_output = str(error).splitlines()[0], None
     finally:
         for name in replays:
@@ -223,7 +225,7 @@ def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str]
     for x in inputs:
         try:
             reference, result = model(x), half(x.half()).float()
-        except (RuntimeError, IndexError) as error:
+        except FP16_FAILURES as error:
             return {"finite": False, "error": str(error).splitlines()[0]}
         if not torch.isfinite(result).all():
             return {"finite": False}

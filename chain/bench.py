@@ -7,8 +7,9 @@ fusion's effect), ``onnx-int8`` (Q/DQ for ONNX Runtime CPU), ``onnx-int8-trt`` (
 from, run by ONNX Runtime), ``openvino`` / ``openvino-taps`` (OpenVINO on CPU running the same ONNX files, inlined;
 the ``openvino`` extra), ``trt-fp16`` / ``trt-int8`` (TensorRT engines of the taps form, what ``auto`` builds) and
 ``trt-fp16-gather`` / ``trt-int8-gather`` (of the gather form, to compare the two on GPUs). Backends that cannot run
-here are skipped with the reason. Exported files are cached in the work folder. After each backend's warm-up (which also measures
-the memory it adds), the backends take turns call by call, so the ratios come from the same stretch of time.
+here are skipped with the reason. Exported files are cached in the work folder. After each backend's warm-up (which
+also measures the memory it adds), the backends take turns call by call, so the ratios come from the same stretch of
+time.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 
-from offseg.names import MODEL_NAMES
+from offseg.names import FREQFUSION_CHOICES, MODEL_NAMES, freqfusion_form_for
 
 from .opsets import DEFAULT_OPSET, MIN_OPSET
 
@@ -37,7 +37,7 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
     from offseg import build_model
     from offseg.checkpoint import build_from_checkpoint
 
-    from .onnx import OnnxOptions, export_onnx, freqfusion_form_for
+    from .onnx import OnnxOptions, export_onnx
     from .parity import onnx_parity
 
     options = OnnxOptions(input_size=tuple(args.input_size), dynamic=args.dynamic, opset=args.opset,
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "local function, for tools that cannot take ONNX functions")
     onnx_group.add_argument("--unfused-head", action="store_true",
                             help="export the paper's unfused offset learning (for comparisons)")
-    onnx_group.add_argument("--freqfusion-form", choices=("auto", "gather", "taps"), default="auto",
+    onnx_group.add_argument("--freqfusion-form", choices=FREQFUSION_CHOICES, default="auto",
                             help="FreqFusion as a few Gather/MatMul ops (gather: fastest on ONNX Runtime and OpenVINO) "
                                  "or per-tap ops with GridSample (taps: what TensorRT fuses); auto (default): gather "
                                  "for --format onnx, taps for --format engine; recorded in the metadata and sidecar")

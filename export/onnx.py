@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.errors import OffsegError
+from offseg.names import FREQFUSION_FORMS
 from runtime.preprocess import MEAN_RGB, SIZE_DIVISOR, STD_RGB
 
 from calibration.files import FUNCTION_DOMAIN, file_sha256, save_checked
@@ -31,16 +32,6 @@ log = logging.getLogger(__name__)
 
 FUSION_PART = re.compile(rf"'head\.freqfusions\.\d+\.({'|'.join(FUSION_FP32_PARTS)})'")  # pinned whole
 OUTPUT_KINDS = ("logits", "labels")
-FREQFUSION_FORMS = ("gather", "taps")  # export forms of FreqFusion (offseg.models.freqfusion_gather, freqfusion)
-
-
-def freqfusion_form_for(choice: str, target: str) -> str:
-    """The FreqFusion form to export: ``choice`` unless ``auto``, which picks per target (``onnx``: the gather form,
-    fastest on ONNX Runtime and OpenVINO as measured; ``engine``: the taps form with native GridSample, which
-    TensorRT fuses, until GPU measurements say otherwise)."""
-    if choice != "auto":
-        return choice
-    return "taps" if target == "engine" else "gather"
 
 RANDOM_WEIGHTS = "RANDOM, UNTRAINED (no checkpoint): for speed tests only, its predictions are noise"
 

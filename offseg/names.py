@@ -1,4 +1,15 @@
-"""Model and dataset names, importable without torch (command-line choices on devices and before argument
-parsing)."""
+"""Model, dataset and FreqFusion-form names, importable without torch (command-line choices on devices and before
+argument parsing)."""
 MODEL_NAMES = ("offseg-t", "offseg-b", "offseg-l")
 DATASET_NAMES = ("ade20k", "cityscapes", "coco-stuff164k", "pascal-context-59", "folder", "synthetic")
+FREQFUSION_FORMS = ("gather", "taps")  # export forms of FreqFusion (offseg.models.freqfusion_gather, freqfusion)
+FREQFUSION_CHOICES = ("auto", *FREQFUSION_FORMS)
+
+
+def freqfusion_form_for(choice: str, target: str) -> str:
+    """The FreqFusion form to export: ``choice`` unless ``auto``, which picks per target (``onnx``: the gather form,
+    fastest on ONNX Runtime and OpenVINO as measured; ``engine``: the taps form with native GridSample, which
+    TensorRT fuses, until GPU measurements say otherwise)."""
+    if choice != "auto":
+        return choice
+    return "taps" if target == "engine" else "gather"

@@ -11,7 +11,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench")]
 def test_bench_reports_each_backend_with_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench_main(["--input-size", "64", "96", "--num-classes", "9", "--iters", "2", "--warmup", "1", "--backends",
-                       "torch,onnx-fp32,openvino,trt-fp16,trt-int8-gather", "--work-dir", str(tmp_path), "--json", str(out)]) == 0
+                       "torch,onnx-fp32,openvino,trt-fp16,trt-int8-gather", "--work-dir", str(tmp_path),
+                       "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     try:
         import openvino  # noqa: F401 (the optional extra)

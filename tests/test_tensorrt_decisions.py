@@ -101,7 +101,7 @@ def test_default_pins_keep_the_gather_forms_unit_vectors_and_sampling_corners_wh
 
 
 def test_freqfusion_form_auto_is_gather_for_onnx_and_taps_for_engines():
-    from export.onnx import freqfusion_form_for
+    from offseg.names import freqfusion_form_for
     assert freqfusion_form_for("auto", "onnx") == "gather" and freqfusion_form_for("auto", "engine") == "taps"
     assert freqfusion_form_for("gather", "engine") == "gather"
 
