@@ -171,7 +171,7 @@ class SamplingCorners(nn.Module):
         dy*2+dx of each low-resolution pixel and each of G channel groups, read from a (2h, 2w) map given in
         phase order (N, h*w, 4, C) (``carafe_up``'s output).
 
-        Returns rows (N, 2h, 2w, G, 4) int64 into that map flattened to (N * h*w*4 * G, C/G), and the corner
+        Returns rows (N, 2h, 2w, G, 4) int32 into that map flattened to (N * h*w*4 * G, C/G), and the corner
         weights (N, 2h, 2w, G, 1, 4). Border padding is a clamp of the position; the corner past the last row or
         column, whose weight is then 0, reads the last one.
         """
@@ -192,10 +192,11 @@ class SamplingCorners(nn.Module):
         rows = (parts[:, :, 1].unsqueeze(2) + parts[:, :, 0].unsqueeze(1)) * groups + group  # (N, y, x corner, ...)
         weights = tent[:, :, 1].unsqueeze(2) * tent[:, :, 0].unsqueeze(1)
         order = (0, 5, 3, 6, 4, 2, 1)  # (N, 4 corners, G, dy, dx, h, w) -> (N, h, dy, w, dx, G, 4 corners)
-        rows = rows.reshape(n, 4, groups, 2, 2, h, w).to(torch.int64).permute(order)
+        # cast after the transpose: it then moves 4-byte floats, and the cast writes the rows once, in order
+        rows = rows.reshape(n, 4, groups, 2, 2, h, w).permute(order).to(torch.int32)
         weights = weights.reshape(n, 4, groups, 2, 2, h, w).permute(order)
         if not (isinstance(n, int) and n == 1):
-            image = torch.arange(n, device=device) * (h * w * 4 * groups)
+            image = torch.arange(n, dtype=torch.int32, device=device) * (h * w * 4 * groups)
             rows = rows + image.reshape(n, 1, 1, 1, 1, 1, 1)
         return rows.reshape(n, 2 * h, 2 * w, groups, 4), weights.reshape(n, 2 * h, 2 * w, groups, 1, 4)
 
