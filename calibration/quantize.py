@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx.inliner
 
-from .files import FUNCTION_DOMAIN, file_sha256, load_onnx, read_metadata, save_checked
+from .files import FUNCTION_DOMAIN, file_sha256, is_derived_from, load_onnx, read_metadata, save_checked
 from .graph import extract_function
 from .precision import DEFAULT_PINS, HEAD_SCOPE, PinRule, pinned_nodes
 from runtime.errors import OffsegError
@@ -145,11 +145,39 @@ def unshare_conv_biases(model: onnx.ModelProto) -> int:
     return copies
 
 
-def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = QuantOptions()) -> QuantResult:
-    """Quantize the FP32 ONNX export ``source`` into the Q/DQ graph ``path`` (written atomically)."""
+def recorded_data_key(calib_data, options: QuantOptions) -> str:
+    """What an INT8 file records as ``offseg.int8_data_key``: the cached ranges' digest when ``options.cache``
+    exists, else the digest of the calibration images (``sources.data_key``)."""
+    if options.cache is not None and Path(options.cache).is_file():
+        return f"ranges {file_sha256(options.cache)}"
+    return data_key(calib_data, options.samples)
+
+
+def quantize_unless_current(source: Path, path: Path, calib_data, options: QuantOptions = QuantOptions(),
+                            calib_key: str | None = None) -> QuantResult | None:
+    """``quantize_file`` unless ``path`` already holds a quantization of this very ``source`` with the same target,
+    method, FP32 pins and calibration images (or cached ranges); returns None when ``path`` is reused.
+    ``calib_key``: ``recorded_data_key`` when the caller has it already."""
+    calib_key = calib_key or recorded_data_key(calib_data, options)
+    same = {"offseg.precision": "int8", "offseg.int8_target": options.target, "offseg.int8_method": options.method,
+            "offseg.int8_data_key": calib_key, "offseg.int8_excluded": _excluded_text(options)}
+    if is_derived_from(path, source, same):
+        return None
+    return quantize_file(source, path, calib_data, options, calib_key)
+
+
+def _excluded_text(options: QuantOptions) -> str:
+    return " ".join(map(str, options.exclude))
+
+
+def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = QuantOptions(),
+                  calib_key: str | None = None) -> QuantResult:
+    """Quantize the FP32 ONNX export ``source`` into the Q/DQ graph ``path`` (written atomically); ``calib_key``:
+    ``recorded_data_key`` when the caller has it already."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     options.validate()
+    calib_key = calib_key or recorded_data_key(calib_data, options)  # before calibrating writes options.cache
     model = load_onnx(source)
     meta = read_metadata(model)
     if meta.get("offseg.precision", "fp32") != "fp32":
@@ -185,9 +213,8 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
     meta = {**meta, "offseg.precision": "int8", "offseg.int8_target": options.target,
             "offseg.int8_method": options.method, "offseg.int8_images": "cached" if cached else str(len(inputs)),
             "offseg.int8_data": str(calib_data),
-            "offseg.int8_data_key": f"ranges {file_sha256(options.cache)}" if cached else
-            data_key(calib_data, options.samples),
-            "offseg.int8_excluded": " ".join(map(str, options.exclude)),
+            "offseg.int8_data_key": calib_key,
+            "offseg.int8_excluded": _excluded_text(options),
             "offseg.source_onnx_sha256": file_sha256(source)}
     save_checked(quantized, meta, path)
     return QuantResult(len(inputs), pairs, len(excluded))

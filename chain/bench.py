@@ -83,12 +83,10 @@ def _onnx(workdir: Path, model, name: str, size, batch: int, fused: bool, form: 
 
 
 def _int8(fp32: Path, target: str) -> Path:
-    from calibration.quantize import QuantOptions, quantize_file
-    from calibration.files import is_derived_from
+    from calibration.quantize import QuantOptions, quantize_unless_current
     path = fp32.with_name(f"{fp32.stem}.int8-{target}.onnx")
-    if not is_derived_from(path, fp32, {"offseg.precision": "int8", "offseg.int8_target": target}):
-        print(f"calibrating {path.name} ...", flush=True)
-        quantize_file(fp32, path, "synthetic", QuantOptions(target=target, samples=8))
+    if quantize_unless_current(fp32, path, "synthetic", QuantOptions(target=target, samples=8)) is not None:
+        print(f"wrote {path.name}", flush=True)
     return path
 
 

@@ -86,14 +86,11 @@ def _export(config: DemoConfig, checkpoint: Path) -> Path:
 
 
 def _int8(config: DemoConfig, onnx_path: Path, target: str) -> Path:
-    from calibration.quantize import QuantOptions, quantize_file
-    from calibration.files import is_derived_from
+    from calibration.quantize import QuantOptions, quantize_unless_current
     path = config.workdir / f"model.int8-{target}.onnx"
-    if is_derived_from(path, onnx_path, {"offseg.precision": "int8", "offseg.int8_target": target}):
-        print(f"[3/5] INT8: reusing {path}")
-        return path
-    result = quantize_file(onnx_path, path, "synthetic", QuantOptions(target=target, samples=config.calib_images))
-    print(f"[3/5] INT8 ({target}): {path}, {result}")
+    result = quantize_unless_current(onnx_path, path, "synthetic", QuantOptions(target=target,
+                                                                                samples=config.calib_images))
+    print(f"[3/5] INT8: reusing {path}" if result is None else f"[3/5] INT8 ({target}): {path}, {result}")
     return path
 
 

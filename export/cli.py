@@ -95,35 +95,32 @@ def _fp16_onnx(fp32_path: Path, path: Path, pins) -> None:
     _report_support(path)
 
 
-def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path) -> None:
-    from calibration.quantize import QuantOptions, quantize_file
-    from calibration.sources import data_key
+def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path, calib_key: str | None) -> None:
+    from calibration.quantize import QuantOptions, quantize_unless_current
 
-    from calibration.files import is_derived_from
-
-    same = {"offseg.precision": "int8", "offseg.int8_target": "tensorrt", "offseg.int8_method": "minmax",
-            "offseg.int8_data_key": data_key(args.calib_data, args.calib_images)}
-    if is_derived_from(path, fp32_path, same):
+    stats = quantize_unless_current(fp32_path, path, args.calib_data,
+                                    QuantOptions(target="tensorrt", samples=args.calib_images), calib_key)
+    if stats is None:
         print(f"reusing {path} (calibrated from this {fp32_path.name} on the same images)")
         return
-    stats = quantize_file(fp32_path, path, args.calib_data, QuantOptions(target="tensorrt",
-                                                                         samples=args.calib_images))
     print(f"wrote {path} ({_size(path)}): Q/DQ INT8 for TensorRT, {stats}")
     _report_support(path)
 
 
-def _check_paths(args: argparse.Namespace, output_folders: set[Path]) -> None:
-    """Inputs and output folders, before minutes of export: one sentence for the first problem."""
+def _check_paths(args: argparse.Namespace, output_folders: set[Path]) -> str | None:
+    """Inputs and output folders, before minutes of export: one sentence for the first problem. Returns the
+    calibration images' digest for ``--int8`` (``sources.data_key``), else None."""
     from calibration.sources import data_key
     from runtime.sinks import check_writable_folder
 
+    calib_key = None
     if args.int8:
         if args.calib_data is None:
             raise OffsegError("--int8 needs calibration images: --calib-data DIR (a folder of images or a video), "
                               "or --calib-data synthetic")
         if args.calib_images < 1:
             raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
-        data_key(args.calib_data, args.calib_images)  # raises for a missing, empty or unreadable source
+        calib_key = data_key(args.calib_data, args.calib_images)  # raises for a missing, empty or unreadable source
     for option in ("checkpoint", "onnx"):
         path = getattr(args, option)
         if path is not None and not path.is_file():
@@ -132,6 +129,7 @@ def _check_paths(args: argparse.Namespace, output_folders: set[Path]) -> None:
         if not folder.is_dir():
             raise OffsegError(f"output folder {folder} does not exist")
         check_writable_folder(folder, "output folder")
+    return calib_key
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -141,7 +139,7 @@ def _export(args: argparse.Namespace) -> int:
     name = args.model or "offseg-t"
     main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
     folders = {args.onnx.parent, *([args.output.parent] if args.output else [])} if args.onnx else {main.parent}
-    _check_paths(args, folders)
+    calib_key = _check_paths(args, folders)
     if args.onnx:
         if args.checkpoint or args.model:
             raise OffsegError("--onnx builds from an exported file: drop --model/--checkpoint")
@@ -162,12 +160,13 @@ def _export(args: argparse.Namespace) -> int:
             _fp16_onnx(fp32_path, written["fp16"], engine_options.pins)
         if args.int8:
             written["int8"] = stem.with_name(stem.name + ".int8.onnx")
-            _int8_onnx(args, fp32_path, written["int8"])
+            _int8_onnx(args, fp32_path, written["int8"], calib_key)
         return 0
-    return _build(args, engine_options, meta, stem, written)
+    return _build(args, engine_options, meta, stem, written, calib_key)
 
 
-def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict[str, Path]) -> int:
+def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict[str, Path],
+           calib_key: str | None) -> int:
     from calibration.files import load_onnx, read_metadata
     from calibration.precision import pinned_nodes
     from .tensorrt import TrtBuilder
@@ -180,7 +179,7 @@ def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict
         _fp16_onnx(written["fp32"], source, engine_options.pins)
     elif plan.onnx_precision == "int8":
         source = stem.with_name(stem.name + ".int8.onnx")
-        _int8_onnx(args, written["fp32"], source)
+        _int8_onnx(args, written["fp32"], source, calib_key)
     engine = args.output if args.output and args.output.suffix == ".plan" else \
         stem.with_name(f"{stem.name}.{engine_options.precision.replace('+', '-')}.plan")
     graph = load_onnx(source)

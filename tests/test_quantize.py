@@ -5,7 +5,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.quantize import QuantOptions, quantize_file, unshare_conv_biases
+from calibration.quantize import QuantOptions, quantize_file, quantize_unless_current, unshare_conv_biases
 from calibration.sources import calibration_inputs
 
 
@@ -111,3 +111,22 @@ def test_cpu_flavour_runs_every_conv_as_qlinearconv(tmp_path):
     onnx.save(shared_bias_model(), source)
     quantize_file(source, path, "synthetic", QuantOptions(target="onnxruntime", samples=2))
     assert fused_conv_count(path, tmp_path) == (2, 0)
+
+
+def test_an_int8_file_is_reused_only_for_the_same_source_options_and_images(tmp_path):
+    source, target = tmp_path / "toy.onnx", tmp_path / "toy.int8.onnx"
+    onnx.save(shared_bias_model(), source)
+    options = QuantOptions(target="onnxruntime", samples=2)
+    assert quantize_unless_current(source, target, "synthetic", options) is not None
+    made = target.stat().st_mtime_ns
+    assert quantize_unless_current(source, target, "synthetic", options) is None
+    assert target.stat().st_mtime_ns == made
+    for changed in (QuantOptions(target="onnxruntime", samples=3), QuantOptions(target="tensorrt", samples=2),
+                    QuantOptions(target="onnxruntime", samples=2, method="percentile")):
+        assert quantize_unless_current(source, target, "synthetic", changed) is not None, changed
+    assert quantize_unless_current(source, target, "synthetic", options) is not None  # back to the first options
+    assert quantize_unless_current(source, target, "synthetic", options) is None
+    model = shared_bias_model()
+    model.metadata_props.add(key="offseg.checkpoint_sha256", value="another checkpoint")  # a re-export
+    onnx.save(model, source)
+    assert quantize_unless_current(source, target, "synthetic", options) is not None
