@@ -74,7 +74,9 @@ def _export(config: DemoConfig, checkpoint: Path) -> Path:
 
     from offseg.checkpoint import build_from_checkpoint
     path = config.workdir / "model.onnx"
-    if path.is_file() and read_metadata(load_onnx(path)).get("offseg.checkpoint_sha256") == file_sha256(checkpoint):
+    wanted = {"offseg.checkpoint_sha256": file_sha256(checkpoint),
+              "offseg.input_size": " ".join(map(str, config.input_size))}
+    if path.is_file() and all(read_metadata(load_onnx(path)).get(k) == v for k, v in wanted.items()):
         print(f"[2/5] export: reusing {path}")
         return path
     model, name = build_from_checkpoint(checkpoint, None if config.checkpoint else config.model)

@@ -1,8 +1,10 @@
 """The README's main job in its reduced (CI) size, end to end: train on synthetic scenes -> export -> INT8 -> run on
 a video -> validate -> report; then calibration and validation commands on the model it trained."""
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -12,7 +14,9 @@ import pytest
 
 from calibration.cli import calibrate_main, validate_main
 from calibration.trt_support import unsupported
+from chain import demo as demo_steps
 from chain.cli import demo_main
+from chain.demo import DemoConfig
 from offseg.data.datasets import SegmentationDataset
 from runtime.metrics import ConfusionMatrix
 
@@ -72,6 +76,22 @@ def test_demo_rerun_reuses_everything(demo, capsys):
     demo_main(["--quick", "--work-dir", str(workdir)])
     out = capsys.readouterr().out
     assert "model: reusing" in out and "export: reusing" in out and "INT8: reusing" in out
+
+
+def test_demo_redoes_the_export_and_int8_when_the_size_or_image_count_changes(demo, tmp_path, capsys):
+    workdir, _, _ = demo
+    for name in ("model.onnx", "model.int8-onnxruntime.onnx"):
+        shutil.copy(workdir / name, tmp_path / name)
+    checkpoint, config = workdir / "train" / "latest.pth", DemoConfig.quick(tmp_path)
+    onnx_path = demo_steps._export(config, checkpoint)
+    demo_steps._int8(config, onnx_path, "onnxruntime")
+    out = capsys.readouterr().out
+    assert "export: reusing" in out and "INT8: reusing" in out
+    demo_steps._int8(replace(config, calib_images=config.calib_images + 1), onnx_path, "onnxruntime")
+    assert "INT8 (onnxruntime)" in capsys.readouterr().out
+    demo_steps._export(replace(config, input_size=(160, 224)), checkpoint)
+    out = capsys.readouterr().out
+    assert "export: reusing" not in out and "160x224" in out
 
 
 def test_calibrate_for_tensorrt_with_a_sensitivity_sweep(demo, tmp_path, capsys):
