@@ -3,7 +3,8 @@
 SIGTERM is what systemd, Docker and Kubernetes send to stop a process; it raises ``Terminated``, a
 ``KeyboardInterrupt``, so every path that finalizes outputs after Ctrl-C does so after SIGTERM too. Only the first
 signal interrupts: later ones are noted and ignored until the command has finished writing, so pressing Ctrl-C twice
-never abandons a half-written file (SIGKILL still stops at once).
+never abandons a half-written file (SIGKILL still stops at once). A short step that must finish whole (writing a
+frame and counting it) runs inside ``signals_held``: a signal arriving there interrupts as the step ends.
 """
 from __future__ import annotations
 
@@ -18,6 +19,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM was received."""
+
+
+class _Hold:
+    """Whether the main thread is inside ``signals_held``, and the signal that arrived there."""
+    active = False
+    signum: int | None = None
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def exit_code(interrupt: KeyboardInterrupt) -> int:
@@ -36,7 +47,27 @@ def _ignore_repeat(signum: int, frame) -> None:
 def _interrupt_once(signum: int, frame) -> None:
     for stop_signal in STOP_SIGNALS:
         signal.signal(stop_signal, _ignore_repeat)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    if _Hold.active:
+        _Hold.signum = signum
+        return
+    raise _interrupt(signum)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Within: a first SIGINT/SIGTERM waits and interrupts on exit, so the step inside finishes whole. Main thread
+    only (Python runs signal handlers there, so elsewhere this is a no-op); not reentrant."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _Hold.active, _Hold.signum = True, None
+    try:
+        yield
+    finally:
+        _Hold.active = False  # first: a signal from here on raises at once, one before it is read below
+        signum, _Hold.signum = _Hold.signum, None
+        if signum is not None:
+            raise _interrupt(signum)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import numpy as np
 
 from .backends import Backend
 from .errors import OffsegError
-from .interrupts import describe
+from .interrupts import describe, signals_held
 from .preprocess import FrameTooSmall, Geometry, fit_frame, logits_to_labels, to_model_input
 from .sources import Frame, Source
 
@@ -205,12 +205,13 @@ class Pipeline:
                     continue
                 if item is _END:
                     break
-                t = time.perf_counter()
-                keep_going = consume(item)
-                done = time.perf_counter()
-                stats.stage_ms["draw+write"].append(1000 * (done - t))
-                stats.latency_ms.append(1000 * (done - item.started))
-                stats.frames += 1
+                with signals_held():  # a frame written is a frame counted, even when a signal comes in between
+                    t = time.perf_counter()
+                    keep_going = consume(item)
+                    done = time.perf_counter()
+                    stats.stage_ms["draw+write"].append(1000 * (done - t))
+                    stats.latency_ms.append(1000 * (done - item.started))
+                    stats.frames += 1
                 if not keep_going:
                     stats.stop_reason = "stopped by the user"
                     break
