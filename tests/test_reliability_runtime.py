@@ -18,6 +18,7 @@ from exported import export_small_model
 from offseg.data.synthetic import write_video
 from runtime.backends import open_backend
 from runtime.cli import main as run_main
+from runtime.interrupts import STOP_SIGNALS, stop_signals
 from runtime.pipeline import Pipeline, RunStats
 from runtime.sinks import VideoSink, atomic_output
 from runtime.sources import VideoFile
@@ -86,33 +87,35 @@ def wait_for(predicate, seconds=120.0):
         time.sleep(0.02)
 
 
-def test_after_an_interrupt_repeats_stay_ignored_until_the_process_ends():
-    from runtime.interrupts import stop_signals
-    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
+@pytest.fixture
+def signal_handlers():
+    """This process's SIGINT/SIGTERM handlers, put back after the test (a signal leaves ``stop_signals``' ignoring
+    handlers installed)."""
+    before = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    yield before
+    for number, handler in before.items():
+        signal.signal(number, handler)
+
+
+def test_after_an_interrupt_repeats_stay_ignored_until_the_process_ends(signal_handlers):
+    with stop_signals():
+        pass
+    assert signal.getsignal(signal.SIGINT) is signal_handlers[signal.SIGINT]  # no signal: handlers restored
+    with pytest.raises(KeyboardInterrupt):
         with stop_signals():
-            pass
-        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]  # no signal: handlers restored
-        with pytest.raises(KeyboardInterrupt):
-            with stop_signals():
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(1)  # the handler runs here
-        # a second Ctrl-C while the command returns 130 is ignored instead of killing the process by SIGINT
-        try:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.1)
-        except KeyboardInterrupt:
-            pytest.fail("a Ctrl-C after the first raised again once the command had finished its outputs")
-    finally:
-        for number, handler in before.items():
-            signal.signal(number, handler)
+            time.sleep(1)  # the handler runs here
+    # a second Ctrl-C while the command returns 130 is ignored instead of killing the process by SIGINT
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C after the first raised again once the command had finished its outputs")
 
 
-def test_a_signal_while_a_frame_is_written_still_counts_that_frame(onnx_model, video):
+def test_a_signal_while_a_frame_is_written_still_counts_that_frame(onnx_model, video, signal_handlers):
     """A signal that lands after the sink wrote a frame but before the frame was counted used to leave the summary
     one frame short of the video (seen as 20 vs 21 frames in CI)."""
-    from runtime.interrupts import stop_signals
-    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     stats, written = RunStats(), []
 
     def consume(result):
@@ -122,12 +125,8 @@ def test_a_signal_while_a_frame_is_written_still_counts_that_frame(onnx_model, v
             time.sleep(0.2)  # the handler runs here, before the pipeline has counted the frame
         return True
 
-    try:
-        with pytest.raises(KeyboardInterrupt), stop_signals():
-            Pipeline(open_backend(onnx_model)).run(VideoFile(video), consume, stats)
-    finally:
-        for number, handler in before.items():
-            signal.signal(number, handler)
+    with pytest.raises(KeyboardInterrupt), stop_signals():
+        Pipeline(open_backend(onnx_model)).run(VideoFile(video), consume, stats)
     assert written == [0, 1] and stats.frames == 2 and stats.stop_reason == "interrupted (Ctrl-C)"
 
 
