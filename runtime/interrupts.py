@@ -2,8 +2,8 @@
 
 SIGTERM is what systemd, Docker and Kubernetes send to stop a process; it raises ``Terminated``, a
 ``KeyboardInterrupt``, so every path that finalizes outputs after Ctrl-C does so after SIGTERM too. Only the first
-signal interrupts: later ones are noted and ignored until the command has finished writing, so pressing Ctrl-C twice
-never abandons a half-written file (SIGKILL still stops at once). A short step that must finish whole (writing a
+signal interrupts: later ones are noted and ignored until the process has exited, so pressing Ctrl-C twice never
+abandons a half-written file nor changes the exit code (SIGKILL still stops at once). A short step that must finish whole (writing a
 frame and counting it) runs inside ``signals_held``: a signal arriving there interrupts as the step ends.
 """
 from __future__ import annotations
@@ -73,9 +73,10 @@ def signals_held() -> Iterator[None]:
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
     """Within: the first SIGINT/SIGTERM raises KeyboardInterrupt/Terminated, later ones are ignored. On exit the
-    previous handlers come back if no signal came; after one, repeats stay ignored (the command is ending: a second
-    Ctrl-C just after the outputs are finalized must not turn exit code 130 into a death by SIGINT). A no-op outside
-    the main thread (Python delivers signals only there)."""
+    previous handlers come back if no signal came; after one, repeats stay ignored by the operating system (the
+    command is ending: a second Ctrl-C just after the outputs are finalized must not turn exit code 130 into a death
+    by SIGINT, and CPython drops Python-level handlers to the default, fatal one while the interpreter shuts down).
+    A no-op outside the main thread (Python delivers signals only there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -85,6 +86,6 @@ def stop_signals() -> Iterator[None]:
     try:
         yield
     finally:
-        if all(signal.getsignal(stop_signal) is _interrupt_once for stop_signal in STOP_SIGNALS):
-            for stop_signal, handler in previous.items():
-                signal.signal(stop_signal, handler)
+        interrupted = any(signal.getsignal(stop_signal) is not _interrupt_once for stop_signal in STOP_SIGNALS)
+        for stop_signal, handler in previous.items():
+            signal.signal(stop_signal, signal.SIG_IGN if interrupted else handler)

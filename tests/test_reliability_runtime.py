@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -111,6 +112,36 @@ def test_after_an_interrupt_repeats_stay_ignored_until_the_process_ends(signal_h
         time.sleep(0.1)
     except KeyboardInterrupt:
         pytest.fail("a Ctrl-C after the first raised again once the command had finished its outputs")
+
+
+def test_a_ctrl_c_while_the_interpreter_shuts_down_keeps_exit_code_130(tmp_path):
+    """CPython resets Python-level signal handlers to the fatal default as it shuts down: a second Ctrl-C landing
+    then killed the process by SIGINT (return code -2, nothing on stderr; seen in CI after a fast finalize)."""
+    script = tmp_path / "command.py"
+    script.write_text(textwrap.dedent("""
+        import os, signal, sys, time
+        from runtime.interrupts import stop_signals
+
+        class CtrlCAtShutdown:  # deleted as the interpreter clears its modules, after it dropped Python handlers
+            def __del__(self, kill=os.kill, pid=os.getpid(), sleep=time.sleep, write=os.write):
+                kill(pid, signal.SIGINT)
+                sleep(0.2)
+                write(1, b"survived")
+
+        def command():
+            try:
+                with stop_signals():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                return 130
+
+        at_shutdown = CtrlCAtShutdown()
+        sys.exit(command())
+        """))
+    finished = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                              env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    assert (finished.returncode, finished.stdout) == (130, "survived"), finished.stderr
 
 
 def test_a_signal_while_a_frame_is_written_still_counts_that_frame(onnx_model, video, signal_handlers):
