@@ -3,8 +3,9 @@
 SIGTERM is what systemd, Docker and Kubernetes send to stop a process; it raises ``Terminated``, a
 ``KeyboardInterrupt``, so every path that finalizes outputs after Ctrl-C does so after SIGTERM too. Only the first
 signal interrupts: later ones are noted and ignored until the process has exited, so pressing Ctrl-C twice never
-abandons a half-written file nor changes the exit code (SIGKILL still stops at once). A short step that must finish whole (writing a
-frame and counting it) runs inside ``signals_held``: a signal arriving there interrupts as the step ends.
+abandons a half-written file nor changes the exit code (SIGKILL still stops at once). A short step that must finish
+whole (writing a frame and counting it) runs inside ``signals_held``: a signal arriving there interrupts as the step
+ends.
 """
 from __future__ import annotations
 

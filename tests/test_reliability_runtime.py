@@ -114,11 +114,10 @@ def test_after_an_interrupt_repeats_stay_ignored_until_the_process_ends(signal_h
         pytest.fail("a Ctrl-C after the first raised again once the command had finished its outputs")
 
 
-def test_a_ctrl_c_while_the_interpreter_shuts_down_keeps_exit_code_130(tmp_path):
+def test_a_ctrl_c_while_the_interpreter_shuts_down_keeps_exit_code_130():
     """CPython resets Python-level signal handlers to the fatal default as it shuts down: a second Ctrl-C landing
     then killed the process by SIGINT (return code -2, nothing on stderr; seen in CI after a fast finalize)."""
-    script = tmp_path / "command.py"
-    script.write_text(textwrap.dedent("""
+    code = textwrap.dedent("""
         import os, signal, sys, time
         from runtime.interrupts import stop_signals
 
@@ -138,9 +137,8 @@ def test_a_ctrl_c_while_the_interpreter_shuts_down_keeps_exit_code_130(tmp_path)
 
         at_shutdown = CtrlCAtShutdown()
         sys.exit(command())
-        """))
-    finished = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                              env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+        """)
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (finished.returncode, finished.stdout) == (130, "survived"), finished.stderr
 
 
