@@ -36,6 +36,8 @@ class CudaPython:
         if error == codes.cudaErrorInsufficientDriver:
             _, runtime = self.cudart.cudaRuntimeGetVersion()
             _, driver = self.cudart.cudaDriverGetVersion()
+            if not driver:  # what the runtime reports when no driver is installed at all
+                raise OffsegError("no NVIDIA driver is installed (CUDA reports driver version 0)")
             raise OffsegError(f"cuda-python {cuda_version(runtime)} needs a newer NVIDIA driver than this one "
                               f"(CUDA {cuda_version(driver)}): on CUDA 12 drivers (JetPack 6) {CUDA12_PIN}")
         if error != codes.cudaSuccess:
@@ -70,7 +72,9 @@ class CudaPython:
 
     @property
     def stream_handle(self) -> int:
-        return self.stream.getPtr()  # int(stream) is deprecated in cuda-bindings 13
+        """The ``cudaStream_t`` handle as an integer, what ``execute_async_v3`` takes. ``getPtr()`` would be the
+        address of the Python object's handle field: used as a stream it crashed the process on an H200."""
+        return int(self.stream)
 
     def synchronize(self) -> None:
         self._check(self.cudart.cudaStreamSynchronize(self.stream), "synchronizing")
@@ -80,6 +84,12 @@ class CudaPython:
 
     def free_host(self, host: np.ndarray) -> None:
         self._check(self.cudart.cudaFreeHost(host.ctypes.data), "freeing pinned memory")
+
+    def close(self) -> None:
+        """Destroy the stream (after the work queued on it); the adapter is unusable afterwards."""
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            self._check(self.cudart.cudaStreamDestroy(stream), "destroying the stream")
 
 
 class PyCuda:
@@ -140,6 +150,13 @@ class PyCuda:
 
     def free_host(self, host: np.ndarray) -> None:
         host.base.free()  # the array's HostAllocation
+
+    def close(self) -> None:
+        """Release the stream (pycuda destroys it when the last reference goes, in its context)."""
+        if self.stream is not None:
+            with self.active():
+                self.stream.synchronize()
+                self.stream = None
 
 
 def open_cuda(binding: str = "auto"):

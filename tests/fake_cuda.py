@@ -1,7 +1,8 @@
 """Strict fakes of the CUDA Python bindings, sharing one fake GPU (memory is real host memory behind addresses).
 
 - cuda-python 12 (``cuda.cudart``) and 13 (``cuda.bindings.runtime``, which links the CUDA 13 runtime: on a CUDA 12
-  driver every call fails with cudaErrorInsufficientDriver, and ``int(cudaStream_t)`` warns as deprecated).
+  driver every call fails with cudaErrorInsufficientDriver, as it does with no driver at all). A stream is a
+  ``cudaStream_t`` whose ``int()`` is the handle; the real bindings judge this fake (tests/test_cuda_contract.py).
 - pycuda: a context is current only in the thread that pushed it; every call without one fails with
   "invalid device context", as the driver API does (pycuda issue 242).
 
@@ -15,7 +16,6 @@ import enum
 import sys
 import threading
 import types
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,24 @@ class FakeGpu:
     device: dict[int, ctypes.Array] = field(default_factory=dict)
     pinned: dict[int, ctypes.Array] = field(default_factory=dict)
     local: threading.local = field(default_factory=threading.local)
+    streams: set[int] = field(default_factory=set)
+
+    def create_stream(self) -> int:
+        handle = 0x5000 + 0x10 * len(self.streams)
+        while handle in self.streams:
+            handle += 0x10
+        self.streams.add(handle)
+        return handle
+
+    def destroy_stream(self, handle: int) -> bool:
+        if handle not in self.streams:
+            return False
+        self.streams.discard(handle)
+        return True
+
+    def stream_alive(self, handle: int) -> bool:
+        """The default stream (0) or one created and not destroyed."""
+        return handle == 0 or handle in self.streams
 
     def allocate(self, table: dict, nbytes: int) -> int:
         buffer = ctypes.create_string_buffer(max(nbytes, 1))
@@ -64,6 +82,7 @@ class cudaError_t(enum.IntEnum):  # noqa: N801 (the binding's names)
     cudaErrorInsufficientDriver = 35
     cudaErrorNoDevice = 100
     cudaErrorInvalidDevice = 101
+    cudaErrorInvalidResourceHandle = 400
 
 
 class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
@@ -71,21 +90,26 @@ class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
     cudaMemcpyHostToDevice = 1
     cudaMemcpyDeviceToHost = 2
     cudaMemcpyDeviceToDevice = 3
+    cudaMemcpyDefault = 4
 
 
 class cudaStream_t:  # noqa: N801
-    """A stream handle: ``getPtr()`` everywhere; ``int()`` deprecated from cuda-bindings 13."""
+    """A stream, as the bindings model it: ``int()`` is the handle; ``getPtr()`` the address of the object's own
+    handle field (a host address, never a stream)."""
 
-    def __init__(self, pointer: int, deprecate_int: bool):
-        self._pointer, self._deprecate_int = pointer, deprecate_int
+    def __init__(self, init_value=0):
+        self._handle = ctypes.c_void_p(int(init_value))
 
     def getPtr(self) -> int:  # noqa: N802
-        return self._pointer
+        return ctypes.addressof(self._handle)
 
     def __int__(self) -> int:
-        if self._deprecate_int:
-            warnings.warn("int(cudaStream_t) is deprecated, use getPtr()", DeprecationWarning, stacklevel=2)
-        return self._pointer
+        return self._handle.value or 0
+
+
+def stream_handle(stream) -> int:
+    """What a binding call reads from its ``stream`` argument: the handle of a cudaStream_t, or the int itself."""
+    return int(stream)
 
 
 @dataclass
@@ -96,20 +120,18 @@ class _Props:
 
 
 class FakeCudart(types.ModuleType):
-    """cuda-python's runtime module for a given CUDA runtime major (12 or 13)."""
+    """cuda-python's runtime module for a given CUDA runtime major (12 or 13). Its functions take the real
+    bindings' parameter names and return tuples of the real shapes (tests/test_cuda_contract.py compares them)."""
 
     def __init__(self, module_name: str, gpu: FakeGpu | None, runtime_major: int):
         super().__init__(module_name)
         self.gpu, self.runtime_version = gpu, runtime_major * 1000 + 60
-        self.cudaError_t, self.cudaMemcpyKind = cudaError_t, cudaMemcpyKind
-        self.streams: set[int] = set()
+        self.cudaError_t, self.cudaMemcpyKind, self.cudaStream_t = cudaError_t, cudaMemcpyKind, cudaStream_t
         self.freed_host: list[int] = []
 
     def _ready(self) -> cudaError_t:
-        if self.gpu is None:
-            return cudaError_t.cudaErrorNoDevice
-        if self.runtime_version // 1000 > self.gpu.driver_version // 1000:
-            return cudaError_t.cudaErrorInsufficientDriver
+        if self.gpu is None or self.runtime_version // 1000 > self.gpu.driver_version // 1000:
+            return cudaError_t.cudaErrorInsufficientDriver  # no driver at all reads the same as an old one
         if not self.gpu.context_current():
             self.gpu.contexts().append("primary")  # the runtime API binds the primary context to this thread
         return cudaError_t.cudaSuccess
@@ -123,65 +145,68 @@ class FakeCudart(types.ModuleType):
     def cudaDriverGetVersion(self):  # noqa: N802
         return cudaError_t.cudaSuccess, self.gpu.driver_version if self.gpu else 0
 
-    def cudaGetDeviceProperties(self, index: int):  # noqa: N802
+    def cudaGetDeviceProperties(self, device):  # noqa: N802
         error = self._ready()
-        if error == cudaError_t.cudaSuccess and index != 0:
+        if error == cudaError_t.cudaSuccess and device != 0:
             error = cudaError_t.cudaErrorInvalidDevice
         if error != cudaError_t.cudaSuccess:
             return error, None
         return error, _Props(self.gpu.name.encode() + b"\0\0", self.gpu.major, self.gpu.minor)
 
-    def cudaSetDevice(self, index: int):  # noqa: N802
+    def cudaSetDevice(self, device):  # noqa: N802
         error = self._ready()
-        return cudaError_t.cudaErrorInvalidDevice if error == cudaError_t.cudaSuccess and index else error,
+        return cudaError_t.cudaErrorInvalidDevice if error == cudaError_t.cudaSuccess and device else error,
 
-    def cudaFree(self, pointer: int):  # noqa: N802
+    def cudaFree(self, devPtr):  # noqa: N802, N803
         error = self._ready()
-        if error == cudaError_t.cudaSuccess and pointer:
-            if self.gpu.device.pop(pointer, None) is None:
+        if error == cudaError_t.cudaSuccess and devPtr:
+            if self.gpu.device.pop(devPtr, None) is None:
                 return cudaError_t.cudaErrorInvalidValue,
         return error,
 
-    def cudaFreeHost(self, pointer: int):  # noqa: N802
+    def cudaFreeHost(self, ptr):  # noqa: N802
         error = self._ready()
-        if error == cudaError_t.cudaSuccess and self.gpu.pinned.pop(pointer, None) is None:
+        if error == cudaError_t.cudaSuccess and self.gpu.pinned.pop(ptr, None) is None:
             return cudaError_t.cudaErrorInvalidValue,
-        self.freed_host.append(pointer)
+        self.freed_host.append(ptr)
         return error,
 
     def cudaStreamCreate(self):  # noqa: N802
         error = self._ready()
         if error != cudaError_t.cudaSuccess:
             return error, None
-        stream = cudaStream_t(0x5000 + len(self.streams), deprecate_int=self.runtime_version >= 13000)
-        self.streams.add(stream.getPtr())
-        return error, stream
+        return error, cudaStream_t(self.gpu.create_stream())
 
     def cudaStreamDestroy(self, stream):  # noqa: N802
-        self.streams.discard(stream.getPtr())
-        return self._ready(),
-
-    def cudaMalloc(self, nbytes: int):  # noqa: N802
         error = self._ready()
-        return (error, self.gpu.allocate(self.gpu.device, nbytes)) if error == cudaError_t.cudaSuccess else (error, 0)
+        if error == cudaError_t.cudaSuccess and not self.gpu.destroy_stream(stream_handle(stream)):
+            return cudaError_t.cudaErrorInvalidResourceHandle,
+        return error,
 
-    def cudaMallocHost(self, nbytes: int):  # noqa: N802
+    def cudaMalloc(self, size):  # noqa: N802
         error = self._ready()
-        return (error, self.gpu.allocate(self.gpu.pinned, nbytes)) if error == cudaError_t.cudaSuccess else (error, 0)
+        return (error, self.gpu.allocate(self.gpu.device, size)) if error == cudaError_t.cudaSuccess else (error, None)
 
-    def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind, stream):  # noqa: N802
+    def cudaMallocHost(self, size):  # noqa: N802
+        error = self._ready()
+        return (error, self.gpu.allocate(self.gpu.pinned, size)) if error == cudaError_t.cudaSuccess else (error, None)
+
+    def cudaMemcpyAsync(self, dst, src, count, kind, stream):  # noqa: N802
         error = self._ready()
         if error != cudaError_t.cudaSuccess:
             return error,
-        if not isinstance(stream, cudaStream_t) or stream.getPtr() not in self.streams:
-            return cudaError_t.cudaErrorInvalidValue,
+        if not self.gpu.stream_alive(stream_handle(stream)):
+            return cudaError_t.cudaErrorInvalidResourceHandle,  # on a real GPU: often a crash instead
         device, host = (dst, src) if kind == cudaMemcpyKind.cudaMemcpyHostToDevice else (src, dst)
-        self.gpu.view(device, nbytes, np.uint8, (nbytes,))  # raises if not device memory
-        ctypes.memmove(dst, src, nbytes)
+        self.gpu.view(device, count, np.uint8, (count,))  # raises if not device memory
+        ctypes.memmove(dst, src, count)
         return error,
 
     def cudaStreamSynchronize(self, stream):  # noqa: N802
-        return self._ready(),
+        error = self._ready()
+        if error == cudaError_t.cudaSuccess and not self.gpu.stream_alive(stream_handle(stream)):
+            return cudaError_t.cudaErrorInvalidResourceHandle,
+        return error,
 
 
 def install_cuda_python(monkeypatch, gpu: FakeGpu | None, major: int, legacy: bool = False) -> FakeCudart:
@@ -264,7 +289,7 @@ def install_pycuda(monkeypatch, gpu: FakeGpu) -> types.ModuleType:
     class Stream:
         def __init__(self):
             need_context("cuStreamCreate")
-            self.handle = 0x7000 + id(self) % 0x1000
+            self.handle = gpu.create_stream()
 
         def synchronize(self):
             need_context("cuStreamSynchronize")

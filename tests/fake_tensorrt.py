@@ -377,6 +377,9 @@ class ExecutionContext(Strict):
         if not gpu.context_current():
             engine._trt._log_error("Cuda Runtime (invalid device context)")
             return False
+        if not gpu.stream_alive(stream_handle):  # a real GPU often crashes instead (an H200 did on getPtr())
+            engine._trt._log_error("Cuda Runtime (invalid resource handle)")
+            return False
         (in_name, _, in_type, _), = [t for t in engine._io if t[1] == trt.TensorIOMode.INPUT]
         (out_name, _, out_type, _), = [t for t in engine._io if t[1] == trt.TensorIOMode.OUTPUT]
         if in_name not in self._shapes or {in_name, out_name} - set(self._addresses):
@@ -430,8 +433,15 @@ class Runtime(Strict):
         return trt._make("ICudaEngine", trt, plan, self.DLA_core if plan["dla_core"] is not None else -1)
 
 
+# The surfaces number an enum's members in binding order; where a fake's behaviour reads the number, it takes the
+# C++ enumerator (NvInferRuntimeBase.h; tensorrt_rtx's DataType judges it in tests/test_cuda_contract.py).
+ENUMERATOR_VALUES = {"DataType": {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5, "FP8": 6,
+                                  "BF16": 7, "INT64": 8, "INT4": 9, "FP4": 10, "E8M0": 11}}
+
+
 def _enum(name: str, members: dict) -> type:
-    return enum.IntEnum(name.rpartition(".")[2], members)
+    values = ENUMERATOR_VALUES.get(name, {})
+    return enum.IntEnum(name.rpartition(".")[2], {m: values.get(m, v) for m, v in members.items()})
 
 
 def _nptype(trt):

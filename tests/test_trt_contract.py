@@ -104,7 +104,7 @@ def test_build_then_run_a_dynamic_engine(monkeypatch, tiny, trt_version, device,
     with pytest.raises(OffsegError, match="optimization profile"):
         backend.infer(np.zeros((1, 3, 2048, 2048), np.float32))
     backend.close()
-    assert not trt.errors and gpu.device == {} and gpu.pinned == {}
+    assert not trt.errors and gpu.device == {} and gpu.pinned == {} and gpu.streams == set()
 
 
 def test_tensorrt11_fp16_engine_from_the_autocast_graph(monkeypatch, tiny_static):
@@ -205,7 +205,7 @@ def test_engine_of_another_tensorrt_patch_release_is_refused_with_a_sentence(mon
         open_backend(tiny.with_name("tiny.fp32.plan"))
 
 
-def test_cuda_python_13_layout_without_the_deprecated_int_stream(monkeypatch, tiny):
+def test_cuda_python_13_layout_runs_without_warnings(monkeypatch, tiny):
     _, _, cudart = machine(monkeypatch, "11.1.0", RTX_CUDA13, cuda_major=13)
     build(tiny)
     backend = open_backend(tiny.with_name("tiny.fp32.plan"), cuda="cuda-python")

@@ -89,6 +89,7 @@ class TensorRTBackend:
         with self.cuda.active():
             self._free_buffers()
             self.context = self.engine = None
+            self.cuda.close()
 
 
 def _deserialize(trt, path: Path, sidecar: dict):

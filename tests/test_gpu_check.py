@@ -1,0 +1,61 @@
+"""benchmarks/gpu_check.py, the hardware check of the GPU path, without a GPU: its stand-in engine speaks
+TensorRT's names (the surfaces extracted from NVIDIA's bindings), and without a GPU it writes a report that says so
+and exits 1 instead of passing."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fake_tensorrt
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import standin_tensorrt  # noqa: E402
+
+STANDIN_CLASSES = {"Runtime": standin_tensorrt.Runtime, "ICudaEngine": standin_tensorrt.Engine,
+                   "IExecutionContext": standin_tensorrt.ExecutionContext}
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
+def test_the_standin_engine_uses_only_tensorrt_names(version):
+    surface = fake_tensorrt.load_surface(version)
+    for api, standin in STANDIN_CLASSES.items():
+        public = {name for name in vars(standin) if not name.startswith("_")} | {
+            name for name in ("DLA_core", "engine_host_code_allowed") if api == "Runtime"}
+        assert public <= set(surface["classes"][api]["attributes"]), (api, public - set(
+            surface["classes"][api]["attributes"]))
+    assert {m.name for m in standin_tensorrt.TensorIOMode} == set(surface["enums"]["TensorIOMode"])
+    assert {"WARNING", "ERROR"} <= set(surface["enums"]["ILogger.Severity"])
+
+
+def test_standin_plans_round_trip_and_shapes_follow_the_profile():
+    plan = standin_tensorrt.plan_bytes(5, [-1, 3, -1, -1], [[1, 3, 64, 64], [1, 3, 128, 128], [2, 3, 256, 256]])
+    engine = standin_tensorrt.Runtime(standin_tensorrt.Logger()).deserialize_cuda_engine(plan)
+    assert engine.get_tensor_shape("logits") == [-1, 5, -1, -1]
+    context = engine.create_execution_context()
+    assert not context.set_input_shape("images", (3, 3, 128, 128))  # batch above the profile
+    assert context.set_input_shape("images", (2, 3, 128, 64)) and context.get_tensor_shape("logits") == [2, 5, 32, 16]
+    assert standin_tensorrt.Runtime(standin_tensorrt.Logger()).deserialize_cuda_engine(b"not a plan") is None
+    batch = np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8)
+    out = standin_tensorrt.expected_output(batch, 5)
+    assert out.shape == (2, 5, 2, 2) and out[1, 2, 1, 0] == 3 * batch[1, :, 4:8, 0:4].mean()
+
+
+def test_without_a_gpu_the_check_reports_failure(tmp_path):
+    report = tmp_path / "gpu_check.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--json", str(report),
+                             "--checks", "cuda_adapter,standin_engine"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "no CUDA GPU is visible" in result.stderr
+    data = json.loads(report.read_text())
+    assert data["ok"] is False and set(data["checks"]) == {"cuda_adapter", "standin_engine"}
+    assert data["environment"]["gpu"] is None and data["environment"]["cuda_bindings"]
+
+
+def test_an_unknown_check_is_a_usage_error(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--checks", "nope"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "unknown check(s) nope" in result.stderr
