@@ -304,14 +304,9 @@ def _add_profile(builder, network, config, options: EngineOptions) -> None:
 
 
 def _pin_layers(trt, network, pinned_node_names: list[str]) -> list[str]:
-    """Set FP32 precision and outputs on the floating-point layers of pinned nodes (TensorRT 10 path).
-
-    Integer layers (shape arithmetic: an INT64 Div, Concat or Reshape under a pinned scope) are left alone: TensorRT
-    has no FP32 implementation for them and fails the build under OBEY_PRECISION_CONSTRAINTS.
-    """
+    """Set FP32 precision and outputs on the layers ``pinnable_layers`` selects (TensorRT 10 path)."""
     layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
-    names = [name for name in layers_to_pin(list(layers), pinned_node_names)
-             if is_floating_point_layer(trt, layers[name])]
+    names = pinnable_layers(trt, network, pinned_node_names)
     for name in names:
         layer = layers[name]
         layer.precision = trt.float32
@@ -320,10 +315,29 @@ def _pin_layers(trt, network, pinned_node_names: list[str]) -> list[str]:
     return names
 
 
+def pinnable_layers(trt, network, pinned_node_names: list[str]) -> list[str]:
+    """The layers of a parsed network to pin to FP32: those of pinned nodes that compute on floating-point tensors.
+
+    Left alone, as ``trtexec --layerPrecisions`` leaves them: integer layers (shape arithmetic such as an INT64 Div,
+    Concat or Reshape under a pinned scope: TensorRT has no FP32 implementation and fails the build under
+    OBEY_PRECISION_CONSTRAINTS), and layers whose first input is a shape tensor (an INT64 -> FLOAT Cast or the Fill
+    of an arange: host-side shape computations, not kernels).
+    """
+    layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
+    return [name for name in layers_to_pin(list(layers), pinned_node_names)
+            if is_floating_point_layer(trt, layers[name]) and not takes_a_shape_tensor(layers[name])]
+
+
 def is_floating_point_layer(trt, layer) -> bool:
     """Whether every output of a parsed network's ``layer`` is a float tensor (FP32, FP16 or BF16)."""
     floats = (trt.float32, trt.float16, trt.bfloat16)
     return all(layer.get_output(i).dtype in floats for i in range(layer.num_outputs))
+
+
+def takes_a_shape_tensor(layer) -> bool:
+    """Whether the first input of ``layer`` is a shape tensor (a value TensorRT computes at build/enqueue time)."""
+    first = layer.get_input(0) if layer.num_inputs else None
+    return first is not None and first.is_shape_tensor
 
 
 def _load_timing_cache(config, path: Path | None):

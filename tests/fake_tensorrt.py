@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -92,23 +93,28 @@ class HostMemory(bytes):
 class Tensor(Strict):
     _api = "ITensor"
 
-    def __init__(self, name: str, dtype, shape: tuple):
-        self._name, self._dtype, self._shape = name, dtype, tuple(shape)
+    def __init__(self, name: str, dtype, shape: tuple, is_shape_tensor: bool = False):
+        self._name, self._dtype, self._shape, self._is_shape = name, dtype, tuple(shape), is_shape_tensor
 
     name = property(lambda self: self._name)
     dtype = property(lambda self: self._dtype)
     shape = property(lambda self: self._shape)
+    is_shape_tensor = property(lambda self: self._is_shape)
 
 
 class Layer(Strict):
     _api = "ILayer"
 
-    def __init__(self, trt, name: str, outputs: list[Tensor]):
-        self._trt, self._name, self._outputs = trt, name, outputs
+    def __init__(self, trt, name: str, outputs: list[Tensor], inputs: list[Tensor | None] = ()):
+        self._trt, self._name, self._outputs, self._inputs = trt, name, outputs, list(inputs)
         self._precision, self._precision_set, self._output_types = trt.float32, False, {}
 
     name = property(lambda self: self._name)
     num_outputs = property(lambda self: len(self._outputs))
+    num_inputs = property(lambda self: len(self._inputs))
+
+    def get_input(self, index: int) -> Tensor | None:
+        return self._inputs[index]
 
     def get_output(self, index: int) -> Tensor:
         return self._outputs[index]
@@ -170,10 +176,21 @@ class OnnxParser(Strict):
         graph = model.graph
         types_ = {v.name: v.type.tensor_type for v in [*graph.input, *graph.output, *graph.value_info]}
 
-        def tensor(name: str) -> Tensor:
-            kind = types_[name]
-            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim)
-            return trt._make("ITensor", name, trt.DataType[ONNX_TYPES[kind.elem_type]], dims)
+        constants = {i.name: i for i in graph.initializer}  # TensorRT makes each a constant layer's output
+        ranks = {**{n: len(t.shape.dim) for n, t in types_.items()}, **{n: len(i.dims) for n, i in constants.items()}}
+        shape_tensors = _shape_tensors(graph, ranks)
+
+        def tensor(name: str, node=None, index: int = 0) -> Tensor:
+            """The tensor ``name``; a constant is made per use (as the parser does), so its shape-ness is the
+            reading node's."""
+            if name in constants:
+                elem_type, dims = constants[name].data_type, tuple(constants[name].dims)
+                is_shape = node is not None and _reads_a_shape(node, index, ranks[name], shape_tensors)
+            else:
+                kind = types_[name]
+                elem_type, is_shape = kind.elem_type, name in shape_tensors
+                dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim)
+            return trt._make("ITensor", name, trt.DataType[ONNX_TYPES[elem_type]], dims, is_shape)
 
         network = self._network
         network._inputs = [tensor(v.name) for v in graph.input]
@@ -181,9 +198,40 @@ class OnnxParser(Strict):
         network._output_dims = [[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
                                 for v in graph.output]
         network._input_dims = [[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in graph.input]
-        network._layers = [trt._make("ILayer", trt, node.name, [tensor(o) for o in node.output if o in types_])
+        network._layers = [trt._make("ILayer", trt, _layer_name(node.name),
+                                     [tensor(o) for o in node.output if o in types_],
+                                     [tensor(i, node, k) if i else None for k, i in enumerate(node.input)])
                            for node in graph.node]
         return True
+
+
+# The inputs TensorRT reads as shapes (host values), by ONNX op: what makes a tensor a shape tensor.
+SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2), "Tile": (1,),
+                "Slice": (1, 2, 3, 4), "Resize": (3,), "Pad": (1,), "TopK": (1,), "Unsqueeze": (1,), "Squeeze": (1,)}
+
+
+def _layer_name(node_name: str) -> str:
+    """The parser names a layer after its node; a function's nodes keep their own names (onnx's inliner adds a
+    ``__N`` suffix, which the real parse of the inlined function does not show)."""
+    return re.sub(r"__\d+$", "", node_name)
+
+
+def _shape_tensors(graph, ranks: dict[str, int]) -> set[str]:
+    """Names of the tensors the parser makes shape tensors: those read as shapes, and, going backwards, the 0-D/1-D
+    inputs of nodes that compute one (a Shape node's input is data, not a shape). ``ranks``: each tensor's rank."""
+    shapes: set[str] = set()
+    for node in reversed(graph.node):
+        shapes.update(name for index, name in enumerate(node.input)
+                      if name and _reads_a_shape(node, index, ranks.get(name, 99), shapes))
+    return shapes
+
+
+def _reads_a_shape(node, index: int, rank: int, shape_tensors: set[str]) -> bool:
+    """Whether ``node`` reads its input ``index`` (of ``rank``) as a shape: a shape slot of its op, or any 0-D/1-D
+    input of a node that computes a shape tensor (a Shape node's input is data, not a shape)."""
+    if index in SHAPE_INPUTS.get(node.op_type, ()):
+        return True
+    return node.op_type not in ("Shape", "Size") and rank <= 1 and bool(shape_tensors & set(node.output))
 
 
 class OptimizationProfile(Strict):

@@ -136,23 +136,26 @@ def test_fp32_pins_skip_integer_shape_arithmetic(monkeypatch, tiny):
     assert sidecar["pinned_layers"] == ["OffsetLearning/node_softmax_1", "FreqFusion0/node_div_float"]
 
 
-def integer_pin_candidates(onnx_path) -> tuple[list, object]:
-    """Layers of tensorrt_rtx's parse of ``onnx_path`` that the default pins select but whose outputs are integer."""
+def real_parse(onnx_path) -> tuple:
+    """tensorrt_rtx's parse of ``onnx_path`` (the real NVIDIA parser): the module, the network, its layers by name,
+    and the layers the default pins select before any rule leaves some alone."""
     trt = pytest.importorskip("tensorrt_rtx")
     from calibration.files import load_onnx
     from calibration.precision import pinned_nodes
-    from export.tensorrt import is_floating_point_layer, layers_to_pin
+    from export.tensorrt import layers_to_pin
     logger = trt.Logger(trt.Logger.ERROR)
     network = trt.Builder(logger).create_network(0)
     assert trt.OnnxParser(network, logger).parse_from_file(str(onnx_path))
     layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
-    candidates = layers_to_pin(list(layers), pinned_nodes(load_onnx(onnx_path)))
-    return [layers[name] for name in candidates if not is_floating_point_layer(trt, layers[name])], trt
+    nodes = pinned_nodes(load_onnx(onnx_path))
+    return trt, network, layers, nodes, layers_to_pin(list(layers), nodes)
 
 
 def test_fp32_pins_skip_integer_layers_of_the_real_parser(tiny):
     """tensorrt_rtx's ONNX parser (the real one) types the FreqFusion shape arithmetic INT64: not pinned."""
-    integer, trt = integer_pin_candidates(tiny)
+    from export.tensorrt import is_floating_point_layer
+    trt, _, layers, _, candidates = real_parse(tiny)
+    integer = [layers[name] for name in candidates if not is_floating_point_layer(trt, layers[name])]
     assert integer and all(layer.name.startswith("FreqFusion0/node_") for layer in integer)
     assert any(layer.get_output(0).dtype == trt.int64 for layer in integer)
 
@@ -265,10 +268,17 @@ def test_real_tensorrt_rtx_builds_with_tf32_off_and_a_timing_cache(tiny):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("dynamic")  # shares the dynamic export with test_export_dynamic.py
-def test_dynamic_offseg_export_pins_only_floating_point_layers(dynamic_onnx, monkeypatch):
-    """The real parser (tensorrt_rtx) types part of the pinned scopes INT64; the TensorRT 10.3 build pins the rest."""
-    integer = {layer.name for layer in integer_pin_candidates(dynamic_onnx)[0]}
-    assert integer, "the dynamic export has integer shape arithmetic under the pinned scopes"
+def test_dynamic_offseg_export_pins_no_integer_or_shape_tensor_layer(dynamic_onnx, monkeypatch):
+    """The real parser (tensorrt_rtx) types part of the pinned scopes INT64 and feeds other layers shape tensors
+    (INT64 -> FLOAT Casts, the Fills of aranges), which trtexec does not pin either; the TensorRT 10.3 build pins the
+    rest, the same layers as the real parse."""
+    from export.tensorrt import is_floating_point_layer, pinnable_layers, takes_a_shape_tensor
+    trt, network, layers, nodes, candidates = real_parse(dynamic_onnx)
+    integer = {name for name in candidates if not is_floating_point_layer(trt, layers[name])}
+    shape_fed = {name for name in candidates if takes_a_shape_tensor(layers[name])}
+    assert integer and shape_fed, "the dynamic export has integer and shape-tensor layers under the pinned scopes"
+    pinned = set(pinnable_layers(trt, network, nodes))
+    assert pinned and not pinned & (integer | shape_fed)
     machine(monkeypatch, "10.3.0", RTX)
     sidecar = build(dynamic_onnx, "--fp16")  # fails with "no implementation" if an integer layer is forced to FP32
-    assert sidecar["pinned_layers"] and not integer & set(sidecar["pinned_layers"])
+    assert set(sidecar["pinned_layers"]) == pinned
