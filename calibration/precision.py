@@ -82,8 +82,9 @@ def to_fp16(model, rules: tuple[PinRule, ...] = DEFAULT_PINS):
     try:
         from modelopt.onnx.autocast import configure_logging, convert_to_mixed_precision
     except ImportError as error:
-        raise OffsegError(f"FP16 conversion needs NVIDIA Model Optimizer ({error}): "
-                          "pip install 'offseg-deploy[fp16]'") from None
+        fix = ("Model Optimizer imports torch: pip install torch==2.13.0 (the CPU build is enough)"
+               if error.name == "torch" else "pip install 'offseg-deploy[fp16]'")
+        raise OffsegError(f"FP16 conversion needs NVIDIA Model Optimizer ({error}): {fix}") from None
     quiet = not logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
     logging.getLogger("modelopt.onnx").setLevel(logging.ERROR if quiet else logging.INFO)
     configure_logging(logging.ERROR if quiet else logging.INFO)  # AutoCast resets its level on import

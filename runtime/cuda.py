@@ -27,7 +27,10 @@ class CudaPython:
 
     def __init__(self):
         self.cudart = import_cudart()
-        self._check(self.cudart.cudaSetDevice(self.index), "initialising CUDA")  # creates the primary context
+        try:
+            self._check(self.cudart.cudaSetDevice(self.index), "initialising CUDA")  # creates the primary context
+        except RuntimeError as error:  # cuda-python before 12.6 raises when it cannot load the driver
+            raise OffsegError(f"no NVIDIA driver is installed ({error})") from None
         self.stream = self._check(self.cudart.cudaStreamCreate(), "creating a stream")
 
     def _check(self, result, what: str):

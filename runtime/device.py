@@ -33,7 +33,10 @@ def import_cudart():
 
 def cudart_device(cudart, index: int = 0) -> CudaDevice | None:
     """The device at ``index`` through cuda-python's runtime module; None when the driver or device is missing."""
-    error, props = cudart.cudaGetDeviceProperties(index)
+    try:
+        error, props = cudart.cudaGetDeviceProperties(index)
+    except RuntimeError:  # cuda-python before 12.6 without libcuda.so.1 (no driver)
+        return None
     if error != cudart.cudaError_t.cudaSuccess:
         return None
     _, runtime_version = cudart.cudaRuntimeGetVersion()

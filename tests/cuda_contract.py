@@ -42,7 +42,11 @@ def observe(cudart) -> dict:
         handle, address = int(stream), stream.getPtr()
     results = {}
     for name, arguments in CALLS.items():
-        result = getattr(cudart, name)(*(_argument(cudart, a) for a in arguments))
+        try:
+            result = getattr(cudart, name)(*(_argument(cudart, a) for a in arguments))
+        except Exception as error:  # cuda-python before 12.6 raises when libcuda.so.1 is missing
+            results[name] = [f"raises {type(error).__name__}"]
+            continue
         results[name] = [_shape(v) for v in (result if isinstance(result, tuple) else (result,))]
     return {
         "parameters": {name: list(inspect.signature(getattr(cudart, name)).parameters) for name in CALLS},
@@ -55,5 +59,8 @@ def observe(cudart) -> dict:
 
 
 if __name__ == "__main__":
-    from cuda.bindings import runtime
+    try:
+        from cuda.bindings import runtime
+    except ImportError:  # cuda-python before 12.6
+        from cuda import cudart as runtime
     print(json.dumps(observe(runtime), sort_keys=True))

@@ -123,13 +123,19 @@ class FakeCudart(types.ModuleType):
     """cuda-python's runtime module for a given CUDA runtime major (12 or 13). Its functions take the real
     bindings' parameter names and return tuples of the real shapes (tests/test_cuda_contract.py compares them)."""
 
-    def __init__(self, module_name: str, gpu: FakeGpu | None, runtime_major: int):
+    def __init__(self, module_name: str, gpu: FakeGpu | None, runtime_major: int, legacy: bool = False):
         super().__init__(module_name)
-        self.gpu, self.runtime_version = gpu, runtime_major * 1000 + 60
+        self.gpu, self.runtime_version, self.legacy = gpu, runtime_major * 1000 + 60, legacy
         self.cudaError_t, self.cudaMemcpyKind, self.cudaStream_t = cudaError_t, cudaMemcpyKind, cudaStream_t
         self.freed_host: list[int] = []
 
+    def _driver(self) -> None:
+        """cuda-python before 12.6 loads libcuda.so.1 on first use and raises when there is none."""
+        if self.legacy and self.gpu is None:
+            raise RuntimeError("Failed to dlopen libcuda.so.1")
+
     def _ready(self) -> cudaError_t:
+        self._driver()
         if self.gpu is None or self.runtime_version // 1000 > self.gpu.driver_version // 1000:
             return cudaError_t.cudaErrorInsufficientDriver  # no driver at all reads the same as an old one
         if not self.gpu.context_current():
@@ -137,12 +143,14 @@ class FakeCudart(types.ModuleType):
         return cudaError_t.cudaSuccess
 
     def cudaGetErrorString(self, error):  # noqa: N802
+        self._driver()
         return cudaError_t.cudaSuccess, error.name.encode()
 
     def cudaRuntimeGetVersion(self):  # noqa: N802
         return cudaError_t.cudaSuccess, self.runtime_version
 
     def cudaDriverGetVersion(self):  # noqa: N802
+        self._driver()
         return cudaError_t.cudaSuccess, self.gpu.driver_version if self.gpu else 0
 
     def cudaGetDeviceProperties(self, device):  # noqa: N802
@@ -212,7 +220,7 @@ class FakeCudart(types.ModuleType):
 def install_cuda_python(monkeypatch, gpu: FakeGpu | None, major: int, legacy: bool = False) -> FakeCudart:
     """Put cuda-python ``major`` in sys.modules: 13 has only ``cuda.bindings.runtime``; 12.6+ has it and the old
     ``cuda.cudart``; ``legacy`` (before 12.6) has only ``cuda.cudart``."""
-    runtime = FakeCudart("cuda.cudart" if legacy else "cuda.bindings.runtime", gpu, major)
+    runtime = FakeCudart("cuda.cudart" if legacy else "cuda.bindings.runtime", gpu, major, legacy)
     cuda = types.ModuleType("cuda")
     bindings = types.ModuleType("cuda.bindings")
     cuda.__path__, bindings.__path__ = [], []

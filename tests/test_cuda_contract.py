@@ -14,21 +14,31 @@ from cuda_contract import observe
 from fake_cuda import FakeCudart
 
 ROOT = Path(__file__).parents[1]
-CUDA_BINDINGS_13 = ("cuda-bindings==13.3.1", "cuda-pathfinder==1.9.1")  # the H200's version
+# The releases that judge the fake, beside the dev install's cuda-python 12.9: NVIDIA's TensorRT 10.3 samples' pin on
+# Python 3.10 (JetPack 6; only ``cuda.cudart``, raises without a driver) and the H200's cuda-bindings.
+RELEASES = {"12.2": ("cuda-python==12.2.1",), "12.9": None, "13.3": ("cuda-bindings==13.3.1", "cuda-pathfinder==1.9.1")}
 
 
 @pytest.fixture(scope="module")
-def bindings_13(tmp_path_factory) -> Path:
-    """A folder holding cuda-bindings 13 (this venv has 12, as the [gpu] extras pin for CUDA 12 drivers)."""
-    target = tmp_path_factory.mktemp("cuda-bindings-13")
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                          *CUDA_BINDINGS_13], capture_output=True, text=True)
-    assert pip.returncode == 0, pip.stderr
-    return target
+def bindings(tmp_path_factory):
+    """``release`` -> a folder holding that cuda-python release (None: the venv's own), installed on first use."""
+    folders = {}
+
+    def folder(release: str) -> Path | None:
+        if RELEASES[release] is None:
+            return None
+        if release not in folders:
+            target = tmp_path_factory.mktemp(f"cuda-python-{release}")
+            pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                                  *RELEASES[release]], capture_output=True, text=True)
+            assert pip.returncode == 0, pip.stderr
+            folders[release] = target
+        return folders[release]
+    return folder
 
 
 def run_real(code: str, bindings: Path | None) -> str:
-    """``code`` in a fresh interpreter that imports the real bindings (12 from the venv, or those in ``bindings``)."""
+    """``code`` in a fresh interpreter that imports the real bindings (the venv's, or those in ``bindings``)."""
     path = [str(ROOT / "tests"), str(ROOT)] + ([str(bindings)] if bindings else [])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(path)})
@@ -36,38 +46,37 @@ def run_real(code: str, bindings: Path | None) -> str:
     return result.stdout
 
 
-def real_bindings(request, major: int) -> Path | None:
-    return request.getfixturevalue("bindings_13") if major == 13 else None
+def fake_for(release: str) -> FakeCudart:
+    major, legacy = int(release.split(".")[0]), release == "12.2"
+    return FakeCudart("cuda.cudart" if legacy else "cuda.bindings.runtime", None, major, legacy)
 
 
-@pytest.mark.parametrize("major", [12, 13])
-def test_the_fake_runtime_module_behaves_as_the_real_one(request, major):
-    bindings = real_bindings(request, major)
-    version = run_real("import cuda.bindings; print(cuda.bindings.__version__)", bindings).strip()
-    assert version.split(".")[0] == str(major)
-    real = json.loads(run_real("import cuda_contract, json; from cuda.bindings import runtime; "
-                               "print(json.dumps(cuda_contract.observe(runtime)))", bindings))
-    fake = json.loads(json.dumps(observe(FakeCudart("cuda.bindings.runtime", None, major))))
+@pytest.mark.parametrize("release", RELEASES)
+def test_the_fake_runtime_module_behaves_as_the_real_one(bindings, release):
+    real = json.loads(run_real("import runpy; runpy.run_path('tests/cuda_contract.py', run_name='__main__')",
+                               bindings(release)))
+    fake = json.loads(json.dumps(observe(fake_for(release))))
     for part in real:
-        assert fake[part] == real[part], f"fake_cuda differs from cuda-bindings {version} in {part}"
+        assert fake[part] == real[part], f"fake_cuda differs from cuda-python {release} in {part}"
 
 
-@pytest.mark.parametrize("major", [12, 13])
-def test_the_adapter_hands_tensorrt_the_stream_handle(request, major):
+@pytest.mark.parametrize("release", RELEASES)
+def test_the_adapter_hands_tensorrt_the_stream_handle(bindings, release):
     """``execute_async_v3`` and every runtime call take the stream's handle: ``int(stream)``, never ``getPtr()``
     (the address of the Python object's field; as a stream it crashed the process on an H200)."""
-    code = ("from cuda.bindings import runtime\nfrom runtime.cuda import CudaPython\n"
-            "adapter = object.__new__(CudaPython)\nadapter.stream = runtime.cudaStream_t(0x1234)\n"
+    code = ("from runtime.device import import_cudart\nfrom runtime.cuda import CudaPython\n"
+            "adapter = object.__new__(CudaPython)\nadapter.stream = import_cudart().cudaStream_t(0x1234)\n"
             "print(adapter.stream_handle)")
-    assert int(run_real(code, real_bindings(request, major))) == 0x1234
+    assert int(run_real(code, bindings(release))) == 0x1234
 
 
-def test_without_a_driver_the_adapter_says_so_in_one_sentence():
-    code = ("from runtime.cuda import open_cuda\nfrom runtime.errors import OffsegError\n"
+@pytest.mark.parametrize("release", RELEASES)
+def test_without_a_driver_the_adapter_says_so_and_finds_no_device(bindings, release):
+    code = ("from runtime.cuda import open_cuda\nfrom runtime.device import cuda_device\n"
+            "from runtime.errors import OffsegError\nassert cuda_device() is None\n"
             "try:\n    open_cuda('cuda-python')\nexcept OffsegError as error:\n    print(error)")
-    assert run_real(code, None).strip() == ("no usable CUDA binding: cuda-python: no NVIDIA driver is installed "
-                                            "(CUDA reports driver version 0) (pip install 'offseg-deploy[gpu]' for "
-                                            "cuda-python, or use an .onnx file on CPU)")
+    message = run_real(code, bindings(release)).strip()
+    assert message.startswith("no usable CUDA binding: cuda-python: no NVIDIA driver is installed ("), message
 
 
 # The TensorRT members our code reads (export/, runtime/, calibration/): their names must exist, and, where both
