@@ -63,9 +63,12 @@ def test_the_gather_form_is_checked_and_its_sampling_rows_need_fp32():
     inputs = [torch.randn(1, 3, 128, 128).numpy()]
     report = check_fp16(build_model("offseg-t", 9).eval(), inputs, freqfusion_form="gather")
     assert report.freqfusion_form == "gather"
-    # rows of up to h*w*4*groups computed in FP16 point outside the map: the FP16 model fails, and with the
-    # sampling corners in FP32 (what the default pins keep) it agrees with FP32
-    assert "index out of range" in report.whole_fp16["error"]
+    # rows of up to h*w*4*groups need 24 bits: the PyTorch module computes them in FP32 whatever its input (the FP16
+    # model runs), yet its output fed FP16 offsets departs from FP32's, so it is flagged and pinned; the ONNX FP16
+    # graph needs that pin, as AutoCast would convert the module's arithmetic too
+    assert report.whole_fp16["finite"] and report.whole_fp16["label_agreement_percent"] > 95
+    flagged = {s.module for s in report.flagged}
+    assert {f"head.freqfusions.{i}.sampling_corners" for i in range(3)} <= flagged
     assert all(f"FreqFusion{i}/sampling_corners/" in report.pins for i in range(3))
     assert report.whole_fp16_pinned["finite"] and report.whole_fp16_pinned["label_agreement_percent"] > 95
 

@@ -1,4 +1,6 @@
 """FreqFusion's gather (export) form computes what the readable form computes, on random and reference weights."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -62,3 +64,19 @@ def test_gather_form_matches_the_reference_at_every_stored_size(name, tmp_path):
         with torch.no_grad():
             logits = model.eval()(torch.from_numpy(x)).numpy()
         assert np.abs(logits - data[f"logits_{size}"]).max() <= 1e-4, size
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gather_form_runs_in_half_precision(dtype):
+    """Sampling positions and row numbers need 24 bits: in FP16 (11) or BF16 (8) the rows of a 24x24 map (9,216 of
+    them) went out of range. They are computed in FP32 whatever the activations' dtype."""
+    fusion = random_fusion(1)
+    fusion.dysampler.init_pos.normal_(0, 0.5)
+    hr, lr = torch.randn(1, 32, 48, 48).double(), torch.randn(1, 64, 24, 24).double()
+    with torch.no_grad():
+        expected = fusion(hr, lr)
+        half = GatherFreqFusion(copy.deepcopy(fusion).to(dtype))(hr.to(dtype), lr.to(dtype))
+    for want, got in zip(expected, half):
+        assert got.dtype == dtype and torch.isfinite(got).all()
+        relative = (got.double() - want).norm() / want.norm()
+        assert relative < (0.1 if dtype == torch.bfloat16 else 0.01), float(relative)  # 8 and 11 bits

@@ -87,7 +87,9 @@ class LocalSimGuidedSampler(nn.Module):
         ys = torch.arange(h, dtype=x.dtype, device=x.device) + 0.5
         xs = torch.arange(w, dtype=x.dtype, device=x.device) + 0.5
         centres = torch.stack(torch.meshgrid(xs, ys, indexing="ij")).transpose(1, 2)[None, :, None]
-        size = torch.tensor([w, h], dtype=x.dtype, device=x.device).reshape(1, 2, 1, 1, 1)
+        # [w, h] filled on the device (torch.tensor would copy from the host: no CUDA-graph capture); a tensor, not
+        # a Python scalar, so the division stays a true division (CUDA turns "/ scalar" into "* (1 / scalar)")
+        size = torch.cat([x.new_full((1, 1, 1, 1, 1), w), x.new_full((1, 1, 1, 1, 1), h)], dim=1)
         coords = 2 * (centres + offsets) / size - 1
         coords = F.pixel_shuffle(coords.reshape(n, -1, h, w), self.scale)
         grid = coords.reshape(n, 2, -1, self.scale * h, self.scale * w).permute(0, 2, 3, 4, 1).flatten(0, 1)

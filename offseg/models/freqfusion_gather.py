@@ -163,7 +163,9 @@ class SamplingCorners(nn.Module):
 
     All arithmetic runs planar (the pixel axes innermost: ONNX Runtime broadcasts slowly over small inner axes) on
     at most 7-D tensors (TensorRT's limit is 8); one Transpose each puts rows and weights in output order. Its own
-    module so that precision pins keep it whole in FP32 (row numbers and positions need 24 bits).
+    module so that precision pins keep it whole in FP32 (row numbers and positions need 24 bits); run in PyTorch on
+    FP16/BF16 offsets it computes in FP32 itself (the exported FP32 graph is unchanged, so ONNX FP16 still needs
+    the pin).
     """
 
     def forward(self, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,6 +178,8 @@ class SamplingCorners(nn.Module):
         column, whose weight is then 0, reads the last one.
         """
         n, _, groups, _, h, w = offsets.shape
+        if offsets.dtype in (torch.float16, torch.bfloat16):  # positions and row numbers need 24 bits
+            offsets = offsets.float()
         dtype, device = offsets.dtype, offsets.device
         axis = (2, 1, 1, 1, 1)  # a constant per (x, y) axis
         last = torch.tensor([2 * w - 1, 2 * h - 1], dtype=dtype, device=device).reshape(axis)
