@@ -98,6 +98,7 @@ def calibrate_main(argv: list[str] | None = None) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from offseg.checkpoint import build_from_checkpoint
     from offseg.data.datasets import LAYOUTS, SegmentationDataset
+    from offseg.devices import describe, torch_device
     from offseg.inference import torch_infer
     from offseg.protocol import TestProtocol
     from runtime.backends import open_backend
@@ -109,7 +110,9 @@ def _validate(args: argparse.Namespace) -> int:
         raise OffsegError(f"--max-miou-drop must be a number of at least 0, got {args.max_miou_drop}")
     if args.max_images is not None and args.max_images < 1:
         raise OffsegError(f"--max-images must be at least 1, got {args.max_images}: a gate must measure something")
+    device = torch_device(args.device)
     model, name = build_from_checkpoint(args.checkpoint, args.model)
+    model.to(device)
     backend = open_backend(args.engine)
     info = backend.info
     if info.num_classes != model.num_classes:
@@ -120,6 +123,7 @@ def _validate(args: argparse.Namespace) -> int:
     protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
     labels_only = info.output_kind == "labels"
     engine = engine_infer(backend.infer, info.input_size, info.uint8_input, labels_only, info.num_classes, protocol)
+    print(f"PyTorch reference on {describe(device)}; engine: {backend.description}", flush=True)
     reference = at_input_size(torch_infer(model), info.input_size, protocol)
     result = compare(dataset, reference, engine, protocol, labels_only, args.max_images,
                      progress=not args.debug)
@@ -143,7 +147,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def validate_main(argv: list[str] | None = None) -> int:
-    from offseg.names import DATASET_NAMES, MODEL_NAMES
+    from offseg.names import DATASET_NAMES, DEVICE_HELP, MODEL_NAMES
     parser = argparse.ArgumentParser(prog="offseg-validate", description="mIoU parity of an ONNX model or TensorRT "
                                      "engine against its PyTorch checkpoint, with the paper's test protocol.")
     parser.add_argument("--engine", type=Path, required=True, help=".onnx or .plan")
@@ -155,6 +159,7 @@ def validate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("whole", "slide"), help="default: the dataset's official test mode")
     parser.add_argument("--max-images", type=int, help="validate on the first N images")
     parser.add_argument("--max-miou-drop", type=float, help="fail above this drop (default 0.1; 1.0 for INT8)")
+    parser.add_argument("--device", default="auto", help="the PyTorch side's " + DEVICE_HELP)
     parser.add_argument("--report", type=Path, default=Path("validation"), help="report folder")
     add_common_options(parser)
     return run(_validate, parser, argv)

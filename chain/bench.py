@@ -1,7 +1,8 @@
 """``offseg-bench``: latency (mean, p50, p95), throughput and peak memory of each backend in one run, with ratios
 against PyTorch eager, and the ``offseg-run`` pipeline FPS against bare inference FPS.
 
-Backends: ``torch`` (eager), ``onnx-fp32`` (fused head, FreqFusion in the gather form), ``onnx-fp32-taps``
+Backends: ``torch`` (eager, CPU), ``torch-cuda`` / ``torch-cuda-fp16`` (eager on the GPU, FP32 without TF32 /
+``.half()``), ``torch-compile`` (``torch.compile`` of the FP16 GPU model; compiled during the warm-up), ``onnx-fp32`` (fused head, FreqFusion in the gather form), ``onnx-fp32-taps``
 (FreqFusion in the readable taps form, what TensorRT engines get), ``onnx-fp32-unfused`` (the paper's head, for the
 fusion's effect), ``onnx-int8`` (Q/DQ for ONNX Runtime CPU), ``onnx-int8-trt`` (the Q/DQ flavour TensorRT builds
 from, run by ONNX Runtime), ``openvino`` / ``openvino-taps`` (OpenVINO on CPU running the same ONNX files, inlined;
@@ -25,8 +26,9 @@ from runtime.errors import OffsegError
 from .commands import build_engine, run_command, tensorrt_unavailable
 
 BENCH_DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
-BACKENDS = ("torch", "onnx-fp32", "onnx-fp32-taps", "onnx-fp32-unfused", "onnx-int8", "onnx-int8-trt", "openvino",
-            "openvino-taps", "trt-fp16", "trt-int8", "trt-fp16-gather", "trt-int8-gather")
+BACKENDS = ("torch", "torch-cuda", "torch-cuda-fp16", "torch-compile", "onnx-fp32", "onnx-fp32-taps",
+            "onnx-fp32-unfused", "onnx-int8", "onnx-int8-trt", "openvino", "openvino-taps", "trt-fp16", "trt-int8",
+            "trt-fp16-gather", "trt-int8-gather")
 INT8_TARGETS = {"onnx-int8": "onnxruntime", "onnx-int8-trt": "tensorrt"}
 
 
@@ -110,6 +112,25 @@ def _openvino(fp32: Path, threads: int):
     return lambda x: request.infer({0: x})[output]
 
 
+def _torch_gpu(model, backend: str):
+    """infer(x) of the PyTorch model on the GPU (input copied in, output copied out, as a user's call does)."""
+    import copy
+
+    import torch
+    if not torch.cuda.is_available():
+        raise OffsegError(f"{backend} needs a CUDA GPU (torch {torch.__version__} sees none)")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    dtype = torch.float32 if backend == "torch-cuda" else torch.float16
+    net = copy.deepcopy(model).to("cuda", dtype)
+    if backend == "torch-compile":
+        net = torch.compile(net)
+
+    def infer(x):
+        with torch.no_grad():
+            return net(torch.from_numpy(x).to("cuda", dtype)).float().cpu()
+    return infer
+
+
 def _engine(fp32: Path, precision: str) -> Path:
     reason = tensorrt_unavailable()
     if reason:
@@ -158,6 +179,8 @@ def run_bench(args: argparse.Namespace) -> dict:
                 def infer(x):
                     with torch.no_grad():
                         return model(torch.from_numpy(x))
+            elif backend.startswith("torch-"):
+                infer = _torch_gpu(model, backend)
             else:
                 infer = _open(backend, workdir, model, name, size, batch)
             print(f"warming up {backend} ...", flush=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 
-from .names import DATASET_NAMES, MODEL_NAMES
+from .names import DATASET_NAMES, DEVICE_HELP, MODEL_NAMES
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -96,16 +96,20 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .checkpoint import build_from_checkpoint
     from .data.datasets import LAYOUTS, SegmentationDataset
+    from .devices import describe, torch_device
     from .evaluate import evaluate, mean_accuracy
     from .protocol import TestProtocol
     protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
+    device = torch_device(args.device)
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     dataset = SegmentationDataset(args.dataset, args.data_root, args.split)
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.dataset} has "
                           f"{dataset.num_classes}")
-    scores = evaluate(model, dataset, protocol, args.max_images)
+    print(f"evaluating {name} on {describe(device)}", flush=True)
+    scores = evaluate(model.to(device), dataset, protocol, args.max_images)
     result = {"model": name, "dataset": args.dataset, "split": args.split, "mode": protocol.mode,
+              "device": str(device),
               "protocol": protocol.describe(), **scores.as_dict(dataset.classes), "mAcc": 100 * mean_accuracy(scores)}
     print(f"{name} on {args.dataset} {args.split} ({protocol.describe()}): mIoU {result['mIoU']:.2f}, "
           f"mAcc {result['mAcc']:.2f}, aAcc {result['aAcc']:.2f}")
@@ -128,6 +132,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("whole", "slide"), help="inference (default: the dataset's test config; "
                         "the test pipeline's keep-ratio resize applies either way)")
     parser.add_argument("--max-images", type=int, help="evaluate on the first N images (default: all)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--json", type=Path, help="also write the scores as JSON")
     add_common_options(parser)
     return run(_eval, parser, argv)

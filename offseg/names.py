@@ -1,4 +1,4 @@
-"""Model, dataset and FreqFusion-form names, importable without torch (command-line choices on devices and before
+"""Model, dataset and FreqFusion-form names and the ``--device`` help, importable without torch (command-line choices on devices and before
 argument parsing)."""
 MODEL_NAMES = ("offseg-t", "offseg-b", "offseg-l")
 DATASET_NAMES = ("ade20k", "cityscapes", "coco-stuff164k", "pascal-context-59", "folder", "synthetic")
@@ -13,3 +13,4 @@ def freqfusion_form_for(choice: str, target: str) -> str:
     if choice != "auto":
         return choice
     return "taps" if target == "engine" else "gather"
+DEVICE_HELP = "torch device: auto (the GPU when torch sees one, else the CPU), cpu, cuda or cuda:N (default auto)"

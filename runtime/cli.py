@@ -57,7 +57,8 @@ def _run(args: argparse.Namespace) -> int:
     from .sources import open_source
 
     _check_arguments(args)
-    backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda)
+    backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda,
+                           args.device)
     source = open_source(args.video, args.camera, args.stream, args.image, args.images, args.reconnects)
     pipeline = Pipeline(backend, args.batch, args.resize)
     info = backend.info
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                         "CPU, whichever exist)")
     parser.add_argument("--cuda", choices=("auto", "cuda-python", "pycuda"), default="auto",
                         help="CUDA binding for TensorRT engines (default: cuda-python, else pycuda)")
+    parser.add_argument("--device", default="auto", help="torch device of a .pth model: auto (the GPU when torch "
+                        "sees one), cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--reconnects", type=int, default=5, help="reconnects of a camera/stream allowed within any "
                         "60 s (default 5); more stalls than that end the run")
     parser.add_argument("--summary", type=Path, help="write the run summary as JSON")

@@ -146,8 +146,10 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str = "auto") -> Backend:
-    """The backend for ``path``: ``.onnx`` -> ONNX Runtime, ``.plan``/``.engine`` -> TensorRT, ``.pth`` -> PyTorch."""
+def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str = "auto",
+                 device: str = "auto") -> Backend:
+    """The backend for ``path``: ``.onnx`` -> ONNX Runtime, ``.plan``/``.engine`` -> TensorRT (CUDA binding
+    ``cuda``), ``.pth`` -> PyTorch (on torch device ``device``: auto, cpu, cuda, cuda:N)."""
     path = Path(path)
     if not path.is_file():
         how = {".plan": "build one on this device with: offseg-export --onnx MODEL.onnx --format engine --fp16",
@@ -164,5 +166,5 @@ def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str
         return TensorRTBackend(path, cuda)
     if suffix in (".pth", ".pt"):
         from .torch_backend import TorchBackend
-        return TorchBackend(path)
+        return TorchBackend(path, device)
     raise OffsegError(f"cannot tell the backend from {path.name}: use .onnx, .plan/.engine or .pth")

@@ -10,23 +10,26 @@ from . import ModelInfo
 
 
 class TorchBackend:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, device: str = "auto"):
         try:
             import torch
         except ImportError:
             raise OffsegError("the PyTorch backend needs torch; on devices use an .onnx or .plan file") from None
         from offseg.checkpoint import build_from_checkpoint, read_file
+        from offseg.devices import describe, torch_device
         self.torch = torch
+        self.device = torch_device(device)
         self.model, name = build_from_checkpoint(path)
+        self.model.to(self.device)
         content = read_file(path)
         classes = tuple(content.get("classes", ())) if isinstance(content.get("classes"), list) else ()
         self.info = ModelInfo(name=name, num_classes=self.model.num_classes, input_size=None, uint8_input=False,
                               output_kind="logits", classes=classes)
-        self.description = f"PyTorch {torch.__version__} (CPU)"
+        self.description = f"PyTorch {torch.__version__} ({describe(self.device)})"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():
-            return self.model(self.torch.from_numpy(batch)).numpy()
+            return self.model(self.torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
     def close(self) -> None:
         self.model = None

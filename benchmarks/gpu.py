@@ -1,0 +1,197 @@
+"""PyTorch on the GPU, measured in one run (a few minutes on the project's H200): prints a table and writes JSON.
+
+    PYTHONPATH=. python benchmarks/gpu.py --json gpu.json [--compile offseg-t@512x512] [--quick]
+
+Rows, fresh weights, 150 classes, batch 1 unless said:
+- latency of OffSeg-T/B/L at 512x512 and 1024x2048 in FP32 (TF32 off), FP16 (``.half()``): eager, and replayed as
+  a CUDA graph (whose output must equal eager's), with the CUDA kernels one forward launches (torch.profiler);
+- ``torch.compile`` (default mode) of the configurations given to ``--compile``, with its compile time;
+- training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32 and ``--amp``), in it/s;
+- ``offseg-eval``'s evaluation loop on synthetic scenes, images/s on the GPU and on the CPU (same images).
+Every figure is measured in this run; nothing is compared with a stored number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from offseg import build_model  # noqa: E402
+from runtime.sinks import atomic_output  # noqa: E402
+
+MODELS = ("offseg-t", "offseg-b", "offseg-l")
+SIZES = ((512, 512), (1024, 2048))
+
+
+def timed(function, iters: int, warmup: int = 3) -> float:
+    """Mean milliseconds of ``function()`` on the GPU over ``iters`` runs, after ``warmup``."""
+    for _ in range(warmup):
+        function()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        function()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def kernels_per_call(function) -> int:
+    """CUDA kernels one ``function()`` launches (memcpy/memset excluded)."""
+    from torch.profiler import ProfilerActivity, profile
+    function()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        function()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()
+               and "memset" not in e.name.lower())
+
+
+def graphed(model, x):
+    """``model(x)`` captured as a CUDA graph; returns (replay function, static output)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            model(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = model(x)
+    return graph.replay, out
+
+
+def latency_rows(iters: int, models, sizes) -> list[dict]:
+    rows = []
+    for name in models:
+        model = build_model(name).eval().cuda()
+        for precision in ("fp32", "fp16"):
+            net = model if precision == "fp32" else build_model(name).eval().cuda().half()
+            if precision == "fp16":
+                net.load_state_dict(model.state_dict())
+            dtype = torch.float32 if precision == "fp32" else torch.float16
+            for h, w in sizes:
+                x = torch.randn(1, 3, h, w, device="cuda", dtype=dtype)
+                with torch.no_grad():
+                    row = {"model": name, "precision": precision, "size": f"{h}x{w}",
+                           "eager_ms": timed(lambda: net(x), iters), "kernels": kernels_per_call(lambda: net(x))}
+                    try:
+                        replay, out = graphed(net, x)
+                        row["graph_ms"] = timed(replay, iters)
+                        replay()
+                        torch.cuda.synchronize()
+                        row["graph_max_abs_diff_vs_eager"] = float((out.float() - net(x).float()).abs().max())
+                    except Exception as error:  # a capture failure is a result
+                        row["graph_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del net
+        del model
+        torch.cuda.empty_cache()
+    return rows
+
+
+def compile_rows(specs: list[str], iters: int) -> list[dict]:
+    rows = []
+    for spec in specs:
+        name, _, size = spec.partition("@")
+        h, w = map(int, size.split("x"))
+        model = build_model(name).eval().cuda().half()
+        x = torch.randn(1, 3, h, w, device="cuda", dtype=torch.float16)
+        start = time.perf_counter()
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            compiled(x)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            row = {"model": name, "precision": "fp16", "size": size, "compile_s": round(seconds, 1),
+                   "compiled_ms": timed(lambda: compiled(x), iters),
+                   "max_abs_diff_vs_eager": float((compiled(x).float() - model(x).float()).abs().max())}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def training_rows(iters: int, batch: int) -> list[dict]:
+    from offseg.train import train_step
+    rows = []
+    images = torch.randn(batch, 3, 512, 512)
+    labels = torch.randint(0, 150, (batch, 512, 512))
+    for amp in (False, True):
+        model = build_model("offseg-t").cuda().train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        device = torch.device("cuda")
+        for _ in range(3):
+            train_step(model, [(images, labels)], optimizer, scaler, device, amp)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(iters):
+            train_step(model, [(images, labels)], optimizer, scaler, device, amp)
+        torch.cuda.synchronize()
+        rows.append({"model": "offseg-t", "batch": batch, "crop": "512x512", "amp": amp,
+                     "it_per_s": iters / (time.perf_counter() - start)})
+        print(json.dumps(rows[-1]), flush=True)
+        del model, optimizer
+        torch.cuda.empty_cache()
+    return rows
+
+
+def eval_rows(gpu_images: int, cpu_images: int) -> list[dict]:
+    from offseg.data.datasets import LAYOUTS, SegmentationDataset
+    from offseg.evaluate import evaluate
+    from offseg.protocol import TestProtocol
+    dataset = SegmentationDataset("synthetic", None, "val")
+    protocol = TestProtocol.for_layout(LAYOUTS["synthetic"], None)
+    model = build_model("offseg-t", dataset.num_classes).eval()
+    rows = []
+    for device, count in (("cuda", gpu_images), ("cpu", cpu_images)):
+        model.to(device)
+        evaluate(model, dataset, protocol, 1, progress=False)  # warm-up
+        start = time.perf_counter()
+        scores = evaluate(model, dataset, protocol, count, progress=False)
+        rows.append({"device": device, "images": count, "images_per_s": count / (time.perf_counter() - start),
+                     "mIoU": float(scores.as_dict(dataset.classes)["mIoU"])})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, default=Path("gpu.json"), help="where the results go")
+    parser.add_argument("--iters", type=int, default=20, help="timed runs per latency row (default 20)")
+    parser.add_argument("--compile", nargs="*", default=["offseg-t@512x512"], metavar="MODEL@HxW",
+                        help="configurations to torch.compile (default offseg-t@512x512; none: no compile rows)")
+    parser.add_argument("--quick", action="store_true", help="OffSeg-T at 512x512 only, few iterations (a smoke run)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: benchmarks/gpu.py needs a CUDA GPU (torch sees none)", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    models, sizes = (MODELS[:1], SIZES[:1]) if args.quick else (MODELS, SIZES)
+    result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "latency": latency_rows(args.iters, models, sizes),
+              "compile": compile_rows([] if args.quick else args.compile, args.iters),
+              "training": training_rows(3 if args.quick else 15, 2 if args.quick else 16),
+              "evaluation": eval_rows(4 if args.quick else 24, 2 if args.quick else 6)}
+    with atomic_output(args.json) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
