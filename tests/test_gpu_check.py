@@ -59,3 +59,16 @@ def test_an_unknown_check_is_a_usage_error(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--checks", "nope"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and "unknown check(s) nope" in result.stderr
+
+
+def test_the_gpu_benchmark_refuses_an_unknown_section_and_needs_a_gpu(tmp_path):
+    script = str(ROOT / "benchmarks" / "gpu.py")
+    unknown = subprocess.run([sys.executable, script, "--sections", "latency,nope"], capture_output=True, text=True,
+                             cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown section(s) nope" in unknown.stderr
+    import torch
+    if not torch.cuda.is_available():
+        result = subprocess.run([sys.executable, script, "--json", str(tmp_path / "g.json")], capture_output=True,
+                                text=True, cwd=tmp_path)
+        assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr
+        assert not (tmp_path / "g.json").exists()
