@@ -47,6 +47,20 @@ def _python310() -> str | None:
     return None
 
 
+def assert_build_and_run_stop_at_missing_tensorrt(bin_dir: Path, folder: Path) -> None:
+    """``offseg-export --format engine`` and ``offseg-run --engine x.plan`` of an install in ``bin_dir`` both end with
+    the one sentence that TensorRT is missing (exit 2, no traceback)."""
+    onnx_path = write_tiny_onnx(folder / "m.onnx")
+    image = folder / "frame.png"
+    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
+    (folder / "m.plan").write_bytes(b"an engine")
+    for command in ([str(bin_dir / "offseg-export"), "--onnx", str(onnx_path), "--format", "engine", "--fp16"],
+                    [str(bin_dir / "offseg-run"), "--engine", str(folder / "m.plan"), "--image", str(image)]):
+        result = subprocess.run(command, capture_output=True, text=True, cwd=folder)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(NOT_INSTALLED), result.stderr
+
+
 OPENCV = "opencv-python-headless==4.10.0.84"  # a NumPy 1.x build, like JetPack 6's OpenCV
 
 
@@ -87,15 +101,7 @@ def test_jetson_rehearsal_in_a_python310_venv_without_torch(tmp_path):
     assert version.strip() == "(3, 10)"
     no_torch = subprocess.run([str(venv / "bin/python"), "-c", "import torch"], capture_output=True, text=True)
     assert "No module named 'torch'" in no_torch.stderr
-    onnx_path = write_tiny_onnx(tmp_path / "m.onnx")
-    image = tmp_path / "frame.png"
-    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
-    (tmp_path / "m.plan").write_bytes(b"an engine")
-    for command in ([str(venv / "bin/offseg-export"), "--onnx", str(onnx_path), "--format", "engine", "--fp16"],
-                    [str(venv / "bin/offseg-run"), "--engine", str(tmp_path / "m.plan"), "--image", str(image)]):
-        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
-        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert result.stderr.startswith(NOT_INSTALLED), result.stderr
+    assert_build_and_run_stop_at_missing_tensorrt(venv / "bin", tmp_path)
 
 
 @pytest.mark.parametrize("require, code, summary", [("1", 1, "error"), ("0", 0, "skipped")])
@@ -157,12 +163,4 @@ def test_the_gpu_extras_reach_tensorrt_is_not_installed_in_a_fresh_venv(tmp_path
     if pip.returncode != 0 and "Could not find a version" in pip.stderr + pip.stdout:
         pytest.skip(f"the package index is unreachable: {pip.stderr.strip().splitlines()[-1]}")
     assert pip.returncode == 0, pip.stderr
-    onnx_path = write_tiny_onnx(tmp_path / "m.onnx")
-    image = tmp_path / "frame.png"
-    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
-    (tmp_path / "m.plan").write_bytes(b"an engine")
-    for command in ([str(env / "bin/offseg-export"), "--onnx", str(onnx_path), "--format", "engine", "--fp16"],
-                    [str(env / "bin/offseg-run"), "--engine", str(tmp_path / "m.plan"), "--image", str(image)]):
-        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
-        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert result.stderr.startswith(NOT_INSTALLED), result.stderr
+    assert_build_and_run_stop_at_missing_tensorrt(env / "bin", tmp_path)
