@@ -31,7 +31,7 @@ from .data.datasets import LAYOUTS, SegmentationDataset
 from .data.transforms import TrainTransform, pad_batch
 from .evaluate import evaluate, mean_accuracy
 from .head_init import init_head_like_official
-from .losses import mmseg_cross_entropy
+from .losses import check_label_range, mmseg_cross_entropy
 from .optim import lr_factor, parameter_groups
 from .pretrained import load_pretrained_backbone
 from .run_files import BestCheckpoint, disk_line, prune_checkpoints
@@ -259,25 +259,51 @@ class ScalarLog:
             self.writer.close()
 
 
+class StepTiming:
+    """Seconds per iteration spent waiting for data (the loader) and in the step (forward, backward, optimizer),
+    averaged since the last ``take()``: data time near the step time means the loader does not keep up."""
+
+    def __init__(self):
+        self.data = self.step = 0.0
+        self.count = 0
+
+    def add(self, data: float, step: float) -> None:
+        self.data, self.step, self.count = self.data + data, self.step + step, self.count + 1
+
+    def figures(self) -> dict[str, str]:
+        """The progress line's ``data`` and ``step`` figures (means since the last ``take()``)."""
+        count = max(self.count, 1)
+        return {"data": f"{1000 * self.data / count:.0f} ms", "step": f"{1000 * self.step / count:.0f} ms"}
+
+    def take(self) -> dict[str, float]:
+        """The means as scalars (``data_seconds``, ``step_seconds``), then start a new window."""
+        count = max(self.count, 1)
+        means = {"data_seconds": self.data / count, "step_seconds": self.step / count}
+        self.data = self.step = 0.0
+        self.count = 0
+        return means
+
+
 def train_step(model: nn.Module, micro_batches: list, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, device: torch.device, amp: bool) -> float:
     """One optimizer step over ``micro_batches`` of (images, labels): each loss is divided by their count, so the
     gradient is that of one batch made of all of them (mmengine's ``accumulative_counts``). Returns the loss."""
     optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    total = None
     for index, (images, labels) in enumerate(micro_batches):
         last = index == len(micro_batches) - 1
         with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
-            labels = labels.to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                logits = model(images.to(device))
+                logits = model(images.to(device, non_blocking=True))
+                check_label_range(labels, logits.shape[1])  # the loader's host tensor: no GPU synchronisation
                 logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            loss = mmseg_cross_entropy(logits, labels) / len(micro_batches)
+            labels = labels.to(device, non_blocking=True)
+            loss = mmseg_cross_entropy(logits, labels, check_labels=False) / len(micro_batches)
             scaler.scale(loss).backward()
-        total += loss.item()
+        total = loss.detach() if total is None else total + loss.detach()
     scaler.step(optimizer)
     scaler.update()
-    return total
+    return float(total)  # the step's one read back to the host
 
 
 def train(config: TrainConfig, progress: bool = True) -> Path:
@@ -341,7 +367,8 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     sampler = SampleStream(len(dataset), config.seed, start * config.batch_size * run.world * steps, run.rank,
                            run.world)
     loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, sampler=sampler,
-                                         num_workers=config.workers, collate_fn=Collate(crop))
+                                         num_workers=config.workers, collate_fn=Collate(crop),
+                                         pin_memory=run.device.type == "cuda")  # lets the copies run async
     scalars = ScalarLog(work_dir) if run.main else None
 
     def save(iteration: int) -> None:
@@ -362,17 +389,22 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     model.train()
     iteration, timer = start, time.perf_counter()
     bar = Progress(config.iters, f"training {config.model}", initial=start, enabled=progress)
+    timing = StepTiming()
     try:
         batches = iter(loader)
         while iteration < config.iters:
-            loss = train_step(model, [next(batches) for _ in range(steps)], optimizer, scaler, run.device, amp)
+            fetched = time.perf_counter()
+            micro_batches = [next(batches) for _ in range(steps)]
+            began = time.perf_counter()
+            loss = train_step(model, micro_batches, optimizer, scaler, run.device, amp)
+            timing.add(began - fetched, time.perf_counter() - began)
             scheduler.step()
             iteration += 1
-            bar.update(1, loss=f"{loss:.3f}")
+            bar.update(1, loss=f"{loss:.3f}", **timing.figures())
             if scalars and (iteration % config.log_interval == 0 or iteration == config.iters):
                 elapsed = time.perf_counter() - timer
                 scalars.add(iteration, loss=loss, lr=optimizer.param_groups[0]["lr"],
-                            seconds_per_iter=elapsed / config.log_interval)
+                            seconds_per_iter=elapsed / config.log_interval, **timing.take())
                 timer = time.perf_counter()
             if run.main and (iteration % config.checkpoint_interval == 0 or iteration == config.iters):
                 save(iteration)

@@ -1,5 +1,7 @@
 """Training modules: metrics, dataset layouts, augmentations, the schedule, fine-tuning, resume and torchrun."""
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -203,6 +205,24 @@ def test_run_keeps_latest_best_and_n_checkpoints_and_logs_plain_progress(tmp_pat
     assert best["classes"] and best["num_classes"] == len(best["classes"])
     log = capsys.readouterr().err
     assert "\r" not in log and "training offseg-t:" in log and "expected duration" in log  # stderr is not a TTY
+    final = [line for line in log.splitlines() if line.startswith("training offseg-t: 4/4 it in ")]
+    assert final and re.search(r"loss [\d.]+, data \d+ ms, step \d+ ms$", final[0]), log
+    rows = [json.loads(line) for line in (work / "scalars.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert rows and all(row["step_seconds"] > 0 and row["data_seconds"] >= 0 for row in rows)
+
+
+def test_the_step_checks_the_labels_it_is_given():
+    """The label range is read from the loader's host tensor (on a CUDA tensor the read would stall the GPU every
+    step); a label above the classes stops training with a sentence."""
+    from offseg.train import train_step
+    model = torch.nn.Conv2d(3, 3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    images, labels = torch.zeros(1, 3, 8, 8), torch.full((1, 8, 8), 5)
+    with pytest.raises(OffsegError, match="training labels go up to 5 but the model has 3 classes"):
+        train_step(model, [(images, labels)], optimizer, scaler, torch.device("cpu"), False)
+    labels[:] = 2
+    assert train_step(model, [(images, labels)], optimizer, scaler, torch.device("cpu"), False) > 0
 
 
 def test_pruning_keeps_the_newest_iteration_files_only(tmp_path):
