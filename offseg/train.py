@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -398,7 +399,10 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
             began = time.perf_counter()
             loss = train_step(model, micro_batches, optimizer, scaler, run.device, amp)
             timing.add(began - fetched, time.perf_counter() - began)
-            scheduler.step()
+            with warnings.catch_warnings():  # AMP: the GradScaler skips the steps whose gradients overflowed (the
+                # first ones, while it finds its scale); the schedule still counts iterations, as mmengine's does
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+                scheduler.step()
             iteration += 1
             bar.update(1, loss=f"{loss:.3f}", **timing.figures())
             if scalars and (iteration % config.log_interval == 0 or iteration == config.iters):
