@@ -13,6 +13,7 @@ Every figure is measured in this run; nothing is compared with a stored number.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -76,9 +77,7 @@ def latency_rows(iters: int, models, sizes) -> list[dict]:
     for name in models:
         model = build_model(name).eval().cuda()
         for precision in ("fp32", "fp16"):
-            net = model if precision == "fp32" else build_model(name).eval().cuda().half()
-            if precision == "fp16":
-                net.load_state_dict(model.state_dict())
+            net = model if precision == "fp32" else copy.deepcopy(model).half()
             dtype = torch.float32 if precision == "fp32" else torch.float16
             for h, w in sizes:
                 x = torch.randn(1, 3, h, w, device="cuda", dtype=dtype)

@@ -2,8 +2,9 @@
 against PyTorch eager, and the ``offseg-run`` pipeline FPS against bare inference FPS.
 
 Backends: ``torch`` (eager, CPU), ``torch-cuda`` / ``torch-cuda-fp16`` (eager on the GPU, FP32 without TF32 /
-``.half()``), ``torch-compile`` (``torch.compile`` of the FP16 GPU model; compiled during the warm-up), ``onnx-fp32`` (fused head, FreqFusion in the gather form), ``onnx-fp32-taps``
-(FreqFusion in the readable taps form, what TensorRT engines get), ``onnx-fp32-unfused`` (the paper's head, for the
+``.half()``), ``torch-compile`` (``torch.compile`` of the FP16 GPU model; compiled during the warm-up),
+``onnx-fp32`` (fused head, FreqFusion in the gather form), ``onnx-fp32-taps`` (FreqFusion in the readable taps
+form, what TensorRT engines get), ``onnx-fp32-unfused`` (the paper's head, for the
 fusion's effect), ``onnx-int8`` (Q/DQ for ONNX Runtime CPU), ``onnx-int8-trt`` (the Q/DQ flavour TensorRT builds
 from, run by ONNX Runtime), ``openvino`` / ``openvino-taps`` (OpenVINO on CPU running the same ONNX files, inlined;
 the ``openvino`` extra), ``trt-fp16`` / ``trt-int8`` (TensorRT engines of the taps form, what ``auto`` builds) and
