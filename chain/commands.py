@@ -36,10 +36,8 @@ def run_command(name: str, argv: list[str]) -> int:
 
 def tensorrt_unavailable() -> str | None:
     """Why TensorRT engines cannot be built and run here (None: they can)."""
-    import importlib.util
-
-    from runtime.device import cuda_device
-    if importlib.util.find_spec("tensorrt") is None:
+    from runtime.device import cuda_device, module_installed
+    if not module_installed("tensorrt"):
         return "TensorRT is not installed here"
     if cuda_device() is None:
         return "no CUDA GPU"

@@ -254,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="also keep these nodes in FP32 (repeatable), e.g. FreqFusion0 or Backbone:Softmax")
     trt.add_argument("--no-default-pins", action="store_true",
                      help="do not keep the offset-learning head and FreqFusion normalisation in FP32")
-    trt.add_argument("--trt-module", choices=("tensorrt", "tensorrt_rtx"),
-                     help="TensorRT Python module (default: tensorrt, else tensorrt_rtx)")
+    trt.add_argument("--trt-module", choices=("tensorrt", "tensorrt_rtx"), default="tensorrt",
+                     help="TensorRT Python module (default tensorrt; tensorrt_rtx builds engines for RTX GPUs, which "
+                          "only TensorRT-RTX's own runtime runs, not offseg-run; it builds on a CPU-only machine)")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--calib-samples": "--calib-images"})
     return run(_export, parser, argv)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.device import cuda_device
+from runtime.device import cuda_device, module_installed
 from runtime.engine_meta import write_sidecar
 from runtime.errors import OffsegError
 from runtime.preprocess import SIZE_DIVISOR
@@ -28,7 +28,6 @@ from calibration.precision import DEFAULT_PINS, PinRule
 
 log = logging.getLogger(__name__)
 
-TENSORRT_MODULES = ("tensorrt", "tensorrt_rtx")
 DEVICE_BUILD_HINT = ("copy the ONNX file to the device and build there: "
                      "offseg-export --onnx MODEL.onnx --format engine [--fp16] [--int8 ...]")
 
@@ -165,14 +164,24 @@ def explain_build_failure(errors: list[str], options: EngineOptions) -> str:
 
 
 def import_tensorrt(module: str | None = None):
-    """The TensorRT Python module (``tensorrt``, else ``tensorrt_rtx``), or OffsegError saying what to install."""
-    for name in (module,) if module else TENSORRT_MODULES:
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise OffsegError("TensorRT is not installed here: JetPack provides it on a Jetson, pip install "
-                      f"'offseg-deploy[gpu]' on an x86 GPU machine; or {DEVICE_BUILD_HINT}")
+    """The TensorRT Python module (``tensorrt`` unless ``module`` names ``tensorrt_rtx``), or OffsegError saying
+    what to install.
+
+    TensorRT-RTX is never picked by default: its engines run only on RTX GPUs through its own runtime, which
+    offseg-run does not drive, so a default build with it would make a file nothing here can run.
+    """
+    name = module or "tensorrt"
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        pass
+    if name == "tensorrt_rtx":
+        raise OffsegError("TensorRT-RTX is not installed: pip install tensorrt-rtx (or drop --trt-module)")
+    rtx = module_installed("tensorrt_rtx")
+    raise OffsegError("TensorRT is not installed here" + (
+        " (TensorRT-RTX is, but its engines run only on RTX GPUs through TensorRT-RTX's own runtime, which offseg-run "
+        "does not drive; --trt-module tensorrt_rtx builds one anyway)" if rtx else "") + ": JetPack provides it on a "
+        f"Jetson, pip install 'offseg-deploy[gpu]' on an x86 GPU machine; or {DEVICE_BUILD_HINT}")
 
 
 def capabilities(trt, builder) -> TrtCapabilities:

@@ -29,6 +29,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise OffsegError(f"--alpha must be between 0 and 1, got {args.alpha:g}")
     if args.camera is not None and args.camera < 0:
         raise OffsegError(f"--camera must be 0 or more (0 = first camera), got {args.camera}")
+    _check_input_kind(args)
     inputs = [p for p in (args.engine, args.video, args.image, args.images) if p is not None]
     outputs = [(f"--{name.replace('_', '-')}", path) for name, path in
                (("output", args.output), ("save_masks", args.save_masks), ("summary", args.summary)) if path]
@@ -49,6 +50,27 @@ def _check_arguments(args: argparse.Namespace) -> None:
         check_writable_folder(args.summary.parent, f"--summary {args.summary}")
 
 
+def _check_input_kind(args: argparse.Namespace) -> None:
+    """A folder given as a video or image, or a file given as a folder: name the option that fits."""
+    from .sources import IMAGE_SUFFIXES
+
+    if args.video is not None and args.video.is_dir():
+        raise OffsegError(f"--video {args.video} is a folder; for a folder of images use --images {args.video}")
+    if args.image is not None and args.image.is_dir():
+        raise OffsegError(f"--image {args.image} is a folder; for a folder of images use --images {args.image}")
+    if args.images is not None and args.images.is_file():
+        option = "--image" if args.images.suffix.lower() in IMAGE_SUFFIXES else "--video"
+        raise OffsegError(f"--images {args.images} is a file, not a folder; use {option} {args.images}")
+
+
+def _saves_nothing(args: argparse.Namespace) -> bool:
+    """No video, masks, summary or window: the run only measures speed."""
+    return not (args.output or args.save_masks or args.summary or args.show)
+
+
+NOTHING_SAVED = "saves nothing: give --output, --save-masks or --summary to keep the results"
+
+
 def _run(args: argparse.Namespace) -> int:
     from .backends import open_backend
     from .draw import annotate, class_names, palette_for
@@ -67,6 +89,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{info.name} ({info.num_classes} classes, {info.precision}, input "
           f"{'any size' if info.input_size is None else '%dx%d' % info.input_size}) on {backend.description}; "
           f"reading {source.description}")
+    if _saves_nothing(args):
+        print(f"note: this run only prints the timing table and {NOTHING_SAVED}", file=sys.stderr, flush=True)
     if not info.trained:
         print(f"WARNING: {args.engine.name} was exported without a checkpoint: its weights are RANDOM and its "
               "labels are noise (for speed tests only)", file=sys.stderr, flush=True)
@@ -119,6 +143,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.summary:
         with atomic_output(args.summary) as tmp:
             tmp.write_text(json.dumps(stats.summary(), indent=2) + "\n")
+    if _saves_nothing(args):
+        print(f"this run {NOTHING_SAVED}")
     if interrupted is not None:
         return exit_code(interrupted)
     if stats.frames == 0:
@@ -140,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="annotated video (.mp4/.avi/.mkv), same fps as the input")
     parser.add_argument("--save-masks", type=Path, metavar="DIR", help="write one label PNG per frame")
     parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
-    parser.add_argument("--no-display", action="store_true", help="no window (the default; kept for scripts)")
+    parser.add_argument("--no-display", action="store_true", help=argparse.SUPPRESS)  # the default; old scripts
     parser.add_argument("--batch", type=int, default=1, help="frames per inference (models with a dynamic batch)")
     parser.add_argument("--resize", choices=RESIZE_POLICIES, default="letterbox",
                         help="fitting frames to a fixed-size model (default letterbox: keeps the aspect ratio)")

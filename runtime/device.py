@@ -16,6 +16,15 @@ class CudaDevice:
         return asdict(self)
 
 
+def module_installed(name: str) -> bool:
+    """Whether ``import name`` would find a module, without importing it (a module already imported counts)."""
+    import importlib.util
+    import sys
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return importlib.util.find_spec(name) is not None
+
+
 def cuda_version(code: int) -> str:
     """CUDA's integer version (12060) as text ("12.6")."""
     return f"{code // 1000}.{code % 1000 // 10}"

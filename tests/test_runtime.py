@@ -132,9 +132,16 @@ def test_interrupt_finalizes_the_video(models, video, tmp_path):
     (["--video", "VIDEO", "--batch", "4"], "batches of at most 1"),
     (["--video", "VIDEO", "--output", "/nonexistent/out.mp4"], "does not exist"),
     (["--video", "VIDEO", "--output", "out.xyz"], "unsupported video format"),
+    (["--video", "FOLDER"], "is a folder; for a folder of images use --images"),
+    (["--image", "FOLDER"], "is a folder; for a folder of images use --images"),
+    (["--images", "VIDEO"], "is a file, not a folder; use --video"),
+    (["--images", "IMAGE"], "is a file, not a folder; use --image"),
 ])
 def test_user_mistakes_give_one_clear_line(models, video, tmp_path, capsys, argv, message):
-    argv = [str(video) if a == "VIDEO" else str(tmp_path / a) if a == "out.xyz" else a for a in argv]
+    image = tmp_path / "one.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    named = {"VIDEO": str(video), "out.xyz": str(tmp_path / "out.xyz"), "FOLDER": str(tmp_path), "IMAGE": str(image)}
+    argv = [named.get(a, a) for a in argv]
     assert run_main(["--engine", str(models[1]), "--no-progress", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -157,8 +164,28 @@ def test_engine_problems_are_explained(tmp_path, capsys):
     assert run_main(["--engine", str(rtx), "--image", str(bogus)]) == 2
     err = capsys.readouterr().err  # says which TensorRT built it and what it needs, not "TensorRT is not installed"
     assert "built by TensorRT-RTX 1.7.1.116 on a machine without a GPU" in err and "RTX GPU" in err
-    assert run_main(["--engine", str(tmp_path / "missing.plan"), "--image", str(bogus)]) == 2
-    assert "offseg-export --onnx MODEL.onnx --format engine" in capsys.readouterr().err  # says how to make one
+
+
+def test_a_missing_engine_gets_advice_this_machine_can_follow(tmp_path, capsys, monkeypatch):
+    image = tmp_path / "one.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    missing = ["--engine", str(tmp_path / "missing.plan"), "--image", str(image)]
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # a machine without TensorRT: run the ONNX, build elsewhere
+    assert run_main(missing) == 2
+    err = capsys.readouterr().err
+    assert "no TensorRT" in err and "offseg-run --engine MODEL.onnx" in err and "on the device that will run it" in err
+    monkeypatch.setitem(sys.modules, "tensorrt", type(sys)("tensorrt"))  # with TensorRT: build it here
+    assert run_main(missing) == 2
+    assert "build one on this device with: offseg-export --onnx MODEL.onnx --format engine" in capsys.readouterr().err
+
+
+def test_a_run_that_saves_nothing_says_so(models, video, tmp_path, capsys):
+    assert run_main(["--engine", str(models[1]), "--video", str(video), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "only prints the timing table" in err and "this run saves nothing" in out
+    assert run_main(["--engine", str(models[1]), "--video", str(video), "--no-progress", "--summary",
+                     str(tmp_path / "s.json")]) == 0
+    assert "saves nothing" not in "".join(capsys.readouterr())
 
 
 @pytest.mark.slow

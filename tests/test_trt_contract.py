@@ -266,6 +266,16 @@ def test_real_tensorrt_rtx_builds_with_tf32_off_and_a_timing_cache(tiny):
     assert sidecar["build"]["tf32"] is False and sidecar["tensorrt"]["module"] == "tensorrt_rtx"
 
 
+def test_tensorrt_rtx_is_never_the_silent_default(tiny, monkeypatch, capsys):
+    """With only TensorRT-RTX installed, a plain --format engine stops instead of making a plan offseg-run refuses."""
+    pytest.importorskip("tensorrt_rtx")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert export_main(["--onnx", str(tiny), "--format", "engine", "--fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "TensorRT is not installed here (TensorRT-RTX is" in err and "--trt-module tensorrt_rtx" in err
+    assert not list(tiny.parent.glob("*.plan"))
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("dynamic")  # shares the dynamic export with test_export_dynamic.py
 def test_dynamic_offseg_export_pins_no_integer_or_shape_tensor_layer(dynamic_onnx, monkeypatch):

@@ -146,17 +146,27 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def _how_to_make(suffix: str) -> str:
+    """Advice for a missing model file that this machine can follow."""
+    from ..device import module_installed
+    if suffix in (".plan", ".engine", ".trt"):
+        if not module_installed("tensorrt"):
+            return ("this machine has no TensorRT, so it cannot run engines: run the ONNX model here (offseg-run "
+                    "--engine MODEL.onnx), and build the engine on the device that will run it (there: offseg-export "
+                    "--onnx MODEL.onnx --format engine --fp16)")
+        return "build one on this device with: offseg-export --onnx MODEL.onnx --format engine --fp16"
+    if suffix == ".onnx":
+        return "make one with: offseg-export --checkpoint CKPT.pth --output MODEL.onnx"
+    return "give an .onnx model, a TensorRT .plan or a .pth checkpoint"
+
+
 def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str = "auto",
                  device: str = "auto") -> Backend:
     """The backend for ``path``: ``.onnx`` -> ONNX Runtime, ``.plan``/``.engine`` -> TensorRT (CUDA binding
     ``cuda``), ``.pth`` -> PyTorch (on torch device ``device``: auto, cpu, cuda, cuda:N)."""
     path = Path(path)
     if not path.is_file():
-        how = {".plan": "build one on this device with: offseg-export --onnx MODEL.onnx --format engine --fp16",
-               ".engine": "build one on this device with: offseg-export --onnx MODEL.onnx --format engine --fp16",
-               ".onnx": "make one with: offseg-export --checkpoint CKPT.pth --output MODEL.onnx"}
-        hint = how.get(path.suffix.lower(), "give an .onnx model, a TensorRT .plan or a .pth checkpoint")
-        raise OffsegError(f"model file not found: {path}; {hint}")
+        raise OffsegError(f"model file not found: {path}; {_how_to_make(path.suffix.lower())}")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         from .ort_backend import OnnxRuntimeBackend
