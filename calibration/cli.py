@@ -82,7 +82,7 @@ def calibrate_main(argv: list[str] | None = None) -> int:
                         help="quantize the offset-learning head and FreqFusion normalisation too")
     parser.add_argument("--cache", type=Path, help="calibration ranges file: reused when present, else written")
     parser.add_argument("--sensitivity", action="store_true", help="rank layer groups by the mIoU INT8 costs")
-    parser.add_argument("--sensitivity-data", help="validation images for the sweep (default: --calib-data)")
+    parser.add_argument("--sensitivity-data", help="validation images for the sweep (default --calib-data)")
     parser.add_argument("--sensitivity-images", type=int, default=8, help="images the sweep scores each group on")
     parser.add_argument("--group-depth", type=int, default=3, help="module-name parts per group (default 3: "
                         "backbone.stages.2; 2: backbone.stages, faster)")
@@ -108,8 +108,8 @@ def _validate(args: argparse.Namespace) -> int:
 
     if args.max_miou_drop is not None and not 0 <= args.max_miou_drop < math.inf:
         raise OffsegError(f"--max-miou-drop must be a number of at least 0, got {args.max_miou_drop}")
-    if args.max_images is not None and args.max_images < 1:
-        raise OffsegError(f"--max-images must be at least 1, got {args.max_images}: a gate must measure something")
+    if args.eval_images is not None and args.eval_images < 1:
+        raise OffsegError(f"--eval-images must be at least 1, got {args.eval_images}: a gate must measure something")
     device = torch_device(args.device)
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     model.to(device)
@@ -117,7 +117,7 @@ def _validate(args: argparse.Namespace) -> int:
     info = backend.info
     if info.num_classes != model.num_classes:
         raise OffsegError(f"{args.engine} predicts {info.num_classes} classes, the checkpoint {model.num_classes}")
-    dataset = SegmentationDataset(args.dataset, args.data_root, args.split, length=args.max_images or 50)
+    dataset = SegmentationDataset(args.dataset, args.data_root, args.split, length=args.eval_images or 50)
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.dataset} has {dataset.num_classes} classes, the checkpoint {model.num_classes}")
     protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
@@ -125,7 +125,7 @@ def _validate(args: argparse.Namespace) -> int:
     engine = engine_infer(backend.infer, info.input_size, info.uint8_input, labels_only, info.num_classes, protocol)
     print(f"PyTorch reference on {describe(device)}; engine: {backend.description}", flush=True)
     reference = at_input_size(torch_infer(model), info.input_size, protocol)
-    result = compare(dataset, reference, engine, protocol, labels_only, args.max_images,
+    result = compare(dataset, reference, engine, protocol, labels_only, args.eval_images,
                      progress=not args.debug)
     bound = args.max_miou_drop if args.max_miou_drop is not None else (1.0 if "int8" in info.precision else 0.1)
     report = write_report(args.report, result, dataset.classes, palette_source=info, engine=str(args.engine),
@@ -152,16 +152,18 @@ def validate_main(argv: list[str] | None = None) -> int:
                                      "engine against its PyTorch checkpoint, with the paper's test protocol.")
     parser.add_argument("--engine", type=Path, required=True, help=".onnx or .plan")
     parser.add_argument("--checkpoint", type=Path, required=True, help="the PyTorch checkpoint it came from")
-    parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default: from the checkpoint)")
+    parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default from the checkpoint)")
     parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES, help="dataset layout")
     parser.add_argument("--data-root", help="dataset root folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="dataset split")
-    parser.add_argument("--mode", choices=("whole", "slide"), help="default: the dataset's official test mode")
-    parser.add_argument("--max-images", type=int, help="validate on the first N images")
+    parser.add_argument("--mode", choices=("whole", "slide"), help="inference (default the dataset's official test mode)")
+    parser.add_argument("--eval-images", type=int, metavar="N", help="validate on the first N images (default all; "
+                        "50 of the synthetic dataset)")
     parser.add_argument("--max-miou-drop", type=float, help="fail above this drop (default 0.1; 1.0 for INT8)")
     parser.add_argument("--device", default="auto", help="the PyTorch side's " + DEVICE_HELP)
     parser.add_argument("--report", type=Path, default=Path("validation"), help="report folder")
     add_common_options(parser)
+    add_hidden_aliases(parser, {"--max-images": "--eval-images"})
     return run(_validate, parser, argv)
 
 
@@ -206,13 +208,13 @@ def fp16_check_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-fp16-check", description="Run each module of a checkpoint in "
                                      "FP16 on CPU, report overflow and precision loss, and list the FP32 pins.")
     parser.add_argument("--checkpoint", type=Path, required=True, help="the PyTorch checkpoint to check")
-    parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default: from the checkpoint)")
+    parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default from the checkpoint)")
     parser.add_argument("--calib-data", default="synthetic", help="images: folder, video file or 'synthetic' "
                         "(default)")
     parser.add_argument("--calib-images", type=int, default=4, help="images to check (default 4)")
     parser.add_argument("--input-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
                         help="input size, multiples of 32")
-    parser.add_argument("--tolerance", type=float, help="relative error that flags a module (default: FP16's "
+    parser.add_argument("--tolerance", type=float, help="relative error that flags a module (default FP16's "
                         "machine epsilon, 2^-10)")
     parser.add_argument("--freqfusion-form", choices=FREQFUSION_CHOICES, default="auto",
                         help="FreqFusion form to check, as offseg-export writes it (default auto: taps, what "

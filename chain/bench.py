@@ -171,7 +171,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         from offseg.zoo import build_model
         torch.manual_seed(0)
         model, name = build_model(args.model, args.num_classes).eval(), args.model
-    size, batch = tuple(args.input_size), args.batch
+    size, batch = tuple(args.input_size), args.batch_size
     images = np.random.default_rng(0).standard_normal((batch, 3, *size), dtype=np.float32)
     infers, memory, skipped = {}, {}, {}
     for backend in args.backends:

@@ -40,8 +40,8 @@ def demo_main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.iters < 1 or args.batch < 1 or args.warmup < 0:
-        raise OffsegError("--iters and --batch must be at least 1, --warmup at least 0")
+    if args.iters < 1 or args.batch_size < 1 or args.warmup < 0:
+        raise OffsegError("--iters and --batch-size must be at least 1, --warmup at least 0")
     unknown = [b for b in args.backends if b not in BACKENDS]
     if unknown:
         raise OffsegError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
@@ -55,14 +55,14 @@ def _bench(args: argparse.Namespace) -> int:
 def bench_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-bench", description=BENCH_DESCRIPTION)
     parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to time")
-    parser.add_argument("--checkpoint", type=Path, help="weights to time (default: fresh weights; the speed is the "
+    parser.add_argument("--checkpoint", type=Path, help="weights to time (default fresh weights; the speed is the "
                         "same)")
     parser.add_argument("--num-classes", type=int, default=150, help="classes of the fresh weights")
     parser.add_argument("--backends", type=lambda s: s.split(","), default=["torch", "onnx-fp32", "onnx-int8"],
                         help=f"comma-separated, from {','.join(BACKENDS)} (default torch,onnx-fp32,onnx-int8)")
     parser.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
                         help="input size, multiples of 32")
-    parser.add_argument("--batch", type=int, default=1, help="images per call")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per call")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per backend (they measure its memory)")
     parser.add_argument("--iters", type=int, default=20, help="timed rounds (each backend once per round)")
     parser.add_argument("--pipeline", action="store_true", help="also offseg-run FPS vs bare inference FPS")
@@ -71,7 +71,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                         help="cached exports (default ./offseg-bench)")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     add_common_options(parser)
-    add_hidden_aliases(parser, {"--workdir": "--work-dir", "--size": "--input-size"})
+    add_hidden_aliases(parser, {"--workdir": "--work-dir", "--size": "--input-size", "--batch": "--batch-size"})
     return run(_bench, parser, argv)
 
 

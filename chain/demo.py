@@ -137,7 +137,7 @@ def run_demo(config: DemoConfig) -> list[dict]:
         report = config.workdir / f"validation-{stem}"
         print(f"[5/5] offseg-validate {artifact.name} on {config.val_images} synthetic validation scenes")
         code = run_command("offseg-validate", ["--engine", str(artifact.path), "--checkpoint", str(checkpoint),
-                                               "--dataset", "synthetic", "--max-images", str(config.val_images),
+                                               "--dataset", "synthetic", "--eval-images", str(config.val_images),
                                                "--report", str(report)])
         if code == 2:
             raise OffsegError(f"offseg-validate failed on {artifact.path}")

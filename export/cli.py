@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "TensorRT engines (FP32, FP16, INT8).")
     source = parser.add_argument_group("source")
     source.add_argument("--model", choices=MODEL_NAMES,
-                        help="model name (default: from the checkpoint, else offseg-t)")
-    source.add_argument("--checkpoint", type=Path, help="official mmseg or offseg checkpoint (default: fresh weights)")
+                        help="model name (default from the checkpoint, else offseg-t)")
+    source.add_argument("--checkpoint", type=Path, help="official mmseg or offseg checkpoint (default fresh weights)")
     source.add_argument("--num-classes", type=int, help="classes for fresh weights (default 150)")
     source.add_argument("--onnx", type=Path, help="build from an ONNX file exported earlier (the device-side step)")
     out = parser.add_argument_group("output")
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     trt.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT versions")
     trt.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU")
     trt.add_argument("--tf32", action="store_true",
-                     help="let FP32 layers use TF32 on Ampere+ GPUs (faster, less exact; default: true FP32)")
+                     help="let FP32 layers use TF32 on Ampere+ GPUs (faster, less exact; default true FP32)")
     trt.add_argument("--max-batch", type=int, default=1, help="largest batch of a dynamic engine (default 1)")
     trt.add_argument("--min-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
                      help="smallest input of a dynamic engine's optimization profile")

@@ -56,7 +56,7 @@ def train_main(argv: list[str] | None = None) -> int:
                                      "recipe); multi-GPU: torchrun --nproc-per-node N --no-python offseg-train ...")
     parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to train")
     parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES,
-                        help="dataset layout (default: built-in synthetic scenes, no files needed)")
+                        help="dataset layout (default built-in synthetic scenes, no files needed)")
     parser.add_argument("--data-root", help="dataset root folder (mmseg layout)")
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/offseg"), help="checkpoints and logs")
     parser.add_argument("--iters", type=int, default=160_000, help="iterations (default 160000, the paper's)")
@@ -66,7 +66,7 @@ def train_main(argv: list[str] | None = None) -> int:
                              "the official total batch of 16 (--iters counts optimizer steps)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast) on CUDA; the "
                         "official runs and the default are FP32")
-    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default: the dataset's)")
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default the dataset's)")
     parser.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default 6e-5; head x10)")
     parser.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default 1500)")
     parser.add_argument("--checkpoint-interval", type=int, default=16_000, help="iterations between checkpoints "
@@ -75,7 +75,7 @@ def train_main(argv: list[str] | None = None) -> int:
                         help="also keep the last N checkpoints as iter_<N>.pth (default 0: only latest.pth and "
                              "best.pth, the weights of the best validation mIoU)")
     parser.add_argument("--eval-interval", type=int, default=16_000, help="iterations between validations")
-    parser.add_argument("--eval-images", type=int, metavar="N", help="validate on the first N images (default: the "
+    parser.add_argument("--eval-images", type=int, metavar="N", help="validate on the first N images (default the "
                         "whole validation split)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentations, weights)")
@@ -107,7 +107,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise OffsegError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.dataset} has "
                           f"{dataset.num_classes}")
     print(f"evaluating {name} on {describe(device)}", flush=True)
-    scores = evaluate(model.to(device), dataset, protocol, args.max_images)
+    scores = evaluate(model.to(device), dataset, protocol, args.eval_images)
     result = {"model": name, "dataset": args.dataset, "split": args.split, "mode": protocol.mode,
               "device": str(device),
               "protocol": protocol.describe(), **scores.as_dict(dataset.classes), "mAcc": 100 * mean_accuracy(scores)}
@@ -125,14 +125,15 @@ def _eval(args: argparse.Namespace) -> int:
 def eval_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-eval", description="mIoU / aAcc / per-class IoU of a checkpoint.")
     parser.add_argument("--checkpoint", type=Path, required=True, help="official mmseg or offseg checkpoint")
-    parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default: from the checkpoint)")
+    parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default from the checkpoint)")
     parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES, help="dataset layout")
     parser.add_argument("--data-root", help="dataset root folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="dataset split")
-    parser.add_argument("--mode", choices=("whole", "slide"), help="inference (default: the dataset's test config; "
+    parser.add_argument("--mode", choices=("whole", "slide"), help="inference (default the dataset's test config; "
                         "the test pipeline's keep-ratio resize applies either way)")
-    parser.add_argument("--max-images", type=int, help="evaluate on the first N images (default: all)")
+    parser.add_argument("--eval-images", type=int, metavar="N", help="evaluate on the first N images (default all)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--json", type=Path, help="also write the scores as JSON")
     add_common_options(parser)
+    add_hidden_aliases(parser, {"--max-images": "--eval-images"})
     return run(_eval, parser, argv)

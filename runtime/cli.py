@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 
-from .console import add_common_options, run
+from .console import add_common_options, add_hidden_aliases, run
 from .errors import OffsegError
 from .interrupts import exit_code
 from .preprocess import RESIZE_POLICIES
@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda,
                            args.device)
     source = open_source(args.video, args.camera, args.stream, args.image, args.images, args.reconnects)
-    pipeline = Pipeline(backend, args.batch, args.resize)
+    pipeline = Pipeline(backend, args.batch_size, args.resize)
     info = backend.info
     palette = palette_for(info)
     names = class_names(info) if args.legend else None
@@ -167,17 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-masks", type=Path, metavar="DIR", help="write one label PNG per frame")
     parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
     parser.add_argument("--no-display", action="store_true", help=argparse.SUPPRESS)  # the default; old scripts
-    parser.add_argument("--batch", type=int, default=1, help="frames per inference (models with a dynamic batch)")
+    parser.add_argument("--batch-size", type=int, default=1, help="frames per inference (models with a dynamic "
+                        "batch)")
     parser.add_argument("--resize", choices=RESIZE_POLICIES, default="letterbox",
                         help="fitting frames to a fixed-size model (default letterbox: keeps the aspect ratio)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     parser.add_argument("--legend", action="store_true", help="draw the classes present in each frame")
     parser.add_argument("--no-overlay-text", action="store_true", help="no FPS/latency text on the frames")
     parser.add_argument("--fps", type=float, help="output fps when the input does not say (default 30)")
-    parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, "
+    parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default TensorRT, CUDA, "
                         "CPU, whichever exist)")
     parser.add_argument("--cuda", choices=("auto", "cuda-python", "pycuda"), default="auto",
-                        help="CUDA binding for TensorRT engines (default: cuda-python, else pycuda)")
+                        help="CUDA binding for TensorRT engines (default cuda-python, else pycuda)")
     parser.add_argument("--device", default="auto", help="torch device of a .pth model: auto (the GPU when torch "
                         "sees one), cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--reconnects", type=int, default=5, help="reconnects of a camera/stream allowed within any "
@@ -186,4 +187,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (or, in a log, no progress "
                         "lines)")
     add_common_options(parser)
+    add_hidden_aliases(parser, {"--batch": "--batch-size"})
     return run(_run, parser, argv)

@@ -28,7 +28,7 @@ def add_hidden_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str])
 
 
 def _document_defaults(parser: argparse.ArgumentParser) -> None:
-    """Append ``(default: X)`` to every option help that does not state its default already."""
+    """Append ``(default X)`` to every option help that does not state its default already."""
     for action in parser._actions:
         default = action.default
         if action.help in (None, argparse.SUPPRESS) or "default" in action.help:
@@ -36,7 +36,7 @@ def _document_defaults(parser: argparse.ArgumentParser) -> None:
         if default is None or default is False or default is argparse.SUPPRESS or default in ([], ()):
             continue
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        action.help += f" (default: {shown})"
+        action.help += f" (default {shown})"
 
 
 # Third-party notices that say nothing to our users (shown with --debug): (category, message regex).

@@ -118,7 +118,7 @@ def test_onnxruntime_default_qdq_is_flagged_for_tensorrt(demo):
 def test_validate_reports_and_enforces_the_bound(demo, tmp_path, capsys):
     workdir, _, _ = demo
     args = ["--engine", str(workdir / "model.int8-onnxruntime.onnx"), "--checkpoint",
-            str(workdir / "train" / "latest.pth"), "--max-images", "2", "--report", str(tmp_path / "r")]
+            str(workdir / "train" / "latest.pth"), "--eval-images", "2", "--report", str(tmp_path / "r")]
     assert validate_main(args + ["--max-miou-drop", "100"]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["precision"] == "int8" and len(report["per_class"]) == 9

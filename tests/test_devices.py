@@ -41,7 +41,7 @@ def test_cuda_without_a_gpu_is_one_sentence(spec):
 
 
 def test_eval_prints_its_device_and_refuses_an_unknown_one(checkpoint, tmp_path, capsys):
-    assert eval_main(["--checkpoint", str(checkpoint), "--max-images", "1", "--device", "cpu", "--json",
+    assert eval_main(["--checkpoint", str(checkpoint), "--eval-images", "1", "--device", "cpu", "--json",
                       str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out
     assert "evaluating offseg-t on cpu (" in out and '"device": "cpu"' in (tmp_path / "s.json").read_text()

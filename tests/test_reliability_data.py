@@ -112,7 +112,7 @@ def test_a_score_of_nothing_is_an_error_not_nan():
         confusion.scores()
 
 
-@pytest.mark.parametrize("argv", [["--max-images", "0"], ["--dataset", "folder", "--data-root", "ALL255"]])
+@pytest.mark.parametrize("argv", [["--eval-images", "0"], ["--dataset", "folder", "--data-root", "ALL255"]])
 def test_eval_that_measures_nothing_fails_with_a_sentence(checkpoint, tmp_path, capsys, argv):
     root = labelled_folder(tmp_path / "d", 255, classes=[str(i) for i in range(9)], rest=255)
     argv = [str(root) if a == "ALL255" else a for a in argv]
@@ -146,7 +146,7 @@ def test_a_validation_gate_that_measured_nothing_fails(onnx_model, tmp_path, cap
     checkpoint, onnx_path = onnx_model
     root = labelled_folder(tmp_path / "d", 255, classes=[str(i) for i in range(9)], rest=255)
     common = ["--engine", str(onnx_path), "--checkpoint", str(checkpoint), "--report", str(tmp_path / "r")]
-    assert validate_main([*common, "--max-images", "0"]) == 2
-    assert "--max-images must be at least 1" in capsys.readouterr().err
+    assert validate_main([*common, "--eval-images", "0"]) == 2
+    assert "--eval-images must be at least 1" in capsys.readouterr().err
     assert validate_main([*common, "--dataset", "folder", "--data-root", str(root)]) == 2
     assert "nothing to score" in capsys.readouterr().err

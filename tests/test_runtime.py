@@ -129,7 +129,7 @@ def test_interrupt_finalizes_the_video(models, video, tmp_path):
     (["--video", "missing.mp4"], "video missing.mp4 does not exist"),
     (["--camera", "7"], "cannot open camera 7"),
     (["--image", "missing.png"], "image missing.png does not exist"),
-    (["--video", "VIDEO", "--batch", "4"], "batches of at most 1"),
+    (["--video", "VIDEO", "--batch-size", "4"], "batches of at most 1"),
     (["--video", "VIDEO", "--output", "/nonexistent/out.mp4"], "does not exist"),
     (["--video", "VIDEO", "--output", "out.xyz"], "unsupported video format"),
     (["--video", "FOLDER"], "is a folder; for a folder of images use --images"),

@@ -187,7 +187,7 @@ def test_train_and_eval_commands(tmp_path, capsys, caplog):
                            "--warmup-iters", "1", "--work-dir", str(work), "--accumulate", "2",
                            "--eval-images", "2"]) == 0
     assert "effective batch 4 = 2 per step x 1 process(es) x 2 accumulated step(s), FP32" in caplog.text
-    assert eval_main(["--checkpoint", str(work / "latest.pth"), "--max-images", "2", "--json",
+    assert eval_main(["--checkpoint", str(work / "latest.pth"), "--eval-images", "2", "--json",
                       str(tmp_path / "s.json")]) == 0
     assert "mIoU" in capsys.readouterr().out and (tmp_path / "s.json").is_file()
     assert train_main(["--dataset", "ade20k", "--data-root", str(tmp_path / "nothing"), "--iters", "1"]) == 2
