@@ -1,6 +1,8 @@
 """Annotated frames: colour overlay, optional legend, live FPS / latency text."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -8,6 +10,8 @@ from .backends import ModelInfo
 from .class_names import known_classes
 from .palettes import CITYSCAPES, generated_palette
 from .postprocess import overlay
+
+LEGEND_MARGIN = 6
 
 
 def palette_for(info: ModelInfo) -> np.ndarray:
@@ -26,15 +30,61 @@ def class_names(info: ModelInfo) -> tuple[str, ...]:
     return known_classes(info.num_classes) or tuple(f"class {i}" for i in range(info.num_classes))
 
 
+def fit_text(text: str, width: int, scale: float) -> str:
+    """``text``, shortened with '..' in the middle until it is at most ``width`` pixels wide in OpenCV's font."""
+    shown, keep = text, len(text)
+    while keep > 4 and cv2.getTextSize(shown, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width:
+        keep -= 1
+        shown = f"{text[:keep // 2]}..{text[len(text) - (keep - keep // 2):]}"
+    return shown
+
+
+@dataclass(frozen=True)
+class Legend:
+    """Where a frame's legend goes: ``lines`` (names, then maybe "+N more") with ``colours`` (BGR, one per class
+    line), in a box from x = ``left`` to the right edge and from the top to ``bottom``."""
+
+    lines: list[str]
+    colours: list[tuple[int, int, int]]
+    left: int
+    bottom: int
+    row: int
+    scale: float
+
+
+def legend_layout(labels: np.ndarray, palette: np.ndarray, names: tuple[str, ...], frame: tuple[int, int]) -> Legend:
+    """The classes present in ``labels``, largest area first, sized to the ``frame`` (H, W): as many rows as its
+    height holds (the rest counted on a last "+N more" row), names whole unless one is wider than a third of the
+    frame (then shortened in the middle)."""
+    counts = np.bincount(labels.ravel(), minlength=len(names))[:len(names)]
+    present = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+    height, width = frame
+    scale = float(np.clip(height / 1200, 0.35, 0.8))
+    row = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][1] + 8
+    fits = max((height - 2 * LEGEND_MARGIN) // row, 1)
+    shown = present if len(present) <= fits else present[:fits - 1]
+    lines = [fit_text(names[c], width // 3, scale) for c in shown]
+    if len(present) > len(shown):
+        lines.append(f"+{len(present) - len(shown)} more")
+    text_width = max((cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for line in lines), default=0)
+    left = max(width - (row + text_width + 2 * LEGEND_MARGIN), 0)
+    return Legend(lines, [tuple(int(v) for v in palette[c][::-1]) for c in shown], left,
+                  min(2 * LEGEND_MARGIN + row * len(lines), height), row, scale)
+
+
 def draw_legend(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, names: tuple[str, ...]) -> None:
-    """The classes present in the frame, with their colours, top-right."""
-    present = [c for c in np.unique(labels) if c < len(names)][:20]
-    x = image.shape[1] - 170
-    for row, label in enumerate(present):
-        y = 10 + 18 * row
-        cv2.rectangle(image, (x, y), (x + 14, y + 14), tuple(int(v) for v in palette[label][::-1]), -1)
-        cv2.putText(image, names[label], (x + 20, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+    """The classes present in the frame, top-right on a darkened box (``legend_layout``)."""
+    legend = legend_layout(labels, palette, names, image.shape[:2])
+    if not legend.lines:
+        return
+    image[:legend.bottom, legend.left:] = (image[:legend.bottom, legend.left:] * 0.35).astype(np.uint8)
+    swatch = legend.row - 6
+    for index, line in enumerate(legend.lines):
+        x, y = legend.left + LEGEND_MARGIN, LEGEND_MARGIN + legend.row * index
+        if index < len(legend.colours):
+            cv2.rectangle(image, (x, y + 2), (x + swatch, y + 2 + swatch), legend.colours[index], -1)
+        cv2.putText(image, line, (x + swatch + 6, y + swatch), cv2.FONT_HERSHEY_SIMPLEX, legend.scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def annotate(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
