@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from offseg.names import MODEL_NAMES
@@ -13,12 +14,18 @@ from .bench import BACKENDS, BENCH_DESCRIPTION, format_report, run_bench
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, format_table, run_demo
+    from .demo import RESUME_HINT, DemoConfig, format_table, miou_note, run_demo
     overrides = {"model": args.model or "offseg-t", "checkpoint": args.checkpoint}
     config = DemoConfig.quick(args.work_dir, **overrides) if args.quick else \
         DemoConfig(workdir=args.work_dir, **overrides)
-    rows = run_demo(config)
+    try:
+        rows = run_demo(config)
+    except KeyboardInterrupt:
+        print(f"offseg-demo stopped: {RESUME_HINT} (finished steps are reused, training resumes from its last "
+              "checkpoint)", file=sys.stderr, flush=True)
+        raise
     print(format_table(rows))
+    print(miou_note(config))
     print(f"wrote {args.work_dir / 'report.md'} (table, videos, validation reports with side-by-side pictures)")
     return 0 if all(r["within_bound"] for r in rows) else 1
 
@@ -32,7 +39,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, choices=MODEL_NAMES, help="model to train (default offseg-t)")
     parser.add_argument("--checkpoint", type=Path, help="use this checkpoint instead of training on synthetic scenes "
                         "(its classes must be the synthetic ones for the validation step)")
-    parser.add_argument("--quick", action="store_true", help="a reduced run (short training, small inputs): CI")
+    parser.add_argument("--quick", action="store_true", help="the short run, the first thing to try (100 training "
+                        "iterations, small inputs; what CI runs)")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--workdir": "--work-dir"})
     return run(_demo, parser, argv)

@@ -40,6 +40,20 @@ class DemoConfig:
         return cls(**{**values, **overrides})
 
 
+class Steps:
+    """Numbered step lines ``[i/N] ...`` with N known up front, so the counter only goes forward."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+
+    def start(self, text: str) -> None:
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {text}", flush=True)
+
+
+RESUME_HINT = "run the same offseg-demo command again to continue"
+
+
 @dataclass
 class Artifact:
     name: str
@@ -48,26 +62,40 @@ class Artifact:
     runtime: str
 
 
-def _trained_checkpoint(config: DemoConfig) -> Path:
+def _trained_checkpoint(config: DemoConfig, steps: Steps) -> Path:
     from offseg.checkpoint import read_training_state
     from offseg.train import TrainConfig, train
     work = config.workdir / "train"
     latest = work / "latest.pth"
-    if latest.is_file():
-        done = read_training_state(latest)["iteration"]
-        if done >= config.train_iters:
-            print(f"[1/5] model: reusing {latest} ({done} iterations on synthetic scenes)")
-            return latest
-    print(f"[1/5] model: training {config.model} on synthetic scenes ({config.train_iters} iterations, cached "
-          "for the next run)")
+    state = read_training_state(latest) if latest.is_file() else {"iteration": 0, "config": {}}
+    done, schedule = state["iteration"], state["config"].get("iters", config.train_iters)
+    if done >= config.train_iters:
+        steps.start(f"model: reusing {latest} ({done} iterations on synthetic scenes)")
+        return latest
+    resume = done > 0 and schedule == config.train_iters  # another run's schedule cannot be continued
+    steps.start(f"model: training {config.model} on synthetic scenes ({config.train_iters} iterations"
+                + (f", continuing from iteration {done}" if resume else "") + ", cached for the next run)")
+    if done and not resume:
+        print(f"      {latest} holds {done} iterations of a {schedule}-iteration run: training afresh")
+    _warn_if_busy()
     return train(TrainConfig(model=config.model, dataset="synthetic", work_dir=str(work), iters=config.train_iters,
                              batch_size=8, crop=config.train_crop, scale=(384, 256), lr=config.train_lr,
                              warmup_iters=max(config.train_iters // 10, 1), checkpoint_interval=50,
-                             eval_interval=10 ** 9, workers=1, synthetic_length=2000, eval_images=10,
-                             resume=latest.is_file()))
+                             eval_interval=10 ** 9, workers=1, synthetic_length=2000, eval_images=config.val_images,
+                             resume=resume, resume_hint=RESUME_HINT))
 
 
-def _export(config: DemoConfig, checkpoint: Path) -> Path:
+def _warn_if_busy() -> None:
+    """Say up front when other work holds the cores: training then takes several times its idle duration."""
+    import os
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load >= cores:
+        print(f"      this machine is busy (load {load:.1f} on {cores} cores): training will take several times "
+              "longer than on idle cores; offseg-demo --quick is the short run", flush=True)
+
+
+def _export(config: DemoConfig, checkpoint: Path, steps: Steps) -> Path:
     from calibration.files import file_sha256, load_onnx, read_metadata
     from export.onnx import OnnxOptions, export_onnx
     from export.parity import onnx_parity
@@ -77,11 +105,12 @@ def _export(config: DemoConfig, checkpoint: Path) -> Path:
     wanted = {"offseg.checkpoint_sha256": file_sha256(checkpoint),
               "offseg.input_size": " ".join(map(str, config.input_size))}
     if path.is_file() and all(read_metadata(load_onnx(path)).get(k) == v for k, v in wanted.items()):
-        print(f"[2/5] export: reusing {path}")
+        steps.start(f"export: reusing {path}")
         return path
     model, name = build_from_checkpoint(checkpoint, None if config.checkpoint else config.model)
     options = OnnxOptions(input_size=config.input_size)
-    print(f"[2/5] export: {name} -> {path} ({config.input_size[0]}x{config.input_size[1]}, fused offset-learning head)")
+    steps.start(f"export: {name} -> {path} ({config.input_size[0]}x{config.input_size[1]}, fused offset-learning "
+                "head)")
     export_onnx(model, name, path, options, checkpoint)
     print(f"      parity vs PyTorch: {onnx_parity(model, path, options)}")
     return path
@@ -92,19 +121,26 @@ def _int8(config: DemoConfig, onnx_path: Path, target: str) -> Path:
     path = config.workdir / f"model.int8-{target}.onnx"
     result = quantize_unless_current(onnx_path, path, "synthetic", QuantOptions(target=target,
                                                                                 samples=config.calib_images))
-    print(f"[3/5] INT8: reusing {path}" if result is None else f"[3/5] INT8 ({target}): {path}, {result}")
+    print(f"      {target}: reusing {path}" if result is None else f"      {target}: {path}, {result}")
     return path
 
 
-def _engines(config: DemoConfig, onnx_path: Path) -> list[Artifact]:
-    """FP16 and INT8 TensorRT engines when TensorRT and a GPU are present (else an explanation)."""
-    reason = tensorrt_unavailable()
-    if reason:
-        print(f"      TensorRT engines: skipped ({reason})")
-        return []
+def _engines(config: DemoConfig, onnx_path: Path, steps: Steps) -> list[Artifact]:
+    """FP16 and INT8 TensorRT engines (when TensorRT and a GPU are present)."""
+    steps.start("TensorRT engines: FP16 and INT8")
     return [Artifact(f"TensorRT {precision.upper()}",
                      build_engine(onnx_path, config.workdir / f"model.{precision}.plan", precision), precision,
                      "TensorRT") for precision in ("fp16", "int8")]
+
+
+def _announce(config: DemoConfig, engines: bool) -> None:
+    """What the run does, which part is long, how to stop and continue it."""
+    training = "" if config.checkpoint else (
+        f"train {config.model} for {config.train_iters} iterations (the long part: minutes on idle cores, far longer "
+        "on a busy machine; the expected time follows the first iterations), ")
+    print(f"offseg-demo into {config.workdir}/: {training}export, INT8, "
+          f"{'TensorRT engines, ' if engines else ''}run and validate each artifact. Ctrl-C stops cleanly; the same "
+          "command continues where it stopped.", flush=True)
 
 
 def run_demo(config: DemoConfig) -> list[dict]:
@@ -116,13 +152,23 @@ def run_demo(config: DemoConfig) -> list[dict]:
         config.workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OffsegError(f"cannot write to {config.workdir}: {error.strerror}") from None
-    checkpoint = config.checkpoint or _trained_checkpoint(config)
-    onnx_path = _export(config, checkpoint)
+    no_engines = tensorrt_unavailable()
+    artifact_count = 2 if no_engines else 4
+    steps = Steps(3 + (0 if no_engines else 1) + 2 * artifact_count)
+    _announce(config, not no_engines)
+    if config.checkpoint:
+        steps.start(f"model: {config.checkpoint}")
+    checkpoint = config.checkpoint or _trained_checkpoint(config, steps)
+    onnx_path = _export(config, checkpoint, steps)
+    steps.start("INT8: Q/DQ graphs for ONNX Runtime (CPU) and for TensorRT devices")
     artifacts = [Artifact("ONNX FP32", onnx_path, "fp32", "ONNX Runtime CPU"),
                  Artifact("ONNX INT8 (Q/DQ)", _int8(config, onnx_path, "onnxruntime"), "int8", "ONNX Runtime CPU")]
     _int8(config, onnx_path, "tensorrt")  # the Q/DQ graph a TensorRT device builds from
-    artifacts += _engines(config, onnx_path)
-    video = config.workdir / "synthetic.mp4"
+    if no_engines:
+        print(f"      TensorRT engines: skipped ({no_engines})")
+    else:
+        artifacts += _engines(config, onnx_path, steps)
+    video = config.workdir / f"synthetic-{config.video_frames}x{config.video_size[0]}x{config.video_size[1]}.mp4"
     if not video.is_file():
         write_video(video, seed=7, frames=config.video_frames, height=config.video_size[0],
                     width=config.video_size[1])
@@ -130,12 +176,12 @@ def run_demo(config: DemoConfig) -> list[dict]:
     for artifact in artifacts:
         stem = artifact.path.name.replace(".onnx", "").replace(".plan", "")
         out, summary = config.workdir / f"{stem}.mp4", config.workdir / f"{stem}.run.json"
-        print(f"[4/5] offseg-run with {artifact.name} -> {out}")
+        steps.start(f"offseg-run with {artifact.name}: {video.name} -> {out}")
         if run_command("offseg-run", ["--engine", str(artifact.path), "--video", str(video), "--output", str(out),
                                       "--legend", "--summary", str(summary), "--no-progress"]) != 0:
             raise OffsegError(f"offseg-run failed on {artifact.path}")
         report = config.workdir / f"validation-{stem}"
-        print(f"[5/5] offseg-validate {artifact.name} on {config.val_images} synthetic validation scenes")
+        steps.start(f"offseg-validate {artifact.name} on {config.val_images} synthetic validation scenes")
         code = run_command("offseg-validate", ["--engine", str(artifact.path), "--checkpoint", str(checkpoint),
                                                "--dataset", "synthetic", "--eval-images", str(config.val_images),
                                                "--report", str(report)])
@@ -147,8 +193,16 @@ def run_demo(config: DemoConfig) -> list[dict]:
                      "pytorch_miou": figures["reference_miou"], "delta": figures["miou_delta"],
                      "agreement": figures["pixel_agreement"], "fps": json.loads(summary.read_text())["fps"],
                      "within_bound": code == 0, "video": out.name, "report": f"{report.name}/report.md"})
-    _write_table(config.workdir, rows)
+    _write_table(config, rows)
     return rows
+
+
+def miou_note(config: DemoConfig) -> str:
+    """Why the table's PyTorch mIoU is not the figure training printed."""
+    size = "x".join(map(str, config.input_size))
+    return (f"The PyTorch column runs the model exactly as each artifact runs (every scene padded or windowed to the "
+            f"exported {size} input), which moves a few pixels near the borders; the mIoU printed at the end of "
+            f"training is the same model on the same {config.val_images} scenes at their own size.")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -159,13 +213,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_table(workdir: Path, rows: list[dict]) -> None:
+def _write_table(config: DemoConfig, rows: list[dict]) -> None:
     from runtime.sinks import atomic_output
+    workdir = config.workdir
     with atomic_output(workdir / "report.json") as tmp:
         tmp.write_text(json.dumps(rows, indent=2) + "\n")
     body = ["# OffSeg Deploy demo", "", format_table(rows), "",
             "mIoU on synthetic validation scenes; delta = artifact - PyTorch; pixel agreement of the label maps. "
-            "Annotated videos and per-artifact validation reports (with side-by-side pictures) are linked below.", ""]
+            "Annotated videos and per-artifact validation reports (with side-by-side pictures) are linked below. "
+            + miou_note(config), ""]
     body += [f"- {r['artifact']}: video [{r['video']}]({r['video']}), report [{r['report']}]({r['report']})"
              for r in rows]
     with atomic_output(workdir / "report.md") as tmp:

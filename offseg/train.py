@@ -75,6 +75,7 @@ class TrainConfig:
     synthetic_size: tuple[int, int] = (256, 384)
     synthetic_length: int = 1000
     eval_images: int | None = None
+    resume_hint: str = "continue with --resume"  # how the caller's user continues an interrupted run
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -103,7 +104,7 @@ def effective_batch_line(config: TrainConfig, world: int, steps: int) -> str:
     total = config.batch_size * world * steps
     line = (f"effective batch {total} = {config.batch_size} per step x {world} process(es) x {steps} accumulated "
             f"step(s), {'AMP (float16)' if config.amp else 'FP32'}")
-    if total != OFFICIAL_BATCH:
+    if total != OFFICIAL_BATCH and config.dataset not in ("synthetic", "folder"):  # no official recipe for these
         line += f"; the official recipe uses {OFFICIAL_BATCH} (8 GPUs x 2), --accumulate auto reaches it"
     return line
 
@@ -418,7 +419,7 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     except KeyboardInterrupt:
         if run.main and iteration > start:
             save(iteration)
-            log.info("interrupted: saved %s at iteration %d (continue with --resume)", latest, iteration)
+            log.info("interrupted: saved %s at iteration %d (%s)", latest, iteration, config.resume_hint)
         raise
     finally:
         bar.close()

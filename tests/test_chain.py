@@ -1,7 +1,10 @@
 """The README's main job in its reduced (CI) size, end to end: train on synthetic scenes -> export -> INT8 -> run on
 a video -> validate -> report; then calibration and validation commands on the model it trained."""
 import json
+import re
 import shutil
+import signal
+import time
 import subprocess
 import sys
 from dataclasses import replace
@@ -47,9 +50,14 @@ def test_demo_log_says_what_it_does_with_an_estimate_and_no_redraws(demo):
     _, _, log = demo
     assert "\r" not in log and "Traceback" not in log and "Warning" not in log
     assert "torchvision is not installed" not in log  # the exporter's notices stay hidden without --debug
-    assert "[1/5] model: training" in log and "checkpoints: latest.pth" in log and "MB of disk" in log
+    assert "[1/7] model: training" in log and "checkpoints: latest.pth" in log and "MB of disk" in log
     assert "training offseg-t:" in log and "expected duration" in log  # measured after the first iterations
-    assert "[5/5] offseg-validate" in log and "| ONNX FP32 | fp32 |" in log
+    assert "[7/7] offseg-validate" in log and "| ONNX FP32 | fp32 |" in log
+    counters = re.findall(r"^\[(\d+)/(\d+)\]", log, re.M)
+    assert [int(i) for i, _ in counters] == list(range(1, 8)) and {n for _, n in counters} == {"7"}  # one counter
+    assert "Ctrl-C stops cleanly; the same command continues" in log.splitlines()[0]
+    assert "--accumulate" not in log and "--resume" not in log  # no advice the demo does not take
+    assert "the mIoU printed at the end of training is the same model on the same 12 scenes" in log
 
 
 def test_demo_writes_the_table_videos_and_reports(demo):
@@ -75,7 +83,7 @@ def test_demo_rerun_reuses_everything(demo, capsys):
     workdir, _, _ = demo
     demo_main(["--quick", "--work-dir", str(workdir)])
     out = capsys.readouterr().out
-    assert "model: reusing" in out and "export: reusing" in out and "INT8: reusing" in out
+    assert "model: reusing" in out and "export: reusing" in out and "onnxruntime: reusing" in out
 
 
 def test_demo_redoes_the_export_and_int8_when_the_size_or_image_count_changes(demo, tmp_path, capsys):
@@ -83,13 +91,13 @@ def test_demo_redoes_the_export_and_int8_when_the_size_or_image_count_changes(de
     for name in ("model.onnx", "model.int8-onnxruntime.onnx"):
         shutil.copy(workdir / name, tmp_path / name)
     checkpoint, config = workdir / "train" / "latest.pth", DemoConfig.quick(tmp_path)
-    onnx_path = demo_steps._export(config, checkpoint)
+    onnx_path = demo_steps._export(config, checkpoint, demo_steps.Steps(2))
     demo_steps._int8(config, onnx_path, "onnxruntime")
     out = capsys.readouterr().out
-    assert "export: reusing" in out and "INT8: reusing" in out
+    assert "export: reusing" in out and "onnxruntime: reusing" in out
     demo_steps._int8(replace(config, calib_images=config.calib_images + 1), onnx_path, "onnxruntime")
-    assert "INT8 (onnxruntime)" in capsys.readouterr().out
-    demo_steps._export(replace(config, input_size=(160, 224)), checkpoint)
+    assert "onnxruntime: reusing" not in capsys.readouterr().out
+    demo_steps._export(replace(config, input_size=(160, 224)), checkpoint, demo_steps.Steps(2))
     out = capsys.readouterr().out
     assert "export: reusing" not in out and "160x224" in out
 
@@ -128,3 +136,29 @@ def test_validate_reports_and_enforces_the_bound(demo, tmp_path, capsys):
     assert ("FAIL: the mIoU drop" in capsys.readouterr().out) == (drop > 0)
     assert validate_main(args + ["--max-miou-drop", "-1"]) == 2  # a bound no gate can hold is a user mistake
     assert "--max-miou-drop must be a number of at least 0" in capsys.readouterr().err
+
+
+def test_an_interrupted_demo_gives_advice_it_accepts(tmp_path):
+    """Ctrl-C during training saves the iteration and says to run the same command again, which continues there."""
+    command = [str(Path(sys.executable).with_name("offseg-demo")), "--quick", "--work-dir", str(tmp_path / "d")]
+    log = tmp_path / "demo.log"
+    with log.open("w") as stream:
+        child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while "expected duration" not in log.read_text() and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.5)
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=120) == 130
+    text = log.read_text()
+    assert "Traceback" not in text and "--resume" not in text
+    assert "run the same offseg-demo command again to continue" in text
+    saved = int(re.search(r"saved \S+latest.pth at iteration (\d+)", text).group(1))
+    with log.open("w") as stream:
+        child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while "continuing from iteration" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=120)
+    assert f"[1/7] model: training offseg-t on synthetic scenes (100 iterations, continuing from iteration {saved}" \
+        in log.read_text()

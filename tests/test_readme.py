@@ -100,3 +100,10 @@ def repository_paths() -> list[str]:
 def test_every_repository_file_the_readme_names_exists(path):
     matches = list(ROOT.glob(path)) if "*" in path else [ROOT / path] if (ROOT / path).exists() else []
     assert matches, f"README names {path}, which is not in the repository"
+
+
+def test_ci_runs_the_readme_test_command_after_its_set_up():
+    blocks = re.findall(r"```bash\n(.*?)\n```", README.split("## Start here", 1)[1], re.S)
+    set_up, tests = blocks[0], blocks[1]
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == tests and set_up.startswith(ci[-2].replace(" -q", "") + " && offseg-demo")

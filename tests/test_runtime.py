@@ -300,3 +300,14 @@ def test_a_model_with_random_weights_is_called_out(models, video, tmp_path, caps
     assert "RANDOM" not in capsys.readouterr().err
     assert run_main(["--engine", str(random_path), "--video", str(video), "--no-progress"]) == 0
     assert "its weights are RANDOM" in capsys.readouterr().err
+
+
+def test_a_test_video_is_one_command(tmp_path, capsys):
+    """The README's ``python -m offseg.data.synthetic street.mp4``: a playable video of the frames asked for."""
+    from offseg.data.synthetic import main as render_main
+    out = tmp_path / "street.mp4"
+    assert render_main([str(out), "--frames", "6", "--size", "96", "160", "--fps", "10"]) == 0
+    frames, fps = frames_of(out)
+    assert len(frames) == 6 and frames[0].shape == (96, 160, 3) and fps == pytest.approx(10)
+    assert render_main([str(tmp_path / "missing" / "x.mp4")]) == 2
+    assert "does not exist" in capsys.readouterr().err
