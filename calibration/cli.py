@@ -156,7 +156,8 @@ def validate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES, help="dataset layout")
     parser.add_argument("--data-root", help="dataset root folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="dataset split")
-    parser.add_argument("--mode", choices=("whole", "slide"), help="inference (default the dataset's official test mode)")
+    parser.add_argument("--mode", choices=("whole", "slide"),
+                        help="inference (default the dataset's official test mode)")
     parser.add_argument("--eval-images", type=int, metavar="N", help="validate on the first N images (default all; "
                         "50 of the synthetic dataset)")
     parser.add_argument("--max-miou-drop", type=float, help="fail above this drop (default 0.1; 1.0 for INT8)")
