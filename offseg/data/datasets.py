@@ -39,6 +39,7 @@ class Layout:
     crop: tuple[int, int]  # official crop size (H, W); also the sliding window
     stride: tuple[int, int]
     test_scale: tuple[int, int] | None  # test pipeline's Resize(scale, keep_ratio=True); None: original size
+    test_size_divisor: int | None = None  # data preprocessor's test_cfg size_divisor: whole image padded first
 
 
 LAYOUTS = {
@@ -48,8 +49,9 @@ LAYOUTS = {
                          "slide", (1024, 1024), (768, 768), (2048, 1024)),
     "coco-stuff164k": Layout("coco-stuff164k", 171, {"train": "train2017", "val": "val2017"}, False, (2048, 512),
                              "slide", (512, 512), (480, 480), (2048, 512)),
+    # no OffSeg config: SegNeXt + offset learning's, whose test_cfg pads the whole image to multiples of 32
     "pascal-context-59": Layout("pascal-context-59", 59, {"train": "train", "val": "val"}, True, (520, 520), "slide",
-                                (480, 480), (320, 320), (520, 520)),
+                                (480, 480), (320, 320), (520, 520), 32),
     # a user's own folder: ADE20K's pipeline; the synthetic scenes are evaluated at their own size
     "folder": Layout("folder", 0, {}, False, (2048, 512), "whole", (512, 512), (480, 480), (2048, 512)),
     "synthetic": Layout("synthetic", len(synthetic.CLASSES), {"train": "train", "val": "val"}, False, (512, 256),

@@ -1,0 +1,81 @@
+"""offseg-train's defaults are each dataset's official recipe (HVision-NKU/OffSeg configs at commit 1414f6d;
+SegNeXt + offset learning's for Pascal Context), printed at start and overridable."""
+import pytest
+
+from offseg.cli import train_main
+from offseg.checkpoint import read_training_state
+from offseg.data.datasets import LAYOUTS
+from offseg.optim import lr_factor
+from offseg.protocol import TestProtocol
+from offseg.recipes import recipe, with_recipe
+from offseg.train import TrainConfig
+
+# (model, dataset): total batch, GPUs x per-GPU batch, max_iters, PolyLR end, checkpoint/validation interval
+OFFICIAL = {
+    ("offseg-t", "ade20k"): (16, 8, 2, 160_000, 160_000, 16_000),
+    ("offseg-b", "ade20k"): (16, 8, 2, 160_000, 160_000, 16_000),
+    ("offseg-l", "ade20k"): (16, 8, 2, 160_000, 160_000, 16_000),
+    ("offseg-t", "cityscapes"): (8, 8, 1, 160_000, 160_000, 16_000),
+    ("offseg-b", "cityscapes"): (8, 8, 1, 160_000, 160_000, 16_000),
+    ("offseg-l", "cityscapes"): (8, 8, 1, 160_000, 160_000, 16_000),
+    ("offseg-t", "coco-stuff164k"): (16, 8, 2, 160_000, 80_000, 16_000),
+    ("offseg-b", "coco-stuff164k"): (16, 8, 2, 80_000, 80_000, 8_000),
+    ("offseg-l", "coco-stuff164k"): (16, 8, 2, 160_000, 80_000, 16_000),
+    ("offseg-t", "pascal-context-59"): (16, 8, 2, 80_000, 80_000, 8_000),
+}
+# dataset: crop, test resize scale, test mode, window, stride, whole-image pad divisor
+OFFICIAL_TEST = {
+    "ade20k": ((512, 512), (2048, 512), "slide", (512, 512), (480, 480), None),
+    "cityscapes": ((1024, 1024), (2048, 1024), "slide", (1024, 1024), (768, 768), None),
+    "coco-stuff164k": ((512, 512), (2048, 512), "slide", (512, 512), (480, 480), None),
+    "pascal-context-59": ((480, 480), (520, 520), "slide", (480, 480), (320, 320), 32),
+}
+
+
+@pytest.mark.parametrize("model, dataset", OFFICIAL)
+def test_recipes_are_the_official_configs(model, dataset):
+    batch, gpus, per_gpu, iters, lr_end, interval = OFFICIAL[model, dataset]
+    official = recipe(model, dataset)
+    assert (official.batch, official.gpus, official.per_gpu_batch) == (batch, gpus, per_gpu)
+    assert (official.iters, official.lr_end, official.interval, official.warmup_iters) == (iters, lr_end, interval,
+                                                                                          1500)
+
+
+@pytest.mark.parametrize("dataset", OFFICIAL_TEST)
+def test_crops_and_test_protocols_are_the_official_ones(dataset):
+    crop, scale, mode, window, stride, divisor = OFFICIAL_TEST[dataset]
+    layout = LAYOUTS[dataset]
+    assert layout.crop == crop
+    assert TestProtocol.for_layout(layout) == TestProtocol(mode, window, stride, scale, divisor)
+
+
+def test_defaults_follow_the_recipe_and_flags_override_it():
+    cityscapes = with_recipe(TrainConfig(dataset="cityscapes"), 1)
+    assert cityscapes.batch_size == 8 and cityscapes.iters == cityscapes.lr_end == 160_000
+    assert with_recipe(TrainConfig(dataset="cityscapes"), 8).batch_size == 1
+    assert with_recipe(TrainConfig(dataset="ade20k"), 2).batch_size == 8
+    stuff = with_recipe(TrainConfig(dataset="coco-stuff164k"), 1)
+    assert (stuff.iters, stuff.lr_end, stuff.checkpoint_interval) == (160_000, 80_000, 16_000)
+    assert lr_factor(80_000, 1500, stuff.lr_end, 1.0) == 0 < lr_factor(79_999, 1500, stuff.lr_end, 1.0)
+    stuff_b = with_recipe(TrainConfig(model="offseg-b", dataset="coco-stuff164k"), 1)
+    assert (stuff_b.iters, stuff_b.lr_end, stuff_b.eval_interval) == (80_000, 80_000, 8_000)
+    short = with_recipe(TrainConfig(dataset="coco-stuff164k", iters=1000, batch_size=4, warmup_iters=1500), 1)
+    assert (short.iters, short.lr_end, short.batch_size, short.warmup_iters) == (1000, 1000, 4, 1000)
+    assert with_recipe(TrainConfig(dataset="pascal-context-59"), 1).iters == 80_000
+
+
+@pytest.mark.slow
+def test_train_prints_the_recipe_and_decays_to_zero_at_lr_end(tmp_path, caplog):
+    work = tmp_path / "w"
+    with caplog.at_level("INFO", logger="offseg"):
+        assert train_main(["--iters", "4", "--lr-end", "2", "--batch-size", "2", "--crop", "64", "64",
+                           "--workers", "0", "--warmup-iters", "1", "--eval-images", "1", "--checkpoint-interval",
+                           "1", "--keep-checkpoints", "4", "--work-dir", str(work)]) == 0
+    assert "recipe for offseg-t on synthetic" in caplog.text and "batch 16 (8 GPUs x 2)" in caplog.text
+    assert ("differs from the recipe: batch 2 (recipe 16), iterations 4 (recipe 160000), PolyLR end 2 (recipe "
+            "160000)") in caplog.text
+    assert "final mIoU" in caplog.text and "paper-comparable" in caplog.text
+    lrs = {i: read_training_state(work / f"iter_{i}.pth")["scheduler"]["_last_lr"] for i in (1, 2, 3)}
+    assert all(lr > 0 for lr in lrs[1]) and all(lr == 0 for lr in lrs[2] + lrs[3])
+    saved = read_training_state(work / "latest.pth")["config"]
+    assert (saved["iters"], saved["lr_end"], saved["batch_size"]) == (4, 2, 2)
