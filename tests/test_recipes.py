@@ -79,3 +79,20 @@ def test_train_prints_the_recipe_and_decays_to_zero_at_lr_end(tmp_path, caplog):
     assert all(lr > 0 for lr in lrs[1]) and all(lr == 0 for lr in lrs[2] + lrs[3])
     saved = read_training_state(work / "latest.pth")["config"]
     assert (saved["iters"], saved["lr_end"], saved["batch_size"]) == (4, 2, 2)
+
+
+# mmseg's PascalContextDataset59 class names (mmseg/datasets/pascal_context.py), the label order its converter
+# (tools/dataset_converters/pascal_context.py: rank among the sorted ids of the kept classes) writes
+MMSEG_PASCAL_CONTEXT_59 = (
+    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle", "building", "bus",
+    "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow", "cup", "curtain", "dog", "door", "fence",
+    "floor", "flower", "food", "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse",
+    "person", "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky",
+    "snow", "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood")
+
+
+def test_pascal_context_classes_are_in_the_converted_label_order():
+    from runtime.class_names import DATASET_CLASSES
+    names = DATASET_CLASSES["pascal-context-59"]
+    assert names == MMSEG_PASCAL_CONTEXT_59
+    assert names.index("bag") == 1 and names.index("table") == 49  # train ids of converted labels 2 and 50

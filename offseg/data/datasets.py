@@ -156,8 +156,10 @@ class SegmentationDataset:
     """Image/label pairs of one split; ``transform(image, labels)`` is applied on access.
 
     Label values at or above the class count (other than 255, ignored) raise ``LabelsOutOfRange`` naming the file
-    when ``strict_labels`` (training); otherwise they are counted in ``out_of_range_pixels`` and the first file is
-    named in a warning (evaluation leaves those pixels out, as mmseg does).
+    when ``strict_labels`` (training); otherwise they become 255, are counted in ``out_of_range_pixels`` and the
+    first file is named in a warning, so evaluation leaves those pixels out. mmseg does not: its IoUMetric keeps
+    them, counting their predictions in the predicted class's union (false positives that lower its IoU) and
+    nowhere in the ground truth (aAcc and mAcc unchanged). No correctly converted dataset has such labels.
     """
 
     def __init__(self, name: str, root: str | Path | None, split: str = "train",
