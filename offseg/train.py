@@ -28,6 +28,7 @@ from runtime.progress import Progress
 from runtime.sinks import atomic_output
 
 from .checkpoint import extract_state_dict, load_state, read_file, read_training_state
+from .data import synthetic
 from .data.datasets import LAYOUTS, SegmentationDataset
 from .data.transforms import TrainTransform, pad_batch
 from .evaluate import evaluate, mean_accuracy
@@ -73,7 +74,7 @@ class TrainConfig:
     resume: bool = False
     init_checkpoint: str | None = None  # official or own weights to start from (fine-tuning)
     pretrained_backbone: str | None = None  # EfficientFormerV2 ImageNet release (the official starting point)
-    synthetic_size: tuple[int, int] = (256, 384)
+    synthetic_size: tuple[int, int] = synthetic.SCENE_SIZE
     synthetic_length: int = 1000
     eval_images: int | None = None
     extra: dict = field(default_factory=dict)

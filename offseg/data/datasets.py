@@ -163,7 +163,7 @@ class SegmentationDataset:
     """
 
     def __init__(self, name: str, root: str | Path | None, split: str = "train",
-                 transform: Callable | None = None, length: int = 200, size: tuple[int, int] = (256, 384),
+                 transform: Callable | None = None, length: int = 200, size: tuple[int, int] = synthetic.SCENE_SIZE,
                  strict_labels: bool = False):
         self.strict_labels, self.out_of_range_pixels = strict_labels, 0
         if name not in LAYOUTS:
