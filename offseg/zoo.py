@@ -14,7 +14,7 @@ class PaperResult:
     """One dataset's figures for one model in the paper's Table 2."""
 
     miou: float  # single-scale val mIoU
-    gflops: float  # at ``flops_size``; they equal the convolution multiply-adds alone (see ``offseg-info``)
+    gflops: float  # at ``flops_size``: the convolution multiply-adds (see ``offseg-info`` for how close)
     flops_size: tuple[int, int]  # H W
 
 
