@@ -96,3 +96,25 @@ def test_pascal_context_classes_are_in_the_converted_label_order():
     names = DATASET_CLASSES["pascal-context-59"]
     assert names == MMSEG_PASCAL_CONTEXT_59
     assert names.index("bag") == 1 and names.index("table") == 49  # train ids of converted labels 2 and 50
+
+
+README_ROWS = {"ade20k": "ADE20K", "cityscapes": "Cityscapes", "coco-stuff164k": "COCO-Stuff-164k",
+               "pascal-context-59": "Pascal Context 59"}
+
+
+@pytest.mark.parametrize("dataset", README_ROWS)
+def test_the_readme_recipe_table_is_the_recipes(dataset):
+    from pathlib import Path
+
+    from offseg.names import MODEL_NAMES
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith(f"| {README_ROWS[dataset]} | "))
+    cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+    for model in MODEL_NAMES:
+        official, ours = recipe(model, dataset), with_recipe(TrainConfig(model=model, dataset=dataset), 1)
+        assert cells[1] == f"{official.batch} ({official.gpus} GPUs x {official.per_gpu_batch}) / {ours.batch_size}"
+        assert f"{official.iters} / {ours.iters}" in cells[2] and cells[3] == f"{official.lr_end} / {ours.lr_end}"
+    layout = LAYOUTS[dataset]
+    assert cells[4] == f"{layout.crop[0]} {layout.crop[1]}" and cells[5] == " ".join(map(str, layout.test_scale))
+    assert cells[6].endswith(f"slide {layout.crop[0]} {layout.crop[1]}, stride {layout.stride[0]} {layout.stride[1]}")
+    assert ("padded to multiples of 32" in cells[6]) == (layout.test_size_divisor == 32)
