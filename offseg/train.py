@@ -93,8 +93,6 @@ class TrainConfig:
             raise OffsegError(f"--accumulate must be at least 1 or 'auto', got {self.accumulate}")
         if self.init_checkpoint and self.pretrained_backbone:
             raise OffsegError("give either --checkpoint (whole model) or --pretrained-backbone, not both")
-        if self.dataset not in LAYOUTS:
-            raise OffsegError(f"unknown dataset {self.dataset!r}; choose from {', '.join(LAYOUTS)}")
 
 
 def init_from_checkpoint(model: nn.Module, path: str) -> list[str]:

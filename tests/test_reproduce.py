@@ -1,7 +1,6 @@
 """offseg-reproduce: the exact command sequence of one paper row, a report beside the paper's figure, resumable."""
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
