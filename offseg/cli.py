@@ -30,8 +30,8 @@ def info_main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
     config = TrainConfig(model=args.model, dataset=args.dataset, data_root=args.data_root, work_dir=str(args.work_dir),
-                         iters=args.iters, batch_size=args.batch_size, crop=tuple(args.crop) if args.crop else None,
-                         lr=args.lr, warmup_iters=min(args.warmup_iters, args.iters),
+                         iters=args.iters, batch_size=args.batch_size, lr_end=args.lr_end,
+                         crop=tuple(args.crop) if args.crop else None, lr=args.lr, warmup_iters=args.warmup_iters,
                          checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,
                          eval_interval=args.eval_interval, eval_images=args.eval_images,
                          workers=args.workers, seed=args.seed, deterministic=args.deterministic, resume=args.resume,
@@ -52,29 +52,35 @@ def _accumulate(text: str) -> int | None:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="offseg-train", description="Train or fine-tune OffSeg (the official "
-                                     "recipe); multi-GPU: torchrun --nproc-per-node N --no-python offseg-train ...")
+    parser = argparse.ArgumentParser(prog="offseg-train", description="Train or fine-tune OffSeg with the "
+                                     "dataset's official recipe (printed at start; every flag overrides it); "
+                                     "multi-GPU: torchrun --nproc-per-node N --no-python offseg-train ...")
     parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to train")
     parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES,
                         help="dataset layout (default built-in synthetic scenes, no files needed)")
     parser.add_argument("--data-root", help="dataset root folder (mmseg layout)")
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/offseg"), help="checkpoints and logs")
-    parser.add_argument("--iters", type=int, default=160_000, help="iterations (default 160000, the paper's)")
-    parser.add_argument("--batch-size", type=int, default=2, help="images per GPU (default 2, x8 GPUs officially)")
+    parser.add_argument("--iters", type=int, help="iterations (default the recipe's; 160000, 80000 for Pascal "
+                        "Context and COCO-Stuff with offseg-b)")
+    parser.add_argument("--lr-end", type=int, metavar="N", help="iteration where the poly decay reaches 0 "
+                        "(default the recipe's, at most --iters; 80000 for COCO-Stuff)")
+    parser.add_argument("--batch-size", type=int, help="images per process (default the recipe's total batch, 16 "
+                        "or 8 for Cityscapes, divided over the torchrun processes)")
     parser.add_argument("--accumulate", type=_accumulate, default=1, metavar="N|auto",
                         help="gradient accumulation: micro-batches per optimizer step (default 1); 'auto' reaches "
-                             "the official total batch of 16 (--iters counts optimizer steps)")
+                             "the recipe's total batch (--iters counts optimizer steps)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast) on CUDA; the "
                         "official runs and the default are FP32")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default the dataset's)")
     parser.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default 6e-5; head x10)")
     parser.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default 1500)")
-    parser.add_argument("--checkpoint-interval", type=int, default=16_000, help="iterations between checkpoints "
-                        "(WORK_DIR/latest.pth, the resume point)")
+    parser.add_argument("--checkpoint-interval", type=int, help="iterations between checkpoints "
+                        "(WORK_DIR/latest.pth, the resume point; default the recipe's, 16000 or 8000)")
     parser.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",
                         help="also keep the last N checkpoints as iter_<N>.pth (default 0: only latest.pth and "
                              "best.pth, the weights of the best validation mIoU)")
-    parser.add_argument("--eval-interval", type=int, default=16_000, help="iterations between validations")
+    parser.add_argument("--eval-interval", type=int, help="iterations between validations (default the "
+                        "recipe's, 16000 or 8000)")
     parser.add_argument("--eval-images", type=int, metavar="N", help="validate on the first N images (default the "
                         "whole validation split)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
@@ -118,7 +124,9 @@ def _eval(args: argparse.Namespace) -> int:
     for cls, iou in result["IoU"].items():
         print(f"  {cls:>20}: {'-' if iou is None else f'{iou:.2f}'}")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        from runtime.sinks import atomic_output
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

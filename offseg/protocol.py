@@ -11,6 +11,11 @@ of 8 (multiples of 32 and the three sizes below each) and fails on others; ours 
 that is not a multiple of 32 is padded bottom/right with 0 after normalization (mmseg's ``pad_val``) and its
 logits cropped. At the official scales (ADE20K and COCO-Stuff resized to a 512 short side, slide windows of 512)
 every window is already 512x512.
+
+A protocol with ``size_divisor`` (SegNeXt's Pascal Context config: ``SegDataPreProcessor`` ``test_cfg``
+``size_divisor=32``) first pads the whole resized image bottom/right with 0 to multiples of it, as mmseg's
+``stack_batch`` does, runs whole or slide inference on the padded image (so the windows are placed on it), and
+crops the padding off the logits before resizing them back, as mmseg's ``postprocess_result`` does.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ class TestProtocol:
     crop: tuple[int, int] = (512, 512)
     stride: tuple[int, int] = (480, 480)
     scale: tuple[int, int] | None = None
+    size_divisor: int | None = None  # pad the whole resized image to multiples of this first
 
     def __post_init__(self):
         if self.mode not in TEST_MODES:
@@ -47,10 +53,13 @@ class TestProtocol:
     @classmethod
     def for_layout(cls, layout, mode: str | None = None) -> TestProtocol:
         """The official test protocol of a ``datasets.Layout`` (``mode`` overrides its inference mode)."""
-        return cls(mode or layout.test_mode, tuple(layout.crop), tuple(layout.stride), layout.test_scale)
+        return cls(mode or layout.test_mode, tuple(layout.crop), tuple(layout.stride), layout.test_scale,
+                   layout.test_size_divisor)
 
     def describe(self) -> str:
         resize = f"resize to {self.scale[0]}x{self.scale[1]} keep-ratio" if self.scale else "original size"
+        if self.size_divisor:
+            resize += f", image padded to multiples of {self.size_divisor}"
         if self.mode == "whole":
             return f"{resize}, whole"
         return f"{resize}, slide {self.crop[0]}x{self.crop[1]} stride {self.stride[0]}x{self.stride[1]}"
@@ -95,9 +104,13 @@ def slide(x: np.ndarray, infer: Infer, crop: tuple[int, int], stride: tuple[int,
 def protocol_logits(image: np.ndarray, infer: Infer, protocol: TestProtocol) -> np.ndarray:
     """(H, W, K) float32 logits of a uint8 BGR image at its original size, by the test protocol."""
     x = normalize_bgr(test_resize(image, protocol.scale))
+    h, w = x.shape[-2:]
+    if protocol.size_divisor:
+        ph, pw = padded_size(h, w, protocol.size_divisor)
+        x = np.pad(x, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)))
     logits = forward_window(infer, x) if protocol.mode == "whole" else slide(x, infer, protocol.crop,
                                                                               protocol.stride)
-    return resize_channels_last(logits, image.shape[:2])
+    return resize_channels_last(logits[:h, :w], image.shape[:2])
 
 
 def fixed_size(infer: Infer, input_size: tuple[int, int], stride: tuple[int, int]) -> Infer:

@@ -34,10 +34,11 @@ class BestCheckpoint:
 
     def __init__(self, path: Path, model_name: str, classes: Sequence[str]) -> None:
         self.path, self.model_name, self.classes = path, model_name, list(classes)
-        self.miou = -math.inf
+        self.miou, self.iteration = -math.inf, None
         if path.is_file():
             try:
-                self.miou = float(read_file(path)["meta"]["miou"])
+                meta = read_file(path)["meta"]
+                self.miou, self.iteration = float(meta["miou"]), meta.get("iteration")
             except (OffsegError, KeyError, TypeError, ValueError):
                 log.warning("%s is not a best-mIoU checkpoint of offseg-train: it will be replaced", path)
 
@@ -45,7 +46,7 @@ class BestCheckpoint:
         """Keep ``model`` as the best if ``miou`` beats the best so far (NaN never does); returns whether it did."""
         if not miou > self.miou:
             return False
-        self.miou = miou
+        self.miou, self.iteration = miou, iteration
         save_checkpoint(model, self.path, self.model_name, classes=self.classes, miou=miou, iteration=iteration)
         log.info("new best mIoU %.2f at iteration %d: %s", 100 * miou, iteration, self.path)
         return True

@@ -1,8 +1,8 @@
-"""Training with the official recipe: AdamW (lr 6e-5, weight decay 0.01) with mmengine's parameter rules
-(``offseg.optim``), 1,500 linear warm-up iterations then poly decay, mmseg's cross-entropy (``offseg.losses``),
-total batch 16 (per-process batch x processes x gradient accumulation), FP32 (AMP opt-in), an optional
-ImageNet-pretrained backbone, checkpoints with resume, TensorBoard scalars, multi-GPU through ``torchrun``
-(DistributedDataParallel, SyncBatchNorm as the official backbone converts its BNs to SyncBN).
+"""Training with the official recipe: each dataset's batch, schedule and intervals (``offseg.recipes``), AdamW
+(lr 6e-5, weight decay 0.01) with mmengine's parameter rules (``offseg.optim``), 1,500 linear warm-up iterations
+then poly decay, mmseg's cross-entropy (``offseg.losses``), FP32 (AMP opt-in), an optional ImageNet-pretrained
+backbone, checkpoints with resume, TensorBoard scalars, multi-GPU through ``torchrun`` (DistributedDataParallel,
+SyncBatchNorm as the official backbone converts its BNs to SyncBN).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from runtime.progress import Progress
 from runtime.sinks import atomic_output
 
 from .checkpoint import extract_state_dict, load_state, read_file, read_training_state
+from .data import synthetic
 from .data.datasets import LAYOUTS, SegmentationDataset
 from .data.transforms import TrainTransform, pad_batch
 from .evaluate import evaluate, mean_accuracy
@@ -37,13 +38,13 @@ from .optim import lr_factor, parameter_groups
 from .pretrained import load_pretrained_backbone
 from .run_files import BestCheckpoint, disk_line, prune_checkpoints
 from .protocol import TestProtocol
+from .recipes import accumulation_steps, recipe_line, run_line, with_recipe
 from .zoo import build_model
 
 log = logging.getLogger(__name__)
 
 CLASS_DEPENDENT = ("head.offset_learning.class_embed", "head.offset_learning.mask_norm.weight",
                    "head.offset_learning.mask_norm.bias")
-OFFICIAL_BATCH = 16  # 8 GPUs x 2 images in the official runs
 
 
 @dataclass
@@ -52,19 +53,20 @@ class TrainConfig:
     dataset: str = "synthetic"
     data_root: str | None = None
     work_dir: str = "work_dirs/offseg"
-    iters: int = 160_000
-    batch_size: int = 2
+    iters: int | None = None  # None (here and below): the recipe's (offseg.recipes)
+    batch_size: int | None = None  # per process; None: the recipe's total batch divided over the processes
+    lr_end: int | None = None  # PolyLR's end (learning rate 0 from there); None: the recipe's, at most iters
     crop: tuple[int, int] | None = None  # default: the dataset's official crop
     scale: tuple[int, int] | None = None  # default: the dataset's official resize scale
     lr: float = 6e-5
     weight_decay: float = 0.01
-    accumulate: int | None = 1  # micro-batches per optimizer step; None: enough to reach OFFICIAL_BATCH
+    accumulate: int | None = 1  # micro-batches per optimizer step; None: enough to reach the recipe's batch
     amp: bool = False  # the official runs are FP32
     warmup_iters: int = 1500
     poly_power: float = 1.0
-    checkpoint_interval: int = 16_000
+    checkpoint_interval: int | None = None
     keep_checkpoints: int = 0  # iter_N.pth files kept besides latest.pth (resume point) and best.pth (best mIoU)
-    eval_interval: int = 16_000
+    eval_interval: int | None = None
     log_interval: int = 50
     workers: int = 2
     seed: int = 0
@@ -72,15 +74,18 @@ class TrainConfig:
     resume: bool = False
     init_checkpoint: str | None = None  # official or own weights to start from (fine-tuning)
     pretrained_backbone: str | None = None  # EfficientFormerV2 ImageNet release (the official starting point)
-    synthetic_size: tuple[int, int] = (256, 384)
+    synthetic_size: tuple[int, int] = synthetic.SCENE_SIZE
     synthetic_length: int = 1000
     eval_images: int | None = None
     resume_hint: str = "continue with --resume"  # how the caller's user continues an interrupted run
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.iters < 1 or self.batch_size < 1:
-            raise OffsegError("--iters and --batch-size must be at least 1")
+        """Raises OffsegError for a setting no run can use (call after ``recipes.with_recipe``)."""
+        if self.iters < 1 or self.batch_size < 1 or self.lr_end < 1:
+            raise OffsegError("--iters, --batch-size and --lr-end must be at least 1")
+        if min(self.checkpoint_interval, self.eval_interval) < 1:
+            raise OffsegError("--checkpoint-interval and --eval-interval must be at least 1")
         if self.keep_checkpoints < 0:
             raise OffsegError(f"--keep-checkpoints must be 0 or more, got {self.keep_checkpoints}")
         if self.eval_images is not None and self.eval_images < 1:
@@ -89,24 +94,6 @@ class TrainConfig:
             raise OffsegError(f"--accumulate must be at least 1 or 'auto', got {self.accumulate}")
         if self.init_checkpoint and self.pretrained_backbone:
             raise OffsegError("give either --checkpoint (whole model) or --pretrained-backbone, not both")
-        if self.dataset not in LAYOUTS:
-            raise OffsegError(f"unknown dataset {self.dataset!r}; choose from {', '.join(LAYOUTS)}")
-
-
-def accumulation_steps(config: TrainConfig, world: int) -> int:
-    """Micro-batches per optimizer step: as configured, or the fewest that reach the official total batch."""
-    if config.accumulate is not None:
-        return config.accumulate
-    return max(1, -(-OFFICIAL_BATCH // (config.batch_size * world)))
-
-
-def effective_batch_line(config: TrainConfig, world: int, steps: int) -> str:
-    total = config.batch_size * world * steps
-    line = (f"effective batch {total} = {config.batch_size} per step x {world} process(es) x {steps} accumulated "
-            f"step(s), {'AMP (float16)' if config.amp else 'FP32'}")
-    if total != OFFICIAL_BATCH and config.dataset not in ("synthetic", "folder"):  # no official recipe for these
-        line += f"; the official recipe uses {OFFICIAL_BATCH} (8 GPUs x 2), --accumulate auto reaches it"
-    return line
 
 
 def init_from_checkpoint(model: nn.Module, path: str) -> list[str]:
@@ -310,9 +297,10 @@ def train_step(model: nn.Module, micro_batches: list, optimizer: torch.optim.Opt
 
 def train(config: TrainConfig, progress: bool = True) -> Path:
     """Train; returns the final checkpoint (``work_dir/latest.pth``, in our own format)."""
-    config.validate()
     run = Distributed()
     try:
+        config = with_recipe(config, run.world)
+        config.validate()
         return _train(config, run, progress and run.main)
     finally:
         run.close()
@@ -342,7 +330,8 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     steps = accumulation_steps(config, run.world)
     amp = config.amp and run.device.type == "cuda"
     if run.main:
-        log.info(effective_batch_line(config, run.world, steps))
+        log.info(recipe_line(config.model, config.dataset))
+        log.info(run_line(config, run.world, steps))
         if config.amp and not amp:
             log.warning("--amp needs a CUDA GPU: training in FP32")
     model.to(run.device)
@@ -355,7 +344,7 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     optimizer = torch.optim.AdamW(parameter_groups(core, config.lr, config.weight_decay), lr=config.lr,
                                   betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: lr_factor(i, config.warmup_iters, config.iters, config.poly_power))
+        optimizer, lambda i: lr_factor(i, config.warmup_iters, config.lr_end, config.poly_power))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start = 0
     latest = work_dir / "latest.pth"
@@ -424,8 +413,12 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     finally:
         bar.close()
     if run.main:
-        best.offer(core, _log_eval(core, config, scalars, iteration), iteration)
+        final = _log_eval(core, config, scalars, iteration)
+        best.offer(core, final, iteration)
         scalars.close()
+        log.info("final mIoU %.2f: %s, the paper-comparable weights (the official runs report the last checkpoint; "
+                 "evaluate it with offseg-eval); best %.2f at iteration %s: %s, chosen on the same validation "
+                 "split, so optimistic", 100 * final, latest, 100 * best.miou, best.iteration, best.path)
     return latest
 
 

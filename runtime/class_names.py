@@ -45,13 +45,15 @@ COCO_STUFF_164K = (
     "water-other", "waterdrops", "window-blind", "window-other", "wood",
 )
 
+# In the label order of mmseg's converter (tools/dataset_converters/pascal_context.py writes each pixel as the rank
+# of its class among the sorted ids of the 60 kept classes, 0 = background, removed by reduce_zero_label), which is
+# the order of mmseg's PascalContextDataset59 class names: alphabetical, not the original dataset's listing.
 PASCAL_CONTEXT_59 = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "table", "dog", "horse",
-    "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor", "bag", "bed", "bench", "book",
-    "building", "cabinet", "ceiling", "cloth", "computer", "cup", "door", "fence", "floor", "flower", "food",
-    "grass", "ground", "keyboard", "light", "mountain", "mouse", "curtain", "platform", "sign", "plate", "road",
-    "rock", "shelves", "sidewalk", "sky", "snow", "bedclothes", "track", "tree", "truck", "wall", "water", "window",
-    "wood",
+    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle", "building", "bus",
+    "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow", "cup", "curtain", "dog", "door", "fence",
+    "floor", "flower", "food", "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse",
+    "person", "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky",
+    "snow", "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
 )
 
 DATASET_CLASSES = {"ade20k": ADE20K, "cityscapes": CITYSCAPES, "coco-stuff164k": COCO_STUFF_164K,

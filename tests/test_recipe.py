@@ -23,7 +23,8 @@ from offseg.losses import mmseg_cross_entropy
 from offseg.optim import parameter_groups
 from offseg.pretrained import load_pretrained_backbone
 from offseg.protocol import TestProtocol, fixed_size, forward_window, protocol_logits
-from offseg.train import Collate, TrainConfig, accumulation_steps, effective_batch_line, train_step
+from offseg.recipes import accumulation_steps, run_line, with_recipe
+from offseg.train import Collate, TrainConfig, train_step
 from calibration.validate import compare, engine_infer, uint8_input
 from runtime.errors import OffsegError
 from runtime.metrics import ConfusionMatrix
@@ -68,11 +69,15 @@ def mmseg_slide(model, inputs, crop, stride):
     return preds / count
 
 
-def mmseg_predict(model, image, mode, crop, stride, scale):
-    """Logits (1, K, H, W) at the original size: test pipeline, inference, postprocess_result's resize."""
+def mmseg_predict(model, image, mode, crop, stride, scale, size_divisor=None):
+    """Logits (1, K, H, W) at the original size: test pipeline, (with a ``test_cfg`` size_divisor) stack_batch's
+    bottom/right padding with 0, inference, postprocess_result's padding removal and resize."""
     inputs = mmseg_inputs(mmcv_keep_ratio_resize(image, scale) if scale else image)
+    h, w = inputs.shape[-2:]
+    if size_divisor:
+        inputs = F.pad(inputs, (0, -w % size_divisor, 0, -h % size_divisor), value=0.0)
     logits = mmseg_slide(model, inputs, crop, stride) if mode == "slide" else mmseg_encode_decode(model, inputs)
-    return F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
+    return F.interpolate(logits[:, :, :h, :w], size=image.shape[:2], mode="bilinear", align_corners=False)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +102,15 @@ def test_protocol_matches_mmseg_test_pipeline(tiny, size, mode, scale):
     assert ours.shape == expected.shape
     assert np.abs(ours - expected).max() < 1e-3
     assert (ours.argmax(2) == expected.argmax(2)).mean() > 0.999
+
+
+def test_pascal_context_pads_the_whole_image_before_the_windows(tiny):
+    """SegNeXt's Pascal Context pipeline at a reduced size: resized to 120x160, padded to 128x160, then windows of
+    96 every 64 placed on the padded image (on the unpadded one they would start at row 24, not 32)."""
+    image = _image(150, 200)
+    expected = mmseg_predict(tiny, image, "slide", (96, 96), (64, 64), (160, 160), size_divisor=32)
+    ours = protocol_logits(image, torch_infer(tiny), TestProtocol("slide", (96, 96), (64, 64), (160, 160), 32))
+    assert np.abs(ours - expected[0].permute(1, 2, 0).numpy()).max() < 1e-3
 
 
 def test_windows_are_padded_only_where_the_model_needs_it(tiny):
@@ -411,12 +425,13 @@ def test_accumulated_steps_equal_one_big_batch():
                                      batches)):
         train_step(model, micro, torch.optim.SGD(model.parameters(), lr=1.0), scaler, torch.device("cpu"), False)
     assert torch.allclose(models[0].weight, models[1].weight, atol=1e-6)
-    config = TrainConfig(batch_size=2, accumulate=None)
+    config = with_recipe(TrainConfig(batch_size=2, accumulate=None), 1)
     assert accumulation_steps(config, 1) == 8 and accumulation_steps(config, 8) == 1
     assert accumulation_steps(TrainConfig(batch_size=3, accumulate=None), 1) == 6
-    assert effective_batch_line(config, 1, 8).startswith("effective batch 16 = 2 per step x 1 process(es) x 8")
-    assert "FP32" in effective_batch_line(config, 1, 8) and not TrainConfig().amp
-    assert "official recipe uses 16" in effective_batch_line(TrainConfig(batch_size=3), 1, 6)
+    assert accumulation_steps(TrainConfig(dataset="cityscapes", batch_size=1, accumulate=None), 1) == 8
+    assert run_line(config, 1, 8).startswith("effective batch 16 = 2 per step x 1 process(es) x 8")
+    assert "FP32" in run_line(config, 1, 8) and not TrainConfig().amp
+    assert "batch 3 (recipe 16)" in run_line(with_recipe(TrainConfig(batch_size=3), 1), 1, 1)
 
 
 def test_head_starts_from_the_official_initialisation():

@@ -97,12 +97,25 @@ def test_parameter_count_matches_reference_and_paper(name):
     assert abs(info.params_as_paper_counts / 1e6 - get_spec(name).paper_params_m) <= 0.1
 
 
-def test_paper_miou_names_known_datasets_and_is_printed():
-    from offseg.data.datasets import LAYOUTS
-    from offseg.info import format_info, model_info
-    for name in MODELS:
-        spec = get_spec(name)
-        assert spec.paper_miou and set(spec.paper_miou) <= set(LAYOUTS)
-        assert all(0 < v < 100 for v in spec.paper_miou.values())
-    text = format_info(model_info("offseg-t", input_size=(64, 64)))
-    assert f"ade20k {get_spec('offseg-t').paper_miou['ade20k']:.1f}" in text and "source:" in text
+# The paper's Table 2 (shared/PAPER.md): params (M), then dataset -> (mIoU, GFLOPs)
+PAPER_TABLE_2 = {
+    "offseg-t": (6.2, {"ade20k": (44.2, 5.3), "cityscapes": (78.9, 44.8), "coco-stuff164k": (41.9, 5.3)}),
+    "offseg-b": (13.0, {"ade20k": (45.9, 10.3), "cityscapes": (80.5, 86.5), "coco-stuff164k": (44.3, 10.3)}),
+    "offseg-l": (26.4, {"ade20k": (48.5, 17.1), "cityscapes": (81.6, 143.4), "coco-stuff164k": (46.0, 17.1)}),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_paper_figures_are_registered_and_printed(name, capsys):
+    from offseg.cli import info_main
+    params, figures = PAPER_TABLE_2[name]
+    spec = get_spec(name)
+    assert spec.paper_params_m == params
+    assert {dataset: (r.miou, r.gflops) for dataset, r in spec.paper.items()} == figures
+    assert spec.paper["cityscapes"].flops_size == (1024, 2048) and spec.paper["ade20k"].flops_size == (512, 512)
+    assert info_main(["--model", name, "--input-size", "64", "64"]) == 0
+    out = capsys.readouterr().out
+    for dataset, (miou, gflops) in figures.items():
+        assert any(line.split()[:3] == [dataset, "mIoU", f"{miou:.1f}"] and f"GFLOPs {gflops:6.1f}" in line
+                   for line in out.splitlines()), dataset
+    assert "arXiv 2508.08811" in out and "Table 2" in out and "no traceable source" not in out

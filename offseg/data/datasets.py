@@ -39,6 +39,7 @@ class Layout:
     crop: tuple[int, int]  # official crop size (H, W); also the sliding window
     stride: tuple[int, int]
     test_scale: tuple[int, int] | None  # test pipeline's Resize(scale, keep_ratio=True); None: original size
+    test_size_divisor: int | None = None  # data preprocessor's test_cfg size_divisor: whole image padded first
 
 
 LAYOUTS = {
@@ -48,8 +49,9 @@ LAYOUTS = {
                          "slide", (1024, 1024), (768, 768), (2048, 1024)),
     "coco-stuff164k": Layout("coco-stuff164k", 171, {"train": "train2017", "val": "val2017"}, False, (2048, 512),
                              "slide", (512, 512), (480, 480), (2048, 512)),
+    # no OffSeg config: SegNeXt + offset learning's, whose test_cfg pads the whole image to multiples of 32
     "pascal-context-59": Layout("pascal-context-59", 59, {"train": "train", "val": "val"}, True, (520, 520), "slide",
-                                (480, 480), (320, 320), (520, 520)),
+                                (480, 480), (320, 320), (520, 520), 32),
     # a user's own folder: ADE20K's pipeline; the synthetic scenes are evaluated at their own size
     "folder": Layout("folder", 0, {}, False, (2048, 512), "whole", (512, 512), (480, 480), (2048, 512)),
     "synthetic": Layout("synthetic", len(synthetic.CLASSES), {"train": "train", "val": "val"}, False, (512, 256),
@@ -154,12 +156,14 @@ class SegmentationDataset:
     """Image/label pairs of one split; ``transform(image, labels)`` is applied on access.
 
     Label values at or above the class count (other than 255, ignored) raise ``LabelsOutOfRange`` naming the file
-    when ``strict_labels`` (training); otherwise they are counted in ``out_of_range_pixels`` and the first file is
-    named in a warning (evaluation leaves those pixels out, as mmseg does).
+    when ``strict_labels`` (training); otherwise they become 255, are counted in ``out_of_range_pixels`` and the
+    first file is named in a warning, so evaluation leaves those pixels out. mmseg does not: its IoUMetric keeps
+    them, counting their predictions in the predicted class's union (false positives that lower its IoU) and
+    nowhere in the ground truth (aAcc and mAcc unchanged). No correctly converted dataset has such labels.
     """
 
     def __init__(self, name: str, root: str | Path | None, split: str = "train",
-                 transform: Callable | None = None, length: int = 200, size: tuple[int, int] = (256, 384),
+                 transform: Callable | None = None, length: int = 200, size: tuple[int, int] = synthetic.SCENE_SIZE,
                  strict_labels: bool = False):
         self.strict_labels, self.out_of_range_pixels = strict_labels, 0
         if name not in LAYOUTS:

@@ -16,6 +16,7 @@ CLASSES = ("sky", "building", "vegetation", "terrain", "road", "vehicle", "perso
 PALETTE = np.array([(70, 130, 180), (70, 70, 70), (107, 142, 35), (152, 251, 152), (128, 64, 128), (0, 0, 142),
                     (220, 20, 60), (153, 153, 153), (220, 220, 0)], np.uint8)
 LABEL = {name: i for i, name in enumerate(CLASSES)}
+SCENE_SIZE = (256, 384)  # H W of the synthetic dataset's scenes unless asked otherwise
 
 
 def _noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""offseg-reproduce: the exact command sequence of one paper row, a report beside the paper's figure, resumable."""
+import json
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from chain import commands
+from chain.cli import reproduce_main
+from chain.commands import tensorrt_unavailable
+from chain.reproduce import ReproduceReport, format_report
+from offseg.checkpoint import read_training_state
+from offseg.cli import train_main
+from runtime.interrupts import Terminated, stop_signals
+
+
+def test_dry_run_prints_the_sequence_on_n_gpus(tmp_path, capsys):
+    work = tmp_path / "w"
+    assert reproduce_main(["--dry-run", "--dataset", "cityscapes", "--model", "offseg-b", "--gpus", "4",
+                           "--data-root", "data/cs", "--pretrained-backbone", "eformer_s2_450.pth",
+                           "--work-dir", str(work)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("torchrun --standalone --nproc-per-node 4 --no-python offseg-train --model offseg-b --dataset "
+                        f"cityscapes --work-dir {work}/train --data-root data/cs --pretrained-backbone "
+                        "eformer_s2_450.pth")
+    data = "--dataset cityscapes --data-root data/cs"
+    assert lines[1] == f"offseg-eval --checkpoint {work}/train/latest.pth {data} --json {work}/eval-latest.json"
+    assert lines[2] == f"offseg-eval --checkpoint {work}/train/best.pth {data} --json {work}/eval-best.json"
+    assert lines[3] == (f"offseg-export --checkpoint {work}/train/latest.pth --output {work}/offseg-b.onnx "
+                        "--input-size 1024 1024")
+    engine = tensorrt_unavailable() is None
+    assert len(lines) == 6 if engine else 5
+    tested = f"{work}/offseg-b.fp16.plan" if engine else f"{work}/offseg-b.onnx"
+    assert lines[-1] == (f"offseg-validate --engine {tested} --checkpoint {work}/train/latest.pth {data} "
+                         f"--report {work}/validation")
+    assert not work.exists()  # a dry run writes nothing
+    assert reproduce_main(["--dry-run", "--work-dir", str(work)]) == 0
+    assert capsys.readouterr().out.startswith("offseg-train --model offseg-t --dataset ade20k ")
+
+
+@pytest.mark.parametrize("argv, message", [(["--gpus", "0"], "--gpus must be at least 1"),
+                                           (["--dataset", "ade20k"], "--data-root is required for ade20k")])
+def test_reproduce_mistakes_give_one_clear_line(tmp_path, capsys, argv, message):
+    assert reproduce_main(["--work-dir", str(tmp_path)] + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_report_puts_the_final_miou_beside_the_papers():
+    report = ReproduceReport(model="offseg-t", dataset="ade20k", paper_miou=44.2, final_miou=43.7, best_miou=44.0,
+                             best_iteration=144000, iterations=160000, protocol="resize to 2048x512 keep-ratio, "
+                             "slide 512x512 stride 480x480", images=None, exported="offseg-t.fp16.plan",
+                             exported_miou=43.65, exported_pytorch_miou=43.7, exported_within_bound=True,
+                             recipe="recipe for offseg-t on ade20k", commands=["offseg-train ..."])
+    text = format_report(report)
+    assert "| latest.pth, iteration 160000 (final: the paper-comparable figure) | 43.70 | 44.2 | -0.50 |" in text
+    assert "best.pth, iteration 144000" in text and "every validation image" in text
+
+
+@pytest.mark.parametrize("sent, raised, received", [(signal.SIGTERM, Terminated, "SIGTERM"),
+                                                    (signal.SIGINT, KeyboardInterrupt, "SIGINT")])
+def test_an_interrupt_is_forwarded_to_the_child(tmp_path, monkeypatch, sent, raised, received):
+    """The child has a process group of its own: only the forwarding reaches it."""
+    log = tmp_path / "child.txt"
+    child = (f"import pathlib, signal, sys, time\nlog = pathlib.Path({str(log)!r})\n"
+             "def stop(signum, frame):\n    log.write_text(signal.Signals(signum).name)\n    sys.exit(3)\n"
+             "signal.signal(signal.SIGINT, stop)\nsignal.signal(signal.SIGTERM, stop)\nlog.write_text('ready')\n"
+             "time.sleep(60)\n")
+    monkeypatch.setattr(commands, "command_path", lambda name: sys.executable)
+
+    def interrupt():
+        while not log.is_file():
+            time.sleep(0.05)
+        signal.pthread_kill(threading.main_thread().ident, sent)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(raised), stop_signals():
+        commands.run_command("child", ["-c", child])
+    assert log.read_text() == received and time.monotonic() - started < 30
+
+
+@pytest.mark.slow
+def test_reproduce_on_synthetic_scenes_resumes_runs_end_to_end_and_skips_what_is_current(tmp_path, capsys):
+    work = tmp_path / "r"
+    tiny = "--batch-size 2 --crop 64 64 --workers 0 --warmup-iters 1 --eval-images 1"
+    assert train_main(["--iters", "1", "--work-dir", str(work / "train"), *tiny.split()]) == 0  # as if interrupted
+    argv = ["--dataset", "synthetic", "--work-dir", str(work), "--eval-images", "1", "--train-args", f"--iters 2 {tiny}"]
+    capsys.readouterr()
+    assert reproduce_main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"offseg-train --model offseg-t --dataset synthetic --work-dir {work}/train --iters 2 {tiny} --resume" in out
+    assert read_training_state(work / "train" / "latest.pth")["iteration"] == 2
+    report = json.loads((work / "report.json").read_text())
+    final = json.loads((work / "eval-latest.json").read_text())
+    assert report["final_miou"] == final["mIoU"] and report["paper_miou"] is None and report["iterations"] == 2
+    assert report["best_miou"] == json.loads((work / "eval-best.json").read_text())["mIoU"]
+    assert report["exported_within_bound"] is True  # FP32 ONNX vs PyTorch through the same protocol
+    assert "no figure in the paper" in (work / "report.md").read_text()
+    assert reproduce_main(argv) == 0
+    assert capsys.readouterr().out.count("current, skipped") == (6 if tensorrt_unavailable() is None else 5)
