@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -226,6 +227,10 @@ def reproduce(config: ReproduceConfig, dry_run: bool = False) -> ReproduceReport
         raise OffsegError(f"--gpus must be at least 1, got {config.gpus}")
     if config.dataset != "synthetic" and not config.data_root and not dry_run:
         raise OffsegError(f"--data-root is required for {config.dataset}")
+    if config.dataset not in ("synthetic", "folder") and not config.pretrained_backbone:
+        print("note: without --pretrained-backbone the backbone starts from scratch, while the paper starts from the "
+              "EfficientFormerV2 ImageNet weights (eformer_s1/s2/l_450.pth for T/B/L): the mIoU will not be comparable",
+              file=sys.stderr, flush=True)
     steps = run_steps(config, dry_run)
     if dry_run:
         return None
