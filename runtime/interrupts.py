@@ -35,9 +35,14 @@ def _interrupt(signum: int) -> KeyboardInterrupt:
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def signal_of(interrupt: KeyboardInterrupt) -> signal.Signals:
+    """The signal behind ``interrupt``: SIGTERM or SIGINT (Ctrl-C)."""
+    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+
+
 def exit_code(interrupt: KeyboardInterrupt) -> int:
     """The shell convention 128 + signal number: 143 for SIGTERM, 130 for Ctrl-C."""
-    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+    return 128 + signal_of(interrupt)
 
 
 def describe(interrupt: KeyboardInterrupt) -> str:
