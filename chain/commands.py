@@ -2,6 +2,9 @@
 processes, exactly as a user would, rather than importing their command-line modules."""
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -9,7 +12,11 @@ import sys
 from pathlib import Path
 
 from runtime.errors import OffsegError
-from runtime.interrupts import Terminated
+from runtime.interrupts import describe, signal_of
+
+log = logging.getLogger(__name__)
+
+CHILD_STOP_SECONDS = 20.0  # finalizing a video or a report takes seconds; a build that ignores a stop is killed
 
 
 def command_path(name: str) -> str:
@@ -23,19 +30,38 @@ def command_path(name: str) -> str:
 
 
 def run_command(name: str, argv: list[str]) -> int:
-    """Run ``name argv`` (output to this process's terminal); returns its exit code.
+    """Run the console script ``name`` with ``argv`` (see ``run_child``); returns its exit code."""
+    return run_child([command_path(name), *argv], name)
 
-    The child runs in a process group of its own, and the interrupt that reaches this process (Ctrl-C: SIGINT,
-    or SIGTERM) is forwarded to it once: it finalizes its outputs and exits, and this waits for that before
-    passing the interrupt on, so no output is left half-written.
+
+def run_child(command: list[str], name: str, stop_seconds: float = CHILD_STOP_SECONDS) -> int:
+    """Run ``command`` on this terminal, in a process group of its own; returns its exit code.
+
+    Its own group, so that the child gets one stop signal, from here: a Ctrl-C or SIGTERM that stops this process
+    is passed on to the child's group, which then has ``stop_seconds`` to finalize its outputs and exit before it
+    is killed (SIGKILL). The interrupt then goes on here, so the caller stops too.
     """
-    child = subprocess.Popen([command_path(name), *argv], process_group=0)
+    child = subprocess.Popen(command, start_new_session=True)
     try:
         return child.wait()
     except KeyboardInterrupt as interrupt:
-        child.send_signal(signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
-        child.wait()
+        _stop(child, name, interrupt, stop_seconds)
         raise
+
+
+def _stop(child: subprocess.Popen, name: str, interrupt: KeyboardInterrupt, seconds: float) -> None:
+    number = signal_of(interrupt)
+    log.warning("%s: passing %s on to %s (pid %d) and waiting up to %g s for it to finish its outputs",
+                describe(interrupt), number.name, name, child.pid, seconds)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, number)
+    try:
+        child.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        log.warning("%s (pid %d) did not stop within %g s: killed", name, child.pid, seconds)
 
 
 def tensorrt_unavailable() -> str | None:

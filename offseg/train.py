@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.errors import OffsegError
+from runtime.interrupts import describe, ignore_stop_signals, signals_held, stop_signals_blocked
 from runtime.preprocess import normalize_bgr
 from runtime.progress import Progress
 from runtime.sinks import atomic_output
 
-from .checkpoint import extract_state_dict, load_state, read_file, read_training_state
+from .checkpoint import extract_state_dict, load_state, read_file
 from .data import synthetic
 from .data.datasets import LAYOUTS, SegmentationDataset
 from .data.transforms import TrainTransform, pad_batch
@@ -39,6 +40,7 @@ from .pretrained import load_pretrained_backbone
 from .run_files import BestCheckpoint, disk_line, prune_checkpoints
 from .protocol import TestProtocol
 from .recipes import accumulation_steps, recipe_line, run_line, with_recipe
+from .train_state import loader_generator, resume, training_state
 from .zoo import build_model
 
 log = logging.getLogger(__name__)
@@ -139,44 +141,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def rng_state() -> dict:
-    """Python, numpy and torch generator states as tensors and numbers (what the weights-only loader reads)."""
-    version, python_keys, python_gauss = random.getstate()
-    _, numpy_keys, position, has_gauss, numpy_gauss = np.random.get_state()
-    return {"python": torch.tensor(python_keys, dtype=torch.int64), "python_version": version,
-            "python_gauss": python_gauss, "numpy": torch.from_numpy(numpy_keys.astype(np.int64)),
-            "numpy_position": position, "numpy_gauss": [has_gauss, numpy_gauss], "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_position"],
-                         *state["numpy_gauss"]))
-    torch.set_rng_state(state["torch"])
-
-
-def resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> int:
-    """Restore an offseg-train checkpoint (read weights-only) into the run; returns its iteration.
-
-    Raises OffsegError for a file that is not an offseg-train checkpoint or does not fit this run.
-    """
-    state = read_training_state(path)
-    load_state(model, state["state_dict"], source=f"checkpoint {path}")
-    problems = (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError)
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except problems as error:
-        raise OffsegError(f"{path} does not fit this training run ({type(error).__name__}: {error}); move it away "
-                          "to start afresh") from None
-    try:
-        set_rng_state(state["rng"])
-    except problems:  # written before RNG states were stored as tensors: its numpy state cannot be read safely
-        log.warning("%s: random generator states not restored (older checkpoint); the data order and "
-                    "augmentations still continue exactly, being seeded by position", path)
-    return state["iteration"]
 
 
 class Collate:
@@ -296,7 +260,11 @@ def train_step(model: nn.Module, micro_batches: list, optimizer: torch.optim.Opt
 
 
 def train(config: TrainConfig, progress: bool = True) -> Path:
-    """Train; returns the final checkpoint (``work_dir/latest.pth``, in our own format)."""
+    """Train; returns the final checkpoint (``work_dir/latest.pth``, in our own format).
+
+    Under ``runtime.interrupts.stop_signals`` (every CLI) Ctrl-C and SIGTERM wait for the running step to end, then
+    ``latest.pth`` is saved and the interrupt re-raised; a KeyboardInterrupt raised inside a step saves nothing.
+    """
     run = Distributed()
     try:
         config = with_recipe(config, run.world)
@@ -351,7 +319,7 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     if config.resume:
         if not latest.is_file():
             raise OffsegError(f"--resume: no checkpoint at {latest}")
-        start = resume(latest, core, optimizer, scheduler)
+        start = resume(latest, core, optimizer, scheduler, scaler)
         if run.main:
             log.info("resumed from %s at iteration %d", latest, start)
     stream = AugmentedStream(dataset, TrainTransform(crop=crop, scale=scale), config.seed)
@@ -359,15 +327,15 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
                            run.world)
     loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, sampler=sampler,
                                          num_workers=config.workers, collate_fn=Collate(crop),
+                                         worker_init_fn=ignore_stop_signals,  # the main process stops them
+                                         generator=loader_generator(config.seed + run.rank),
                                          pin_memory=run.device.type == "cuda")  # lets the copies run async
     scalars = ScalarLog(work_dir) if run.main else None
 
     def save(iteration: int) -> None:
         content = {"format": FORMAT, "model": config.model, "num_classes": dataset.num_classes,
-                   "classes": list(dataset.classes), "state_dict": core.state_dict(),
-                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "iteration": iteration, "rng": rng_state(), "config": asdict(config),
-                   "meta": {"dataset": config.dataset, "iteration": iteration}}
+                   "classes": list(dataset.classes), **training_state(core, optimizer, scheduler, scaler, iteration),
+                   "config": asdict(config), "meta": {"dataset": config.dataset, "iteration": iteration}}
         kept = [work_dir / f"iter_{iteration}.pth"] if config.keep_checkpoints else []
         for path in (*kept, latest):
             with atomic_output(path) as tmp:
@@ -381,20 +349,27 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     iteration, timer = start, time.perf_counter()
     bar = Progress(config.iters, f"training {config.model}", initial=start, enabled=progress)
     timing = StepTiming()
+    stepping = False  # an interrupt that lands inside a step (not held off by the CLIs' handlers) cuts it short
+    batches = None
     try:
-        batches = iter(loader)
+        with stop_signals_blocked():  # workers begin life ignoring the stop signals sent to the process group
+            batches = iter(loader)
         while iteration < config.iters:
             fetched = time.perf_counter()
             micro_batches = [next(batches) for _ in range(steps)]
             began = time.perf_counter()
-            loss = train_step(model, micro_batches, optimizer, scaler, run.device, amp)
-            timing.add(began - fetched, time.perf_counter() - began)
-            with warnings.catch_warnings():  # AMP: the GradScaler skips the steps whose gradients overflowed (the
-                # first ones, while it finds its scale); the schedule still counts iterations, as mmengine's does
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
-                scheduler.step()
-            iteration += 1
-            bar.update(1, loss=f"{loss:.3f}", **timing.figures())
+            with signals_held():  # a step runs whole: the checkpoint of iteration N holds nothing of step N + 1
+                stepping = True
+                loss = train_step(model, micro_batches, optimizer, scaler, run.device, amp)
+                with warnings.catch_warnings():  # AMP: the GradScaler skips the steps whose gradients overflowed
+                    # (the first ones, while it finds its scale); the schedule still counts iterations, as mmengine's
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before "
+                                            "`optimizer.step()`")
+                    scheduler.step()
+                iteration += 1
+                stepping = False
+                timing.add(began - fetched, time.perf_counter() - began)
+                bar.update(1, loss=f"{loss:.3f}", **timing.figures())
             if scalars and (iteration % config.log_interval == 0 or iteration == config.iters):
                 elapsed = time.perf_counter() - timer
                 scalars.add(iteration, loss=loss, lr=optimizer.param_groups[0]["lr"],
@@ -405,13 +380,20 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
             if run.main and iteration % config.eval_interval == 0 and iteration < config.iters:
                 best.offer(core, _log_eval(core, config, scalars, iteration), iteration)
                 model.train()
-    except KeyboardInterrupt:
-        if run.main and iteration > start:
+    except KeyboardInterrupt as interrupt:
+        bar.close()  # its last line (iterations done) before the message
+        if run.main and stepping:
+            log.warning("%s inside iteration %d, whose step was cut short: nothing saved (%s, if any, is the last "
+                        "whole checkpoint)", describe(interrupt), iteration + 1, latest)
+        elif run.main and iteration > start:
             save(iteration)
-            log.info("interrupted: saved %s at iteration %d (%s)", latest, iteration, config.resume_hint)
+            log.info("%s: saved %s at iteration %d (%s)", describe(interrupt), latest, iteration, config.resume_hint)
         raise
     finally:
         bar.close()
+        # the workers ignore SIGTERM: end them now (the iterator's last reference), not at interpreter exit, where
+        # multiprocessing would terminate them with SIGTERM and wait for them forever
+        batches = None
     if run.main:
         final = _log_eval(core, config, scalars, iteration)
         best.offer(core, final, iteration)

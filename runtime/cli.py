@@ -128,8 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         interrupted = interrupt
         print(f"{stats.stop_reason}: finishing the outputs", flush=True)
     finally:
-        bar.close()
-        source.close()
+        bar.close()  # the source is closed by the pipeline's reader
         backend.close()
         if video:
             video.close()

@@ -4,8 +4,11 @@ SIGTERM is what systemd, Docker and Kubernetes send to stop a process; it raises
 ``KeyboardInterrupt``, so every path that finalizes outputs after Ctrl-C does so after SIGTERM too. Only the first
 signal interrupts: later ones are noted and ignored until the process has exited, so pressing Ctrl-C twice never
 abandons a half-written file nor changes the exit code (SIGKILL still stops at once). A short step that must finish
-whole (writing a frame and counting it) runs inside ``signals_held``: a signal arriving there interrupts as the step
-ends.
+whole (writing a frame and counting it, a training step) runs inside ``signals_held``: a signal arriving there
+interrupts as the step ends.
+
+Helper processes (DataLoader workers) ignore both signals: a signal to the process group (what ``timeout``,
+systemd and ``docker stop`` send) reaches them too, and only the main process may decide how the command ends.
 """
 from __future__ import annotations
 
@@ -32,9 +35,14 @@ def _interrupt(signum: int) -> KeyboardInterrupt:
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def signal_of(interrupt: KeyboardInterrupt) -> signal.Signals:
+    """The signal behind ``interrupt``: SIGTERM or SIGINT (Ctrl-C)."""
+    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+
+
 def exit_code(interrupt: KeyboardInterrupt) -> int:
     """The shell convention 128 + signal number: 143 for SIGTERM, 130 for Ctrl-C."""
-    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+    return 128 + signal_of(interrupt)
 
 
 def describe(interrupt: KeyboardInterrupt) -> str:
@@ -90,3 +98,22 @@ def stop_signals() -> Iterator[None]:
         interrupted = any(signal.getsignal(stop_signal) is not _interrupt_once for stop_signal in STOP_SIGNALS)
         for stop_signal, handler in previous.items():
             signal.signal(stop_signal, signal.SIG_IGN if interrupted else handler)
+
+
+def ignore_stop_signals(*_: object) -> None:
+    """Make this process ignore SIGINT/SIGTERM, then unblock them: for helper processes, which the main process
+    stops (usable as a DataLoader ``worker_init_fn``). A signal pending since ``stop_signals_blocked`` is dropped."""
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Within: SIGINT/SIGTERM wait (blocked) and are delivered on exit. Processes started within inherit the block,
+    so a signal to the process group cannot stop a helper before it calls ``ignore_stop_signals``."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

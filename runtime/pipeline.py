@@ -25,7 +25,8 @@ from .sources import Frame, Source
 
 log = logging.getLogger(__name__)
 
-JOIN_SECONDS = 60  # longer than a stalled stream read or a slow inference, short of hanging forever
+JOIN_SECONDS = 60  # longer than a slow inference, short of hanging forever
+READ_STOP_SECONDS = 2.0  # a read blocked on a stalled mount, a device or a camera must not hold up a stop
 STAGES = ("decode", "preprocess", "infer", "postprocess", "draw+write")
 _END = object()
 
@@ -133,7 +134,11 @@ class Pipeline:
         return [Result(frame, label, started, compute_ms) for (frame, started), label in zip(frames, labels)]
 
     def run(self, source: Source, consume: Callable[[Result], bool], stats: RunStats | None = None) -> RunStats:
-        """Process every frame of ``source``; ``consume`` draws/writes one result and returns False to stop."""
+        """Process every frame of ``source``; ``consume`` draws/writes one result and returns False to stop.
+
+        The reader thread closes ``source`` when it is done. A stop does not wait more than ``READ_STOP_SECONDS``
+        for a read that blocks (a stalled mount or device): the reader is left behind and the source stays open.
+        """
         stats = stats or RunStats()
         stop = threading.Event()
         decoded: queue.Queue = queue.Queue(self.queue_size)
@@ -170,6 +175,7 @@ class Pipeline:
                 errors.append(error)
             finally:
                 put(decoded, _END)
+                source.close()  # here, never while this thread may still be inside a read
 
         def infer() -> None:
             try:
@@ -190,11 +196,11 @@ class Pipeline:
             finally:
                 put(results, _END)
 
-        threads = [threading.Thread(target=read, name="decode", daemon=True),
-                   threading.Thread(target=infer, name="infer", daemon=True)]
+        reader = threading.Thread(target=read, name="decode", daemon=True)
+        inferer = threading.Thread(target=infer, name="infer", daemon=True)
         start = time.perf_counter()
-        for thread in threads:
-            thread.start()
+        reader.start()
+        inferer.start()
         try:
             while True:
                 try:
@@ -220,8 +226,10 @@ class Pipeline:
             raise
         finally:
             stop.set()
-            for thread in threads:  # before the sinks close: no thread may still be inside OpenCV or the engine
-                thread.join(timeout=JOIN_SECONDS)
+            inferer.join(timeout=JOIN_SECONDS)  # before the engine and the sinks close: no inference may be running
+            reader.join(timeout=READ_STOP_SECONDS)  # the reader only touches the source, which it closes itself
+            if reader.is_alive():
+                log.warning("reading %s is blocked: stopping without it (the source stays open)", source.description)
             stats.seconds = time.perf_counter() - start
             stats.skipped = source.skipped + stats.too_small
             stats.stop_reason = stats.stop_reason or source.stop_reason

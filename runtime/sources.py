@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,14 +24,29 @@ from .errors import OffsegError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 RECONNECT_WINDOW_SECONDS = 60.0
 
 
+def check_regular_file(path: Path, what: str) -> None:
+    """OffsegError unless ``path`` is a regular file (symlinks followed): a FIFO or a device would block a read or
+    never end, a folder is not a file."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise OffsegError(f"{what} {path} does not exist") from None
+    except OSError as error:
+        raise OffsegError(f"cannot read {what} {path}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in NOT_REGULAR if test(mode)), "a special file")
+        raise OffsegError(f"{what} {path} is {kind}, not a regular file")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """A uint8 BGR image from a file; raises OffsegError if missing or not an image."""
+    """A uint8 BGR image from a file; raises OffsegError if missing, not a regular file or not an image."""
     path = Path(path)
-    if not path.is_file():
-        raise OffsegError(f"image {path} does not exist")
+    check_regular_file(path, "image")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise OffsegError(f"{path} is not an image OpenCV can read")
@@ -67,8 +83,7 @@ class VideoFile(Source):
 
     def __init__(self, path: Path):
         super().__init__()
-        if not path.is_file():
-            raise OffsegError(f"video {path} does not exist")
+        check_regular_file(path, "video")
         self.capture = cv2.VideoCapture(str(path))
         if not self.capture.isOpened():
             raise OffsegError(f"{path} is not a video OpenCV can open")
@@ -169,9 +184,10 @@ class ImageFiles(Source):
 
     def frames(self) -> Iterator[Frame]:
         for index, (path, name) in enumerate(zip(self.paths, self.names)):
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                log.warning("skipping %s: not an image OpenCV can read", path)
+            try:
+                image = read_image(path)
+            except OffsegError as error:
+                log.warning("skipping: %s", error)
                 self.skipped += 1
                 continue
             yield Frame(index, image, name)

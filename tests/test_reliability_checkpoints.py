@@ -72,7 +72,7 @@ def test_a_foreign_latest_pth_gives_one_sentence(tmp_path, capsys, kind):
 
 
 def test_training_state_round_trips_through_the_weights_only_loader(tmp_path):
-    from offseg.train import rng_state, set_rng_state
+    from offseg.train_state import rng_state, set_rng_state
     random.seed(1)
     np.random.seed(2)
     torch.manual_seed(3)

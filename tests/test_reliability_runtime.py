@@ -22,7 +22,7 @@ from runtime.cli import main as run_main
 from runtime.interrupts import STOP_SIGNALS, stop_signals
 from runtime.pipeline import Pipeline, RunStats
 from runtime.sinks import VideoSink, atomic_output
-from runtime.sources import VideoFile
+from runtime.sources import Frame, Source, VideoFile
 
 pytestmark = pytest.mark.xdist_group("runtime")
 
@@ -270,6 +270,54 @@ def test_frames_too_small_to_fit_are_skipped_and_counted(onnx_model, tmp_path, c
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["frames"] == 1 and summary["skipped"] == 2
     assert "2 unreadable or too small frames skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_fifo_among_the_images_is_skipped_not_waited_for(onnx_model, tmp_path):
+    """A FIFO named b.png used to block the folder run forever (OpenCV waits for a writer)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "c.png"):
+        cv2.imwrite(str(images / name), np.full((40, 60, 3), 90, np.uint8))
+    os.mkfifo(images / "b.png")
+    process = offseg_run("--engine", onnx_model, "--images", images, "--save-masks", tmp_path / "m", "--summary",
+                         tmp_path / "s.json", "--no-progress")
+    try:
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-2000:]
+    assert f"skipping: image {images / 'b.png'} is a FIFO, not a regular file" in stderr
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["a.png", "c.png"]
+    assert json.loads((tmp_path / "s.json").read_text())["skipped"] == 1
+
+
+def test_a_read_that_blocks_does_not_hold_up_the_stop(onnx_model, tmp_path, caplog):
+    """A source whose read blocks (a stalled mount, a device): the run stops without waiting for the read, and the
+    source is closed by its reader once the read returns, never under it."""
+    fifo = tmp_path / "stalled"
+    os.mkfifo(fifo)
+    events = []
+
+    class Stalled(Source):
+        description = "a stalled source"
+
+        def frames(self):
+            yield Frame(0, np.full((64, 96, 3), 90, np.uint8), "000000")
+            events.append("read blocks")
+            fifo.read_bytes()  # until a writer opens the FIFO
+            events.append("read returned")
+
+        def close(self):
+            events.append("closed")
+
+    stats = Pipeline(open_backend(onnx_model)).run(Stalled(), lambda result: False)
+    wait_for(lambda: events)
+    assert stats.frames == 1 and events == ["read blocks"]
+    assert "reading a stalled source is blocked: stopping without it" in caplog.text
+    os.close(os.open(fifo, os.O_WRONLY))  # the blocked read gets end-of-file
+    wait_for(lambda: len(events) == 3)
+    assert events == ["read blocks", "read returned", "closed"]
 
 
 @pytest.mark.parametrize("argv, message", [
