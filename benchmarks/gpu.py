@@ -4,7 +4,8 @@
 
 Rows, fresh weights, 150 classes, batch 1 unless said:
 - latency of OffSeg-T/B/L at 512x512 and 1024x2048 in FP32 (TF32 off), FP16 (``.half()``): eager, and replayed as
-  a CUDA graph (whose output must equal eager's), with the CUDA kernels one forward launches (torch.profiler);
+  a CUDA graph (whose output must equal eager's), with the CUDA kernels one forward launches (torch.profiler),
+  for both CARAFE forms (taps, the CPU/export form; unfold, the CUDA default, with its max difference to taps);
 - ``torch.compile`` (default mode) of the configurations given to ``--compile``, with its compile time;
 - training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32 and ``--amp``), in it/s;
 - ``offseg-eval``'s evaluation loop on synthetic scenes, images/s on the GPU and on the CPU (same images).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import platform
 import sys
@@ -26,10 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from offseg import build_model  # noqa: E402
+from offseg.models.carafe import forced_form  # noqa: E402
 from runtime.sinks import atomic_output  # noqa: E402
 
 MODELS = ("offseg-t", "offseg-b", "offseg-l")
 SIZES = ((512, 512), (1024, 2048))
+CARAFE_FORMS = ("taps", "unfold")  # the CPU/export form and the CUDA default, measured in the same run
 
 
 def timed(function, iters: int, warmup: int = 3) -> float:
@@ -79,11 +83,15 @@ def latency_rows(iters: int, models, sizes) -> list[dict]:
         for precision in ("fp32", "fp16"):
             net = model if precision == "fp32" else copy.deepcopy(model).half()
             dtype = torch.float32 if precision == "fp32" else torch.float16
-            for h, w in sizes:
+            for (h, w), form in itertools.product(sizes, CARAFE_FORMS):
                 x = torch.randn(1, 3, h, w, device="cuda", dtype=dtype)
-                with torch.no_grad():
-                    row = {"model": name, "precision": precision, "size": f"{h}x{w}",
+                with torch.no_grad(), forced_form(form):
+                    row = {"model": name, "precision": precision, "size": f"{h}x{w}", "carafe": form,
                            "eager_ms": timed(lambda: net(x), iters), "kernels": kernels_per_call(lambda: net(x))}
+                    if form != "taps":
+                        with forced_form("taps"):
+                            reference = net(x).float()
+                        row["max_abs_diff_vs_taps"] = float((net(x).float() - reference).abs().max())
                     try:
                         replay, out = graphed(net, x)
                         row["graph_ms"] = timed(replay, iters)

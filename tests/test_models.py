@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from offseg import OffsegError, build_model, logits_to_labels, predict
-from offseg.models.carafe import carafe
+from offseg.models.carafe import carafe, forced_form
 from offseg.models.freqfusion import neighbour_similarity
 from offseg.models.head import interleave_channels
 
@@ -30,12 +30,27 @@ def carafe_literal(x, masks, k, groups, s):
     return out
 
 
+@pytest.mark.parametrize("form", ["taps", "unfold"])
 @pytest.mark.parametrize("k,groups,s", [(1, 1, 1), (3, 1, 1), (5, 1, 2), (3, 2, 2), (5, 2, 1)])
-def test_carafe_equals_mmcv_semantics(k, groups, s):
+def test_carafe_equals_mmcv_semantics(k, groups, s, form):
+    """Both forms: taps (CPU, export) and unfold (what CUDA tensors get)."""
     g = torch.Generator().manual_seed(k * 10 + groups + s)
     x = torch.randn(2, 4, 3, 5, generator=g, dtype=torch.float64)
     masks = torch.randn(2, groups * k * k, 3 * s, 5 * s, generator=g, dtype=torch.float64)
-    assert torch.allclose(carafe(x, masks, k, groups, s), carafe_literal(x, masks, k, groups, s), atol=1e-12)
+    assert torch.allclose(carafe(x, masks, k, groups, s, form), carafe_literal(x, masks, k, groups, s), atol=1e-12)
+
+
+def test_the_unfold_form_launches_a_few_ops_instead_of_three_per_tap():
+    x, masks = torch.randn(1, 8, 6, 6), torch.rand(1, 25, 12, 12)
+    counts = {}
+    for form in ("taps", "unfold"):
+        with LargestTensor() as probe:
+            carafe(x, masks, 5, 1, 2, form)
+        counts[form] = probe.ops
+    assert counts["unfold"] <= 20 < 3 * 25 <= counts["taps"]  # views included
+    with forced_form("unfold"), LargestTensor() as probe:  # what a GPU benchmark uses to compare the forms
+        carafe(x, masks, 5, 1, 2)
+    assert probe.ops == counts["unfold"]
 
 
 def test_carafe_rejects_masks_of_the_wrong_size():
@@ -48,20 +63,21 @@ class LargestTensor(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.largest = 0
+        self.largest = self.ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self.ops += 1
         for t in out if isinstance(out, (tuple, list)) else [out]:
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel())
         return out
 
 
-def test_carafe_never_materializes_the_unfolded_tensor():
+def test_carafe_never_materializes_the_unfolded_tensor_on_the_cpu():
     x, masks = torch.randn(1, 64, 32, 32), torch.rand(1, 25, 64, 64)
     with LargestTensor() as probe:
-        out = carafe(x, masks, 5, 1, 2)
+        out = carafe(x, masks, 5, 1, 2)  # CPU tensors: the taps form
     # the k^2-times unfolded tensor would hold 25 x out.numel(); we allow the padded upsampled copy only
     assert probe.largest <= 1.3 * out.numel()
 

@@ -7,26 +7,66 @@ For features x (N, C, h, w) and reassembly kernels m (N, G*k*k, s*h, s*w)::
 with r = (k - 1) / 2, g(c) = c // (C / G) and zero padding outside the map (mmcv ``carafe``, naive and fast CUDA
 kernels alike: no half-pixel shift, the output pixel reads the neighbourhood of its nearest low-resolution pixel).
 
-Memory: the k*k taps are accumulated one at a time, so the k^2-times unfolded tensor at the output resolution is
-never built; the extra memory is one nearest-upsampled, padded copy of x plus one product per tap.
+Two exact forms. ``taps`` (the CPU and export form): the k*k taps are accumulated one at a time, so the k^2-times
+unfolded tensor at the output resolution is never built; the extra memory is one nearest-upsampled, padded copy of
+x plus one product per tap, but it launches three kernels per tap. ``unfold`` (the CUDA form): the k*k
+neighbourhoods of x are unfolded at the LOW resolution (k^2 x the input, not k^2 s^2 x) and each output phase is
+one batched matrix product with its kernels: a handful of kernels per call instead of 3 k^2, which is what makes the
+eager GPU forward launch-bound otherwise.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
+_forced_form: str | None = None
+
+
+@contextmanager
+def forced_form(form: str):
+    """Run every ``carafe`` call inside in ``form`` ("taps" or "unfold"), e.g. to compare the two on a GPU."""
+    global _forced_form
+    previous, _forced_form = _forced_form, form
+    try:
+        yield
+    finally:
+        _forced_form = previous
+
 
 def carafe(features: torch.Tensor, masks: torch.Tensor, kernel_size: int, group_size: int,
-           scale_factor: int) -> torch.Tensor:
+           scale_factor: int, form: str | None = None) -> torch.Tensor:
     """Reassemble ``features`` with per-pixel ``masks``; returns (N, C, s*h, s*w).
 
-    Raises ValueError when the mask shape does not match ``features`` and the arguments.
+    ``form``: "taps" or "unfold" (default: unfold for CUDA tensors, taps otherwise). Raises ValueError when the
+    mask shape does not match ``features`` and the arguments.
     """
     n, c, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
     if masks.shape != (n, g * k * k, s * h, s * w) or c % g:
         raise ValueError(f"carafe: masks {tuple(masks.shape)} do not fit features {tuple(features.shape)} "
                          f"with kernel {k}, groups {g}, scale {s}")
+    if (form or _forced_form or ("unfold" if features.is_cuda else "taps")) == "unfold":
+        return _carafe_unfold(features, masks, k, g, s)
+    return _carafe_taps(features, masks, k, g, s)
+
+
+def _carafe_unfold(features: torch.Tensor, masks: torch.Tensor, k: int, g: int, s: int) -> torch.Tensor:
+    """Output pixel (p*s + a, q*s + b) = neighbourhood of (p, q) (C/G x k*k) @ its kernel (k*k): one batched
+    product over all (n, group, p, q), with the s*s phases as the product's columns."""
+    n, c, h, w = features.shape
+    neighbourhoods = F.unfold(features, k, padding=(k - 1) // 2)  # (N, C*k*k, h*w), channel-major
+    neighbourhoods = neighbourhoods.reshape(n, g, c // g, k * k, h * w).permute(0, 1, 4, 2, 3)
+    kernels = masks.reshape(n, g, k * k, h, s, w, s).permute(0, 1, 3, 5, 2, 4, 6)  # (N, G, h, w, k*k, s, s)
+    kernels = kernels.reshape(n, g, h * w, k * k, s * s)
+    out = torch.matmul(neighbourhoods, kernels)  # (N, G, h*w, C/G, s*s)
+    out = out.reshape(n, g, h, w, c // g, s, s).permute(0, 1, 4, 2, 5, 3, 6)
+    return out.reshape(n, c, s * h, s * w)
+
+
+def _carafe_taps(features: torch.Tensor, masks: torch.Tensor, k: int, g: int, s: int) -> torch.Tensor:
+    n, c, h, w = features.shape
     radius = (k - 1) // 2
     if s > 1:
         features = F.interpolate(features, size=(s * h, s * w), mode="nearest")
