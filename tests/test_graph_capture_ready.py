@@ -29,7 +29,7 @@ def test_the_recorder_sees_host_data_and_host_reads():
     assert HOST_DATA & set(recorded.calls) and HOST_READS & set(recorded.calls)
 
 
-@pytest.mark.parametrize("form", ["taps", "unfold"])  # unfold: the CARAFE form CUDA tensors get
+@pytest.mark.parametrize("form", ["taps", "unfold"])  # unfold: the opt-in GPU form of CARAFE
 @pytest.mark.parametrize("name", ["offseg-t", "offseg-b"])
 def test_the_forward_has_no_host_data_and_no_host_reads(name, form):
     model = build_model(name).eval()

@@ -33,7 +33,7 @@ def carafe_literal(x, masks, k, groups, s):
 @pytest.mark.parametrize("form", ["taps", "unfold"])
 @pytest.mark.parametrize("k,groups,s", [(1, 1, 1), (3, 1, 1), (5, 1, 2), (3, 2, 2), (5, 2, 1)])
 def test_carafe_equals_mmcv_semantics(k, groups, s, form):
-    """Both forms: taps (CPU, export) and unfold (what CUDA tensors get)."""
+    """Both forms: taps (the default) and unfold (the opt-in GPU form)."""
     g = torch.Generator().manual_seed(k * 10 + groups + s)
     x = torch.randn(2, 4, 3, 5, generator=g, dtype=torch.float64)
     masks = torch.randn(2, groups * k * k, 3 * s, 5 * s, generator=g, dtype=torch.float64)
@@ -77,7 +77,7 @@ class LargestTensor(TorchDispatchMode):
 def test_carafe_never_materializes_the_unfolded_tensor_on_the_cpu():
     x, masks = torch.randn(1, 64, 32, 32), torch.rand(1, 25, 64, 64)
     with LargestTensor() as probe:
-        out = carafe(x, masks, 5, 1, 2)  # CPU tensors: the taps form
+        out = carafe(x, masks, 5, 1, 2)  # the default: the taps form
     # the k^2-times unfolded tensor would hold 25 x out.numel(); we allow the padded upsampled copy only
     assert probe.largest <= 1.3 * out.numel()
 

@@ -9,10 +9,10 @@ kernels alike: no half-pixel shift, the output pixel reads the neighbourhood of 
 
 Two exact forms. ``taps`` (the CPU and export form): the k*k taps are accumulated one at a time, so the k^2-times
 unfolded tensor at the output resolution is never built; the extra memory is one nearest-upsampled, padded copy of
-x plus one product per tap, but it launches three kernels per tap. ``unfold`` (the CUDA form): the k*k
+x plus one product per tap, but it launches three kernels per tap. ``unfold`` (meant for CUDA): the k*k
 neighbourhoods of x are unfolded at the LOW resolution (k^2 x the input, not k^2 s^2 x) and each output phase is
 one batched matrix product with its kernels: a handful of kernels per call instead of 3 k^2, which is what makes the
-eager GPU forward launch-bound otherwise.
+eager GPU forward launch-bound otherwise. It is opt-in until benchmarks/gpu.py has measured it on a GPU.
 """
 from __future__ import annotations
 
@@ -39,15 +39,15 @@ def carafe(features: torch.Tensor, masks: torch.Tensor, kernel_size: int, group_
            scale_factor: int, form: str | None = None) -> torch.Tensor:
     """Reassemble ``features`` with per-pixel ``masks``; returns (N, C, s*h, s*w).
 
-    ``form``: "taps" or "unfold" (default: unfold for CUDA tensors, taps otherwise). Raises ValueError when the
-    mask shape does not match ``features`` and the arguments.
+    ``form``: "taps" (default) or "unfold" (opt-in until measured on a GPU; see ``forced_form``). Raises ValueError
+    when the mask shape does not match ``features`` and the arguments.
     """
     n, c, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
     if masks.shape != (n, g * k * k, s * h, s * w) or c % g:
         raise ValueError(f"carafe: masks {tuple(masks.shape)} do not fit features {tuple(features.shape)} "
                          f"with kernel {k}, groups {g}, scale {s}")
-    if (form or _forced_form or ("unfold" if features.is_cuda else "taps")) == "unfold":
+    if (form or _forced_form or "taps") == "unfold":
         return _carafe_unfold(features, masks, k, g, s)
     return _carafe_taps(features, masks, k, g, s)
 
