@@ -42,6 +42,7 @@ class Frame:
     index: int
     image: np.ndarray
     name: str  # file stem for images (the whole file name where stems repeat), frame number for video
+    origin: object = None  # what the sinks need to know of where it came from (a ROS message's header)
 
 
 class Source:
