@@ -220,6 +220,7 @@ class Pipeline:
             raise
         finally:
             stop.set()
+            source.stop()
             for thread in threads:  # before the sinks close: no thread may still be inside OpenCV or the engine
                 thread.join(timeout=JOIN_SECONDS)
             stats.seconds = time.perf_counter() - start

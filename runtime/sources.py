@@ -59,6 +59,9 @@ class Source:
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError
 
+    def stop(self) -> None:
+        """Ask ``frames`` to return soon (the run is ending); a source that waits for pushed frames overrides it."""
+
     def close(self) -> None:
         pass
 

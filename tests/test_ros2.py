@@ -1,5 +1,8 @@
 """The rosbag2 twin of offseg-ros2: a bag of camera frames in, a bag of label images, overlays and LabelInfo out,
 with the input's headers and the labels ``offseg-run --images`` gives on the same frames."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -164,3 +167,26 @@ def test_bag_mistakes_are_one_sentence(tmp_path, capsys, case, message):
                      "--no-progress", *extra]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and message in error and "Traceback" not in error
+
+
+ROS2_PYTHON = "OFFSEG_ROS2_PYTHON"  # a Python whose environment has rclpy and sensor_msgs (a ROS 2 install)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get(ROS2_PYTHON), reason=f"set {ROS2_PYTHON} to a Python with rclpy")
+def test_live_node_on_loopback_publishes_the_labels_of_offseg_run(tmp_path):
+    model = _model(tmp_path / "m.onnx", 7)
+    images = [image for image, _ in render_video(3, 3, HEIGHT, WIDTH)]
+    np.savez(tmp_path / "frames.npz", *images)
+    paths = [str(Path(__file__).parents[1]), *sys.path]  # ours first, then this environment's packages
+    subprocess.run([os.environ[ROS2_PYTHON], str(Path(__file__).with_name("ros2_loopback.py")), str(tmp_path),
+                    str(model)], check=True, timeout=180, env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
+    received = np.load(tmp_path / "received.npz")
+    assert int(received["returncode"]) == 143  # SIGTERM ends the node through the runtime's clean-up
+    expected = _reference_labels(tmp_path, model, images)
+    for index, labels in enumerate(expected):
+        assert str(received[f"segmentation/camera_{index}/encoding"]) == "mono8"
+        assert str(received[f"overlay/camera_{index}/encoding"]) == "rgb8"
+        assert list(received[f"segmentation/camera_{index}/meta"]) == [100 + index, WIDTH, WIDTH]
+        assert list(received[f"overlay/camera_{index}/meta"]) == [100 + index, WIDTH, 3 * WIDTH]
+        np.testing.assert_array_equal(received[f"segmentation/camera_{index}"], labels)
