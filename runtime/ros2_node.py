@@ -173,5 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         description="ROS 2 segmentation node: image -> segmentation (class ids), overlay, label_info.",
         epilog="ROS parameters (--ros-args -p NAME:=VALUE):\n" + "\n".join(
             f"  {name} ({default!r}): {meaning}" for name, (default, meaning) in PARAMETERS.items()))
+    parser.add_argument("--ros-args", nargs=argparse.REMAINDER, help="ROS 2 arguments, to the end of the line: "
+                        "-p NAME:=VALUE (parameters below), -r FROM:=TO (remappings, __ns:=/NAMESPACE)")
     add_common_options(parser)
     return run(lambda args: _run(args, ros_args), parser, ours)

@@ -1,5 +1,6 @@
 """The rosbag2 twin of offseg-ros2: a bag of camera frames in, a bag of label images, overlays and LabelInfo out,
 with the input's headers and the labels ``offseg-run --images`` gives on the same frames."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -190,3 +191,12 @@ def test_live_node_on_loopback_publishes_the_labels_of_offseg_run(tmp_path):
         assert list(received[f"segmentation/camera_{index}/meta"]) == [100 + index, WIDTH, WIDTH]
         assert list(received[f"overlay/camera_{index}/meta"]) == [100 + index, WIDTH, 3 * WIDTH]
         np.testing.assert_array_equal(received[f"segmentation/camera_{index}"], labels)
+
+
+def test_node_without_rclpy_says_what_to_install(capsys):
+    if importlib.util.find_spec("rclpy") is not None:
+        pytest.skip("rclpy is installed here")
+    from runtime.ros2_node import main as node_main
+    assert node_main(["--ros-args", "-p", "model_file_path:=m.onnx"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: offseg-ros2 needs ROS 2's rclpy and sensor_msgs: source your "
+                                               "ROS 2 setup.bash first")
