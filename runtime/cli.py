@@ -30,7 +30,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.camera is not None and args.camera < 0:
         raise OffsegError(f"--camera must be 0 or more (0 = first camera), got {args.camera}")
     _check_input_kind(args)
-    inputs = [p for p in (args.engine, args.video, args.image, args.images) if p is not None]
+    inputs = [p for p in (args.engine, args.video, args.image, args.images, args.rosbag) if p is not None]
     outputs = [(f"--{name.replace('_', '-')}", path) for name, path in
                (("output", args.output), ("save_masks", args.save_masks), ("summary", args.summary)) if path]
     for option, path in outputs:
@@ -40,6 +40,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
                               "overwritten")
     if args.output:
         VideoSink.check_target(args.output, args.fps)
+    if args.rosbag_out:
+        if args.rosbag is None:
+            raise OffsegError("--rosbag-out needs a --rosbag input (its messages give the headers)")
+        from .rosbag_io import RosbagSink
+        RosbagSink.check_target(args.rosbag_out)
     if args.save_masks:
         check_writable_folder(args.save_masks, f"--save-masks {args.save_masks}")
     if args.summary:
@@ -63,12 +68,22 @@ def _check_input_kind(args: argparse.Namespace) -> None:
         raise OffsegError(f"--images {args.images} is a file, not a folder; use {option} {args.images}")
 
 
+def _open_source(args: argparse.Namespace):
+    if args.rosbag is not None:
+        from .rosbag_io import RosbagSource
+        return RosbagSource(args.rosbag, args.image_topic)
+    if args.image_topic is not None:
+        raise OffsegError("--image-topic chooses a topic of a --rosbag input; give --rosbag too")
+    from .sources import open_source
+    return open_source(args.video, args.camera, args.stream, args.image, args.images, args.reconnects)
+
+
 def _saves_nothing(args: argparse.Namespace) -> bool:
     """No video, masks, summary or window: the run only measures speed."""
-    return not (args.output or args.save_masks or args.summary or args.show)
+    return not (args.output or args.save_masks or args.summary or args.show or args.rosbag_out)
 
 
-NOTHING_SAVED = "saves nothing: give --output, --save-masks or --summary to keep the results"
+NOTHING_SAVED = "saves nothing: give --output, --save-masks, --rosbag-out or --summary to keep the results"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -76,12 +91,11 @@ def _run(args: argparse.Namespace) -> int:
     from .draw import annotate, class_names, palette_for
     from .pipeline import Pipeline, RunStats
     from .sinks import MaskSink, VideoSink, WindowSink, atomic_output
-    from .sources import open_source
 
     _check_arguments(args)
     backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda,
                            args.device)
-    source = open_source(args.video, args.camera, args.stream, args.image, args.images, args.reconnects)
+    source = _open_source(args)
     pipeline = Pipeline(backend, args.batch_size, args.resize)
     info = backend.info
     palette = palette_for(info)
@@ -97,14 +111,20 @@ def _run(args: argparse.Namespace) -> int:
     masks = MaskSink(args.save_masks) if args.save_masks else None
     window = WindowSink() if args.show else None
     video: VideoSink | None = None
+    bag = None
     stats = RunStats()
     bar = Progress(source.length, "segmenting", unit="frame", enabled=not args.no_progress)
     recent: list[float] = []
 
     def consume(result) -> bool:
-        nonlocal video
+        nonlocal video, bag
         if masks:
             masks.write(result.frame.name, result.labels)
+        if args.rosbag_out:
+            if bag is None:
+                from .rosbag_io import RosbagSink
+                bag = RosbagSink(args.rosbag_out, source.storage, info, args.ros_namespace, args.alpha)
+            bag.write(result)
         if not (args.output or window):
             bar.update(1)
             return True
@@ -132,6 +152,8 @@ def _run(args: argparse.Namespace) -> int:
         backend.close()
         if video:
             video.close()
+        if bag:
+            bag.close()
         if window:
             window.close()
     print(stats.table())
@@ -139,6 +161,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {video.path} ({video.frames} frames)")
     if masks:
         print(f"wrote {masks.written} label PNGs to {masks.folder}")
+    if bag:
+        print(f"wrote {bag.path} ({bag.frames} frames, {source.storage})")
     if args.summary:
         with atomic_output(args.summary) as tmp:
             tmp.write_text(json.dumps(stats.summary(), indent=2) + "\n")
@@ -162,7 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     inputs.add_argument("--stream", help="RTSP/HTTP stream URL")
     inputs.add_argument("--image", type=Path, help="one image")
     inputs.add_argument("--images", type=Path, help="a folder of images")
+    inputs.add_argument("--rosbag", type=Path, help="a rosbag2 (sqlite3 or mcap) with sensor_msgs/Image or "
+                        "CompressedImage messages (needs the [ros] extra)")
     parser.add_argument("--output", type=Path, help="annotated video (.mp4/.avi/.mkv), same fps as the input")
+    parser.add_argument("--rosbag-out", type=Path, metavar="BAG", help="write a rosbag2 (the input's storage) of "
+                        "what offseg-ros2 publishes: label images, overlays and LabelInfo, at the input's times")
+    parser.add_argument("--image-topic", help="image topic of --rosbag (default the bag's only image topic)")
+    parser.add_argument("--ros-namespace", default="/offseg", help="namespace of the --rosbag-out topics "
+                        "segmentation, overlay and label_info")
     parser.add_argument("--save-masks", type=Path, metavar="DIR", help="write one label PNG per frame")
     parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
     parser.add_argument("--no-display", action="store_true", help=argparse.SUPPRESS)  # the default; old scripts

@@ -226,6 +226,7 @@ class Pipeline:
             raise
         finally:
             stop.set()
+            source.stop()
             inferer.join(timeout=JOIN_SECONDS)  # before the engine and the sinks close: no inference may be running
             reader.join(timeout=READ_STOP_SECONDS)  # the reader only touches the source, which it closes itself
             if reader.is_alive():

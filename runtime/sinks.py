@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,20 +31,31 @@ def unique_temp(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix) to write to; it replaces ``path`` only on success.
 
-    On any failure the temporary file is removed; an OSError becomes an OffsegError naming ``path``.
+    With ``folder``, the yielded path does not exist yet: the writer creates a folder there (a rosbag2), named
+    like ``path`` inside a unique hidden folder so that files named after their folder keep the final name; it
+    takes ``path`` only if ``path`` does not exist or is an empty folder. On any failure the temporary file or
+    folder is removed; an OSError becomes an OffsegError naming ``path``.
     """
     path = Path(path)
-    tmp = None
+    tmp = holder = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = unique_temp(path)
+        if folder:
+            holder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+            tmp = holder / path.name
+        else:
+            tmp = unique_temp(path)
         yield tmp
         os.replace(tmp, path)
+        if holder is not None:
+            holder.rmdir()
     except BaseException as error:
-        if tmp is not None:
+        if holder is not None:
+            shutil.rmtree(holder, ignore_errors=True)
+        elif tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
         if isinstance(error, OSError):

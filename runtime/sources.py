@@ -58,6 +58,7 @@ class Frame:
     index: int
     image: np.ndarray
     name: str  # file stem for images (the whole file name where stems repeat), frame number for video
+    origin: object = None  # what the sinks need to know of where it came from (a ROS message's header)
 
 
 class Source:
@@ -73,6 +74,9 @@ class Source:
 
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError
+
+    def stop(self) -> None:
+        """Ask ``frames`` to return soon (the run is ending); a source that waits for pushed frames overrides it."""
 
     def close(self) -> None:
         pass

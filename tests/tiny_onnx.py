@@ -12,12 +12,17 @@ from onnx import TensorProto, helper, numpy_helper
 NUM_CLASSES = 5
 
 
-def write_tiny_onnx(path: Path, dynamic: bool = True, size: tuple[int, int] = (64, 64)) -> Path:
-    """Write the graph: Conv (stride 4) -> OffsetLearning Softmax -> FreqFusion Div by a value computed in INT64."""
+def write_tiny_onnx(path: Path, dynamic: bool = True, size: tuple[int, int] = (64, 64),
+                    weight: np.ndarray | None = None) -> Path:
+    """Write the graph: Conv (stride 4) -> OffsetLearning Softmax -> FreqFusion Div by a value computed in INT64.
+
+    ``weight`` (K, 3, 4, 4) sets the class count and makes labels follow the image (default: K=5, all equal)."""
     h, w = ("h", "w") if dynamic else size
     batch = "batch" if dynamic else 1
     out_h, out_w = ("h/4", "w/4") if dynamic else (size[0] // 4, size[1] // 4)
-    weight = numpy_helper.from_array(np.full((NUM_CLASSES, 3, 4, 4), 1 / 48, np.float32), "weight")
+    weight = np.full((NUM_CLASSES, 3, 4, 4), 1 / 48, np.float32) if weight is None else weight.astype(np.float32)
+    num_classes = len(weight)
+    weight = numpy_helper.from_array(weight, "weight")
     nodes = [
         helper.make_node("Conv", ["images", "weight"], ["features"], "node_conv_1", strides=[4, 4]),
         helper.make_node("Softmax", ["features"], ["attention"], "OffsetLearning/node_softmax_1", axis=1),
@@ -30,10 +35,10 @@ def write_tiny_onnx(path: Path, dynamic: bool = True, size: tuple[int, int] = (6
     graph = helper.make_graph(
         nodes, "tiny-offseg",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, h, w])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, NUM_CLASSES, out_h, out_w])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, num_classes, out_h, out_w])],
         [weight, numpy_helper.from_array(np.array(1, np.int64), "one")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    meta = {"offseg.model": "offseg-t", "offseg.num_classes": str(NUM_CLASSES),
+    meta = {"offseg.model": "offseg-t", "offseg.num_classes": str(num_classes),
             "offseg.input_size": "dynamic" if dynamic else f"{size[0]} {size[1]}",
             "offseg.input_format": "float32 normalized RGB NCHW", "offseg.output_kind": "logits",
             "offseg.precision": "fp32", "offseg.mean_rgb": "123.675 116.28 103.53",

@@ -1,0 +1,202 @@
+"""The rosbag2 twin of offseg-ros2: a bag of camera frames in, a bag of label images, overlays and LabelInfo out,
+with the input's headers and the labels ``offseg-run --images`` gives on the same frames."""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("rosbags")
+pytest.importorskip("onnx")
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
+from tiny_onnx import write_tiny_onnx  # noqa: E402
+
+from offseg.data.synthetic import render_video  # noqa: E402
+from runtime import rosbag_io  # noqa: E402
+from runtime.cli import main as run_main  # noqa: E402
+
+HEIGHT, WIDTH = 48, 64
+
+
+def _model(path: Path, num_classes: int) -> Path:
+    """A tiny ONNX whose labels follow the colours (a seeded random Conv), so equal labels mean something."""
+    return write_tiny_onnx(path, weight=np.random.default_rng(num_classes).normal(size=(num_classes, 3, 4, 4)))
+
+
+def _raw_image(types, header, image: np.ndarray, encoding: str, padding: int = 0):
+    pixels = {"bgr8": image, "rgb8": image[:, :, ::-1], "mono8": cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)}[encoding]
+    rows = pixels.reshape(HEIGHT, -1)
+    rows = np.concatenate([rows, np.zeros((HEIGHT, padding), np.uint8)], axis=1)  # step beyond the pixels
+    return types["sensor_msgs/msg/Image"](header=header, height=HEIGHT, width=WIDTH, encoding=encoding,
+                                          is_bigendian=0, step=rows.shape[1], data=rows.reshape(-1).copy())
+
+
+def _write_bag(path: Path, storage: StoragePlugin, compressed: bool = False, encodings=("bgr8", "rgb8", "mono8"),
+               frames: int = 4):
+    """A camera bag: frames of render_video on /camera/image; returns the BGR images the runtime should see."""
+    store = rosbag_io.typestore()
+    types = store.types
+    msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+    seen = []
+    with Writer(path, version=9, storage_plugin=storage) as writer:
+        connection = writer.add_connection("/camera/image", msgtype, typestore=store)
+        for index, (image, _) in enumerate(render_video(3, frames, HEIGHT, WIDTH)):
+            stamp = types["builtin_interfaces/msg/Time"](sec=100 + index, nanosec=5 * index)
+            header = types["std_msgs/msg/Header"](stamp=stamp, frame_id=f"camera_{index}")
+            if compressed:
+                data = np.frombuffer(cv2.imencode(".png", image)[1].tobytes(), np.uint8).copy()
+                msg = types[msgtype](header=header, format="png", data=data)
+                seen.append(image)
+            else:
+                encoding = encodings[index % len(encodings)]
+                msg = _raw_image(types, header, image, encoding, padding=8 * (index % 2))
+                seen.append(cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+                            if encoding == "mono8" else image)
+            writer.write(connection, 1_000_000_000 * (index + 1), store.serialize_cdr(msg, msgtype))
+    return seen
+
+
+def _reference_labels(tmp_path: Path, model: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+    """What ``offseg-run --images`` says on the same frames (label PNGs)."""
+    folder, masks = tmp_path / "frames", tmp_path / "masks"
+    folder.mkdir()
+    for index, image in enumerate(images):
+        cv2.imwrite(str(folder / f"{index:06d}.png"), image)
+    assert run_main(["--engine", str(model), "--images", str(folder), "--save-masks", str(masks),
+                     "--no-progress"]) == 0
+    return [cv2.imread(str(masks / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED) for index in range(len(images))]
+
+
+def _read_bag(path: Path) -> dict[str, list]:
+    store = rosbag_io.typestore()
+    with Reader(path) as reader:
+        out: dict[str, list] = {c.topic: [] for c in reader.connections}
+        for connection, timestamp, raw in reader.messages():
+            out[connection.topic].append((timestamp, store.deserialize_cdr(raw, connection.msgtype)))
+    return out
+
+
+def _labels_of(msg) -> np.ndarray:
+    dtype = np.uint8 if msg.encoding == "mono8" else np.dtype("<u2")
+    return np.frombuffer(msg.data.tobytes(), dtype).reshape(msg.height, msg.width)
+
+
+@pytest.mark.parametrize("storage,compressed", [(StoragePlugin.SQLITE3, False), (StoragePlugin.MCAP, False),
+                                                (StoragePlugin.SQLITE3, True)])
+def test_rosbag_twin_keeps_headers_and_matches_offseg_run(tmp_path, storage, compressed):
+    model = _model(tmp_path / "m.onnx", 7)
+    images = _write_bag(tmp_path / "in", storage, compressed)
+    out = tmp_path / "out"
+    assert run_main(["--engine", str(model), "--rosbag", str(tmp_path / "in"), "--rosbag-out", str(out),
+                     "--no-progress"]) == 0
+    expected = _reference_labels(tmp_path, model, images)
+    assert len({int(v) for e in expected for v in np.unique(e)}) > 1, "the model must give more than one class"
+    assert list(out.glob("*.mcap" if storage == StoragePlugin.MCAP else "*.db3"))  # the input's storage
+    topics = _read_bag(out)
+    assert set(topics) == {"/offseg/segmentation", "/offseg/overlay", "/offseg/label_info"}
+    (_, info), = topics["/offseg/label_info"]
+    assert [(c.class_id, c.class_name) for c in info.class_map] == [(i, f"class {i}") for i in range(7)]
+    assert len(topics["/offseg/segmentation"]) == len(topics["/offseg/overlay"]) == len(images)
+    for index, ((time, labels), (overlay_time, overlay)) in enumerate(zip(topics["/offseg/segmentation"],
+                                                                           topics["/offseg/overlay"])):
+        assert time == overlay_time == 1_000_000_000 * (index + 1)  # the input's bag time
+        for msg in (labels, overlay):
+            assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (100 + index, 5 * index)
+            assert msg.header.frame_id == f"camera_{index}"
+            assert (msg.height, msg.width, msg.is_bigendian) == (HEIGHT, WIDTH, 0)
+        assert (labels.encoding, labels.step) == ("mono8", WIDTH)
+        assert (overlay.encoding, overlay.step, len(overlay.data)) == ("rgb8", 3 * WIDTH, 3 * WIDTH * HEIGHT)
+        np.testing.assert_array_equal(_labels_of(labels), expected[index])
+
+
+def test_more_than_255_classes_give_mono16(tmp_path):
+    model = _model(tmp_path / "m.onnx", 300)
+    images = _write_bag(tmp_path / "in", StoragePlugin.SQLITE3, encodings=("bgr8",), frames=2)
+    assert run_main(["--engine", str(model), "--rosbag", str(tmp_path / "in"), "--rosbag-out",
+                     str(tmp_path / "out"), "--ros-namespace", "/seg", "--no-progress"]) == 0
+    expected = _reference_labels(tmp_path, model, images)
+    assert max(int(e.max()) for e in expected) > 255
+    for index, (_, msg) in enumerate(_read_bag(tmp_path / "out")["/seg/segmentation"]):
+        assert (msg.encoding, msg.step) == ("mono16", 2 * WIDTH)
+        np.testing.assert_array_equal(_labels_of(msg), expected[index])
+
+
+def test_an_interrupted_run_leaves_a_finalized_bag_of_the_frames_done(tmp_path, monkeypatch):
+    model = _model(tmp_path / "m.onnx", 7)
+    _write_bag(tmp_path / "in", StoragePlugin.SQLITE3, frames=6)
+    write = rosbag_io.RosbagSink.write
+
+    def interrupted_after_two(sink, result):
+        if sink.frames == 2:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+        write(sink, result)
+    monkeypatch.setattr(rosbag_io.RosbagSink, "write", interrupted_after_two)
+    out = tmp_path / "out"
+    assert run_main(["--engine", str(model), "--rosbag", str(tmp_path / "in"), "--rosbag-out", str(out),
+                     "--no-progress"]) == 130
+    assert len(_read_bag(out)["/offseg/segmentation"]) == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary bag left
+
+
+@pytest.mark.parametrize("case,message", [
+    ("encoding", "/camera/image message 0: image encoding 'bayer_rggb8' is not supported"),
+    ("topic", "topic /camera/info in"),
+    ("exists", "exists; a bag is never overwritten"),
+])
+def test_bag_mistakes_are_one_sentence(tmp_path, capsys, case, message):
+    model = _model(tmp_path / "m.onnx", 7)
+    store = rosbag_io.typestore()
+    types = store.types
+    with Writer(tmp_path / "in", version=9) as writer:
+        image = writer.add_connection("/camera/image", "sensor_msgs/msg/Image", typestore=store)
+        info = writer.add_connection("/camera/info", "std_msgs/msg/String", typestore=store)
+        header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=1, nanosec=0),
+                                              frame_id="camera")
+        msg = types["sensor_msgs/msg/Image"](header=header, height=2, width=2, encoding="bayer_rggb8",
+                                             is_bigendian=0, step=2, data=np.zeros(4, np.uint8))
+        writer.write(image, 1, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+        writer.write(info, 1, store.serialize_cdr(types["std_msgs/msg/String"](data="x"), "std_msgs/msg/String"))
+    out = tmp_path / "out"
+    if case == "exists":
+        out.mkdir()
+    extra = ["--image-topic", "/camera/info"] if case == "topic" else []
+    assert run_main(["--engine", str(model), "--rosbag", str(tmp_path / "in"), "--rosbag-out", str(out),
+                     "--no-progress", *extra]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and message in error and "Traceback" not in error
+
+
+ROS2_PYTHON = "OFFSEG_ROS2_PYTHON"  # a Python whose environment has rclpy and sensor_msgs (a ROS 2 install)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get(ROS2_PYTHON), reason=f"set {ROS2_PYTHON} to a Python with rclpy")
+def test_live_node_on_loopback_publishes_the_labels_of_offseg_run(tmp_path):
+    model = _model(tmp_path / "m.onnx", 7)
+    images = [image for image, _ in render_video(3, 3, HEIGHT, WIDTH)]
+    np.savez(tmp_path / "frames.npz", *images)
+    paths = [str(Path(__file__).parents[1]), *sys.path]  # ours first, then this environment's packages
+    subprocess.run([os.environ[ROS2_PYTHON], str(Path(__file__).with_name("ros2_loopback.py")), str(tmp_path),
+                    str(model)], check=True, timeout=180, env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
+    received = np.load(tmp_path / "received.npz")
+    assert int(received["returncode"]) == 143  # SIGTERM ends the node through the runtime's clean-up
+    expected = _reference_labels(tmp_path, model, images)
+    for index, labels in enumerate(expected):
+        assert str(received[f"segmentation/camera_{index}/encoding"]) == "mono8"
+        assert str(received[f"overlay/camera_{index}/encoding"]) == "rgb8"
+        assert list(received[f"segmentation/camera_{index}/meta"]) == [100 + index, WIDTH, WIDTH]
+        assert list(received[f"overlay/camera_{index}/meta"]) == [100 + index, WIDTH, 3 * WIDTH]
+        np.testing.assert_array_equal(received[f"segmentation/camera_{index}"], labels)
+
+
+def test_node_without_rclpy_says_what_to_install(capsys):
+    if importlib.util.find_spec("rclpy") is not None:
+        pytest.skip("rclpy is installed here")
+    from runtime.ros2_node import main as node_main
+    assert node_main(["--ros-args", "-p", "model_file_path:=m.onnx"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: offseg-ros2 needs ROS 2's rclpy and sensor_msgs: source your "
+                                               "ROS 2 setup.bash first")
