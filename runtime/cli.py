@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def _check_arguments(args: argparse.Namespace) -> None:
     """Every argument and output path, before the model is loaded: one sentence for the first problem, and never
     an output that would overwrite an input."""
-    from .sinks import VideoSink, check_writable_folder, same_file
+    from .sinks import VideoSink, WindowSink, check_writable_folder, same_file
 
     if args.fps is not None and not args.fps > 0:
         raise OffsegError(f"--fps must be above 0, got {args.fps:g}")
@@ -29,6 +29,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise OffsegError(f"--alpha must be between 0 and 1, got {args.alpha:g}")
     if args.camera is not None and args.camera < 0:
         raise OffsegError(f"--camera must be 0 or more (0 = first camera), got {args.camera}")
+    if args.csi_mode is not None and args.csi_camera is None:
+        raise OffsegError("--csi-mode sets the mode of a --csi-camera; add --csi-camera N")
+    if args.show:
+        WindowSink.check_gui()
     _check_input_kind(args)
     inputs = [p for p in (args.engine, args.video, args.image, args.images) if p is not None]
     outputs = [(f"--{name.replace('_', '-')}", path) for name, path in
@@ -81,7 +85,13 @@ def _run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda,
                            args.device)
-    source = open_source(args.video, args.camera, args.stream, args.image, args.images, args.reconnects)
+    if args.gst is not None or args.csi_camera is not None or args.capture == "gstreamer":
+        from .gstreamer import gstreamer_source
+        source = gstreamer_source(args.gst, args.csi_camera, args.csi_mode, args.video, args.stream, args.camera,
+                                  args.reconnects, args.stall_timeout)
+    else:
+        source = open_source(args.video, args.camera, args.stream, args.image, args.images, args.reconnects,
+                             args.stall_timeout)
     pipeline = Pipeline(backend, args.batch_size, args.resize)
     info = backend.info
     palette = palette_for(info)
@@ -161,8 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     inputs.add_argument("--video", type=Path, help="video file")
     inputs.add_argument("--camera", type=int, help="camera index (0 = first)")
     inputs.add_argument("--stream", help="RTSP/HTTP stream URL")
+    inputs.add_argument("--gst", metavar="PIPELINE", help="a GStreamer pipeline ending in an appsink, read "
+                        "through PyGObject (caps narrowed to BGR), e.g. \"videotestsrc ! videoconvert ! appsink\"")
+    inputs.add_argument("--csi-camera", type=int, metavar="N", help="Jetson CSI camera with sensor id N "
+                        "(GStreamer nvarguscamerasrc, converted by nvvidconv)")
     inputs.add_argument("--image", type=Path, help="one image")
     inputs.add_argument("--images", type=Path, help="a folder of images")
+    parser.add_argument("--csi-mode", metavar="WxH@FPS", help="--csi-camera capture mode, e.g. 1920x1080@30 "
+                        "(default the camera's own)")
+    parser.add_argument("--capture", choices=("opencv", "gstreamer"), default="opencv",
+                        help="how --video, --stream and --camera are read: opencv, or gstreamer (hardware decode "
+                        "with nvv4l2decoder where it exists, software otherwise; v4l2src for cameras)")
     parser.add_argument("--output", type=Path, help="annotated video (.mp4/.avi/.mkv), same fps as the input")
     parser.add_argument("--save-masks", type=Path, metavar="DIR", help="write one label PNG per frame")
     parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
@@ -183,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                         "sees one), cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--reconnects", type=int, default=5, help="reconnects of a camera/stream allowed within any "
                         "60 s (default 5); more stalls than that end the run")
+    parser.add_argument("--stall-timeout", type=float, default=5.0, metavar="SECONDS", help="a camera or stream "
+                        "that delivers no frame for this long counts as a drop")
     parser.add_argument("--summary", type=Path, help="write the run summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (or, in a log, no progress "
                         "lines)")

@@ -220,6 +220,7 @@ class Pipeline:
             raise
         finally:
             stop.set()
+            source.cancel()  # a reader waiting on a stalled stream stops waiting
             for thread in threads:  # before the sinks close: no thread may still be inside OpenCV or the engine
                 thread.join(timeout=JOIN_SECONDS)
             stats.seconds = time.perf_counter() - start
