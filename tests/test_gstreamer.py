@@ -100,6 +100,7 @@ def _offseg_run(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_offseg_run_gst_writes_every_frame_at_its_size_and_rate(gst, onnx_model, tmp_path):
     out = tmp_path / "gst.mp4"
     pipeline = "videotestsrc num-buffers=9 ! video/x-raw,width=66,height=50,framerate=12/1 ! videoconvert ! appsink"
@@ -110,6 +111,7 @@ def test_offseg_run_gst_writes_every_frame_at_its_size_and_rate(gst, onnx_model,
     assert "9 frames" in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline, message", [
     ("videotestsrc ! ! appsink", "the GStreamer pipeline does not parse: syntax error"),
     ("videotestsrc ! nosuchelement ! appsink", 'does not parse: no element "nosuchelement"'),
@@ -121,6 +123,7 @@ def test_a_broken_gst_pipeline_is_one_sentence(gst, onnx_model, pipeline, messag
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_video_through_gstreamer_gives_the_frames_opencv_reads(gst, onnx_model, tmp_path):
     from offseg.data.synthetic import write_video
     video = tmp_path / "a clip.mp4"  # a space in the path: the location is quoted
@@ -260,3 +263,22 @@ def test_show_with_a_headless_opencv_is_one_sentence(monkeypatch):
         WindowSink.check_gui()
     monkeypatch.setattr(cv2, "getBuildInformation", lambda: "General\n  GUI:                           GTK3\n")
     WindowSink.check_gui()
+
+
+@pytest.mark.slow
+def test_sigterm_while_waiting_on_a_gst_pipeline_finalizes_the_video_at_once(gst, onnx_model, tmp_path):
+    """One frame, then the next is 10 s away: SIGTERM stops the wait (not the 30 s stall timeout)."""
+    import signal
+    from test_reliability_runtime import frame_count, offseg_run, partial_files, wait_for
+    out = tmp_path / "live.mp4"
+    pipeline = "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=1/10 ! videoconvert ! appsink"
+    process = offseg_run("--engine", onnx_model, "--gst", pipeline, "--stall-timeout", "30", "--output", out,
+                         "--no-progress")
+    wait_for(lambda: partial_files(tmp_path) or process.poll() is not None)
+    time.sleep(0.5)  # the first frame written, the reader waiting for the second
+    process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-2000:]
+    assert time.monotonic() - signalled < 5 and "terminated (SIGTERM): finishing the outputs" in stdout
+    assert frame_count(out) == 1 and not partial_files(tmp_path)
