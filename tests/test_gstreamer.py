@@ -11,7 +11,7 @@ from runtime.errors import OffsegError
 from runtime.gstreamer import (CsiMode, check_user_pipeline, csi_camera_pipeline, decode_pipeline,
                                load_gst, parse_csi_mode, stream_element, usb_camera_pipeline)
 
-pytestmark = pytest.mark.xdist_group("runtime")
+pytestmark = pytest.mark.xdist_group("gstreamer")
 
 
 def test_preset_pipelines_are_the_platform_s_elements_in_order():
