@@ -31,6 +31,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise OffsegError(f"--camera must be 0 or more (0 = first camera), got {args.camera}")
     if args.csi_mode is not None and args.csi_camera is None:
         raise OffsegError("--csi-mode sets the mode of a --csi-camera; add --csi-camera N")
+    if _reads_gstreamer(args):
+        from .gstreamer import load_gst, parse_csi_mode
+        if args.image is not None or args.images is not None:
+            raise OffsegError("--capture gstreamer reads --video, --stream or --camera; images are read by OpenCV")
+        if args.csi_mode is not None:
+            parse_csi_mode(args.csi_mode)
+        load_gst()  # PyGObject and GStreamer present, before the model loads
     if args.show:
         WindowSink.check_gui()
     _check_input_kind(args)
@@ -52,6 +59,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         if not args.summary.parent.is_dir():
             raise OffsegError(f"--summary folder {args.summary.parent} does not exist")
         check_writable_folder(args.summary.parent, f"--summary {args.summary}")
+
+
+def _reads_gstreamer(args: argparse.Namespace) -> bool:
+    return args.gst is not None or args.csi_camera is not None or args.capture == "gstreamer"
 
 
 def _check_input_kind(args: argparse.Namespace) -> None:
@@ -85,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda,
                            args.device)
-    if args.gst is not None or args.csi_camera is not None or args.capture == "gstreamer":
+    if _reads_gstreamer(args):
         from .gstreamer import gstreamer_source
         source = gstreamer_source(args.gst, args.csi_camera, args.csi_mode, args.video, args.stream, args.camera,
                                   args.reconnects, args.stall_timeout)

@@ -312,4 +312,4 @@ def gstreamer_source(gst: str | None = None, csi_camera: int | None = None, csi_
                          "--stream through GStreamer")
         return GstSource(decode_pipeline(stream_element(stream), hardware, live=True),
                          f"stream {stream} through GStreamer, {decoding}", **live)
-    raise OffsegError("--capture gstreamer reads --video, --stream or --camera; images are read by OpenCV")
+    raise OffsegError("GStreamer reads --gst, --csi-camera, --video, --stream or --camera; give one of them")

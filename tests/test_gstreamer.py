@@ -256,6 +256,21 @@ def test_a_missing_pygobject_is_one_sentence_naming_the_packages(monkeypatch):
         load_gst()
 
 
+def test_gstreamer_problems_are_named_before_the_model_loads(monkeypatch, tmp_path, capsys):
+    import sys
+    from runtime.cli import main
+    missing_model = str(tmp_path / "absent.onnx")  # never reached: the GStreamer check comes first
+    monkeypatch.setitem(sys.modules, "gi", None)
+    assert main(["--engine", missing_model, "--gst", "videotestsrc ! videoconvert ! appsink"]) == 2
+    assert "need PyGObject (gi)" in capsys.readouterr().err
+    assert main(["--engine", missing_model, "--images", str(tmp_path), "--capture", "gstreamer"]) == 2
+    assert "images are read by OpenCV" in capsys.readouterr().err
+    assert main(["--engine", missing_model, "--csi-camera", "0", "--csi-mode", "720p"]) == 2
+    assert "WIDTHxHEIGHT@FPS" in capsys.readouterr().err
+    assert main(["--engine", missing_model, "--camera", "0", "--csi-mode", "1280x720@30"]) == 2
+    assert "add --csi-camera N" in capsys.readouterr().err
+
+
 def test_show_with_a_headless_opencv_is_one_sentence(monkeypatch):
     from runtime.sinks import WindowSink
     monkeypatch.setattr(cv2, "getBuildInformation", lambda: "General\n  GUI:                           NONE\n")
