@@ -272,7 +272,12 @@ def test_gstreamer_problems_are_named_before_the_model_loads(monkeypatch, tmp_pa
 
 
 def test_show_with_a_headless_opencv_is_one_sentence(monkeypatch):
+    from importlib.metadata import distributions
+
     from runtime.sinks import WindowSink
+    if "opencv-python-headless" in {d.metadata["Name"] for d in distributions()}:  # the pinned wheel is recognised
+        with pytest.raises(OffsegError, match="is headless"):
+            WindowSink.check_gui()
     monkeypatch.setattr(cv2, "getBuildInformation", lambda: "General\n  GUI:                           NONE\n")
     with pytest.raises(OffsegError, match="is headless: install opencv-python instead"):
         WindowSink.check_gui()
