@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def _check_arguments(args: argparse.Namespace) -> None:
     """Every argument and output path, before the model is loaded: one sentence for the first problem, and never
     an output that would overwrite an input."""
-    from .sinks import VideoSink, check_writable_folder, same_file
+    from .sinks import VideoSink, WindowSink, check_writable_folder, same_file
 
     if args.fps is not None and not args.fps > 0:
         raise OffsegError(f"--fps must be above 0, got {args.fps:g}")
@@ -29,6 +29,17 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise OffsegError(f"--alpha must be between 0 and 1, got {args.alpha:g}")
     if args.camera is not None and args.camera < 0:
         raise OffsegError(f"--camera must be 0 or more (0 = first camera), got {args.camera}")
+    if args.csi_mode is not None and args.csi_camera is None:
+        raise OffsegError("--csi-mode sets the mode of a --csi-camera; add --csi-camera N")
+    if _reads_gstreamer(args):
+        from .gstreamer import load_gst, parse_csi_mode
+        if args.image is not None or args.images is not None:
+            raise OffsegError("--capture gstreamer reads --video, --stream or --camera; images are read by OpenCV")
+        if args.csi_mode is not None:
+            parse_csi_mode(args.csi_mode)
+        load_gst()  # PyGObject and GStreamer present, before the model loads
+    if args.show:
+        WindowSink.check_gui()
     _check_input_kind(args)
     inputs = [p for p in (args.engine, args.video, args.image, args.images, args.rosbag) if p is not None]
     outputs = [(f"--{name.replace('_', '-')}", path) for name, path in
@@ -55,6 +66,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         check_writable_folder(args.summary.parent, f"--summary {args.summary}")
 
 
+def _reads_gstreamer(args: argparse.Namespace) -> bool:
+    return args.gst is not None or args.csi_camera is not None or args.capture == "gstreamer"
+
+
 def _check_input_kind(args: argparse.Namespace) -> None:
     """A folder given as a video or image, or a file given as a folder: name the option that fits."""
     from .sources import IMAGE_SUFFIXES
@@ -74,8 +89,13 @@ def _open_source(args: argparse.Namespace):
         return RosbagSource(args.rosbag, args.image_topic)
     if args.image_topic is not None:
         raise OffsegError("--image-topic chooses a topic of a --rosbag input; give --rosbag too")
+    if _reads_gstreamer(args):
+        from .gstreamer import gstreamer_source
+        return gstreamer_source(args.gst, args.csi_camera, args.csi_mode, args.video, args.stream, args.camera,
+                                args.reconnects, args.stall_timeout)
     from .sources import open_source
-    return open_source(args.video, args.camera, args.stream, args.image, args.images, args.reconnects)
+    return open_source(args.video, args.camera, args.stream, args.image, args.images, args.reconnects,
+                       args.stall_timeout)
 
 
 def _saves_nothing(args: argparse.Namespace) -> bool:
@@ -184,10 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     inputs.add_argument("--video", type=Path, help="video file")
     inputs.add_argument("--camera", type=int, help="camera index (0 = first)")
     inputs.add_argument("--stream", help="RTSP/HTTP stream URL")
+    inputs.add_argument("--gst", metavar="PIPELINE", help="a GStreamer pipeline ending in an appsink, read "
+                        "through PyGObject (caps narrowed to BGR), e.g. \"videotestsrc ! videoconvert ! appsink\"")
+    inputs.add_argument("--csi-camera", type=int, metavar="N", help="Jetson CSI camera with sensor id N "
+                        "(GStreamer nvarguscamerasrc, converted by nvvidconv)")
     inputs.add_argument("--image", type=Path, help="one image")
     inputs.add_argument("--images", type=Path, help="a folder of images")
     inputs.add_argument("--rosbag", type=Path, help="a rosbag2 (sqlite3 or mcap) with sensor_msgs/Image or "
                         "CompressedImage messages (needs the [ros] extra)")
+    parser.add_argument("--csi-mode", metavar="WxH@FPS", help="--csi-camera capture mode, e.g. 1920x1080@30 "
+                        "(default the camera's own)")
+    parser.add_argument("--capture", choices=("opencv", "gstreamer"), default="opencv",
+                        help="how --video, --stream and --camera are read: opencv, or gstreamer (hardware decode "
+                        "with nvv4l2decoder where it exists, software otherwise; v4l2src for cameras)")
     parser.add_argument("--output", type=Path, help="annotated video (.mp4/.avi/.mkv), same fps as the input")
     parser.add_argument("--rosbag-out", type=Path, metavar="BAG", help="write a rosbag2 (the input's storage) of "
                         "what offseg-ros2 publishes: label images, overlays and LabelInfo, at the input's times")
@@ -213,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                         "sees one), cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--reconnects", type=int, default=5, help="reconnects of a camera/stream allowed within any "
                         "60 s (default 5); more stalls than that end the run")
+    parser.add_argument("--stall-timeout", type=float, default=5.0, metavar="SECONDS", help="a camera or stream "
+                        "that delivers no frame for this long counts as a drop")
     parser.add_argument("--summary", type=Path, help="write the run summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (or, in a log, no progress "
                         "lines)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -171,12 +172,22 @@ class WindowSink:
     """A desktop window (needs an OpenCV build with GUI support; 'q' or Esc stops)."""
 
     def __init__(self, title: str = "offseg-run"):
+        self.check_gui()
         self.title = title
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
         except cv2.error:
             raise OffsegError("--show needs OpenCV with GUI support (pip install opencv-python instead of "
                               "opencv-python-headless) and a display; use --output or --save-masks instead") from None
+
+    @staticmethod
+    def check_gui() -> None:
+        """OffsegError when the OpenCV loaded was built without a GUI (pip's opencv-python-headless)."""
+        match = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+        if match and match.group(1).upper() == "NONE":
+            raise OffsegError(f"--show needs an OpenCV with a GUI, but the OpenCV loaded ({cv2.__version__}, "
+                              f"{Path(cv2.__file__).parent}) is headless: install opencv-python instead of "
+                              "opencv-python-headless (on a Jetson, JetPack's python3-opencv), or use --output")
 
     def show(self, image: np.ndarray) -> bool:
         """Show a frame; False when the user asked to stop."""

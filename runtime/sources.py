@@ -1,4 +1,5 @@
-"""Where frames come from (OpenCV): video files, cameras, network streams, image files and folders.
+"""Where frames come from (OpenCV): video files, cameras, network streams, image files and folders (GStreamer
+pipelines: ``runtime.gstreamer``).
 
 Every source yields ``Frame``s in order. A video's corrupt frames are skipped and counted. A camera or stream that
 stops delivering is reopened, at most ``reconnects`` times within any ``RECONNECT_WINDOW_SECONDS``: a stream that
@@ -76,7 +77,8 @@ class Source:
         raise NotImplementedError
 
     def stop(self) -> None:
-        """Ask ``frames`` to return soon (the run is ending); a source that waits for pushed frames overrides it."""
+        """Called from another thread when the run ends: ``frames`` returns soon, and a source that waits for
+        pushed or streamed frames stops waiting."""
 
     def close(self) -> None:
         pass
@@ -120,34 +122,46 @@ class VideoFile(Source):
 
 class LiveSource(Source):
     """A camera index or a stream URL; reopened when it stops delivering, at most ``reconnects`` times within any
-    ``window_seconds``."""
+    ``window_seconds``. Subclasses open other captures: ``_open`` returns one with ``read() -> (ok, image)`` and
+    ``release()``, or None (``last_error`` says why); ``_end_reason`` tells an end of input from a drop."""
 
     def __init__(self, target: int | str, reconnects: int = 5, retry_seconds: float = 1.0,
-                 stall_seconds: float = 5.0, window_seconds: float = RECONNECT_WINDOW_SECONDS):
+                 stall_seconds: float = 5.0, window_seconds: float = RECONNECT_WINDOW_SECONDS,
+                 description: str | None = None):
         super().__init__()
         if isinstance(target, int) and target < 0:
             raise OffsegError(f"camera index must be 0 or more (0 = first camera), got {target}")
         if reconnects < 0:
             raise OffsegError(f"--reconnects must be 0 or more, got {reconnects}")
+        if not stall_seconds > 0:
+            raise OffsegError(f"--stall-timeout must be above 0 seconds, got {stall_seconds:g}")
         self.target, self.reconnects, self.retry_seconds = target, reconnects, retry_seconds
-        self.window_seconds = window_seconds
-        self.stall_ms = int(stall_seconds * 1000)
-        self.description = f"camera {target}" if isinstance(target, int) else f"stream {target}"
+        self.window_seconds, self.stall_seconds = window_seconds, stall_seconds
+        self.last_error: str | None = None
+        self.description = description or (f"camera {target}" if isinstance(target, int) else f"stream {target}")
         self.capture = self._open()
         if self.capture is None:
-            raise OffsegError(f"cannot open {self.description}")
-        fps = self.capture.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if fps and 0 < fps < 240 else None
+            raise OffsegError(f"cannot open {self.description}" + (f": {self.last_error}" if self.last_error else ""))
+        self.fps = self._fps()
 
     def _open(self):
+        stall_ms = int(self.stall_seconds * 1000)
         if isinstance(self.target, int):
             capture = cv2.VideoCapture(self.target)
         else:  # a stalled stream must fail a read (and so reconnect) instead of blocking forever
-            capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.stall_ms,
-                                                                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.stall_ms])
+            capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, stall_ms,
+                                                                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, stall_ms])
         if capture.isOpened():
             return capture
         capture.release()
+        return None
+
+    def _fps(self) -> float | None:
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        return fps if fps and 0 < fps < 240 else None
+
+    def _end_reason(self) -> str | None:
+        """Why a failed read ends the input, or None when it is a drop to reconnect (always, for OpenCV)."""
         return None
 
     def frames(self) -> Iterator[Frame]:
@@ -158,15 +172,21 @@ class LiveSource(Source):
                 yield Frame(index, image, f"{index:06d}")
                 index += 1
                 continue
+            end_reason = self._end_reason()
+            if end_reason:
+                self.stop_reason = end_reason
+                return
             now = time.monotonic()
             reconnected = [t for t in reconnected if now - t < self.window_seconds]
             if len(reconnected) >= self.reconnects:
                 self.stop_reason = (f"{self.description} stopped delivering frames ({self.reconnects} reconnects "
-                                    f"within {self.window_seconds:g} s)")
+                                    f"within {self.window_seconds:g} s)"
+                                    + (f"; last error: {self.last_error}" if self.last_error else ""))
                 return
             reconnected.append(now)
-            log.warning("%s: no frame, reconnecting (%d/%d within %g s)", self.description, len(reconnected),
-                        self.reconnects, self.window_seconds)
+            log.warning("%s: no frame%s, reconnecting (%d/%d within %g s)", self.description,
+                        f" ({self.last_error})" if self.last_error else "", len(reconnected), self.reconnects,
+                        self.window_seconds)
             if self.capture is not None:
                 self.capture.release()
             time.sleep(self.retry_seconds)
@@ -198,14 +218,15 @@ class ImageFiles(Source):
 
 
 def open_source(video: Path | None = None, camera: int | None = None, stream: str | None = None,
-                image: Path | None = None, images: Path | None = None, reconnects: int = 5) -> Source:
+                image: Path | None = None, images: Path | None = None, reconnects: int = 5,
+                stall_seconds: float = 5.0) -> Source:
     """The one source given (the CLI makes them mutually exclusive)."""
     if video is not None:
         return VideoFile(Path(video))
     if camera is not None:
-        return LiveSource(camera, reconnects)
+        return LiveSource(camera, reconnects, stall_seconds=stall_seconds)
     if stream is not None:
-        return LiveSource(stream, reconnects)
+        return LiveSource(stream, reconnects, stall_seconds=stall_seconds)
     if image is not None:
         read_image(image)  # a clear error for a missing or unreadable file
         return ImageFiles([Path(image)], f"image {Path(image).name}")

@@ -9,6 +9,29 @@ sys.path.insert(0, str(Path(__file__).parent))  # the `reference`, `tiny_onnx` a
 REQUIRE_GPU = "OFFSEG_REQUIRE_GPU"
 
 
+def _expose_system_gi() -> None:
+    """Debian's python3-gi (GStreamer tests) when this Python has no PyGObject and Debian's is built for its minor
+    version: only the ``gi`` package is added to the path (a symlink in a folder of its own), nothing else of
+    /usr/lib/python3/dist-packages. Subprocesses get it through PYTHONPATH."""
+    import importlib.util
+    import shutil
+    import atexit
+    import tempfile
+    if importlib.util.find_spec("gi") is not None:
+        return
+    system_gi = Path("/usr/lib/python3/dist-packages/gi")
+    if not any(system_gi.glob(f"_gi.cpython-{sys.version_info.major}{sys.version_info.minor}-*.so")):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="offseg-system-gi."))
+    atexit.register(shutil.rmtree, folder, True)
+    (folder / "gi").symlink_to(system_gi)
+    sys.path.append(str(folder))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(folder))))
+
+
+_expose_system_gi()
+
+
 def _has_gpu() -> bool:
     from runtime.device import cuda_device
     return cuda_device() is not None

@@ -66,7 +66,7 @@ if name.startswith("offseg-"):
         Path(value("--output")).write_bytes(b"")
 '''
 COMMANDS = ("python", "python3", "pip", "nvidia-smi", "nvcc", "offseg-train", "offseg-export", "offseg-validate",
-            "offseg-run")
+            "offseg-run", "gst-launch-1.0")
 
 
 def matrix_values(job: dict) -> dict:

@@ -1,0 +1,304 @@
+"""GStreamer capture: pipeline strings (Jetson elements cannot run here), then a real GStreamer on CPU:
+``offseg-run --gst`` on videotestsrc, a video file through decodebin, and an RTSP server on loopback that restarts
+mid-stream (reconnect) and stalls (timeout)."""
+import threading
+import time
+
+import cv2
+import pytest
+
+from runtime.errors import OffsegError
+from runtime.gstreamer import (CsiMode, check_user_pipeline, csi_camera_pipeline, decode_pipeline,
+                               load_gst, parse_csi_mode, stream_element, usb_camera_pipeline)
+
+pytestmark = pytest.mark.xdist_group("gstreamer")
+
+
+def test_preset_pipelines_are_the_platform_s_elements_in_order():
+    csi = csi_camera_pipeline(1, CsiMode(1280, 720, 60))
+    assert csi.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),format=NV12,width=1280,"
+                          "height=720,framerate=60/1 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! "
+                          "video/x-raw,format=BGR ! appsink")
+    assert "width" not in csi_camera_pipeline(0)
+    hardware = decode_pipeline(stream_element("rtsp://cam/live"), hardware=True, live=True)
+    assert hardware.index("rtspsrc") < hardware.index("parsebin ! nvv4l2decoder ! nvvidconv") < hardware.index(
+        "format=BGR ! appsink")
+    assert "drop=true" in hardware and "latency=200" in hardware
+    software = decode_pipeline('filesrc location="a b.mp4"', hardware=False, live=False)
+    assert "decodebin ! videoconvert" in software and "nvv4l2decoder" not in software and "drop=true" not in software
+    assert usb_camera_pipeline(2).startswith("v4l2src device=/dev/video2 ! videoconvert")
+    assert stream_element("http://x/y.mjpg").startswith('urisourcebin uri="http://x/y.mjpg"')
+
+
+@pytest.mark.parametrize("text", ["1920x1080", "0x720@30", "1280x720@ 30fps", "big"])
+def test_a_bad_csi_mode_is_one_sentence(text):
+    with pytest.raises(OffsegError, match=r"WIDTHxHEIGHT@FPS"):
+        parse_csi_mode(text)
+
+
+@pytest.mark.parametrize("text", ["videotestsrc ! fakesink", "appsink ! videoconvert", "videotestsrc"])
+def test_a_gst_pipeline_must_end_in_an_appsink(text):
+    with pytest.raises(OffsegError, match="ends in an appsink"):
+        check_user_pipeline(text)
+
+
+def in_fresh_process(function, *args):
+    """``function(*args)`` in a new interpreter: once GStreamer is initialised in a process, a later torch ONNX
+    export there aborts (in onnxscript's op registration; seen here with GStreamer 1.22), so no test process that
+    may export a model afterwards initialises GStreamer."""
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
+
+
+def _missing_gstreamer() -> str | None:
+    try:
+        Gst = load_gst()
+    except OffsegError as error:
+        return str(error)
+    missing = [name for name in ("videotestsrc", "videoconvert", "appsink", "decodebin", "x264enc", "avdec_h264",
+                                 "rtph264pay", "rtspsrc") if Gst.ElementFactory.find(name) is None]
+    if missing:
+        return (f"GStreamer elements missing: {', '.join(missing)} (apt: gstreamer1.0-plugins-base/-good/-ugly, "
+                "gstreamer1.0-libav)")
+    try:
+        import gi
+        gi.require_version("GstRtspServer", "1.0")
+    except ValueError:
+        return "gst-rtsp-server's introspection data is missing (apt: gir1.2-gst-rtsp-server-1.0)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def gst():
+    reason = in_fresh_process(_missing_gstreamer)
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    from exported import export_small_model
+    return export_small_model(tmp_path_factory.mktemp("models"), 9, (128, 192))[1]
+
+
+def frames_of(path):
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    return frames, capture.get(cv2.CAP_PROP_FPS)
+
+
+def _offseg_run(argv: list[str]) -> tuple[int, str, str]:
+    import contextlib
+    import io
+    from runtime.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.slow
+def test_offseg_run_gst_writes_every_frame_at_its_size_and_rate(gst, onnx_model, tmp_path):
+    out = tmp_path / "gst.mp4"
+    pipeline = "videotestsrc num-buffers=9 ! video/x-raw,width=66,height=50,framerate=12/1 ! videoconvert ! appsink"
+    code, stdout, _ = in_fresh_process(_offseg_run, ["--engine", str(onnx_model), "--gst", pipeline, "--output",
+                                                     str(out), "--no-progress"])
+    frames, fps = frames_of(out)
+    assert code == 0 and len(frames) == 9 and frames[0].shape == (50, 66, 3) and fps == pytest.approx(12)
+    assert "9 frames" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline, message", [
+    ("videotestsrc ! ! appsink", "the GStreamer pipeline does not parse: syntax error"),
+    ("videotestsrc ! nosuchelement ! appsink", 'does not parse: no element "nosuchelement"'),
+    ("videotestsrc ! video/x-raw,format=GRAY8 ! appsink", "end the pipeline with 'videoconvert ! video/x-raw,"),
+])
+def test_a_broken_gst_pipeline_is_one_sentence(gst, onnx_model, pipeline, message):
+    code, _, err = in_fresh_process(_offseg_run, ["--engine", str(onnx_model), "--gst", pipeline,
+                                                  "--stall-timeout", "2"])
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_video_through_gstreamer_gives_the_frames_opencv_reads(gst, onnx_model, tmp_path):
+    from offseg.data.synthetic import write_video
+    video = tmp_path / "a clip.mp4"  # a space in the path: the location is quoted
+    write_video(video, seed=1, frames=8, height=90, width=160, fps=8)
+    out = tmp_path / "out.mp4"
+    code, stdout, _ = in_fresh_process(_offseg_run, ["--engine", str(onnx_model), "--video", str(video),
+                                                     "--capture", "gstreamer", "--output", str(out),
+                                                     "--no-progress"])
+    assert code == 0 and "software decode (decodebin; no nvv4l2decoder here)" in stdout
+    frames, _ = frames_of(out)
+    assert len(frames) == 8 and frames[0].shape == (90, 160, 3)
+
+
+class RtspServer:
+    """gst-rtsp-server on 127.0.0.1 serving live H.264 at /live; ``restart`` drops every client and serves anew on
+    the same port; ``stall`` stops the data of the current sessions while their connections stay open."""
+
+    def __init__(self):
+        import socket
+        import gi
+        gi.require_version("GstRtspServer", "1.0")
+        from gi.repository import GLib, GstRtspServer
+        with socket.socket() as probe:  # a free port on loopback
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.GstRtspServer, self.valves = GstRtspServer, []
+        self.context = GLib.MainContext.new()
+        self.loop = GLib.MainLoop.new(self.context, False)
+        threading.Thread(target=self.loop.run, daemon=True).start()
+        self.start()
+
+    def start(self):
+        server = self.GstRtspServer.RTSPServer.new()
+        server.set_address("127.0.0.1")
+        server.set_service(str(self.port))
+        factory = self.GstRtspServer.RTSPMediaFactory.new()
+        factory.set_launch("( videotestsrc is-live=true ! video/x-raw,width=96,height=64,framerate=15/1 ! valve "
+                           "name=valve ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=5 ! "
+                           "rtph264pay name=pay0 config-interval=1 )")
+        factory.connect("media-configure", lambda f, media: self.valves.append(
+            media.get_element().get_by_name("valve")))
+        server.get_mount_points().add_factory("/live", factory)
+        self.server, self.source_id = server, server.attach(self.context)
+
+    def stop(self):
+        self.server.client_filter(lambda server, client: self.GstRtspServer.RTSPFilterResult.REMOVE)
+        self.context.find_source_by_id(self.source_id).destroy()
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def stall(self):
+        for valve in self.valves:
+            valve.set_property("drop", True)
+
+    def close(self):
+        self.stop()
+        self.loop.quit()
+
+    @property
+    def url(self):
+        return f"rtsp://127.0.0.1:{self.port}/live"
+
+
+def _rtsp_restart() -> tuple[str, list[int], tuple, list[str]]:
+    import logging
+    from runtime.gstreamer import gstreamer_source
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("runtime").addHandler(handler)
+    server = RtspServer()
+    source = gstreamer_source(stream=server.url, reconnects=2, stall_seconds=2)
+    started, frames = time.monotonic(), []
+    for frame in source.frames():
+        frames.append(frame)
+        if len(frames) == 5:
+            server.restart()
+        if len(frames) == 20 or time.monotonic() - started > 30:
+            break
+    source.close()
+    server.close()
+    return source.description, [frame.index for frame in frames], frames[-1].image.shape, warnings
+
+
+def test_an_rtsp_stream_reconnects_after_a_server_restart(gst):
+    description, indexes, shape, warnings = in_fresh_process(_rtsp_restart)
+    assert "software decode" in description
+    assert indexes == list(range(20)) and shape == (64, 96, 3)
+    assert any("reconnecting (1/2 within 60 s)" in warning for warning in warnings)
+
+
+def _rtsp_stall() -> tuple[int, float, str]:
+    from runtime.gstreamer import gstreamer_source
+    server = RtspServer()
+    source = gstreamer_source(stream=server.url, reconnects=0, stall_seconds=1)
+    started, frames = time.monotonic(), 0
+    for _ in source.frames():
+        frames += 1
+        if frames == 3:
+            server.stall()
+    source.close()
+    server.close()
+    return frames, time.monotonic() - started, source.stop_reason
+
+
+def test_a_stalled_rtsp_stream_times_out_and_ends_within_its_budget(gst):
+    frames, seconds, stop_reason = in_fresh_process(_rtsp_stall)
+    assert frames >= 3 and seconds < 15
+    assert "stopped delivering frames (0 reconnects within 60 s); last error: no frame for 1 s" in stop_reason
+
+
+def _close_state() -> tuple[int, bool]:
+    from runtime.gstreamer import GstSource
+    source = GstSource("videotestsrc is-live=true ! videoconvert ! appsink", "live test", eos_ends=False)
+    ndim = next(iter(source.frames())).image.ndim
+    source.close()
+    return ndim, source.capture.pipeline.get_state(0)[1] == source.Gst.State.NULL
+
+
+def test_a_gst_source_closes_its_pipeline(gst):
+    assert in_fresh_process(_close_state) == (3, True)
+
+
+def test_a_missing_pygobject_is_one_sentence_naming_the_packages(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "gi", None)  # import gi raises ImportError
+    with pytest.raises(OffsegError, match=r"cannot import: .*python3-gi gir1.2-gstreamer-1.0.*offseg-deploy\[gstreamer\]"):
+        load_gst()
+
+
+def test_gstreamer_problems_are_named_before_the_model_loads(monkeypatch, tmp_path, capsys):
+    import sys
+    from runtime.cli import main
+    missing_model = str(tmp_path / "absent.onnx")  # never reached: the GStreamer check comes first
+    monkeypatch.setitem(sys.modules, "gi", None)
+    assert main(["--engine", missing_model, "--gst", "videotestsrc ! videoconvert ! appsink"]) == 2
+    assert "need PyGObject (gi)" in capsys.readouterr().err
+    assert main(["--engine", missing_model, "--images", str(tmp_path), "--capture", "gstreamer"]) == 2
+    assert "images are read by OpenCV" in capsys.readouterr().err
+    assert main(["--engine", missing_model, "--csi-camera", "0", "--csi-mode", "720p"]) == 2
+    assert "WIDTHxHEIGHT@FPS" in capsys.readouterr().err
+    assert main(["--engine", missing_model, "--camera", "0", "--csi-mode", "1280x720@30"]) == 2
+    assert "add --csi-camera N" in capsys.readouterr().err
+
+
+def test_show_with_a_headless_opencv_is_one_sentence(monkeypatch):
+    from importlib.metadata import distributions
+
+    from runtime.sinks import WindowSink
+    if "opencv-python-headless" in {d.metadata["Name"] for d in distributions()}:  # the pinned wheel is recognised
+        with pytest.raises(OffsegError, match="is headless"):
+            WindowSink.check_gui()
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "General\n  GUI:                           NONE\n")
+    with pytest.raises(OffsegError, match="is headless: install opencv-python instead"):
+        WindowSink.check_gui()
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "General\n  GUI:                           GTK3\n")
+    WindowSink.check_gui()
+
+
+@pytest.mark.slow
+def test_sigterm_while_waiting_on_a_gst_pipeline_finalizes_the_video_at_once(gst, onnx_model, tmp_path):
+    """One frame, then the next is 10 s away: SIGTERM stops the wait (not the 30 s stall timeout)."""
+    import signal
+    from test_reliability_runtime import frame_count, offseg_run, partial_files, wait_for
+    out = tmp_path / "live.mp4"
+    pipeline = "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=1/10 ! videoconvert ! appsink"
+    process = offseg_run("--engine", onnx_model, "--gst", pipeline, "--stall-timeout", "30", "--output", out,
+                         "--no-progress")
+    wait_for(lambda: partial_files(tmp_path) or process.poll() is not None)
+    time.sleep(0.5)  # the first frame written, the reader waiting for the second
+    process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-2000:]
+    assert time.monotonic() - signalled < 5 and "terminated (SIGTERM): finishing the outputs" in stdout
+    assert frame_count(out) == 1 and not partial_files(tmp_path)
