@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.backends import LABEL_DTYPES, LAYOUTS, OUTPUT_KINDS
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
+from runtime.preprocess import INPUT_FORMATS
 
 from offseg.names import FREQFUSION_CHOICES, MODEL_NAMES, freqfusion_form_for
 
@@ -41,7 +43,8 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
     from .parity import onnx_parity
 
     options = OnnxOptions(input_size=tuple(args.input_size), dynamic=args.dynamic, opset=args.opset,
-                          fold_normalization=args.fold_normalization, output_kind=args.output_kind,
+                          input_format=args.input_format, output_kind=args.output_kind,
+                          label_dtype=args.label_dtype, output_layout=args.layout,
                           fused_head=not args.unfused_head, head_as_function=not args.inline_head,
                           freqfusion_form=freqfusion_form_for(args.freqfusion_form, args.format))
     options.validate()
@@ -60,7 +63,8 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
     result = export_onnx(model, name, onnx_path, options, args.checkpoint)
     print(f"wrote {result.path} ({_size(result.path)}) in {time.perf_counter() - start:.0f} s: input "
           f"'{result.input_name}' {result.metadata['offseg.input_format']} ({result.metadata['offseg.input_size']}),"
-          f" output '{result.output_name}' ({options.output_kind}), {model.num_classes} classes, FreqFusion as "
+          f" output '{result.output_name}' ({options.output_kind}, {options.output_layout}), {model.num_classes} "
+          f"classes, FreqFusion as "
           f"{options.freqfusion_form}")
     if not args.no_check:
         print(f"  parity vs PyTorch (ONNX Runtime CPU, {options.input_size[0]}x{options.input_size[1]}): "
@@ -220,10 +224,20 @@ def main(argv: list[str] | None = None) -> int:
     onnx_group.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     onnx_group.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                             help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET} and up)")
-    onnx_group.add_argument("--fold-normalization", action="store_true",
-                            help="take uint8 RGB NCHW images; mean/std normalization inside the graph")
-    onnx_group.add_argument("--output-kind", choices=("logits", "labels"), default="logits",
-                            help="logits (N, K, H/4, W/4) or labels (N, H, W) resized and argmaxed in the graph")
+    onnx_group.add_argument("--input-format", choices=tuple(INPUT_FORMATS), default="normalized",
+                            help="normalized: float32 mean/std-normalized RGB NCHW; uint8-rgb: uint8 RGB NCHW, or "
+                                 "float-rgb-0-255: float32 RGB pixels 0-255 NCHW (what DeepStream's nvinfer feeds), "
+                                 "both with mean/std inside the graph (default normalized)")
+    onnx_group.add_argument("--fold-normalization", action="store_const", const="uint8-rgb", dest="input_format",
+                            help=argparse.SUPPRESS)  # the earlier name of --input-format uint8-rgb
+    onnx_group.add_argument("--output-kind", choices=OUTPUT_KINDS, default="logits",
+                            help="logits (N, K, H/4, W/4), probs (their softmax, same shape) or labels (N, H, W) "
+                                 "resized and argmaxed in the graph (default logits)")
+    onnx_group.add_argument("--label-dtype", choices=("auto", *LABEL_DTYPES), default="auto",
+                            help="dtype of a labels output: uint8, int32 (what TAO, Isaac ROS and DeepStream's "
+                                 "tensor consumers read) or auto: uint8 when the classes fit")
+    onnx_group.add_argument("--layout", choices=LAYOUTS, default="nchw",
+                            help="output layout: nchw, or nhwc (N, h, w, K) scores / (N, H, W, 1) labels")
     onnx_group.add_argument("--inline-head", action="store_true",
                             help="keep the offset-learning nodes inline (names under OffsetLearning/) instead of a "
                                  "local function, for tools that cannot take ONNX functions")

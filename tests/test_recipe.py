@@ -26,6 +26,7 @@ from offseg.protocol import TestProtocol, fixed_size, forward_window, protocol_l
 from offseg.recipes import accumulation_steps, run_line, with_recipe
 from offseg.train import Collate, TrainConfig, train_step
 from calibration.validate import compare, engine_infer, uint8_input
+from runtime.backends import ModelInfo
 from runtime.errors import OffsegError
 from runtime.metrics import ConfusionMatrix
 
@@ -130,7 +131,7 @@ def test_a_fixed_size_engine_follows_the_protocol(tiny):
     original pixels back."""
     protocol = TestProtocol("slide", (128, 128), (96, 96), (512, 128))
     image = _image(60, 90, seed=3)
-    engine = engine_infer(torch_infer(tiny), (128, 128), False, False, 7, protocol)
+    engine = engine_infer(torch_infer(tiny), ModelInfo("tiny", 7, (128, 128), "normalized", "logits"), protocol)
     reference_logits = protocol_logits(image, torch_infer(tiny), protocol)
     assert np.abs(protocol_logits(image, engine, protocol) - reference_logits).max() < 1e-4
     seen = []
