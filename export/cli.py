@@ -136,9 +136,37 @@ def _check_paths(args: argparse.Namespace, output_folders: set[Path]) -> str | N
     return calib_key
 
 
+def _deepstream(args: argparse.Namespace) -> int:
+    """``--format deepstream``: the ONNX export and the nvinfer package, written to a folder renamed when done."""
+    from runtime.backends import ModelInfo
+    from runtime.sinks import atomic_folder
+
+    from .deepstream import check_model, write_package
+
+    if args.onnx:
+        raise OffsegError("--format deepstream exports from PyTorch: drop --onnx (give --checkpoint)")
+    name = args.model or "offseg-t"
+    folder = args.output or Path(f"{name}-deepstream")
+    if not folder.parent.is_dir():
+        raise OffsegError(f"output folder {folder.parent} does not exist")
+    check_model(ModelInfo(name, 1, tuple(args.input_size) if not args.dynamic else None, args.input_format,
+                          args.output_kind))
+    with atomic_folder(folder) as tmp:
+        meta = _export_torch(args, tmp / f"{name}.onnx")
+        written = write_package(tmp, ModelInfo.from_metadata(meta), f"{name}.onnx", args.fp16)
+    print(f"wrote {folder}/: {name}.onnx, {', '.join(written)}; on the device: sh {folder}/pipeline.sh VIDEO.mp4")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from calibration.files import load_onnx, read_metadata
 
+    if args.format == "deepstream":
+        args.input_format = args.input_format or "float-rgb-0-255"
+        args.output_kind = args.output_kind or "probs"
+        return _deepstream(args)
+    args.input_format = args.input_format or "normalized"
+    args.output_kind = args.output_kind or "logits"
     engine_options = _engine_options(args)
     name = args.model or "offseg-t"
     main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
@@ -210,10 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--num-classes", type=int, help="classes for fresh weights (default 150)")
     source.add_argument("--onnx", type=Path, help="build from an ONNX file exported earlier (the device-side step)")
     out = parser.add_argument_group("output")
-    out.add_argument("--format", choices=("onnx", "engine"), default="onnx",
-                     help="onnx (default) or engine: also build a TensorRT .plan")
-    out.add_argument("--output", type=Path, help="main output (.onnx, or .plan with --format engine; "
-                     "default ./<model>.onnx / .plan); other files share its stem")
+    out.add_argument("--format", choices=("onnx", "engine", "deepstream"), default="onnx",
+                     help="onnx (default), engine: also build a TensorRT .plan, or deepstream: a folder with the "
+                          "ONNX, an nvinfer config (+ YAML), labels.txt and a gst-launch-1.0 pipeline")
+    out.add_argument("--output", type=Path, help="main output (.onnx, .plan with --format engine, a new folder "
+                     "with --format deepstream; default ./<model>.onnx / .plan / <model>-deepstream); other files "
+                     "share its stem")
     out.add_argument("--fp16", action="store_true", help="FP16 (ONNX: NAME.fp16.onnx; engine: FP16 engine)")
     out.add_argument("--int8", action="store_true", help="INT8 from a Q/DQ graph calibrated on --calib-data")
     out.add_argument("--calib-data", help="calibration images: folder, video file, or 'synthetic'")
@@ -224,15 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     onnx_group.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     onnx_group.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                             help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET} and up)")
-    onnx_group.add_argument("--input-format", choices=tuple(INPUT_FORMATS), default="normalized",
+    onnx_group.add_argument("--input-format", choices=tuple(INPUT_FORMATS),
                             help="normalized: float32 mean/std-normalized RGB NCHW; uint8-rgb: uint8 RGB NCHW, or "
                                  "float-rgb-0-255: float32 RGB pixels 0-255 NCHW (what DeepStream's nvinfer feeds), "
-                                 "both with mean/std inside the graph (default normalized)")
+                                 "both with mean/std inside the graph (default normalized; float-rgb-0-255 for "
+                                 "--format deepstream)")
     onnx_group.add_argument("--fold-normalization", action="store_const", const="uint8-rgb", dest="input_format",
                             help=argparse.SUPPRESS)  # the earlier name of --input-format uint8-rgb
-    onnx_group.add_argument("--output-kind", choices=OUTPUT_KINDS, default="logits",
+    onnx_group.add_argument("--output-kind", choices=OUTPUT_KINDS,
                             help="logits (N, K, H/4, W/4), probs (their softmax, same shape) or labels (N, H, W) "
-                                 "resized and argmaxed in the graph (default logits)")
+                                 "resized and argmaxed in the graph (default logits; probs for --format deepstream)")
     onnx_group.add_argument("--label-dtype", choices=("auto", *LABEL_DTYPES), default="auto",
                             help="dtype of a labels output: uint8, int32 (what TAO, Isaac ROS and DeepStream's "
                                  "tensor consumers read) or auto: uint8 when the classes fit")
