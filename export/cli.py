@@ -154,7 +154,7 @@ def _deepstream(args: argparse.Namespace) -> int:
     with atomic_folder(folder) as tmp:
         meta = _export_torch(args, tmp / f"{name}.onnx")
         written = write_package(tmp, ModelInfo.from_metadata(meta), f"{name}.onnx", args.fp16)
-    print(f"wrote {folder}/: {name}.onnx, {', '.join(written)}; on the device: sh {folder}/pipeline.sh VIDEO.mp4")
+    print(f"wrote {folder}/: {name}.onnx, {', '.join(written)}; on the device: cd {folder} && sh pipeline.sh VIDEO.mp4")
     return 0
 
 
