@@ -154,7 +154,32 @@ def _deepstream(args: argparse.Namespace) -> int:
     with atomic_folder(folder) as tmp:
         meta = _export_torch(args, tmp / f"{name}.onnx")
         written = write_package(tmp, ModelInfo.from_metadata(meta), f"{name}.onnx", args.fp16)
-    print(f"wrote {folder}/: {name}.onnx, {', '.join(written)}; on the device: cd {folder} && sh pipeline.sh VIDEO.mp4")
+    print(f"wrote {folder}/: {name}.onnx, {', '.join(written)}; on the device: cd {folder} && sh pipeline.sh "
+          "VIDEO.mp4")
+    return 0
+
+
+def _triton(args: argparse.Namespace) -> int:
+    """``--format triton``: a model repository (``<model>/config.pbtxt``, ``<model>/1/model.onnx``), renamed into
+    place when complete."""
+    from calibration.files import load_onnx
+    from runtime.sinks import atomic_folder
+
+    from .triton import config_text
+
+    if args.onnx:
+        raise OffsegError("--format triton exports from PyTorch: drop --onnx (give --checkpoint)")
+    name = args.model or "offseg-t"
+    repository = args.output or Path("model_repository")
+    if not repository.parent.is_dir():
+        raise OffsegError(f"output folder {repository.parent} does not exist")
+    with atomic_folder(repository) as tmp:
+        (tmp / name / "1").mkdir(parents=True)
+        onnx_path = tmp / name / "1" / "model.onnx"
+        meta = _export_torch(args, onnx_path)
+        (tmp / name / "config.pbtxt").write_text(config_text(name, load_onnx(onnx_path), meta, args.max_batch))
+    print(f"wrote the Triton model repository {repository}/ ({name}/config.pbtxt, {name}/1/model.onnx); serve it "
+          f"with: tritonserver --model-repository {repository}")
     return 0
 
 
@@ -167,6 +192,8 @@ def _export(args: argparse.Namespace) -> int:
         return _deepstream(args)
     args.input_format = args.input_format or "normalized"
     args.output_kind = args.output_kind or "logits"
+    if args.format == "triton":
+        return _triton(args)
     engine_options = _engine_options(args)
     name = args.model or "offseg-t"
     main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
@@ -238,12 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--num-classes", type=int, help="classes for fresh weights (default 150)")
     source.add_argument("--onnx", type=Path, help="build from an ONNX file exported earlier (the device-side step)")
     out = parser.add_argument_group("output")
-    out.add_argument("--format", choices=("onnx", "engine", "deepstream"), default="onnx",
-                     help="onnx (default), engine: also build a TensorRT .plan, or deepstream: a folder with the "
-                          "ONNX, an nvinfer config (+ YAML), labels.txt and a gst-launch-1.0 pipeline")
+    out.add_argument("--format", choices=("onnx", "engine", "deepstream", "triton"), default="onnx",
+                     help="onnx (default), engine: also build a TensorRT .plan, deepstream: a folder with the ONNX, "
+                          "an nvinfer config (+ YAML), labels.txt and a gst-launch-1.0 pipeline, or triton: a Triton "
+                          "model repository")
     out.add_argument("--output", type=Path, help="main output (.onnx, .plan with --format engine, a new folder "
-                     "with --format deepstream; default ./<model>.onnx / .plan / <model>-deepstream); other files "
-                     "share its stem")
+                     "with --format deepstream / triton; default ./<model>.onnx / .plan / <model>-deepstream / "
+                     "model_repository); other files share its stem")
     out.add_argument("--fp16", action="store_true", help="FP16 (ONNX: NAME.fp16.onnx; engine: FP16 engine)")
     out.add_argument("--int8", action="store_true", help="INT8 from a Q/DQ graph calibrated on --calib-data")
     out.add_argument("--calib-data", help="calibration images: folder, video file, or 'synthetic'")
@@ -288,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     trt.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU")
     trt.add_argument("--tf32", action="store_true",
                      help="let FP32 layers use TF32 on Ampere+ GPUs (faster, less exact; default true FP32)")
-    trt.add_argument("--max-batch", type=int, default=1, help="largest batch of a dynamic engine (default 1)")
+    trt.add_argument("--max-batch", type=int, default=1, help="largest batch of a dynamic engine, and Triton's "
+                     "max_batch_size for a --dynamic export (default 1)")
     trt.add_argument("--min-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
                      help="smallest input of a dynamic engine's optimization profile")
     trt.add_argument("--opt-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
