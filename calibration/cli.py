@@ -121,8 +121,8 @@ def _validate(args: argparse.Namespace) -> int:
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.dataset} has {dataset.num_classes} classes, the checkpoint {model.num_classes}")
     protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
-    labels_only = info.output_kind == "labels"
-    engine = engine_infer(backend.infer, info.input_size, info.uint8_input, labels_only, info.num_classes, protocol)
+    labels_only = info.output_kind != "logits"  # labels, or probabilities: compared on labels, no logit difference
+    engine = engine_infer(backend.infer, info, protocol)
     print(f"PyTorch reference on {describe(device)}; engine: {backend.description}", flush=True)
     reference = at_input_size(torch_infer(model), info.input_size, protocol)
     result = compare(dataset, reference, engine, protocol, labels_only, args.eval_images,

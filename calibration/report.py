@@ -111,7 +111,7 @@ def write_report(folder: Path, result: Comparison, classes: tuple[str, ...], pal
                 for i, sample in enumerate(result.samples)]
     lines = [f"# Validation: {about.get('engine')} ({about.get('precision')}) vs PyTorch", "",
              f"Model {about.get('model')}, dataset {about.get('dataset')}, {result.images} images, {result.mode} "
-             f"inference{' (the engine outputs labels: labels compared)' if result.labels_only else ''}, "
+             f"inference{' (labels or probabilities out: labels compared)' if result.labels_only else ''}, "
              f"backend {about.get('backend')}.", "",
              "| | mIoU | aAcc | s/image |", "|---|---|---|---|",
              f"| PyTorch | {summary['reference_miou']:.2f} | {summary['reference_aacc']:.2f} | "

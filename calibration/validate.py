@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from offseg.protocol import Infer, TestProtocol, fixed_size, protocol_logits
+from runtime.backends import ModelInfo
 from runtime.metrics import ConfusionMatrix
 from runtime.preprocess import MEAN_RGB, STD_RGB
 
@@ -23,6 +24,12 @@ def uint8_input(infer: Infer) -> Infer:
     """Feed a model with folded normalization: normalized float input -> the uint8 RGB pixels it came from."""
     mean, std = np.asarray(MEAN_RGB, np.float32)[:, None, None], np.asarray(STD_RGB, np.float32)[:, None, None]
     return lambda x: infer(np.clip(np.rint(x * std + mean), 0, 255).astype(np.uint8))
+
+
+def pixel_input(infer: Infer) -> Infer:
+    """Feed a ``float-rgb-0-255`` model (DeepStream's input): normalized float input -> float RGB 0-255."""
+    mean, std = np.asarray(MEAN_RGB, np.float32)[:, None, None], np.asarray(STD_RGB, np.float32)[:, None, None]
+    return lambda x: infer((x * std + mean).astype(np.float32))
 
 
 def one_hot_labels(infer: Infer, num_classes: int) -> Infer:
@@ -43,14 +50,15 @@ def at_input_size(infer: Infer, input_size: tuple[int, int] | None, protocol: Te
     return fixed_size(infer, tuple(input_size), stride)
 
 
-def engine_infer(infer: Infer, input_size: tuple[int, int] | None, uint8: bool, labels_out: bool,
-                 num_classes: int, protocol: TestProtocol) -> Infer:
-    """An exported model's ``infer`` adapted to the protocol's normalized inputs of any size."""
-    if uint8:
-        infer = uint8_input(infer)
-    if labels_out:
-        infer = one_hot_labels(infer, num_classes)
-    return at_input_size(infer, input_size, protocol)
+def engine_infer(infer: Infer, info: ModelInfo, protocol: TestProtocol) -> Infer:
+    """An exported model's ``infer`` adapted to the protocol's normalized inputs of any size and to (1, K, h, w)
+    scores (logits, probabilities, or one-hot labels)."""
+    planar = info.planar
+    adapted = {"normalized": lambda x: planar(infer(x)), "uint8-rgb": uint8_input(lambda x: planar(infer(x))),
+               "float-rgb-0-255": pixel_input(lambda x: planar(infer(x)))}[info.input_format]
+    if info.output_kind == "labels":
+        adapted = one_hot_labels(adapted, info.num_classes)
+    return at_input_size(adapted, info.input_size, protocol)
 
 
 @dataclass

@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.backends import LABEL_DTYPES, LAYOUTS, OUTPUT_KINDS
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
+from runtime.preprocess import INPUT_FORMATS
 
 from offseg.names import FREQFUSION_CHOICES, MODEL_NAMES, freqfusion_form_for
 
@@ -41,7 +43,8 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
     from .parity import onnx_parity
 
     options = OnnxOptions(input_size=tuple(args.input_size), dynamic=args.dynamic, opset=args.opset,
-                          fold_normalization=args.fold_normalization, output_kind=args.output_kind,
+                          input_format=args.input_format, output_kind=args.output_kind,
+                          label_dtype=args.label_dtype, output_layout=args.layout,
                           fused_head=not args.unfused_head, head_as_function=not args.inline_head,
                           freqfusion_form=freqfusion_form_for(args.freqfusion_form, args.format))
     options.validate()
@@ -60,7 +63,8 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
     result = export_onnx(model, name, onnx_path, options, args.checkpoint)
     print(f"wrote {result.path} ({_size(result.path)}) in {time.perf_counter() - start:.0f} s: input "
           f"'{result.input_name}' {result.metadata['offseg.input_format']} ({result.metadata['offseg.input_size']}),"
-          f" output '{result.output_name}' ({options.output_kind}), {model.num_classes} classes, FreqFusion as "
+          f" output '{result.output_name}' ({options.output_kind}, {options.output_layout}), {model.num_classes} "
+          f"classes, FreqFusion as "
           f"{options.freqfusion_form}")
     if not args.no_check:
         print(f"  parity vs PyTorch (ONNX Runtime CPU, {options.input_size[0]}x{options.input_size[1]}): "
@@ -132,9 +136,64 @@ def _check_paths(args: argparse.Namespace, output_folders: set[Path]) -> str | N
     return calib_key
 
 
+def _deepstream(args: argparse.Namespace) -> int:
+    """``--format deepstream``: the ONNX export and the nvinfer package, written to a folder renamed when done."""
+    from runtime.backends import ModelInfo
+    from runtime.sinks import atomic_folder
+
+    from .deepstream import check_model, write_package
+
+    if args.onnx:
+        raise OffsegError("--format deepstream exports from PyTorch: drop --onnx (give --checkpoint)")
+    name = args.model or "offseg-t"
+    folder = args.output or Path(f"{name}-deepstream")
+    if not folder.parent.is_dir():
+        raise OffsegError(f"output folder {folder.parent} does not exist")
+    check_model(ModelInfo(name, 1, tuple(args.input_size) if not args.dynamic else None, args.input_format,
+                          args.output_kind))
+    with atomic_folder(folder) as tmp:
+        meta = _export_torch(args, tmp / f"{name}.onnx")
+        written = write_package(tmp, ModelInfo.from_metadata(meta), f"{name}.onnx", args.fp16)
+    print(f"wrote {folder}/: {name}.onnx, {', '.join(written)}; on the device: cd {folder} && sh pipeline.sh "
+          "VIDEO.mp4")
+    return 0
+
+
+def _triton(args: argparse.Namespace) -> int:
+    """``--format triton``: a model repository (``<model>/config.pbtxt``, ``<model>/1/model.onnx``), renamed into
+    place when complete."""
+    from calibration.files import load_onnx
+    from runtime.sinks import atomic_folder
+
+    from .triton import config_text
+
+    if args.onnx:
+        raise OffsegError("--format triton exports from PyTorch: drop --onnx (give --checkpoint)")
+    name = args.model or "offseg-t"
+    repository = args.output or Path("model_repository")
+    if not repository.parent.is_dir():
+        raise OffsegError(f"output folder {repository.parent} does not exist")
+    with atomic_folder(repository) as tmp:
+        (tmp / name / "1").mkdir(parents=True)
+        onnx_path = tmp / name / "1" / "model.onnx"
+        meta = _export_torch(args, onnx_path)
+        (tmp / name / "config.pbtxt").write_text(config_text(name, load_onnx(onnx_path), meta, args.max_batch))
+    print(f"wrote the Triton model repository {repository}/ ({name}/config.pbtxt, {name}/1/model.onnx); serve it "
+          f"with: tritonserver --model-repository {repository}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from calibration.files import load_onnx, read_metadata
 
+    if args.format == "deepstream":
+        args.input_format = args.input_format or "float-rgb-0-255"
+        args.output_kind = args.output_kind or "probs"
+        return _deepstream(args)
+    args.input_format = args.input_format or "normalized"
+    args.output_kind = args.output_kind or "logits"
+    if args.format == "triton":
+        return _triton(args)
     engine_options = _engine_options(args)
     name = args.model or "offseg-t"
     main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
@@ -206,10 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--num-classes", type=int, help="classes for fresh weights (default 150)")
     source.add_argument("--onnx", type=Path, help="build from an ONNX file exported earlier (the device-side step)")
     out = parser.add_argument_group("output")
-    out.add_argument("--format", choices=("onnx", "engine"), default="onnx",
-                     help="onnx (default) or engine: also build a TensorRT .plan")
-    out.add_argument("--output", type=Path, help="main output (.onnx, or .plan with --format engine; "
-                     "default ./<model>.onnx / .plan); other files share its stem")
+    out.add_argument("--format", choices=("onnx", "engine", "deepstream", "triton"), default="onnx",
+                     help="onnx (default), engine: also build a TensorRT .plan, deepstream: a folder with the ONNX, "
+                          "an nvinfer config (+ YAML), labels.txt and a gst-launch-1.0 pipeline, or triton: a Triton "
+                          "model repository")
+    out.add_argument("--output", type=Path, help="main output (.onnx, .plan with --format engine, a new folder "
+                     "with --format deepstream / triton; default ./<model>.onnx / .plan / <model>-deepstream / "
+                     "model_repository); other files share its stem")
     out.add_argument("--fp16", action="store_true", help="FP16 (ONNX: NAME.fp16.onnx; engine: FP16 engine)")
     out.add_argument("--int8", action="store_true", help="INT8 from a Q/DQ graph calibrated on --calib-data")
     out.add_argument("--calib-data", help="calibration images: folder, video file, or 'synthetic'")
@@ -220,10 +282,21 @@ def main(argv: list[str] | None = None) -> int:
     onnx_group.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     onnx_group.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                             help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET} and up)")
-    onnx_group.add_argument("--fold-normalization", action="store_true",
-                            help="take uint8 RGB NCHW images; mean/std normalization inside the graph")
-    onnx_group.add_argument("--output-kind", choices=("logits", "labels"), default="logits",
-                            help="logits (N, K, H/4, W/4) or labels (N, H, W) resized and argmaxed in the graph")
+    onnx_group.add_argument("--input-format", choices=tuple(INPUT_FORMATS),
+                            help="normalized: float32 mean/std-normalized RGB NCHW; uint8-rgb: uint8 RGB NCHW, or "
+                                 "float-rgb-0-255: float32 RGB pixels 0-255 NCHW (what DeepStream's nvinfer feeds), "
+                                 "both with mean/std inside the graph (default normalized; float-rgb-0-255 for "
+                                 "--format deepstream)")
+    onnx_group.add_argument("--fold-normalization", action="store_const", const="uint8-rgb", dest="input_format",
+                            help=argparse.SUPPRESS)  # the earlier name of --input-format uint8-rgb
+    onnx_group.add_argument("--output-kind", choices=OUTPUT_KINDS,
+                            help="logits (N, K, H/4, W/4), probs (their softmax, same shape) or labels (N, H, W) "
+                                 "resized and argmaxed in the graph (default logits; probs for --format deepstream)")
+    onnx_group.add_argument("--label-dtype", choices=("auto", *LABEL_DTYPES), default="auto",
+                            help="dtype of a labels output: uint8, int32 (what TAO, Isaac ROS and DeepStream's "
+                                 "tensor consumers read) or auto: uint8 when the classes fit")
+    onnx_group.add_argument("--layout", choices=LAYOUTS, default="nchw",
+                            help="output layout: nchw, or nhwc (N, h, w, K) scores / (N, H, W, 1) labels")
     onnx_group.add_argument("--inline-head", action="store_true",
                             help="keep the offset-learning nodes inline (names under OffsetLearning/) instead of a "
                                  "local function, for tools that cannot take ONNX functions")
@@ -243,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     trt.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU")
     trt.add_argument("--tf32", action="store_true",
                      help="let FP32 layers use TF32 on Ampere+ GPUs (faster, less exact; default true FP32)")
-    trt.add_argument("--max-batch", type=int, default=1, help="largest batch of a dynamic engine (default 1)")
+    trt.add_argument("--max-batch", type=int, default=1, help="largest batch of a dynamic engine, and Triton's "
+                     "max_batch_size for a --dynamic export (default 1)")
     trt.add_argument("--min-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
                      help="smallest input of a dynamic engine's optimization profile")
     trt.add_argument("--opt-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),

@@ -21,7 +21,8 @@ from torch import nn
 
 from runtime.errors import OffsegError
 from offseg.names import FREQFUSION_FORMS
-from runtime.preprocess import MEAN_RGB, SIZE_DIVISOR, STD_RGB
+from runtime.backends import LABEL_DTYPES, LAYOUTS, OUTPUT_KINDS
+from runtime.preprocess import INPUT_FORMATS, MEAN_RGB, SIZE_DIVISOR, STD_RGB
 
 from calibration.files import FUNCTION_DOMAIN, file_sha256, save_checked
 from calibration.graph import extract_function, rename_scope
@@ -31,7 +32,6 @@ from calibration.precision import FUSION_FP32_PARTS, FUSION_MODULE, FUSION_SCOPE
 log = logging.getLogger(__name__)
 
 FUSION_PART = re.compile(rf"'head\.freqfusions\.\d+\.({'|'.join(FUSION_FP32_PARTS)})'")  # pinned whole
-OUTPUT_KINDS = ("logits", "labels")
 
 RANDOM_WEIGHTS = "RANDOM, UNTRAINED (no checkpoint): for speed tests only, its predictions are noise"
 
@@ -43,8 +43,10 @@ class OnnxOptions:
     input_size: tuple[int, int] = (512, 512)
     dynamic: bool = False
     opset: int = DEFAULT_OPSET
-    fold_normalization: bool = False
-    output_kind: str = "logits"
+    input_format: str = "normalized"  # a key of runtime.preprocess.INPUT_FORMATS
+    output_kind: str = "logits"  # logits, labels (argmax at the input size) or probs (softmax of the logits)
+    label_dtype: str = "auto"  # labels: uint8, int32, or auto (uint8 when the classes fit)
+    output_layout: str = "nchw"
     fused_head: bool = True
     head_as_function: bool = True
     batch: int = 1  # static batch size (dynamic exports: any)
@@ -54,8 +56,12 @@ class OnnxOptions:
         h, w = self.input_size
         if h % SIZE_DIVISOR or w % SIZE_DIVISOR or h <= 0 or w <= 0:
             raise OffsegError(f"input size {h} {w} must be positive multiples of {SIZE_DIVISOR}")
-        if self.output_kind not in OUTPUT_KINDS:
-            raise OffsegError(f"output kind must be one of {', '.join(OUTPUT_KINDS)}, got {self.output_kind!r}")
+        for name, value, choices in (("input format", self.input_format, tuple(INPUT_FORMATS)),
+                                     ("output kind", self.output_kind, OUTPUT_KINDS),
+                                     ("label dtype", self.label_dtype, ("auto", *LABEL_DTYPES)),
+                                     ("layout", self.output_layout, LAYOUTS)):
+            if value not in choices:
+                raise OffsegError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         if self.freqfusion_form not in FREQFUSION_FORMS:
             raise OffsegError(f"FreqFusion form must be one of {', '.join(FREQFUSION_FORMS)}, "
                               f"got {self.freqfusion_form!r}")
@@ -88,7 +94,8 @@ class FusedOffsetLearning(nn.Module):
 
 
 class DeployModel(nn.Module):
-    """The model as deployed: normalized float (or uint8 RGB) NCHW in; logits or labels out."""
+    """The model as deployed: NCHW RGB in (normalized, or uint8 / float 0-255 with mean/std in the graph);
+    logits, probabilities or labels out, NCHW or NHWC."""
 
     def __init__(self, model: nn.Module, options: OnnxOptions):
         super().__init__()
@@ -106,26 +113,36 @@ class DeployModel(nn.Module):
         self.register_buffer("std", torch.tensor(STD_RGB).reshape(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.options.fold_normalization:
+        options = self.options
+        if options.input_format != "normalized":
             images = (images.float() - self.mean) / self.std
         logits = self.head(self.backbone(images))
-        if self.options.output_kind == "logits":
-            return logits
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.argmax(dim=1).to(label_dtype(self.num_classes))
+        if options.output_kind == "labels":
+            logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            labels = logits.argmax(dim=1).to(label_dtype(self.num_classes, options.label_dtype))
+            return labels.unsqueeze(-1) if options.output_layout == "nhwc" else labels
+        scores = logits.softmax(dim=1) if options.output_kind == "probs" else logits
+        return scores.permute(0, 2, 3, 1) if options.output_layout == "nhwc" else scores
 
 
-def label_dtype(num_classes: int) -> torch.dtype:
-    """uint8 labels when they fit (the cheapest transfer), else int32."""
-    return torch.uint8 if num_classes <= 256 else torch.int32
+def label_dtype(num_classes: int, requested: str = "auto") -> torch.dtype:
+    """The labels' dtype: ``requested``, or with auto uint8 when the classes fit (the cheapest transfer), else
+    int32. Raises OffsegError when uint8 cannot hold the class indices."""
+    if requested == "uint8" and num_classes > 256:
+        raise OffsegError(f"uint8 labels cannot hold {num_classes} classes: use --label-dtype int32")
+    if requested == "auto":
+        requested = "uint8" if num_classes <= 256 else "int32"
+    return {"uint8": torch.uint8, "int32": torch.int32}[requested]
 
 
 def example_input(options: OnnxOptions) -> torch.Tensor:
     """Batch 2 for dynamic exports: torch.export specializes a batch of 1 to a constant."""
     h, w = options.input_size
     batch = 2 if options.dynamic else options.batch
-    if options.fold_normalization:
+    if options.input_format == "uint8-rgb":
         return torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8)
+    if options.input_format == "float-rgb-0-255":
+        return torch.randint(0, 256, (batch, 3, h, w)).float()
     return torch.randn(batch, 3, h, w)
 
 
@@ -216,10 +233,13 @@ def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint
         "offseg.model": model_name,
         "offseg.num_classes": str(num_classes),
         "offseg.input_size": "dynamic" if options.dynamic else f"{h} {w}",
-        "offseg.input_format": "uint8 RGB NCHW" if options.fold_normalization else "float32 normalized RGB NCHW",
+        "offseg.input_format": INPUT_FORMATS[options.input_format],
         "offseg.mean_rgb": " ".join(map(str, MEAN_RGB)),
         "offseg.std_rgb": " ".join(map(str, STD_RGB)),
         "offseg.output_kind": options.output_kind,
+        "offseg.output_layout": options.output_layout,
+        **({"offseg.label_dtype": str(label_dtype(num_classes, options.label_dtype)).removeprefix("torch.")}
+           if options.output_kind == "labels" else {}),
         "offseg.fused_head": str(options.fused_head).lower(),
         "offseg.freqfusion_form": options.freqfusion_form,
         "offseg.precision": "fp32",

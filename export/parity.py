@@ -24,8 +24,10 @@ def example_images(options: OnnxOptions, seed: int = 0) -> np.ndarray:
     """A deterministic batch at the export size in the graph's input format."""
     shape = (1 if options.dynamic else options.batch, 3, *options.input_size)
     rng = np.random.default_rng(seed)
-    if options.fold_normalization:
+    if options.input_format == "uint8-rgb":
         return rng.integers(0, 256, shape, dtype=np.uint8)
+    if options.input_format == "float-rgb-0-255":
+        return rng.integers(0, 256, shape).astype(np.float32)
     return rng.standard_normal(shape, dtype=np.float32)
 
 
@@ -41,5 +43,6 @@ def onnx_parity(model: torch.nn.Module, onnx_path: Path, options: OnnxOptions) -
     actual = session.run(None, {session.get_inputs()[0].name: images})[0]
     if options.output_kind == "labels":
         return Parity(None, float((actual == expected).mean()))
-    agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
+    axis = 3 if options.output_layout == "nhwc" else 1
+    agreement = float((actual.argmax(axis) == expected.argmax(axis)).mean())
     return Parity(float(np.abs(actual.astype(np.float32) - expected).max()), agreement)

@@ -10,7 +10,7 @@ FREQFUSION_CHOICES = ("auto", *FREQFUSION_FORMS)
 def freqfusion_form_for(choice: str, target: str) -> str:
     """The FreqFusion form to export: ``choice`` unless ``auto``, which picks per target (``onnx``: the gather form,
     fastest on ONNX Runtime and OpenVINO as measured; ``engine``: the taps form with native GridSample, which
-    TensorRT fuses, until GPU measurements say otherwise)."""
+    TensorRT fuses, until GPU measurements say otherwise; also for ``deepstream``, whose nvinfer runs TensorRT)."""
     if choice != "auto":
         return choice
-    return "taps" if target == "engine" else "gather"
+    return "taps" if target in ("engine", "deepstream") else "gather"

@@ -92,6 +92,7 @@ class Pipeline:
 
     def _labels(self, outputs: np.ndarray, geometries: list[Geometry]) -> list[np.ndarray]:
         info = self.backend.info
+        outputs = info.planar(outputs)
         if info.output_kind == "labels":
             labels = outputs
         else:
@@ -119,11 +120,11 @@ class Pipeline:
         shapes = {im.shape for im, _ in fitted}
         t1 = time.perf_counter()
         if len(shapes) > 1:  # a dynamic model fed frames of different sizes: run them one by one
-            outputs = [self.backend.infer(to_model_input([im], self.backend.info.uint8_input)) for im, _ in fitted]
+            outputs = [self.backend.infer(to_model_input([im], self.backend.info.input_format)) for im, _ in fitted]
             t2 = time.perf_counter()
             labels = [self._labels(o, [g])[0] for o, (_, g) in zip(outputs, fitted)]
         else:
-            outputs = self.backend.infer(to_model_input([im for im, _ in fitted], self.backend.info.uint8_input))
+            outputs = self.backend.infer(to_model_input([im for im, _ in fitted], self.backend.info.input_format))
             t2 = time.perf_counter()
             labels = self._labels(outputs, [g for _, g in fitted])
         t3 = time.perf_counter()

@@ -16,6 +16,10 @@ MEAN_RGB = (123.675, 116.28, 103.53)
 STD_RGB = (58.395, 57.12, 57.375)
 SIZE_DIVISOR = 32  # every input side must be a multiple of this
 CV_MAX_CHANNELS = 512  # cv2.resize handles at most this many channels at once
+# What a graph takes (name -> the ``offseg.input_format`` metadata value). The last two fold mean/std into the
+# graph: uint8 frames, or float32 pixels 0-255 as DeepStream's nvinfer feeds them (net-scale-factor 1, offsets 0).
+INPUT_FORMATS = {"normalized": "float32 normalized RGB NCHW", "uint8-rgb": "uint8 RGB NCHW",
+                 "float-rgb-0-255": "float32 RGB 0-255 NCHW"}
 
 
 def normalize_bgr(image: np.ndarray) -> np.ndarray:
@@ -83,11 +87,12 @@ def fit_frame(image: np.ndarray, input_size: tuple[int, int] | None, policy: str
     return fitted, Geometry((h, w), target, content)
 
 
-def to_model_input(images: list[np.ndarray], uint8_input: bool) -> np.ndarray:
-    """Fitted BGR frames -> one (N, 3, H, W) batch: normalized float32, or uint8 RGB for folded graphs."""
-    if uint8_input:
-        return np.ascontiguousarray(np.stack([im[:, :, ::-1] for im in images]).transpose(0, 3, 1, 2))
-    return np.concatenate([normalize_bgr(im) for im in images])
+def to_model_input(images: list[np.ndarray], input_format: str = "normalized") -> np.ndarray:
+    """Fitted BGR frames -> one (N, 3, H, W) batch in ``input_format`` (a key of INPUT_FORMATS)."""
+    if input_format == "normalized":
+        return np.concatenate([normalize_bgr(im) for im in images])
+    rgb = np.ascontiguousarray(np.stack([im[:, :, ::-1] for im in images]).transpose(0, 3, 1, 2))
+    return rgb if input_format == "uint8-rgb" else rgb.astype(np.float32)
 
 
 def resize_channels_last(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -64,6 +64,26 @@ def atomic_output(path: str | os.PathLike, folder: bool = False) -> Iterator[Pat
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new hidden folder beside ``path`` to fill; it is renamed to ``path`` (which must not exist) only on
+    success, and removed on any failure."""
+    import shutil
+    path = Path(path)
+    if path.exists():
+        raise OffsegError(f"{path} already exists; remove it or choose another output folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        os.rename(tmp, path)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise OffsegError(f"cannot write {path}: {error.strerror or error}") from error
+        raise
+
+
 def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
     """OffsegError unless a file can be created in ``folder`` (tried for real: read-only mounts and permissions
     show only then); a missing folder is checked through its nearest existing parent, which must be a folder."""

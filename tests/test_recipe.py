@@ -26,8 +26,10 @@ from offseg.protocol import TestProtocol, fixed_size, forward_window, protocol_l
 from offseg.recipes import accumulation_steps, run_line, with_recipe
 from offseg.train import Collate, TrainConfig, train_step
 from calibration.validate import compare, engine_infer, uint8_input
+from runtime.backends import ModelInfo
 from runtime.errors import OffsegError
 from runtime.metrics import ConfusionMatrix
+from runtime.preprocess import MEAN_RGB, STD_RGB
 
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
 STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
@@ -130,9 +132,15 @@ def test_a_fixed_size_engine_follows_the_protocol(tiny):
     original pixels back."""
     protocol = TestProtocol("slide", (128, 128), (96, 96), (512, 128))
     image = _image(60, 90, seed=3)
-    engine = engine_infer(torch_infer(tiny), (128, 128), False, False, 7, protocol)
+    engine = engine_infer(torch_infer(tiny), ModelInfo("tiny", 7, (128, 128), "normalized", "logits"), protocol)
     reference_logits = protocol_logits(image, torch_infer(tiny), protocol)
     assert np.abs(protocol_logits(image, engine, protocol) - reference_logits).max() < 1e-4
+    pixels_to_probs = ModelInfo("tiny", 7, (128, 128), "float-rgb-0-255", "probs", output_layout="nhwc")
+    mean, std = np.asarray(MEAN_RGB, np.float32)[:, None, None], np.asarray(STD_RGB, np.float32)[:, None, None]
+    deepstream_like = engine_infer(lambda x: torch.from_numpy(torch_infer(tiny)((x - mean) / std)).softmax(1)
+                                   .permute(0, 2, 3, 1).numpy(), pixels_to_probs, protocol)  # float 0-255 in, NHWC
+    # probabilities are resized before the arg-max, logits on the reference side: a few border pixels may differ
+    assert (protocol_logits(image, deepstream_like, protocol).argmax(2) == reference_logits.argmax(2)).mean() > 0.99
     seen = []
     recorder = fixed_size(lambda x: seen.append(x) or np.zeros((1, 7, 128, 128), np.float32), (512, 512), (480, 480))
     assert recorder(np.ones((1, 3, 320, 480), np.float32)).shape == (1, 7, 320, 480)

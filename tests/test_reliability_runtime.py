@@ -373,7 +373,9 @@ def forged(onnx_model, tmp_path, **props):
     ({"classes": '["a", "b"]'}, "names 2 classes, not 9"),
     ({"palette": '[[1, 2]]'}, "offseg.palette is not a JSON list of 9 RGB colours"),
     ({"input_size": "64"}, "offseg.input_size '64' is not 'H W' or 'dynamic'"),
-    ({"output_kind": "labels"}, "says its output is labels but its graph outputs a 4-D tensor"),
+    ({"output_kind": "labels"}, "says its output is labels"),
+    ({"output_kind": "probs", "output_layout": "nhwc"}, "says 9 classes but its graph outputs 24"),
+    ({"input_format": "bgr"}, "offseg.input_format .bgr. is not one of"),
 ])
 def test_forged_onnx_metadata_is_refused_in_one_sentence(onnx_model, tmp_path, props, message):
     from runtime.errors import OffsegError

@@ -62,7 +62,7 @@ def test_onnx_run_matches_pytorch_labels_and_writes_a_playable_video(models, vid
     for index, frame in enumerate(frames_of(video)[0]):  # PyTorch on the same frames, same preprocessing
         fitted, geometry = fit_frame(frame, (128, 192))
         with torch.no_grad():
-            logits = model(torch.from_numpy(to_model_input([fitted], uint8_input=False))).numpy()
+            logits = model(torch.from_numpy(to_model_input([fitted], "normalized"))).numpy()
         expected = geometry.labels_to_frame(logits_to_labels(logits, (128, 192))[0])
         actual = cv2.imread(str(tmp_path / "onnx" / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
         agreement.append((actual == expected).mean())

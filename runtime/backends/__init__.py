@@ -10,6 +10,11 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import OffsegError
+from ..preprocess import INPUT_FORMATS
+
+OUTPUT_KINDS = ("logits", "labels", "probs")  # probs: softmax of the logits, same shape
+LABEL_DTYPES = ("uint8", "int32")
+LAYOUTS = ("nchw", "nhwc")  # of the output: (N, K, h, w) / (N, H, W), or (N, h, w, K) / (N, H, W, 1)
 
 
 @dataclass(frozen=True)
@@ -19,13 +24,14 @@ class ModelInfo:
     name: str
     num_classes: int
     input_size: tuple[int, int] | None  # None: dynamic height/width
-    uint8_input: bool  # normalization folded into the graph
-    output_kind: str  # logits or labels
+    input_format: str  # a key of runtime.preprocess.INPUT_FORMATS
+    output_kind: str  # one of OUTPUT_KINDS
     max_batch: int | None = None  # None: any
     classes: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
     precision: str = "fp32"
     trained: bool = True  # False: exported without a checkpoint (random weights, predictions are noise)
+    output_layout: str = "nchw"
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -39,8 +45,9 @@ class ModelInfo:
         num_classes = _whole_number(meta, "num_classes", source)
         values = dict(
             name=str(_get(meta, "model")), num_classes=num_classes, input_size=_input_size(meta, source),
-            uint8_input=str(_get(meta, "input_format", "")).startswith("uint8"),
-            output_kind=_choice(meta, "output_kind", "logits", ("logits", "labels"), source),
+            input_format=_input_format(meta, source),
+            output_kind=_choice(meta, "output_kind", "logits", OUTPUT_KINDS, source),
+            output_layout=_choice(meta, "output_layout", "nchw", LAYOUTS, source),
             classes=_classes(meta, num_classes, source), palette=_palette(meta, num_classes, source),
             precision=str(_get(meta, "precision", "fp32")),
             trained=not str(_get(meta, "weights", "")).startswith("RANDOM"))
@@ -57,13 +64,21 @@ class ModelInfo:
             raise OffsegError(f"{source} says input {_hw(self.input_size)} but its graph takes {_hw(graph_size)}")
         if self.input_size is None and graph_size is not None:
             raise OffsegError(f"{source} says its input size is dynamic but its graph takes {_hw(graph_size)}")
-        rank, wanted = len(output_shape), 4 if self.output_kind == "logits" else 3
-        if rank != wanted:
-            raise OffsegError(f"{source} says its output is {self.output_kind} but its graph outputs a {rank}-D "
-                              f"tensor, not {'(N, K, h, w)' if wanted == 4 else '(N, H, W)'}")
-        classes = output_shape[1] if self.output_kind == "logits" else None
+        labels, nhwc = self.output_kind == "labels", self.output_layout == "nhwc"
+        wanted = {(False, False): "(N, K, h, w)", (False, True): "(N, h, w, K)", (True, False): "(N, H, W)",
+                  (True, True): "(N, H, W, 1)"}[labels, nhwc]
+        if len(output_shape) != wanted.count(",") + 1 or (labels and nhwc and output_shape[3] != 1):
+            raise OffsegError(f"{source} says its output is {self.output_kind} ({self.output_layout}) but its graph "
+                              f"outputs {len(output_shape)}-D {list(output_shape)}, not {wanted}")
+        classes = None if labels else output_shape[3 if nhwc else 1]
         if isinstance(classes, int) and classes > 0 and classes != self.num_classes:
             raise OffsegError(f"{source} says {self.num_classes} classes but its graph outputs {classes}")
+
+    def planar(self, outputs: np.ndarray) -> np.ndarray:
+        """A backend's output in our layout: (N, K, h, w) scores (logits or probabilities) or (N, H, W) labels."""
+        if self.output_layout == "nchw":
+            return outputs
+        return outputs[..., 0] if self.output_kind == "labels" else outputs.transpose(0, 3, 1, 2)
 
 
 MAX_CLASSES = 65535  # label PNGs are uint16 at most
@@ -109,6 +124,15 @@ def _choice(meta: dict, key: str, default: str, choices: tuple[str, ...], source
     return value
 
 
+def _input_format(meta: dict, source: str) -> str:
+    value = _get(meta, "input_format", INPUT_FORMATS["normalized"])
+    names = {text: name for name, text in INPUT_FORMATS.items()}
+    if value not in names:
+        raise OffsegError(f"{source}: {_label(meta, 'input_format')} {value!r} is not one of "
+                          f"{', '.join(map(repr, names))}")
+    return names[value]
+
+
 def _json_list(meta: dict, key: str) -> list | None:
     value = _get(meta, key, "[]")
     try:
@@ -141,7 +165,8 @@ class Backend(Protocol):
     description: str
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) model input (float32 normalized or uint8) -> logits (N, K, h, w) or labels (N, H, W)."""
+        """(N, 3, H, W) model input (``info.input_format``) -> the graph's output (``info.planar`` puts it in our
+        layout)."""
 
     def close(self) -> None: ...
 

@@ -23,7 +23,7 @@ class TorchBackend:
         self.model.to(self.device)
         content = read_file(path)
         classes = tuple(content.get("classes", ())) if isinstance(content.get("classes"), list) else ()
-        self.info = ModelInfo(name=name, num_classes=self.model.num_classes, input_size=None, uint8_input=False,
+        self.info = ModelInfo(name=name, num_classes=self.model.num_classes, input_size=None, input_format="normalized",
                               output_kind="logits", classes=classes)
         self.description = f"PyTorch {torch.__version__} ({describe(self.device)})"
 

@@ -1,0 +1,105 @@
+"""``offseg-export --format deepstream``: the config parses with GLib's own key-file parser, every key is one
+nvinfer reads, I/O matches the ONNX, and nvinfer's preprocessing and segmentation parser, emulated in numpy,
+give PyTorch's labels."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+
+from exported import export_small_model
+from export.cli import main as export_main
+from offseg.checkpoint import build_from_checkpoint
+from runtime.preprocess import fit_frame, normalize_bgr
+
+SIZE = (64, 96)
+ROOT = Path(__file__).parents[1]
+GLIB_PARSE = """
+import json, sys
+from gi.repository import GLib
+keys = GLib.KeyFile()
+keys.load_from_file(sys.argv[1], GLib.KeyFileFlags.NONE)
+print(json.dumps({g: {k: keys.get_value(g, k) for k in keys.get_keys(g)[0]} for g in keys.get_groups()[0]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("deepstream")
+    checkpoint, _ = export_small_model(folder, input_size=SIZE)
+    output = folder / "offseg-t-deepstream"
+    assert export_main(["--checkpoint", str(checkpoint), "--input-size", *map(str, SIZE), "--format", "deepstream",
+                        "--output", str(output), "--no-check"]) == 0
+    return checkpoint, output
+
+
+def _glib_key_file(path: Path) -> dict:
+    """The key file as GLib reads it (Debian's python3-gi; the venv's Python has no gi)."""
+    for python in ("/usr/bin/python3", shutil.which("python3")):
+        if python and subprocess.run([python, "-c", "import gi"], capture_output=True).returncode == 0:
+            done = subprocess.run([python, "-c", GLIB_PARSE, str(path)], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+    pytest.skip("no Python with python3-gi (GLib's key-file parser): apt-get install python3-gi")
+
+
+@pytest.mark.slow
+def test_config_parses_with_glib_and_uses_only_nvinfer_keys(package):
+    _, folder = package
+    groups = _glib_key_file(folder / "config_infer_primary_offseg.txt")
+    known = set(json.loads((ROOT / "export" / "nvinfer_properties.json").read_text())["property"])
+    props = groups["property"]
+    assert list(groups) == ["property"] and set(props) <= known, set(props) - known
+    assert yaml.safe_load((folder / "config_infer_primary_offseg.yml").read_text())["property"] == {
+        k: yaml.safe_load(v) for k, v in props.items()}  # the YAML twin says the same
+    session = ort.InferenceSession(str(folder / props["onnx-file"]), providers=["CPUExecutionProvider"])
+    model_input, model_output = session.get_inputs()[0], session.get_outputs()[0]
+    assert props["infer-dims"] == ";".join(map(str, model_input.shape[1:])) == f"3;{SIZE[0]};{SIZE[1]}"
+    assert props["output-blob-names"] == model_output.name == "probs" and props["network-type"] == "2"
+    assert int(props["num-detected-classes"]) == model_output.shape[1] == 9
+    assert len((folder / props["labelfile-path"]).read_text().splitlines()) == 9
+    pipeline = (folder / "pipeline.sh").read_text()
+    assert f"nvsegvisual width={SIZE[1] // 4} height={SIZE[0] // 4}" in pipeline
+
+
+def _nvinfer_labels(folder: Path, props: dict, frame_bgr: np.ndarray) -> np.ndarray:
+    """nvinfer as configured: aspect-ratio resize (padding per symmetric-padding), planar RGB float,
+    y = net-scale-factor * (x - offsets), the model, then the segmentation parser (start at -1, keep a class only
+    above segmentation-threshold)."""
+    assert props["maintain-aspect-ratio"] == "1" and props["symmetric-padding"] == "0"
+    assert props["model-color-format"] == "0"  # RGB
+    fitted, _ = fit_frame(frame_bgr, SIZE, "letterbox")  # scaled to fit, padded bottom/right with black
+    planar = fitted[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32)
+    offsets = np.array(props["offsets"].split(";"), np.float32)[None, :, None, None]
+    y = float(props["net-scale-factor"]) * (planar - offsets)
+    session = ort.InferenceSession(str(folder / props["onnx-file"]), providers=["CPUExecutionProvider"])
+    probs = session.run(None, {"images": y.astype(np.float32)})[0][0]
+    best, labels = np.full(probs.shape[1:], -1.0, np.float32), np.full(probs.shape[1:], -1)
+    for c, prob in enumerate(probs):
+        keep = (prob > best) & (prob > float(props["segmentation-threshold"]))
+        labels[keep], best[keep] = c, prob[keep]
+    return labels
+
+
+@pytest.mark.slow
+def test_emulated_nvinfer_gives_the_pytorch_labels(package):
+    checkpoint, folder = package
+    props = _glib_key_file(folder / "config_infer_primary_offseg.txt")["property"]
+    frame = cv2.resize(np.random.default_rng(5).integers(0, 256, (9, 12, 3), dtype=np.uint8), (150, 90))
+    labels = _nvinfer_labels(folder, props, frame)
+    model, _ = build_from_checkpoint(checkpoint)
+    fitted, _ = fit_frame(frame, SIZE, "letterbox")
+    with torch.no_grad():
+        expected = model(torch.from_numpy(normalize_bgr(fitted))).argmax(1)[0].numpy()
+    assert labels.min() >= 0 and np.array_equal(labels, expected)
+
+
+def test_logits_are_refused_for_deepstream(tmp_path, capsys):
+    assert export_main(["--format", "deepstream", "--output-kind", "logits", "--output", str(tmp_path / "p")]) == 2
+    assert "starts each pixel at -1" in capsys.readouterr().err and not (tmp_path / "p").exists()
