@@ -66,22 +66,14 @@ def atomic_output(path: str | os.PathLike, folder: bool = False) -> Iterator[Pat
 
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a new hidden folder beside ``path`` to fill; it is renamed to ``path`` (which must not exist) only on
-    success, and removed on any failure."""
-    import shutil
+    """Yield a new, empty folder to fill, in place of ``path`` (which must not exist); ``atomic_output``'s folder
+    mode renames it to ``path`` only on success and removes it on any failure."""
     path = Path(path)
     if path.exists():
         raise OffsegError(f"{path} already exists; remove it or choose another output folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
+    with atomic_output(path, folder=True) as tmp:
+        tmp.mkdir()
         yield tmp
-        os.chmod(tmp, 0o777 & ~_UMASK)
-        os.rename(tmp, path)
-    except BaseException as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(error, OSError):
-            raise OffsegError(f"cannot write {path}: {error.strerror or error}") from error
-        raise
 
 
 def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
