@@ -166,11 +166,17 @@ class RtspServer:
         factory.connect("media-configure", lambda f, media: self.valves.append(
             media.get_element().get_by_name("valve")))
         server.get_mount_points().add_factory("/live", factory)
-        self.server, self.source_id = server, server.attach(self.context)
+        deadline = time.monotonic() + 10
+        # attach returns 0 while the port is still held by the server just stopped: try again until it is free
+        while not (source_id := server.attach(self.context)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert source_id, f"the RTSP test server could not listen on port {self.port} again"
+        self.server, self.source_id = server, source_id
 
     def stop(self):
         self.server.client_filter(lambda server, client: self.GstRtspServer.RTSPFilterResult.REMOVE)
         self.context.find_source_by_id(self.source_id).destroy()
+        self.server = None  # the last reference: its listening socket closes
 
     def restart(self):
         self.stop()
