@@ -5,7 +5,8 @@
 Rows, fresh weights, 150 classes, batch 1 unless said:
 - latency of OffSeg-T/B/L at 512x512 and 1024x2048 in FP32 (TF32 off), FP16 (``.half()``): eager, and replayed as
   a CUDA graph (whose output must equal eager's), with the CUDA kernels one forward launches (torch.profiler),
-  for both CARAFE forms (taps, the default; unfold, the opt-in GPU form, with its max difference to taps);
+  for each CARAFE form (taps, the default; unfold and fused (one Triton kernel), the opt-in GPU forms, with their
+  max difference to taps);
 - ``torch.compile`` (default mode) of the configurations given to ``--compile``, with its compile time;
 - training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32 and ``--amp``), in it/s;
 - ``offseg-eval``'s evaluation loop on synthetic scenes, images/s on the GPU and on the CPU (same images).
@@ -33,7 +34,7 @@ from runtime.sinks import atomic_output  # noqa: E402
 
 MODELS = ("offseg-t", "offseg-b", "offseg-l")
 SIZES = ((512, 512), (1024, 2048))
-CARAFE_FORMS = ("taps", "unfold")  # the default and the opt-in GPU form, measured in the same run
+CARAFE_FORMS = ("taps", "unfold", "fused")  # the default and the opt-in GPU forms, measured in the same run
 
 
 def timed(function, iters: int, warmup: int = 3) -> float:

@@ -12,7 +12,9 @@ unfolded tensor at the output resolution is never built; the extra memory is one
 x plus one product per tap, but it launches three kernels per tap. ``unfold`` (meant for CUDA): the k*k
 neighbourhoods of x are unfolded at the LOW resolution (k^2 x the input, not k^2 s^2 x) and each output phase is
 one batched matrix product with its kernels: a handful of kernels per call instead of 3 k^2, which is what makes the
-eager GPU forward launch-bound otherwise. It is opt-in until benchmarks/gpu.py has measured it on a GPU.
+eager GPU forward launch-bound otherwise. ``fused`` (``carafe_fused.py``, CUDA inference): one Triton kernel per
+call, nothing intermediate in memory; needs ``triton`` and has no backward. The GPU forms are opt-in until
+benchmarks/gpu.py has measured them on a GPU.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ _forced_form: str | None = None
 
 @contextmanager
 def forced_form(form: str):
-    """Run every ``carafe`` call inside in ``form`` ("taps" or "unfold"), e.g. to compare the two on a GPU."""
+    """Run every ``carafe`` call inside in ``form`` ("taps", "unfold" or "fused"), e.g. to compare them on a GPU."""
     global _forced_form
     previous, _forced_form = _forced_form, form
     try:
@@ -39,16 +41,23 @@ def carafe(features: torch.Tensor, masks: torch.Tensor, kernel_size: int, group_
            scale_factor: int, form: str | None = None) -> torch.Tensor:
     """Reassemble ``features`` with per-pixel ``masks``; returns (N, C, s*h, s*w).
 
-    ``form``: "taps" (default) or "unfold" (opt-in until measured on a GPU; see ``forced_form``). Raises ValueError
-    when the mask shape does not match ``features`` and the arguments.
+    ``form``: "taps" (default), "unfold" or "fused" (opt-in until measured on a GPU; see ``forced_form``). Raises
+    ValueError when the mask shape does not match ``features`` and the arguments, and for the fused form when a
+    gradient is needed (it has no backward).
     """
     n, c, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
     if masks.shape != (n, g * k * k, s * h, s * w) or c % g:
         raise ValueError(f"carafe: masks {tuple(masks.shape)} do not fit features {tuple(features.shape)} "
                          f"with kernel {k}, groups {g}, scale {s}")
-    if (form or _forced_form or "taps") == "unfold":
+    form = form or _forced_form or "taps"
+    if form == "unfold":
         return _carafe_unfold(features, masks, k, g, s)
+    if form == "fused":
+        if torch.is_grad_enabled() and (features.requires_grad or masks.requires_grad):
+            raise ValueError("carafe: the fused form is for inference (no backward); train with the taps form")
+        from .carafe_fused import carafe_fused  # triton: only where this form is asked for
+        return carafe_fused(features, masks, k, g, s)
     return _carafe_taps(features, masks, k, g, s)
 
 
