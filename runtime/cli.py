@@ -29,6 +29,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise OffsegError(f"--alpha must be between 0 and 1, got {args.alpha:g}")
     if args.camera is not None and args.camera < 0:
         raise OffsegError(f"--camera must be 0 or more (0 = first camera), got {args.camera}")
+    if args.writer != "auto" and args.output is None:
+        raise OffsegError(f"--writer {args.writer} chooses how --output is encoded; add --output VIDEO")
     if args.csi_mode is not None and args.csi_camera is None:
         raise OffsegError("--csi-mode sets the mode of a --csi-camera; add --csi-camera N")
     if _reads_gstreamer(args):
@@ -50,7 +52,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise OffsegError(f"{option} {path} is the input {clash}; choose another name, the input would be "
                               "overwritten")
     if args.output:
-        VideoSink.check_target(args.output, args.fps)
+        if _writes_gstreamer(args):
+            from .gst_video_sink import check_target
+            check_target(args.output, args.fps)
+        else:
+            VideoSink.check_target(args.output, args.fps)
     if args.rosbag_out:
         if args.rosbag is None:
             raise OffsegError("--rosbag-out needs a --rosbag input (its messages give the headers)")
@@ -68,6 +74,33 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def _reads_gstreamer(args: argparse.Namespace) -> bool:
     return args.gst is not None or args.csi_camera is not None or args.capture == "gstreamer"
+
+
+def _writes_gstreamer(args: argparse.Namespace) -> bool:
+    """--writer gstreamer, or auto in a run that reads through GStreamer on a machine with the hardware encoder
+    (GStreamer is not started only to look for it: a process that has started it cannot export ONNX afterwards)."""
+    if args.writer != "auto":
+        return args.writer == "gstreamer"
+    if not _reads_gstreamer(args):
+        return False
+    from .gst_video_sink import hardware_encoder_present
+    return hardware_encoder_present()
+
+
+def _writer_description(args: argparse.Namespace) -> str:
+    if _writes_gstreamer(args):
+        from .gst_video_sink import check_target
+        return f"GStreamer, {check_target(args.output, args.fps)}"
+    from .sinks import FOURCC
+    return f"OpenCV ({FOURCC[args.output.suffix.lower()]})"
+
+
+def _video_sink(args: argparse.Namespace, fps: float, size: tuple[int, int]):
+    if _writes_gstreamer(args):
+        from .gst_video_sink import GstVideoSink
+        return GstVideoSink(args.output, fps, size)
+    from .sinks import VideoSink
+    return VideoSink(args.output, fps, size)
 
 
 def _check_input_kind(args: argparse.Namespace) -> None:
@@ -110,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
     from .backends import open_backend
     from .draw import annotate, class_names, palette_for
     from .pipeline import Pipeline, RunStats
-    from .sinks import MaskSink, VideoSink, WindowSink, atomic_output
+    from .sinks import MaskSink, WindowSink, atomic_output
 
     _check_arguments(args)
     backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda,
@@ -123,6 +156,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{info.name} ({info.num_classes} classes, {info.precision}, input "
           f"{'any size' if info.input_size is None else '%dx%d' % info.input_size}) on {backend.description}; "
           f"reading {source.description}")
+    if args.output:
+        print(f"writing {args.output.name} with {_writer_description(args)}")
     if _saves_nothing(args):
         print(f"note: this run only prints the timing table and {NOTHING_SAVED}", file=sys.stderr, flush=True)
     if not info.trained:
@@ -130,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
               "labels are noise (for speed tests only)", file=sys.stderr, flush=True)
     masks = MaskSink(args.save_masks) if args.save_masks else None
     window = WindowSink() if args.show else None
-    video: VideoSink | None = None
+    video = None
     bag = None
     stats = RunStats()
     bar = Progress(source.length, "segmenting", unit="frame", enabled=not args.no_progress)
@@ -156,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
                          None if args.no_overlay_text else f"{fps:.1f} FPS  model {result.compute_ms:.0f} ms", names)
         if args.output:
             if video is None:
-                video = VideoSink(args.output, args.fps or source.fps or 30.0, image.shape[:2])
+                video = _video_sink(args, args.fps or source.fps or 30.0, image.shape[:2])
             video.write(image)
         bar.update(1, fps=f"{fps:.1f}")
         return window.show(image) if window else True
@@ -218,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="how --video, --stream and --camera are read: opencv, or gstreamer (hardware decode "
                         "with nvv4l2decoder where it exists, software otherwise; v4l2src for cameras)")
     parser.add_argument("--output", type=Path, help="annotated video (.mp4/.avi/.mkv), same fps as the input")
+    parser.add_argument("--writer", choices=("auto", "opencv", "gstreamer"), default="auto",
+                        help="how --output is encoded: opencv (mp4v/MJPG), or gstreamer (H.264 by nvv4l2h264enc "
+                        "where it exists, x264enc otherwise); auto (default) is gstreamer when the input is read "
+                        "through GStreamer on a machine with the hardware encoder, opencv otherwise")
     parser.add_argument("--rosbag-out", type=Path, metavar="BAG", help="write a rosbag2 (the input's storage) of "
                         "what offseg-ros2 publishes: label images, overlays and LabelInfo, at the input's times")
     parser.add_argument("--image-topic", help="image topic of --rosbag (default the bag's only image topic)")

@@ -30,6 +30,25 @@ def test_preset_pipelines_are_the_platform_s_elements_in_order():
     assert stream_element("http://x/y.mjpg").startswith('urisourcebin uri="http://x/y.mjpg"')
 
 
+def test_the_writer_pipeline_encodes_h264_on_the_jetson_s_encoder_or_x264():
+    from runtime.gst_video_sink import even_size, writer_pipeline
+    hardware = writer_pipeline("o u.mp4", ".mp4", (480, 640), 30000 / 1001, hardware=True)
+    assert hardware.startswith("appsrc name=frames format=time caps=video/x-raw,format=BGR,width=640,height=480,"
+                               "framerate=30000/1001 ! videoconvert ! video/x-raw,format=I420 ! nvvidconv ! "
+                               "video/x-raw(memory:NVMM),format=I420 ! nvv4l2h264enc ! h264parse ! mp4mux")
+    assert hardware.endswith('filesink location="o u.mp4"')
+    software = writer_pipeline("o.mkv", ".mkv", (50, 66), 12, hardware=False)
+    assert "x264enc" in software and "nvv4l2h264enc" not in software and "matroskamux" in software
+    assert "framerate=12/1" in software
+    assert even_size((49, 65)) == (50, 66) and even_size((50, 66)) == (50, 66)
+
+
+def test_a_writer_without_an_output_is_one_sentence(capsys):
+    from runtime.cli import main
+    assert main(["--engine", "m.onnx", "--images", ".", "--writer", "gstreamer"]) == 2
+    assert "--writer gstreamer chooses how --output is encoded; add --output VIDEO" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text", ["1920x1080", "0x720@30", "1280x720@ 30fps", "big"])
 def test_a_bad_csi_mode_is_one_sentence(text):
     with pytest.raises(OffsegError, match=r"WIDTHxHEIGHT@FPS"):
@@ -109,6 +128,27 @@ def test_offseg_run_gst_writes_every_frame_at_its_size_and_rate(gst, onnx_model,
     frames, fps = frames_of(out)
     assert code == 0 and len(frames) == 9 and frames[0].shape == (50, 66, 3) and fps == pytest.approx(12)
     assert "9 frames" in stdout
+
+
+def fourcc_of(path) -> str:
+    code = int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FOURCC))
+    return "".join(chr((code >> shift) & 0xFF) for shift in (0, 8, 16, 24)).lower()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width, height", [(66, 50), (65, 49)])
+def test_writer_gstreamer_encodes_h264_with_every_frame_at_its_rate(gst, onnx_model, tmp_path, width, height):
+    """x264enc here (no nvv4l2h264enc): every frame, its rate, H.264; an odd size is padded to the even one."""
+    out = tmp_path / "gst.mp4"
+    pipeline = (f"videotestsrc num-buffers=9 ! video/x-raw,width={width},height={height},framerate=12/1 ! "
+                "videoconvert ! appsink")
+    code, stdout, _ = in_fresh_process(_offseg_run, ["--engine", str(onnx_model), "--gst", pipeline, "--output",
+                                                     str(out), "--writer", "gstreamer", "--no-progress"])
+    frames, fps = frames_of(out)
+    assert code == 0 and "writing gst.mp4 with GStreamer, x264enc (software H.264)" in stdout
+    assert len(frames) == 9 and frames[0].shape == (50, 66, 3) and fps == pytest.approx(12)
+    assert fourcc_of(out) in ("avc1", "h264") and "9 frames" in stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gst.mp4"]
 
 
 @pytest.mark.slow
@@ -292,14 +332,16 @@ def test_show_with_a_headless_opencv_is_one_sentence(monkeypatch):
 
 
 @pytest.mark.slow
-def test_sigterm_while_waiting_on_a_gst_pipeline_finalizes_the_video_at_once(gst, onnx_model, tmp_path):
-    """One frame, then the next is 10 s away: SIGTERM stops the wait (not the 30 s stall timeout)."""
+@pytest.mark.parametrize("writer", ["opencv", "gstreamer"])
+def test_sigterm_while_waiting_on_a_gst_pipeline_finalizes_the_video_at_once(gst, onnx_model, tmp_path, writer):
+    """One frame, then the next is 10 s away: SIGTERM stops the wait (not the 30 s stall timeout); the GStreamer
+    writer gets its end of stream, so the muxer finishes a playable file."""
     import signal
     from test_reliability_runtime import frame_count, offseg_run, partial_files, wait_for
     out = tmp_path / "live.mp4"
     pipeline = "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=1/10 ! videoconvert ! appsink"
     process = offseg_run("--engine", onnx_model, "--gst", pipeline, "--stall-timeout", "30", "--output", out,
-                         "--no-progress")
+                         "--writer", writer, "--no-progress")
     wait_for(lambda: partial_files(tmp_path) or process.poll() is not None)
     time.sleep(0.5)  # the first frame written, the reader waiting for the second
     process.send_signal(signal.SIGTERM)
