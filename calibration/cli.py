@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 
-from runtime.console import add_common_options, add_hidden_aliases, run
+from runtime.console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from runtime.errors import OffsegError
 
 
@@ -113,7 +113,7 @@ def _validate(args: argparse.Namespace) -> int:
     device = torch_device(args.device)
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     model.to(device)
-    backend = open_backend(args.engine)
+    backend = open_backend(args.engine, allow_engine_host_code=args.allow_engine_host_code)
     info = backend.info
     if info.num_classes != model.num_classes:
         raise OffsegError(f"{args.engine} predicts {info.num_classes} classes, the checkpoint {model.num_classes}")
@@ -163,6 +163,7 @@ def validate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-miou-drop", type=float, help="fail above this drop (default 0.1; 1.0 for INT8)")
     parser.add_argument("--device", default="auto", help="the PyTorch side's " + DEVICE_HELP)
     parser.add_argument("--report", type=Path, default=Path("validation"), help="report folder")
+    add_engine_host_code_option(parser)
     add_common_options(parser)
     add_hidden_aliases(parser, {"--max-images": "--eval-images"})
     return run(_validate, parser, argv)

@@ -139,7 +139,7 @@ def _engine(fp32: Path, precision: str) -> Path:
     return build_engine(fp32, fp32.with_name(f"{fp32.stem}.{precision}.plan"), precision)
 
 
-def _open(backend: str, workdir: Path, model, name: str, size, batch: int):
+def _open(backend: str, workdir: Path, model, name: str, size, batch: int, allow_engine_host_code: bool):
     """infer(x) of a non-torch backend, exporting, calibrating or building what it needs first."""
     import torch
 
@@ -155,7 +155,7 @@ def _open(backend: str, workdir: Path, model, name: str, size, batch: int):
     if backend in INT8_TARGETS:
         return open_backend(_int8(fp32, INT8_TARGETS[backend])).infer
     if backend.startswith("trt-"):
-        return open_backend(_engine(fp32, precision)).infer
+        return open_backend(_engine(fp32, precision), allow_engine_host_code=allow_engine_host_code).infer
     return open_backend(fp32).infer
 
 
@@ -183,7 +183,7 @@ def run_bench(args: argparse.Namespace) -> dict:
             elif backend.startswith("torch-"):
                 infer = _torch_gpu(model, backend)
             else:
-                infer = _open(backend, workdir, model, name, size, batch)
+                infer = _open(backend, workdir, model, name, size, batch, args.allow_engine_host_code)
             print(f"warming up {backend} ...", flush=True)
             memory[backend] = _warm(infer, images, args.warmup)
             infers[backend] = infer

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from offseg.names import DATASET_NAMES, MODEL_NAMES
-from runtime.console import add_common_options, add_hidden_aliases, run
+from runtime.console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from runtime.errors import OffsegError
 
 from .bench import BACKENDS, BENCH_DESCRIPTION, format_report, run_bench
@@ -115,6 +115,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("offseg-bench"),
                         help="cached exports (default ./offseg-bench)")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
+    add_engine_host_code_option(parser)
     add_common_options(parser)
     add_hidden_aliases(parser, {"--workdir": "--work-dir", "--size": "--input-size", "--batch": "--batch-size"})
     return run(_bench, parser, argv)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 
-from .console import add_common_options, add_hidden_aliases, run
+from .console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from .errors import OffsegError
 from .interrupts import exit_code
 from .preprocess import RESIZE_POLICIES
@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
 
     _check_arguments(args)
     backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda,
-                           args.device)
+                           args.device, allow_engine_host_code=args.allow_engine_host_code)
     source = _open_source(args)
     pipeline = Pipeline(backend, args.batch_size, args.resize)
     info = backend.info
@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", type=Path, help="write the run summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (or, in a log, no progress "
                         "lines)")
+    add_engine_host_code_option(parser)
     add_common_options(parser)
     add_hidden_aliases(parser, {"--batch": "--batch-size"})
     return run(_run, parser, argv)

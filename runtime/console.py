@@ -16,6 +16,13 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks, debug logs and library warnings")
 
 
+def add_engine_host_code_option(parser: argparse.ArgumentParser) -> None:
+    """``--allow-engine-host-code``, for every command that opens TensorRT engines."""
+    parser.add_argument("--allow-engine-host-code", action="store_true",
+                        help="run a version-compatible TensorRT engine: it carries its own lean TensorRT runtime, "
+                        "code from the .plan file that runs in this process; only for engines you built or trust")
+
+
 def add_hidden_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str]) -> None:
     """Accept each old option name (key) for its current one (value) without listing it in ``--help``."""
     actions = {option: action for action in parser._actions for option in action.option_strings}

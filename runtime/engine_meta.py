@@ -15,7 +15,9 @@ from .errors import OffsegError
 from .sinks import atomic_output
 
 SIDECAR_FORMAT = "offseg-engine/1"
-SIDECAR_TYPES = {"num_classes": int, "onnx": dict, "tensorrt": dict, "gpu": (dict, type(None)), "precision": str}
+SIDECAR_TYPES = {"num_classes": int, "onnx": dict, "tensorrt": dict, "gpu": (dict, type(None)), "precision": str,
+                 "dla_core": (int, type(None))}
+TENSORRT_TYPES = {"module": str, "version": str, "version_compatible": bool, "hardware_compatibility": str}
 
 
 def sidecar_path(engine: str | os.PathLike) -> Path:
@@ -36,18 +38,28 @@ def read_sidecar(engine: str | os.PathLike) -> dict:
         raise OffsegError(f"{engine} has no sidecar {path.name}: rebuild it with offseg-export, which writes one")
     try:
         info = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deeply to be a sidecar
         raise OffsegError(f"cannot read {path}: {error}") from None
     if not isinstance(info, dict):
         raise OffsegError(f"{path} is not a JSON object, so not an offseg engine sidecar")
     if info.get("format") != SIDECAR_FORMAT:
         raise OffsegError(f"{path} is not an offseg engine sidecar (format {info.get('format')!r})")
-    wrong = [f"{key} ({type(info[key]).__name__})" for key, kinds in SIDECAR_TYPES.items()
-             if key in info and (not isinstance(info[key], kinds) or isinstance(info[key], bool))]
+    wrong = _wrong_types(info, SIDECAR_TYPES, "")
+    if isinstance(info.get("tensorrt"), dict):
+        wrong += _wrong_types(info["tensorrt"], TENSORRT_TYPES, "tensorrt.")
     if wrong:
         raise OffsegError(f"{path} is a damaged offseg engine sidecar: wrong type of {', '.join(wrong)}; rebuild "
                           "the engine with offseg-export")
+    if info.get("dla_core") is not None and info["dla_core"] < 0:
+        raise OffsegError(f"{path} is a damaged offseg engine sidecar: dla_core {info['dla_core']} is not a DLA core "
+                          "(0 or more, or null for the GPU); rebuild the engine with offseg-export")
     return info
+
+
+def _wrong_types(fields: dict, types: dict, prefix: str) -> list[str]:
+    """``key (type)`` for each field of ``fields`` that ``types`` gives another type (a bool is no number)."""
+    return [f"{prefix}{key} ({type(fields[key]).__name__})" for key, kinds in types.items() if key in fields and (
+        not isinstance(fields[key], kinds) or (isinstance(fields[key], bool) and kinds is not bool))]
 
 
 def describe_build(info: dict) -> str:

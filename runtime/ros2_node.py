@@ -30,6 +30,8 @@ PARAMETERS = {  # name: (default, meaning); named as Isaac ROS's TensorRT node a
     "input_qos": ("SENSOR_DATA", "subscription QoS: SENSOR_DATA (best effort) or DEFAULT (reliable)"),
     "batch_size": (1, "frames per inference"),
     "resize": ("letterbox", "fitting frames to a fixed-size model: letterbox or stretch"),
+    "allow_engine_host_code": (False, "run a version-compatible engine's embedded lean TensorRT runtime (code from "
+                               "the .plan file, run in this process): only for engines you built or trust"),
 }
 
 
@@ -111,7 +113,7 @@ def _run(args: argparse.Namespace, ros_args: list[str]) -> int:
             raise OffsegError("give a model: -p engine_file_path:=MODEL.plan or -p model_file_path:=MODEL.onnx")
         if params["image_transport"] not in ("raw", "compressed"):
             raise OffsegError(f"image_transport must be raw or compressed, got {params['image_transport']!r}")
-        backend = open_backend(Path(model))
+        backend = open_backend(Path(model), allow_engine_host_code=params["allow_engine_host_code"] is True)
         info = backend.info
         palette = None if list(params["color_palette"]) == [0] else palette_from_hex(params["color_palette"],
                                                                                       info.num_classes)

@@ -6,6 +6,7 @@ import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ import fake_tensorrt
 from export.cli import main as export_main
 from fake_cuda import FakeGpu, install_cuda_python, install_pycuda
 from runtime.backends import open_backend
+from runtime.cli import main as run_main
 from runtime.errors import OffsegError
 from tiny_onnx import NUM_CLASSES, write_tiny_onnx
 
@@ -179,13 +181,34 @@ def test_timing_cache_from_another_gpu_is_replaced_not_fatal(monkeypatch, tiny):
     assert cache.read_bytes() == b"Orin"
 
 
-def test_version_compatible_engine_is_deserialized_with_host_code_allowed(monkeypatch, tiny):
+def test_version_compatible_engine_runs_only_with_allow_engine_host_code(monkeypatch, tiny, tmp_path, capsys):
     _, trt, _ = machine(monkeypatch, "10.3.0", ORIN)
     assert build(tiny, "--version-compatible")["tensorrt"]["version_compatible"]
-    backend = open_backend(tiny.with_name("tiny.fp32.plan"))
+    plan = tiny.with_name("tiny.fp32.plan")
+    with pytest.raises(OffsegError, match=r"version-compatible engine: .*code that would run in this process\. "
+                                          r"Pass --allow-engine-host-code only for an engine you built or trust"):
+        open_backend(plan)
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
+    assert run_main(["--engine", str(plan), "--image", str(image)]) == 2
+    assert "--allow-engine-host-code" in capsys.readouterr().err
+    backend = open_backend(plan, allow_engine_host_code=True)
     check_output(backend, np.ones((1, 3, 256, 256), np.float32))
     backend.close()
     assert not trt.errors
+
+
+def test_a_sidecar_cannot_enable_engine_host_code(monkeypatch, tiny):
+    """A sidecar that hides the version compatibility gets no host code run: TensorRT refuses the engine."""
+    _, trt, _ = machine(monkeypatch, "10.3.0", ORIN)
+    build(tiny, "--version-compatible")
+    sidecar = tiny.with_name("tiny.fp32.plan.json")
+    info = json.loads(sidecar.read_text())
+    info["tensorrt"]["version_compatible"] = False
+    sidecar.write_text(json.dumps(info))
+    with pytest.raises(OffsegError, match="could not deserialize .* also needs --allow-engine-host-code"):
+        open_backend(tiny.with_name("tiny.fp32.plan"))
+    assert any("engine host code is allowed" in error for error in trt.errors)
 
 
 def test_dla_engine_records_the_gpu_and_runs_on_its_dla_core(monkeypatch, tiny_static):

@@ -186,9 +186,12 @@ def _how_to_make(suffix: str) -> str:
 
 
 def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str = "auto",
-                 device: str = "auto") -> Backend:
+                 device: str = "auto", *, allow_engine_host_code: bool = False) -> Backend:
     """The backend for ``path``: ``.onnx`` -> ONNX Runtime, ``.plan``/``.engine`` -> TensorRT (CUDA binding
-    ``cuda``), ``.pth`` -> PyTorch (on torch device ``device``: auto, cpu, cuda, cuda:N)."""
+    ``cuda``), ``.pth`` -> PyTorch (on torch device ``device``: auto, cpu, cuda, cuda:N).
+
+    ``allow_engine_host_code``: let a version-compatible engine run the lean TensorRT runtime it carries (code from
+    the file, run in this process); the user's decision (``--allow-engine-host-code``), never the sidecar's."""
     path = Path(path)
     if not path.is_file():
         raise OffsegError(f"model file not found: {path}; {_how_to_make(path.suffix.lower())}")
@@ -198,7 +201,7 @@ def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str
         return OnnxRuntimeBackend(path, providers)
     if suffix in (".plan", ".engine", ".trt"):
         from .trt_backend import TensorRTBackend
-        return TensorRTBackend(path, cuda)
+        return TensorRTBackend(path, cuda, allow_engine_host_code)
     if suffix in (".pth", ".pt"):
         from .torch_backend import TorchBackend
         return TorchBackend(path, device)

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class TensorRTBackend:
-    def __init__(self, path: Path, cuda: str = "auto"):
+    def __init__(self, path: Path, cuda: str = "auto", allow_engine_host_code: bool = False):
         sidecar = read_sidecar(path) if sidecar_path(path).is_file() else None
         built = f"; {path.name} was {describe_build(sidecar)}" if sidecar else ""
         if sidecar and sidecar.get("tensorrt", {}).get("module") == "tensorrt_rtx":
@@ -33,10 +33,14 @@ class TensorRTBackend:
         self.cuda = open_cuda(cuda)
         device = self.cuda.device()
         sidecar = check_engine(path, trt.__version__, device.as_dict() if device else None)
+        if sidecar.get("tensorrt", {}).get("version_compatible") and not allow_engine_host_code:
+            raise OffsegError(f"{path} is a version-compatible engine: it carries its own TensorRT lean runtime, code "
+                              "that would run in this process. Pass --allow-engine-host-code only for an engine you "
+                              "built or trust, or rebuild it here without --version-compatible")
         self.trt = trt
         self.buffers: tuple | None = None  # (shape, host_in, host_out, device_in, device_out)
         with self.cuda.active():
-            self.engine = _deserialize(trt, path, sidecar)
+            self.engine = _deserialize(trt, path, sidecar, allow_engine_host_code)
             self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
@@ -92,14 +96,16 @@ class TensorRTBackend:
             self.cuda.close()
 
 
-def _deserialize(trt, path: Path, sidecar: dict):
-    """The engine in ``path``, with the runtime set up as its sidecar says (version compatibility, DLA core)."""
+def _deserialize(trt, path: Path, sidecar: dict, allow_host_code: bool):
+    """The engine in ``path`` on the DLA core its sidecar names; host code embedded in it (a version-compatible
+    engine's lean runtime) runs only when the user allowed it, whatever the sidecar says."""
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    if sidecar["tensorrt"].get("version_compatible"):
-        runtime.engine_host_code_allowed = True  # the engine carries its own lean runtime
+    if allow_host_code:
+        runtime.engine_host_code_allowed = True
     if sidecar.get("dla_core") is not None:
-        runtime.DLA_core = int(sidecar["dla_core"])
+        runtime.DLA_core = sidecar["dla_core"]  # an int >= 0: read_sidecar checks it
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
-        raise OffsegError(f"TensorRT could not deserialize {path} (built for another TensorRT or GPU?)")
+        hint = "" if allow_host_code else " (a version-compatible one also needs --allow-engine-host-code)"
+        raise OffsegError(f"TensorRT could not deserialize {path}: built for another TensorRT or GPU?{hint}")
     return engine
