@@ -81,7 +81,26 @@ def engine_args(onnx_path: Path, plan: Path, precision: str) -> list[str]:
 
 
 def build_engine(onnx_path: Path, plan: Path, precision: str) -> Path:
-    """``plan``, an fp16 or int8 engine built from ``onnx_path`` by ``offseg-export`` (kept when it exists)."""
-    if not plan.is_file() and run_command("offseg-export", engine_args(onnx_path, plan, precision)) != 0:
+    """``plan``, an fp16 or int8 engine built from ``onnx_path`` by ``offseg-export``; an existing one is kept only
+    when its sidecar records this very ONNX file (its sha256) and precision."""
+    if _built_from(plan, onnx_path, precision):
+        log.info("reusing %s (built from this %s)", plan, onnx_path.name)
+        return plan
+    if run_command("offseg-export", engine_args(onnx_path, plan, precision)) != 0:
         raise OffsegError(f"building the {precision} engine failed")
     return plan
+
+
+def _built_from(plan: Path, onnx_path: Path, precision: str) -> bool:
+    """Whether ``plan``'s sidecar says it is the ``precision`` engine of the ONNX file ``onnx_path`` as it is now."""
+    from calibration.files import file_sha256
+    from runtime.engine_meta import read_sidecar, sidecar_path
+    if not plan.is_file() or not sidecar_path(plan).is_file():
+        return False
+    try:
+        sidecar = read_sidecar(plan)
+    except OffsegError as error:
+        log.warning("rebuilding %s: %s", plan, error)
+        return False
+    recorded = sidecar["onnx"].get("file_sha256") if isinstance(sidecar.get("onnx"), dict) else None
+    return recorded == file_sha256(onnx_path) and sidecar.get("precision") == precision

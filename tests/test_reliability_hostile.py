@@ -42,3 +42,29 @@ def test_a_valid_sidecar_with_a_dla_core_is_read(tmp_path):
     engine.write_bytes(b"plan")
     (tmp_path / "m.plan.json").write_text(json.dumps({**SIDECAR, "dla_core": 1}))
     assert read_sidecar(engine)["dla_core"] == 1
+
+
+def test_the_demo_reuses_an_engine_only_if_its_sidecar_names_this_onnx(tmp_path, monkeypatch):
+    import hashlib
+
+    import chain.commands as commands
+    onnx_path, plan = tmp_path / "model.onnx", tmp_path / "model.fp16.plan"
+    onnx_path.write_bytes(b"the exported graph")
+    builds = []
+    monkeypatch.setattr(commands, "run_command", lambda name, argv: builds.append(argv) or 0)
+
+    def planted(sha256: str | None, precision: str = "fp16") -> None:
+        plan.write_bytes(b"plan")
+        onnx = {} if sha256 is None else {"file_sha256": sha256}
+        (tmp_path / "model.fp16.plan.json").write_text(json.dumps({**SIDECAR, "onnx": onnx, "precision": precision}))
+
+    this_onnx = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    for sha256, precision in ((None, "fp16"), ("0" * 64, "fp16"), (this_onnx, "int8")):
+        planted(sha256, precision)
+        commands.build_engine(onnx_path, plan, "fp16")
+    assert len(builds) == 3 and all("--onnx" in argv and str(onnx_path) in argv for argv in builds)
+    (tmp_path / "model.fp16.plan.json").write_text("[")  # damaged: rebuilt, not a traceback
+    commands.build_engine(onnx_path, plan, "fp16")
+    assert len(builds) == 4
+    planted(this_onnx)
+    assert commands.build_engine(onnx_path, plan, "fp16") == plan and len(builds) == 4
