@@ -215,14 +215,14 @@ def label_metadata(num_classes: int, checkpoint: Path | None) -> dict[str, str]:
     from offseg.data.synthetic import CLASSES as SYNTHETIC_CLASSES
     from offseg.data.synthetic import PALETTE as SYNTHETIC_PALETTE
     from runtime.class_names import known_classes
-    classes, palette = checkpoint_labels(read_file(checkpoint)) if checkpoint else (None, None)
-    if not classes or len(classes) != num_classes:
-        classes = known_classes(num_classes)
+    classes, palette = checkpoint_labels(read_file(checkpoint), num_classes, f"checkpoint {checkpoint}") \
+        if checkpoint else (None, None)
+    classes = classes or known_classes(num_classes)
     if classes and tuple(classes) == SYNTHETIC_CLASSES and not palette:
         palette = SYNTHETIC_PALETTE.tolist()
     labels = {"offseg.classes": json.dumps(list(classes))} if classes else {}
-    if palette and len(palette) >= num_classes:
-        labels["offseg.palette"] = json.dumps(palette[:num_classes])
+    if palette:
+        labels["offseg.palette"] = json.dumps(palette)
     return labels
 
 

@@ -65,23 +65,47 @@ def read_file(path: str | os.PathLike) -> dict:
     return content
 
 
-def checkpoint_labels(content: dict) -> tuple[list[str] | None, list[list[int]] | None]:
+def checkpoint_labels(content: dict, num_classes: int | None = None,
+                      source: str = "the checkpoint") -> tuple[list[str] | None, list[list[int]] | None]:
     """Class names and RGB palette a checkpoint carries: ours (top level), mmseg 1.x (``meta.dataset_meta``) or
-    mmseg 0.x (``meta.CLASSES`` / ``meta.PALETTE``); None for what it lacks."""
+    mmseg 0.x (``meta.CLASSES`` / ``meta.PALETTE``); None for what it lacks.
+
+    Checked as read (a checkpoint is untrusted input): OffsegError naming ``source`` unless the names are strings
+    and the palette rows are 3 whole numbers 0-255, one per class (``num_classes`` when given)."""
     meta = content.get("meta") if isinstance(content.get("meta"), dict) else {}
     dataset_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
-    classes = _first_list(content.get("classes"), dataset_meta.get("classes"), meta.get("CLASSES"))
-    palette = _first_list(content.get("palette"), dataset_meta.get("palette"), meta.get("PALETTE"))
-    if classes is not None and not all(isinstance(name, str) for name in classes):
-        classes = None
-    if palette is not None and not all(isinstance(c, (list, tuple)) and len(c) == 3 for c in palette):
-        palette = None
+    classes = _first_given(content.get("classes"), dataset_meta.get("classes"), meta.get("CLASSES"))
+    palette = _first_given(content.get("palette"), dataset_meta.get("palette"), meta.get("PALETTE"))
+    if classes is not None:
+        if not isinstance(classes, (list, tuple)) or not all(isinstance(name, str) for name in classes):
+            raise OffsegError(f"{source}: its class names are not a list of strings ({_shown(classes)}); remove "
+                              "them from the checkpoint, or save it with offseg-train")
+        if num_classes is not None and len(classes) != num_classes:
+            raise OffsegError(f"{source} names {len(classes)} classes but its weights predict {num_classes}")
+    if palette is not None:
+        count = num_classes if num_classes is not None else len(classes) if classes else None
+        rows_ok = isinstance(palette, (list, tuple)) and all(
+            isinstance(c, (list, tuple)) and len(c) == 3 and all(_is_byte(v) for v in c) for c in palette)
+        if not rows_ok or (count is not None and len(palette) != count):
+            raise OffsegError(f"{source}: its palette is not a list of {count or 'N'} RGB colours (rows of 3 whole "
+                              f"numbers 0-255): {_shown(palette)}")
     return ([name.strip() for name in classes] if classes else None,
             [[int(v) for v in colour] for colour in palette] if palette else None)
 
 
-def _first_list(*candidates: Any) -> list | tuple | None:
-    return next((value for value in candidates if isinstance(value, (list, tuple)) and value), None)
+def _first_given(*candidates: Any) -> Any:
+    """The first candidate that is there (an empty list counts as absent)."""
+    return next((value for value in candidates if value is not None and not (
+        isinstance(value, (list, tuple)) and not value)), None)
+
+
+def _is_byte(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _reason(error: Exception) -> str:

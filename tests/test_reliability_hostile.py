@@ -68,3 +68,59 @@ def test_the_demo_reuses_an_engine_only_if_its_sidecar_names_this_onnx(tmp_path,
     assert len(builds) == 4
     planted(this_onnx)
     assert commands.build_engine(onnx_path, plan, "fp16") == plan and len(builds) == 4
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"classes": [1, 2, 3]}, r"c.pth: its class names are not a list of strings \(\[1, 2, 3\]\)"),
+    ({"classes": "abc"}, r"its class names are not a list of strings \('abc'\)"),
+    ({"classes": ["a", "b"]}, r"c.pth names 2 classes but its weights predict 3"),
+    ({"meta": {"PALETTE": [[0, 0, 0], [1, 2], [3, 4, 5]]}}, r"its palette is not a list of 3 RGB colours"),
+    ({"palette": [[0, 0, 0], [1, 2, 300], [3, 4, 5]]}, r"rows of 3 whole numbers 0-255\): \[\[0, 0, 0\], \[1, 2, 300"),
+    ({"palette": [[0, 0, 0], [1, 2, "x"], [3, 4, 5]]}, "its palette is not"),
+    ({"palette": [[0, 0, 0]] * 4}, "its palette is not a list of 3 RGB colours"),
+    ({"meta": {"dataset_meta": {"palette": [[0.5, 0, 0]] * 3}}}, "its palette is not"),
+], ids=["int names", "str", "too few names", "short row", "300", "str value", "4 rows", "float"])
+def test_class_names_and_palettes_in_a_checkpoint_are_checked_where_read(content, message):
+    from offseg.checkpoint import checkpoint_labels
+    with pytest.raises(OffsegError, match=message):
+        checkpoint_labels(content, 3, "checkpoint c.pth")
+
+
+def test_good_checkpoint_labels_are_read():
+    from offseg.checkpoint import checkpoint_labels
+    content = {"classes": ["a ", "b"], "palette": [(0, 0, 0), [255, 1, 2]]}
+    assert checkpoint_labels(content, 2) == (["a", "b"], [[0, 0, 0], [255, 1, 2]])
+    assert checkpoint_labels({"classes": [], "meta": {}}, 2) == (None, None)
+
+
+def test_an_export_from_a_checkpoint_with_integer_class_names_is_one_sentence(tmp_path, capsys):
+    import torch
+
+    from export.cli import main as export_main
+    from offseg.checkpoint import save_checkpoint
+    from offseg.zoo import build_model
+    checkpoint = save_checkpoint(build_model("offseg-t", 3), tmp_path / "t.pth", "offseg-t")
+    content = torch.load(checkpoint, weights_only=True)
+    torch.save({**content, "classes": [0, 1, 2]}, checkpoint)
+    assert export_main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "t.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "t.pth: its class names are not a list of strings ([0, 1, 2])" in err and "Traceback" not in err
+    assert not (tmp_path / "t.onnx").exists()
+
+
+@pytest.mark.parametrize("layout", ["ade20k", "folder"])
+def test_a_16_bit_label_png_is_one_sentence_naming_the_file(tmp_path, layout):
+    import cv2
+    import numpy as np
+
+    from offseg.data.datasets import SegmentationDataset
+    images, labels = ((tmp_path / "images" / "validation", tmp_path / "annotations" / "validation")
+                      if layout == "ade20k" else (tmp_path / "images" / "val", tmp_path / "labels" / "val"))
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    cv2.imwrite(str(images / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(labels / "x.png"), np.full((8, 8), 1000, np.uint16))
+    with pytest.raises(OffsegError, match=r"labels/val/x.png holds 16-bit labels \(uint16\)|annotations/validation/"
+                                          r"x.png holds 16-bit labels \(uint16\); label images must be 8-bit"):
+        SegmentationDataset(layout, tmp_path, "val").load(0)

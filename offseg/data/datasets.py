@@ -200,6 +200,9 @@ class SegmentationDataset:
         labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
         if labels is None or labels.ndim != 2:
             raise OffsegError(f"{label_path} is not a single-channel label image")
+        if labels.dtype != np.uint8:
+            raise OffsegError(f"{label_path} holds {8 * labels.itemsize}-bit labels ({labels.dtype}); label images "
+                              f"must be 8-bit (values 0-255, {IGNORE_INDEX} = ignore): convert it")
         if labels.shape != image.shape[:2]:
             raise OffsegError(f"{label_path} is {labels.shape}, its image {image_path} is {image.shape[:2]}")
         if self.layout.name == "cityscapes" and label_path.name.endswith("_labelIds.png"):

@@ -15,16 +15,17 @@ class TorchBackend:
             import torch
         except ImportError:
             raise OffsegError("the PyTorch backend needs torch; on devices use an .onnx or .plan file") from None
-        from offseg.checkpoint import build_from_checkpoint, read_file
+        from offseg.checkpoint import build_from_checkpoint, checkpoint_labels, read_file
         from offseg.devices import describe, torch_device
         self.torch = torch
         self.device = torch_device(device)
         self.model, name = build_from_checkpoint(path)
         self.model.to(self.device)
         content = read_file(path)
-        classes = tuple(content.get("classes", ())) if isinstance(content.get("classes"), list) else ()
+        classes, palette = checkpoint_labels(content, self.model.num_classes, f"checkpoint {path}")
         self.info = ModelInfo(name=name, num_classes=self.model.num_classes, input_size=None, input_format="normalized",
-                              output_kind="logits", classes=classes)
+                              output_kind="logits", classes=tuple(classes or ()),
+                              palette=tuple(map(tuple, palette or ())))
         self.description = f"PyTorch {torch.__version__} ({describe(self.device)})"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
