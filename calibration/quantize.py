@@ -23,8 +23,8 @@ from .files import FUNCTION_DOMAIN, file_sha256, is_derived_from, load_onnx, rea
 from .graph import extract_function
 from .precision import DEFAULT_PINS, HEAD_SCOPE, PinRule, pinned_nodes
 from runtime.errors import OffsegError
-from runtime.sinks import atomic_output
 
+from .ranges import check_ranges, ranges_key, write_ranges
 from .sources import calibration_inputs, data_key
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,9 @@ class QuantResult:
 
 
 def calibrate_ranges(flat_path: Path, inputs: list[np.ndarray], method: str, op_types: tuple[str, ...],
-                     cache: Path) -> None:
+                     cache: Path, key: dict) -> None:
     """Run ONNX Runtime's calibrator one image at a time and write the tensor ranges as its calibration cache (which
-    ``quantize_static`` then reads instead of calibrating itself).
+    ``quantize_static`` then reads instead of calibrating itself), recording ``key`` (``ranges.ranges_key``).
 
     Memory stays that of one image: ranges and histograms are merged image by image, and the session runs without
     ONNX Runtime's CPU memory arena, whose power-of-two growth took OffSeg-T at 1024x2048 from 5.9 GB after one
@@ -89,8 +89,9 @@ def calibrate_ranges(flat_path: Path, inputs: list[np.ndarray], method: str, op_
         name = calibrator.infer_session.get_inputs()[0].name
         for x in progress(inputs, "calibrating", unit="image"):
             calibrator.collect_data(_OneImage(name, x))
-        with atomic_output(cache) as tmp:
-            save_tensors_data(calibrator.compute_data(), tmp)
+        ort_ranges = Path(folder) / "ranges.json"
+        save_tensors_data(calibrator.compute_data(), ort_ranges)
+        write_ranges(ort_ranges, cache, key)
 
 
 class _OneImage:
@@ -187,8 +188,12 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
     unshare_conv_biases(flat)
     excluded = pinned_nodes(flat, options.exclude) + list(options.extra_exclude_nodes)
     cached = options.cache is not None and Path(options.cache).is_file()
+    input_size = input_size_for_calibration(meta, flat)
+    key = ranges_key(source, options.method, options.op_types, input_size)
+    if cached:
+        check_ranges(options.cache, key)
     inputs = [] if cached else calibration_inputs(
-        calib_data, options.samples, input_size_for_calibration(meta, flat),
+        calib_data, options.samples, input_size,
         uint8_input=flat.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8)
     tensorrt = options.target == "tensorrt"
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False} if tensorrt else {}
@@ -199,7 +204,7 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
                  options.method, options.target)
         cache = Path(options.cache) if options.cache is not None else Path(folder) / "ranges.json"
         if not cached:
-            calibrate_ranges(flat_path, inputs, options.method, options.op_types, cache)
+            calibrate_ranges(flat_path, inputs, options.method, options.op_types, cache, key)
         quantize_static(str(flat_path), str(out_path), None, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(options.op_types), per_channel=options.per_channel,
                         activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,

@@ -124,3 +124,59 @@ def test_a_16_bit_label_png_is_one_sentence_naming_the_file(tmp_path, layout):
     with pytest.raises(OffsegError, match=r"labels/val/x.png holds 16-bit labels \(uint16\)|annotations/validation/"
                                           r"x.png holds 16-bit labels \(uint16\); label images must be 8-bit"):
         SegmentationDataset(layout, tmp_path, "val").load(0)
+
+
+@pytest.fixture
+def calibration_case(tmp_path):
+    """A toy FP32 graph, a ranges cache made for it (minmax, 2 images), and a second, different graph."""
+    import onnx
+    from test_quantize import shared_bias_model
+
+    from calibration.quantize import QuantOptions, quantize_file
+    source, other = tmp_path / "toy.onnx", tmp_path / "other.onnx"
+    onnx.save(shared_bias_model(), source)
+    model = shared_bias_model()
+    model.graph.initializer[0].float_data[:] = []
+    model.graph.initializer[0].raw_data = bytes(len(model.graph.initializer[0].raw_data))
+    onnx.save(model, other)
+    options = QuantOptions(target="onnxruntime", samples=2, cache=tmp_path / "ranges.json")
+    quantize_file(source, tmp_path / "first.int8.onnx", "synthetic", options)
+    return source, other, options
+
+
+def test_a_calibration_cache_of_the_same_model_and_method_is_reused(calibration_case, monkeypatch):
+    import calibration.quantize as quantize
+    source, _, options = calibration_case
+    monkeypatch.setattr(quantize, "calibrate_ranges", lambda *a: pytest.fail("the cache should have been reused"))
+    assert quantize.quantize_file(source, source.with_name("again.onnx"), "synthetic", options).images == 0
+
+
+@pytest.mark.parametrize("case, message", [
+    ("another model", r"holds the ranges of another model \(not of this ONNX file"),
+    ("another method", r"was made with calibration method minmax, this calibration uses entropy"),
+    ("another input size", r"was made with input size 64 64, this calibration uses 32 32"),
+    ("ORT's own cache", r"was not written by offseg-calibrate"),
+    ("a JSON list", r"was not written by offseg-calibrate"),
+    ("not JSON", r"cannot read calibration cache"),
+    ("damaged ranges", r"is damaged \(no ranges per tensor"),
+    ("wrong range type", r"is damaged \("),
+])
+def test_a_calibration_cache_of_the_wrong_kind_is_one_sentence(calibration_case, case, message):
+    from dataclasses import replace
+
+    from calibration.quantize import quantize_file
+    source, other, options = calibration_case
+    cache = options.cache
+    content = json.loads(cache.read_text())
+    edits = {"another input size": lambda c: c["offseg"].update(input_size=[64, 64]),
+             "ORT's own cache": lambda c: c.pop("offseg"),
+             "damaged ranges": lambda c: c.update(data={"x": [1, 2]}),
+             "wrong range type": lambda c: c.update(data={n: {"lowest": "low", "highest": "high"} for n in c["data"]})}
+    if case in edits:
+        edits[case](content)
+    cache.write_text({"a JSON list": "[1]", "not JSON": "{"}.get(case, json.dumps(content)))
+    run_on = other if case == "another model" else source
+    run_options = replace(options, method="entropy") if case == "another method" else options
+    with pytest.raises(OffsegError, match=message):
+        quantize_file(run_on, run_on.with_name("out.onnx"), "synthetic", run_options)
+    assert not run_on.with_name("out.onnx").exists()
