@@ -174,14 +174,15 @@ def _fp16_check(args: argparse.Namespace) -> int:
     from offseg.names import freqfusion_form_for
     from runtime.sinks import atomic_output
 
+    from runtime.limits import check_input_size
+
     from .fp16_safety import DEFAULT_TOLERANCE, check_fp16, describe_whole, markdown
     from .sources import calibration_inputs
 
     if args.calib_images < 1:
         raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
     height, width = args.input_size
-    if height % 32 or width % 32 or height <= 0 or width <= 0:
-        raise OffsegError(f"--input-size {height} {width}: both must be positive multiples of 32")
+    check_input_size(height, width)
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     inputs = calibration_inputs(args.calib_data, args.calib_images, (height, width), uint8_input=False)
     form = freqfusion_form_for(args.freqfusion_form, "engine")  # auto: what engines get

@@ -10,6 +10,7 @@ from pathlib import Path
 from offseg.names import DATASET_NAMES, MODEL_NAMES
 from runtime.console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from runtime.errors import OffsegError
+from runtime.limits import check_input_size
 
 from .bench import BACKENDS, BENCH_DESCRIPTION, format_report, run_bench
 
@@ -87,6 +88,7 @@ def reproduce_main(argv: list[str] | None = None) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.iters < 1 or args.batch_size < 1 or args.warmup < 0:
         raise OffsegError("--iters and --batch-size must be at least 1, --warmup at least 0")
+    check_input_size(*args.input_size)
     unknown = [b for b in args.backends if b not in BACKENDS]
     if unknown:
         raise OffsegError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")

@@ -53,9 +53,8 @@ class OnnxOptions:
     freqfusion_form: str = "gather"  # gather: few large ops (ONNX Runtime, OpenVINO); taps: the readable form
 
     def validate(self) -> None:
-        h, w = self.input_size
-        if h % SIZE_DIVISOR or w % SIZE_DIVISOR or h <= 0 or w <= 0:
-            raise OffsegError(f"input size {h} {w} must be positive multiples of {SIZE_DIVISOR}")
+        from runtime.limits import check_input_size
+        check_input_size(*self.input_size, "input size")
         for name, value, choices in (("input format", self.input_format, tuple(INPUT_FORMATS)),
                                      ("output kind", self.output_kind, OUTPUT_KINDS),
                                      ("label dtype", self.label_dtype, ("auto", *LABEL_DTYPES)),

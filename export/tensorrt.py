@@ -20,6 +20,7 @@ from pathlib import Path
 from runtime.device import cuda_device, module_installed
 from runtime.engine_meta import write_sidecar
 from runtime.errors import OffsegError
+from runtime.limits import check_image_pixels
 from runtime.preprocess import SIZE_DIVISOR
 from runtime.sinks import atomic_output
 
@@ -64,6 +65,7 @@ class EngineOptions:
         for h, w in self.shapes:
             if h % SIZE_DIVISOR or w % SIZE_DIVISOR or h < 2 * SIZE_DIVISOR or w < 2 * SIZE_DIVISOR:
                 raise OffsegError(f"profile size {h}x{w} must be multiples of {SIZE_DIVISOR}, at least 64")
+            check_image_pixels(h, w, "profile size")
         if not (low[0] <= opt[0] <= high[0] and low[1] <= opt[1] <= high[1]):
             raise OffsegError(f"profile sizes must grow: min {low} <= opt {opt} <= max {high}")
 

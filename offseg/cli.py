@@ -11,7 +11,12 @@ from .names import DATASET_NAMES, DEVICE_HELP, MODEL_NAMES
 
 
 def _info(args: argparse.Namespace) -> int:
+    from runtime.limits import check_input_size
+
     from .info import format_info, model_info
+    check_input_size(*args.input_size)
+    if args.num_classes < 1:
+        raise OffsegError(f"--num-classes must be at least 1, got {args.num_classes}")
     print(format_info(model_info(args.model, args.num_classes, tuple(args.input_size))))
     return 0
 

@@ -20,6 +20,7 @@ import numpy as np
 from .backends import Backend
 from .errors import OffsegError
 from .interrupts import describe, signals_held
+from .limits import check_tensor_bytes
 from .preprocess import FrameTooSmall, Geometry, fit_frame, logits_to_labels, to_model_input
 from .sources import Frame, Source
 
@@ -64,7 +65,7 @@ class RunStats:
 
     def table(self) -> str:
         lines = [f"{self.frames} frames in {self.seconds:.1f} s: {self.fps:.1f} FPS"
-                 + (f", {self.skipped} unreadable or too small frames skipped" if self.skipped else "")
+                 + (f", {self.skipped} unreadable, too small or too large frames skipped" if self.skipped else "")
                  + (f"; stopped: {self.stop_reason}" if self.stop_reason else ""),
                  f"{'stage':<12} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8}"]
         rows = [(s, self.stage_ms.get(s)) for s in STAGES] + [("end-to-end", self.latency_ms)]
@@ -118,6 +119,10 @@ class Pipeline:
         if not frames:
             return []
         shapes = {im.shape for im, _ in fitted}
+        itemsize = 1 if self.backend.info.input_format == "uint8-rgb" else 4
+        for height, width, _ in shapes:  # frames of one size are one batch, of several sizes one at a time
+            check_tensor_bytes((len(fitted) if len(shapes) == 1 else 1, 3, height, width), itemsize,
+                               f"the model input for frames of {height}x{width}")
         t1 = time.perf_counter()
         if len(shapes) > 1:  # a dynamic model fed frames of different sizes: run them one by one
             outputs = [self.backend.infer(to_model_input([im], self.backend.info.input_format)) for im, _ in fitted]

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from .errors import OffsegError
+from .limits import check_image_file, check_image_pixels
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,15 @@ def check_regular_file(path: Path, what: str) -> None:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """A uint8 BGR image from a file; raises OffsegError if missing, not a regular file or not an image."""
+    """A uint8 BGR image from a file; raises OffsegError if missing, not a regular file or not an image, and
+    ImageTooLarge above ``limits.MAX_IMAGE_PIXELS`` (judged from the header before decoding where it can be read)."""
     path = Path(path)
     check_regular_file(path, "image")
+    check_image_file(path)
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise OffsegError(f"{path} is not an image OpenCV can read")
+    check_image_pixels(*image.shape[:2], f"image {path}")
     return image
 
 
@@ -93,6 +97,12 @@ class VideoFile(Source):
         self.capture = cv2.VideoCapture(str(path))
         if not self.capture.isOpened():
             raise OffsegError(f"{path} is not a video OpenCV can open")
+        size = int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        try:
+            check_image_pixels(*size, f"the frames of video {path}")
+        except OffsegError:
+            self.capture.release()
+            raise
         fps = self.capture.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and fps > 0 else None
         count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))

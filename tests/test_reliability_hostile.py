@@ -180,3 +180,117 @@ def test_a_calibration_cache_of_the_wrong_kind_is_one_sentence(calibration_case,
     with pytest.raises(OffsegError, match=message):
         quantize_file(run_on, run_on.with_name("out.onnx"), "synthetic", run_options)
     assert not run_on.with_name("out.onnx").exists()
+
+
+def png_header_only(path, height: int, width: int) -> None:
+    """A PNG whose header declares ``height`` x ``width`` and whose data is one tiny row: a decompression bomb's
+    header without its cost."""
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data)))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def tiny_dynamic(tmp_path):
+    from tiny_onnx import write_tiny_onnx
+    return write_tiny_onnx(tmp_path / "tiny.onnx")
+
+
+def with_metadata(onnx_path, out, **props):
+    import onnx
+    model = onnx.load(str(onnx_path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {**meta, **{f"offseg.{k}": v for k, v in props.items()}})
+    onnx.save(model, str(out))
+    return out
+
+
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
+    import cv2
+
+    from runtime.limits import ImageTooLarge
+    from runtime.sources import read_image
+    bomb = tmp_path / "bomb.png"
+    png_header_only(bomb, 12000, 12000)
+    assert bomb.stat().st_size < 100
+    decoded = []
+    monkeypatch.setattr(cv2, "imread", lambda *a: decoded.append(a) or None)
+    with pytest.raises(ImageTooLarge, match=r"bomb.png is 12000x12000 \(144 megapixels\), above the limit of 100 "
+                                            r"megapixels \(runtime.limits.MAX_IMAGE_PIXELS\)"):
+        read_image(bomb)
+    assert not decoded
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".webp", ".tif"])
+def test_the_header_size_of_each_image_format_is_read(tmp_path, suffix):
+    import cv2
+    import numpy as np
+
+    from runtime.image_header import image_header_size
+    path = tmp_path / f"x{suffix}"
+    cv2.imwrite(str(path), np.zeros((37, 53, 3), np.uint8))
+    assert image_header_size(path) == (37, 53)
+
+
+def test_a_folder_run_skips_an_image_above_the_limit_and_counts_it(tiny_dynamic, tmp_path, capsys, caplog):
+    import cv2
+    import numpy as np
+
+    from runtime.cli import main as run_main
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.full((64, 64, 3), 90, np.uint8))
+    png_header_only(images / "b_bomb.png", 12000, 12000)
+    assert run_main(["--engine", str(tiny_dynamic), "--images", str(images), "--save-masks", str(tmp_path / "m"),
+                     "--summary", str(tmp_path / "s.json"), "--no-progress"]) == 0
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["a.png"]
+    assert json.loads((tmp_path / "s.json").read_text())["skipped"] == 1
+    assert "1 unreadable, too small or too large frames skipped" in capsys.readouterr().out
+    skips = [r.getMessage() for r in caplog.records if "b_bomb.png" in r.getMessage()]
+    assert len(skips) == 1 and "is 12000x12000 (144 megapixels), above the limit" in skips[0]
+    png_header_only(tmp_path / "alone.png", 12000, 12000)
+    assert run_main(["--engine", str(tiny_dynamic), "--image", str(tmp_path / "alone.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "alone.png is 12000x12000 (144 megapixels), above the limit" in err
+
+
+def test_a_dynamic_model_whose_metadata_claims_a_huge_input_is_refused_before_allocation(tiny_dynamic, tmp_path):
+    from runtime.backends import open_backend
+    forged = with_metadata(tiny_dynamic, tmp_path / "forged.onnx", input_size="100000 100000")
+    with pytest.raises(OffsegError, match=r"forged.onnx's input would be a tensor of \[1, 3, 100000, 100000\] "
+                                          r"\(111.8 GiB\), above the 4 GiB a tensor may take"):
+        open_backend(forged)
+
+
+def test_a_graph_whose_static_output_is_huge_is_refused():
+    from runtime.backends import ModelInfo
+    info = ModelInfo.from_metadata({"offseg.model": "m", "offseg.num_classes": "9"}, "m.onnx")
+    with pytest.raises(OffsegError, match=r"m.onnx's output would be a tensor of \[1, 9, 200000, 200000\] "
+                                          r"\(1,341.1 GiB\)"):
+        info.check_graph([1, 3, None, None], [1, 9, 200000, 200000], "m.onnx")
+
+
+def test_a_batch_above_the_tensor_limit_is_one_sentence_before_it_is_built(tiny_dynamic, tmp_path, capsys,
+                                                                             monkeypatch):
+    import cv2
+    import numpy as np
+
+    import runtime.limits
+    from runtime.cli import main as run_main
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 64, 3), 90, np.uint8))
+    monkeypatch.setattr(runtime.limits, "MAX_TENSOR_BYTES", 3 * 64 * 64 * 4 - 1)
+    assert run_main(["--engine", str(tiny_dynamic), "--image", str(tmp_path / "a.png")]) == 2
+    assert "the model input for frames of 64x64 would be a tensor of [1, 3, 64, 64]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [("0", "0"), ("100000", "100000"), ("100", "100")])
+def test_offseg_info_with_an_impossible_input_size_is_one_sentence(size, capsys):
+    from offseg.cli import info_main
+    assert info_main(["--input-size", *size]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --input-size {size[0]} {size[1]}")

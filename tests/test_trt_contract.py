@@ -211,6 +211,19 @@ def test_a_sidecar_cannot_enable_engine_host_code(monkeypatch, tiny):
     assert any("engine host code is allowed" in error for error in trt.errors)
 
 
+def test_an_engine_tensor_above_the_limit_is_refused_before_allocation(monkeypatch, tiny):
+    import runtime.limits
+    gpu, _, _ = machine(monkeypatch, "10.3.0", ORIN)
+    build(tiny)
+    backend = open_backend(tiny.with_name("tiny.fp32.plan"))
+    monkeypatch.setattr(runtime.limits, "MAX_TENSOR_BYTES", 3 * 256 * 256 * 4 - 1)
+    with pytest.raises(OffsegError, match=r"the engine's images for input \(1, 3, 256, 256\) would be a tensor of "
+                                          r"\[1, 3, 256, 256\] \(0.0 GiB\), above the"):
+        backend.infer(np.ones((1, 3, 256, 256), np.float32))
+    assert not gpu.device and not gpu.pinned and backend.buffers is None
+    backend.close()
+
+
 def test_dla_engine_records_the_gpu_and_runs_on_its_dla_core(monkeypatch, tiny_static):
     machine(monkeypatch, "10.3.0", ORIN, dla_cores=2)
     sidecar = build(tiny_static, "--fp16", "--dla-core", "1")

@@ -14,6 +14,7 @@ import numpy as np
 
 from runtime.errors import OffsegError
 from runtime.metrics import IGNORE_INDEX
+from runtime.limits import check_image_file
 from runtime.class_names import DATASET_CLASSES
 from runtime.sources import IMAGE_SUFFIXES, read_image
 
@@ -197,6 +198,7 @@ class SegmentationDataset:
             return synthetic.render_scene(self.seed_base + index, *self.size)
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
+        check_image_file(label_path, "label image")
         labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
         if labels is None or labels.ndim != 2:
             raise OffsegError(f"{label_path} is not a single-channel label image")

@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import OffsegError
+from ..limits import check_tensor_bytes
 from ..preprocess import INPUT_FORMATS
 
 OUTPUT_KINDS = ("logits", "labels", "probs")  # probs: softmax of the logits, same shape
@@ -55,7 +56,8 @@ class ModelInfo:
 
     def check_graph(self, input_shape: list, output_shape: list, source: str) -> None:
         """OffsegError when the metadata contradicts the graph's real shapes (dimensions: int, or None/str when
-        dynamic), e.g. a forged input size or class count."""
+        dynamic), e.g. a forged input size or class count, or when a fixed size implies a tensor above
+        ``limits.MAX_TENSOR_BYTES``."""
         dims = [d if isinstance(d, int) and d > 0 else None for d in input_shape]
         if len(dims) != 4:
             raise OffsegError(f"{source}: its graph input is {len(dims)}-D, not an image batch (N, 3, H, W)")
@@ -73,6 +75,12 @@ class ModelInfo:
         classes = None if labels else output_shape[3 if nhwc else 1]
         if isinstance(classes, int) and classes > 0 and classes != self.num_classes:
             raise OffsegError(f"{source} says {self.num_classes} classes but its graph outputs {classes}")
+        batch = self.max_batch or 1
+        size = self.input_size or graph_size
+        if size is not None:
+            check_tensor_bytes((batch, 3, *size), 1 if self.input_format == "uint8-rgb" else 4, f"{source}'s input")
+        if all(isinstance(d, int) and d > 0 for d in output_shape[1:]):
+            check_tensor_bytes((batch, *output_shape[1:]), 4, f"{source}'s output")
 
     def planar(self, outputs: np.ndarray) -> np.ndarray:
         """A backend's output in our layout: (N, K, h, w) scores (logits or probabilities) or (N, H, W) labels."""

@@ -42,11 +42,16 @@ class OnnxRuntimeBackend:
         batch = model_input.shape[0]
         self.info = ModelInfo.from_metadata(meta, str(path), max_batch=batch if isinstance(batch, int) else None)
         self.info.check_graph(model_input.shape, self.session.get_outputs()[0].shape, str(path))
-        self.input_name = model_input.name
+        self.input_name, self.path = model_input.name, path
         self.description = f"ONNX Runtime {ort.__version__} ({', '.join(self.session.get_providers())})"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
+        try:
+            return self.session.run(None, {self.input_name: batch})[0]
+        except (Fail, RuntimeException) as error:  # e.g. an output too large to allocate (a forged graph)
+            raise OffsegError(f"ONNX Runtime failed to run {self.path} on {list(batch.shape)}: "
+                              f"{str(error).splitlines()[0]}") from None
 
     def close(self) -> None:
         self.session = None

@@ -10,6 +10,7 @@ import numpy as np
 from ..cuda import open_cuda
 from ..engine_meta import check_engine, describe_build, read_sidecar, sidecar_path
 from ..errors import OffsegError
+from ..limits import check_tensor_bytes
 from . import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ class TensorRTBackend:
             if not self.context.set_input_shape(self.input_name, shape):
                 raise OffsegError(f"input {shape} is outside the engine's optimization profile")
             out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+            for name, tensor_shape in ((self.input_name, shape), (self.output_name, out_shape)):
+                check_tensor_bytes(tensor_shape, np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))).itemsize,
+                                   f"the engine's {name} for input {shape}")
             host_in = self.cuda.pinned_empty(shape, trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
             host_out = self.cuda.pinned_empty(out_shape, trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
             self.buffers = (shape, host_in, host_out, self.cuda.device_alloc(host_in.nbytes),

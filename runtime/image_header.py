@@ -1,0 +1,79 @@
+"""An image's size from its file header, read before decoding (OpenCV has no header-only read): the size a
+decoder would allocate, so a decompression bomb (a 421 KB PNG of 12000x12000) is refused without decoding it.
+
+PNG, JPEG, BMP, WebP and TIFF headers; None for anything else or a header that does not parse (the decoder then
+decides, and the decoded size is checked)."""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+HEADER_BYTES = 64
+JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+MAX_JPEG_SEGMENTS = 1024  # metadata segments before the frame header; a real file has a handful
+
+
+def image_header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) that the header of the image file ``path`` declares, or None when it cannot tell."""
+    with open(Path(path), "rb") as stream:
+        head = stream.read(HEADER_BYTES)
+        try:
+            if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+                width, height = struct.unpack(">II", head[16:24])
+                return height, width
+            if head.startswith(b"\xff\xd8"):
+                return _jpeg_size(stream)
+            if head.startswith(b"BM"):
+                width, height = struct.unpack("<ii", head[18:26])
+                return abs(height), abs(width)
+            if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+                return _webp_size(head)
+            if head[:4] in (b"II*\x00", b"MM\x00*"):
+                return _tiff_size(stream, "<" if head[:2] == b"II" else ">")
+        except (struct.error, ValueError):
+            return None
+    return None
+
+
+def _jpeg_size(stream) -> tuple[int, int] | None:
+    """The frame header's size: markers are walked from the start of the file, segment by segment."""
+    stream.seek(2)
+    for _ in range(MAX_JPEG_SEGMENTS):
+        marker = stream.read(2)
+        while marker[:1] == b"\xff" and marker[1:] == b"\xff":  # fill bytes
+            marker = b"\xff" + stream.read(1)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return None
+        length = struct.unpack(">H", stream.read(2))[0]
+        if marker[1] in JPEG_SOF:
+            _, height, width = struct.unpack(">BHH", stream.read(5))
+            return height, width
+        stream.seek(length - 2, os.SEEK_CUR)
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", head[26:30])
+        return height & 0x3FFF, width & 0x3FFF
+    if chunk == b"VP8L":
+        bits = struct.unpack("<I", head[21:25])[0]
+        return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return int.from_bytes(head[27:30], "little") + 1, int.from_bytes(head[24:27], "little") + 1
+    return None
+
+
+def _tiff_size(stream, order: str) -> tuple[int, int] | None:
+    """ImageWidth (256) and ImageLength (257) of the first image file directory."""
+    stream.seek(4)
+    stream.seek(struct.unpack(order + "I", stream.read(4))[0])
+    count = struct.unpack(order + "H", stream.read(2))[0]
+    sizes = {}
+    for _ in range(min(count, 4096)):
+        tag, kind, _, value = struct.unpack(order + "HHI4s", stream.read(12))
+        if tag in (256, 257):
+            sizes[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[:2 if kind == 3 else 4])[0]
+    return (sizes[257], sizes[256]) if len(sizes) == 2 else None
