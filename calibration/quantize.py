@@ -107,10 +107,15 @@ class _OneImage:
 
 def input_size_for_calibration(meta: dict[str, str], model) -> tuple[int, int]:
     """The graph's static input size, or 512x512 for dynamic graphs."""
+    from runtime.limits import check_input_size
     size = meta.get("offseg.input_size", "dynamic")
     if size == "dynamic":
         return 512, 512
-    h, w = (int(v) for v in size.split())
+    parts = size.split()
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise OffsegError(f"the model's offseg.input_size {size!r} is not 'H W' or 'dynamic'")
+    h, w = int(parts[0]), int(parts[1])
+    check_input_size(h, w, "the model's offseg.input_size")
     return h, w
 
 

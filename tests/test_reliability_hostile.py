@@ -294,3 +294,17 @@ def test_offseg_info_with_an_impossible_input_size_is_one_sentence(size, capsys)
     assert info_main(["--input-size", *size]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: --input-size {size[0]} {size[1]}")
+
+
+@pytest.mark.parametrize("size, message", [("abc def", r"offseg.input_size 'abc def' is not 'H W'"),
+                                           ("100000 100000", r"is 100000x100000 \(10000 megapixels\), above")])
+def test_calibrating_a_model_whose_metadata_forges_its_input_size_is_one_sentence(tmp_path, size, message):
+    import onnx
+    from test_quantize import shared_bias_model
+
+    from calibration.quantize import QuantOptions, quantize_file
+    source = tmp_path / "toy.onnx"
+    onnx.save(shared_bias_model(), source)
+    with_metadata(source, source, input_size=size)
+    with pytest.raises(OffsegError, match=message):
+        quantize_file(source, tmp_path / "int8.onnx", "synthetic", QuantOptions(samples=1))
