@@ -46,7 +46,7 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
                           input_format=args.input_format, output_kind=args.output_kind,
                           label_dtype=args.label_dtype, output_layout=args.layout,
                           fused_head=not args.unfused_head, head_as_function=not args.inline_head,
-                          freqfusion_form=freqfusion_form_for(args.freqfusion_form, args.format))
+                          freqfusion_form=freqfusion_form_for(args.freqfusion_form, _target(args)))
     options.validate()
     if args.checkpoint:
         model, name = build_from_checkpoint(args.checkpoint, args.model)
@@ -71,6 +71,11 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
               f"{onnx_parity(model, onnx_path, options)}")
     _report_support(onnx_path)
     return result.metadata
+
+
+def _target(args: argparse.Namespace) -> str:
+    """What runs the export: ``engine`` for a TensorRT repository of --format triton, else the format."""
+    return "engine" if args.format == "triton" and args.triton_backend == "tensorrt" else args.format
 
 
 def _engine_options(args: argparse.Namespace):
@@ -160,12 +165,14 @@ def _deepstream(args: argparse.Namespace) -> int:
 
 
 def _triton(args: argparse.Namespace) -> int:
-    """``--format triton``: a model repository (``<model>/config.pbtxt``, ``<model>/1/model.onnx``), renamed into
-    place when complete."""
+    """``--format triton``: a model repository (``<model>/config.pbtxt``, ``<model>/1/`` with the file its
+    ``--triton-backend`` loads), renamed into place when complete."""
+    import shutil
+
     from calibration.files import load_onnx
     from runtime.sinks import atomic_folder
 
-    from .triton import config_text
+    from .triton import BACKENDS, config_text
 
     if args.onnx:
         raise OffsegError("--format triton exports from PyTorch: drop --onnx (give --checkpoint)")
@@ -173,19 +180,36 @@ def _triton(args: argparse.Namespace) -> int:
     repository = args.output or Path("model_repository")
     if not repository.parent.is_dir():
         raise OffsegError(f"output folder {repository.parent} does not exist")
+    backend = args.triton_backend
+    engine_options = _engine_options(args) if backend == "tensorrt" else None
+    calib_key = _check_paths(args, set())
     with atomic_folder(repository) as tmp:
-        (tmp / name / "1").mkdir(parents=True)
-        onnx_path = tmp / name / "1" / "model.onnx"
+        version = tmp / name / "1"
+        version.mkdir(parents=True)
+        onnx_path = version / "model.onnx"
         meta = _export_torch(args, onnx_path)
-        (tmp / name / "config.pbtxt").write_text(config_text(name, load_onnx(onnx_path), meta, args.max_batch))
-    print(f"wrote the Triton model repository {repository}/ ({name}/config.pbtxt, {name}/1/model.onnx); serve it "
-          f"with: tritonserver --model-repository {repository}")
+        graph = load_onnx(onnx_path)
+        if backend == "python":
+            shutil.copyfile(Path(__file__).with_name("triton_python_model.py"), version / "model.py")
+        if backend == "tensorrt":
+            _build(args, engine_options, meta, version / "model", {"fp32": onnx_path}, calib_key,
+                   engine=version / "model.plan")
+            for intermediate in version.glob("*.onnx"):  # Triton loads model.plan; its sidecar stays beside it
+                intermediate.unlink()
+        (tmp / name / "config.pbtxt").write_text(config_text(name, graph, meta, args.max_batch, backend=backend))
+    files = ", ".join(f"{name}/{f}" for f in ["config.pbtxt", *sorted(
+        str(p.relative_to(repository / name)) for p in (repository / name / "1").iterdir())])
+    print(f"wrote the Triton model repository {repository}/ ({files}; {BACKENDS[backend][0]}); serve it with: "
+          f"tritonserver --model-repository {repository}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from calibration.files import load_onnx, read_metadata
 
+    if args.triton_backend != "onnxruntime" and args.format != "triton":
+        raise OffsegError(f"--triton-backend {args.triton_backend} chooses what serves a --format triton repository; "
+                          "add --format triton")
     if args.format == "deepstream":
         args.input_format = args.input_format or "float-rgb-0-255"
         args.output_kind = args.output_kind or "probs"
@@ -225,7 +249,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict[str, Path],
-           calib_key: str | None) -> int:
+           calib_key: str | None, engine: Path | None = None) -> int:
+    """Build the engine from ``written["fp32"]`` (through its FP16 or INT8 graph when the plan says so) into
+    ``engine``, by default the ``.plan`` of ``--output`` or ``<stem>.<precision>.plan``."""
     from calibration.files import load_onnx, read_metadata
     from calibration.precision import pinned_nodes
     from .tensorrt import TrtBuilder
@@ -239,8 +265,8 @@ def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict
     elif plan.onnx_precision == "int8":
         source = stem.with_name(stem.name + ".int8.onnx")
         _int8_onnx(args, written["fp32"], source, calib_key)
-    engine = args.output if args.output and args.output.suffix == ".plan" else \
-        stem.with_name(f"{stem.name}.{engine_options.precision.replace('+', '-')}.plan")
+    engine = engine or (args.output if args.output and args.output.suffix == ".plan" else
+                        stem.with_name(f"{stem.name}.{engine_options.precision.replace('+', '-')}.plan"))
     graph = load_onnx(source)
     pins = pinned_nodes(graph, engine_options.pins) if plan.pin_layers else []
     print(f"building the {engine_options.precision} engine with {builder.caps.module} {builder.caps.version} "
@@ -272,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--output", type=Path, help="main output (.onnx, .plan with --format engine, a new folder "
                      "with --format deepstream / triton; default ./<model>.onnx / .plan / <model>-deepstream / "
                      "model_repository); other files share its stem")
+    out.add_argument("--triton-backend", choices=("onnxruntime", "tensorrt", "python"), default="onnxruntime",
+                     help="what serves a --format triton repository: onnxruntime (model.onnx), tensorrt (model.plan, "
+                          "built here: needs TensorRT and this machine's GPU) or python (model.py running ONNX "
+                          "Runtime on model.onnx, for servers with the Python backend only; default onnxruntime)")
     out.add_argument("--fp16", action="store_true", help="FP16 (ONNX: NAME.fp16.onnx; engine: FP16 engine)")
     out.add_argument("--int8", action="store_true", help="INT8 from a Q/DQ graph calibrated on --calib-data")
     out.add_argument("--calib-data", help="calibration images: folder, video file, or 'synthetic'")

@@ -23,6 +23,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
     an output that would overwrite an input."""
     from .sinks import VideoSink, WindowSink, check_writable_folder, same_file
 
+    if (args.engine is None) == (args.triton is None):
+        raise OffsegError("give the model as --engine FILE (.onnx, .plan, .pth) or a server as --triton URL, "
+                          "one of the two")
+    if args.model_name is not None and args.triton is None:
+        raise OffsegError("--model-name chooses a model of a --triton server; add --triton URL")
+    if args.triton is not None:
+        from .backends.triton_backend import parse_url
+        parse_url(args.triton)
     if args.fps is not None and not args.fps > 0:
         raise OffsegError(f"--fps must be above 0, got {args.fps:g}")
     if not 0 <= args.alpha <= 1:
@@ -139,15 +147,21 @@ def _saves_nothing(args: argparse.Namespace) -> bool:
 NOTHING_SAVED = "saves nothing: give --output, --save-masks, --rosbag-out or --summary to keep the results"
 
 
-def _run(args: argparse.Namespace) -> int:
+def _open_model(args: argparse.Namespace):
+    if args.triton is not None:
+        from .backends.triton_backend import TritonBackend
+        return TritonBackend(args.triton, args.model_name)
     from .backends import open_backend
+    return open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda, args.device)
+
+
+def _run(args: argparse.Namespace) -> int:
     from .draw import annotate, class_names, palette_for
     from .pipeline import Pipeline, RunStats
     from .sinks import MaskSink, WindowSink, atomic_output
 
     _check_arguments(args)
-    backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda,
-                           args.device)
+    backend = _open_model(args)
     source = _open_source(args)
     pipeline = Pipeline(backend, args.batch_size, args.resize)
     info = backend.info
@@ -161,8 +175,9 @@ def _run(args: argparse.Namespace) -> int:
     if _saves_nothing(args):
         print(f"note: this run only prints the timing table and {NOTHING_SAVED}", file=sys.stderr, flush=True)
     if not info.trained:
-        print(f"WARNING: {args.engine.name} was exported without a checkpoint: its weights are RANDOM and its "
-              "labels are noise (for speed tests only)", file=sys.stderr, flush=True)
+        model = args.engine.name if args.engine else f"Triton model {info.name}"
+        print(f"WARNING: {model} was exported without a checkpoint: its weights are RANDOM and its labels are noise "
+              "(for speed tests only)", file=sys.stderr, flush=True)
     masks = MaskSink(args.save_masks) if args.save_masks else None
     window = WindowSink() if args.show else None
     video = None
@@ -233,8 +248,12 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-run", description="Semantic segmentation of videos, cameras, "
                                      "streams and images with an OffSeg ONNX model or TensorRT engine.")
-    parser.add_argument("--engine", type=Path, required=True, help="model: .onnx (ONNX Runtime), .plan (TensorRT) "
-                        "or .pth (PyTorch, needs torch)")
+    parser.add_argument("--engine", type=Path, help="model: .onnx (ONNX Runtime), .plan (TensorRT) or .pth "
+                        "(PyTorch, needs torch); or --triton")
+    parser.add_argument("--triton", metavar="URL", help="run the model on a Triton Inference Server instead: "
+                        "http://HOST:8000 or grpc://HOST:8001 (a repository from offseg-export --format triton; "
+                        "needs the [triton] extra)")
+    parser.add_argument("--model-name", help="the --triton server's model (default its only one)")
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--video", type=Path, help="video file")
     inputs.add_argument("--camera", type=int, help="camera index (0 = first)")
