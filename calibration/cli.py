@@ -23,6 +23,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .precision import DEFAULT_PINS, PinRule
     from .trt_support import unsupported
 
+    from runtime.sinks import write_file
+
     from .quantize import QuantOptions, input_size_for_calibration, quantize_file
     from .sensitivity import sweep, worst_layers
     from .sources import calibration_inputs, data_key
@@ -52,7 +54,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             print(f"keeping the {args.exclude_worst} most costly groups in float: "
                   + ", ".join(s.group for s in results[:args.exclude_worst]))
         if args.sensitivity_json:
-            args.sensitivity_json.write_text(json.dumps([s.__dict__ for s in results], indent=2) + "\n")
+            write_file(args.sensitivity_json, json.dumps([s.__dict__ for s in results], indent=2) + "\n")
     result = quantize_file(args.onnx, args.output, args.calib_data, options)
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB): {options.target} Q/DQ, {result}")
     problems = unsupported(onnx.load(str(args.output)))
@@ -170,7 +172,7 @@ def validate_main(argv: list[str] | None = None) -> int:
 def _fp16_check(args: argparse.Namespace) -> int:
     from offseg.checkpoint import build_from_checkpoint
     from offseg.names import freqfusion_form_for
-    from runtime.sinks import atomic_output
+    from runtime.sinks import write_file
 
     from .fp16_safety import DEFAULT_TOLERANCE, check_fp16, describe_whole, markdown
     from .sources import calibration_inputs
@@ -188,8 +190,7 @@ def _fp16_check(args: argparse.Namespace) -> int:
     args.report.mkdir(parents=True, exist_ok=True)
     for file, text in (("fp16_safety.json", json.dumps(report.to_json(), indent=2)),
                        ("fp16_safety.md", markdown(report, name))):
-        with atomic_output(args.report / file) as tmp:
-            tmp.write_text(text)
+        write_file(args.report / file, text)
     whole, pinned = report.whole_fp16, report.whole_fp16_pinned
     print(f"{name} (FreqFusion {form} form): {report.modules_checked} modules checked on {report.images} images "
           f"at {height}x{width}; "

@@ -128,9 +128,8 @@ def _eval(args: argparse.Namespace) -> int:
     for cls, iou in result["IoU"].items():
         print(f"  {cls:>20}: {'-' if iou is None else f'{iou:.2f}'}")
     if args.json:
-        from runtime.sinks import atomic_output
-        with atomic_output(args.json) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        from runtime.sinks import write_file
+        write_file(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 

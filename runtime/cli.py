@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     from .backends import open_backend
     from .draw import annotate, class_names, palette_for
     from .pipeline import Pipeline, RunStats
-    from .sinks import MaskSink, WindowSink, atomic_output
+    from .sinks import MaskSink, WindowSink, write_file
 
     _check_arguments(args)
     backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda,
@@ -204,8 +204,7 @@ def _run(args: argparse.Namespace) -> int:
     if bag:
         print(f"wrote {bag.path} ({bag.frames} frames, {source.storage})")
     if args.summary:
-        with atomic_output(args.summary) as tmp:
-            tmp.write_text(json.dumps(stats.summary(), indent=2) + "\n")
+        write_file(args.summary, json.dumps(stats.summary(), indent=2) + "\n")
     if _saves_nothing(args):
         print(f"this run {NOTHING_SAVED}")
     if interrupted is not None:

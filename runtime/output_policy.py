@@ -89,8 +89,8 @@ def check_paths(inputs: list[tuple[str, Path]], outputs: list[Output]) -> None:
                 raise OffsegError(f"{output.option} {output.path} is the input {option} {path}; choose another "
                                   "name, the input would be overwritten")
             if output.holds(path) or _linked_inside(output, path):
-                raise OffsegError(f"{output.option} {output.path} would write where the input {option} {path} "
-                                  "lies; choose another folder, the input could be overwritten")
+                raise OffsegError(f"{output.option} {output.path} holds the input {option} {path}; choose another "
+                                  "folder, the input would be overwritten")
     for index, output in enumerate(outputs):
         for other in outputs[index + 1:]:
             if _collide(output, other):
@@ -116,7 +116,7 @@ def _check_target(output: Output) -> None:
     if output.path.is_dir():
         raise OffsegError(f"{what} is a folder; give a file name")
     if not output.path.parent.is_dir():
-        raise OffsegError(f"{what}: the folder {output.path.parent} does not exist; create it first")
+        raise OffsegError(f"{output.option} folder {output.path.parent} does not exist; create it first")
     check_writable_folder(output.path.parent, what)
 
 
@@ -144,7 +144,7 @@ def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
     folder = Path(folder)
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise OffsegError(f"{what}: {existing} is a file, not a folder")
+        raise OffsegError(f"{what}: cannot write in {existing}: it is a file, not a folder")
     try:
         handle, name = tempfile.mkstemp(prefix=".offseg-write-check.", dir=existing)
         os.close(handle)
