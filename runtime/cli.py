@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-topic", help="image topic of --rosbag (default the bag's only image topic)")
     parser.add_argument("--ros-namespace", default="/offseg", help="namespace of the --rosbag-out topics "
                         "segmentation, overlay and label_info")
-    add_output(parser, "--save-masks", folder=True, metavar="DIR", help="write one label PNG per frame")
+    add_output(parser, "--save-masks", folder=True, names=("*.png",), metavar="DIR",
+               help="write one label PNG per frame")
     parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
     parser.add_argument("--no-display", action="store_true", help=argparse.SUPPRESS)  # the default; old scripts
     parser.add_argument("--batch-size", type=int, default=1, help="frames per inference (models with a dynamic "

@@ -10,7 +10,7 @@ from typing import Callable
 
 from .errors import OffsegError
 from .interrupts import describe, exit_code, stop_signals
-from .output_policy import Output, check_paths, declared_paths
+from .output_policy import OUTPUT, ROLE, Output, check_paths, declared_paths
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +24,11 @@ def add_hidden_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str])
         action = actions[new]
         kwargs = {} if action.nargs == 0 else {"type": action.type, "nargs": action.nargs, "choices": action.choices,
                                                 "metavar": action.metavar}
-        parser.add_argument(old, action=type(action), dest=action.dest, default=argparse.SUPPRESS,
-                            help=argparse.SUPPRESS, **kwargs)
+        alias = parser.add_argument(old, action=type(action), dest=action.dest, default=argparse.SUPPRESS,
+                                    help=argparse.SUPPRESS, **kwargs)
+        for mark in (ROLE, OUTPUT):  # an old name of a path option is checked as the option is
+            if hasattr(action, mark):
+                setattr(alias, mark, getattr(action, mark))
 
 
 def _document_defaults(parser: argparse.ArgumentParser) -> None:
