@@ -11,8 +11,10 @@ from pathlib import Path
 
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
+from runtime.output_policy import add_input, add_output
 
-
+VALIDATION_FILES = ("report.json", "report.md", "sample_*.png")  # what offseg-validate writes in --report
+FP16_FILES = ("fp16_safety.json", "fp16_safety.md")  # what offseg-fp16-check writes in --report
 
 def _calibrate(args: argparse.Namespace) -> int:
     import onnx
@@ -21,7 +23,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .precision import DEFAULT_PINS, PinRule
     from .trt_support import unsupported
 
-    from runtime.sinks import check_writable_folder
+    from runtime.sinks import write_file
 
     from .quantize import QuantOptions, input_size_for_calibration, quantize_file
     from .sensitivity import sweep, worst_layers
@@ -30,9 +32,6 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.calib_images < 1:
         raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
     data_key(args.calib_data, args.calib_images)  # a missing, empty or unreadable source fails now, not in minutes
-    for path in (args.output, args.sensitivity_json):
-        if path is not None:
-            check_writable_folder(path.parent, f"{path}")
     model = load_onnx(args.onnx)
     exclude = (() if args.no_default_pins else DEFAULT_PINS) + tuple(PinRule.parse(t) for t in args.keep_fp32)
     options = QuantOptions(target=args.target, method=args.method, samples=args.calib_images,
@@ -55,7 +54,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             print(f"keeping the {args.exclude_worst} most costly groups in float: "
                   + ", ".join(s.group for s in results[:args.exclude_worst]))
         if args.sensitivity_json:
-            args.sensitivity_json.write_text(json.dumps([s.__dict__ for s in results], indent=2) + "\n")
+            write_file(args.sensitivity_json, json.dumps([s.__dict__ for s in results], indent=2) + "\n")
     result = quantize_file(args.onnx, args.output, args.calib_data, options)
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB): {options.target} Q/DQ, {result}")
     problems = unsupported(onnx.load(str(args.output)))
@@ -66,9 +65,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 def calibrate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-calibrate", description="INT8 (Q/DQ) quantization of an "
                                      "offseg-exported ONNX model on calibration images.")
-    parser.add_argument("--onnx", type=Path, required=True, help="FP32 ONNX from offseg-export")
-    parser.add_argument("--calib-data", required=True, help="calibration images: folder, video file or 'synthetic'")
-    parser.add_argument("--output", type=Path, required=True, help="Q/DQ ONNX to write")
+    add_input(parser, "--onnx", required=True, help="FP32 ONNX from offseg-export")
+    add_input(parser, "--calib-data", type=str, required=True,
+              help="calibration images: folder, video file or 'synthetic'")
+    add_output(parser, "--output", required=True, help="Q/DQ ONNX to write")
     parser.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="tensorrt",
                         help="tensorrt (symmetric, float biases; NVIDIA's parser takes it) or onnxruntime "
                              "(ORT's fastest CPU form)")
@@ -80,13 +80,13 @@ def calibrate_main(argv: list[str] | None = None) -> int:
                         help="also keep these nodes out of INT8 (repeatable)")
     parser.add_argument("--no-default-pins", action="store_true",
                         help="quantize the offset-learning head and FreqFusion normalisation too")
-    parser.add_argument("--cache", type=Path, help="calibration ranges file: reused when present, else written")
+    add_output(parser, "--cache", help="calibration ranges file: reused when present, else written")
     parser.add_argument("--sensitivity", action="store_true", help="rank layer groups by the mIoU INT8 costs")
-    parser.add_argument("--sensitivity-data", help="validation images for the sweep (default --calib-data)")
+    add_input(parser, "--sensitivity-data", type=str, help="validation images for the sweep (default --calib-data)")
     parser.add_argument("--sensitivity-images", type=int, default=8, help="images the sweep scores each group on")
     parser.add_argument("--group-depth", type=int, default=3, help="module-name parts per group (default 3: "
                         "backbone.stages.2; 2: backbone.stages, faster)")
-    parser.add_argument("--sensitivity-json", type=Path, help="write the ranking as JSON")
+    add_output(parser, "--sensitivity-json", help="write the ranking as JSON")
     parser.add_argument("--exclude-worst", type=int, default=0, metavar="N",
                         help="keep the N most costly groups in float (with --sensitivity)")
     add_common_options(parser)
@@ -150,11 +150,11 @@ def validate_main(argv: list[str] | None = None) -> int:
     from offseg.names import DATASET_NAMES, DEVICE_HELP, MODEL_NAMES
     parser = argparse.ArgumentParser(prog="offseg-validate", description="mIoU parity of an ONNX model or TensorRT "
                                      "engine against its PyTorch checkpoint, with the paper's test protocol.")
-    parser.add_argument("--engine", type=Path, required=True, help=".onnx or .plan")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the PyTorch checkpoint it came from")
+    add_input(parser, "--engine", required=True, help=".onnx or .plan")
+    add_input(parser, "--checkpoint", required=True, help="the PyTorch checkpoint it came from")
     parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default from the checkpoint)")
     parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES, help="dataset layout")
-    parser.add_argument("--data-root", help="dataset root folder (not needed for synthetic)")
+    add_input(parser, "--data-root", type=str, help="dataset root folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="dataset split")
     parser.add_argument("--mode", choices=("whole", "slide"),
                         help="inference (default the dataset's official test mode)")
@@ -162,7 +162,8 @@ def validate_main(argv: list[str] | None = None) -> int:
                         "50 of the synthetic dataset)")
     parser.add_argument("--max-miou-drop", type=float, help="fail above this drop (default 0.1; 1.0 for INT8)")
     parser.add_argument("--device", default="auto", help="the PyTorch side's " + DEVICE_HELP)
-    parser.add_argument("--report", type=Path, default=Path("validation"), help="report folder")
+    add_output(parser, "--report", folder=True, names=VALIDATION_FILES, default=Path("validation"),
+               help="report folder")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--max-images": "--eval-images"})
     return run(_validate, parser, argv)
@@ -171,7 +172,7 @@ def validate_main(argv: list[str] | None = None) -> int:
 def _fp16_check(args: argparse.Namespace) -> int:
     from offseg.checkpoint import build_from_checkpoint
     from offseg.names import freqfusion_form_for
-    from runtime.sinks import atomic_output
+    from runtime.sinks import write_file
 
     from .fp16_safety import DEFAULT_TOLERANCE, check_fp16, describe_whole, markdown
     from .sources import calibration_inputs
@@ -189,8 +190,7 @@ def _fp16_check(args: argparse.Namespace) -> int:
     args.report.mkdir(parents=True, exist_ok=True)
     for file, text in (("fp16_safety.json", json.dumps(report.to_json(), indent=2)),
                        ("fp16_safety.md", markdown(report, name))):
-        with atomic_output(args.report / file) as tmp:
-            tmp.write_text(text)
+        write_file(args.report / file, text)
     whole, pinned = report.whole_fp16, report.whole_fp16_pinned
     print(f"{name} (FreqFusion {form} form): {report.modules_checked} modules checked on {report.images} images "
           f"at {height}x{width}; "
@@ -208,9 +208,9 @@ def fp16_check_main(argv: list[str] | None = None) -> int:
     from offseg.names import FREQFUSION_CHOICES, MODEL_NAMES
     parser = argparse.ArgumentParser(prog="offseg-fp16-check", description="Run each module of a checkpoint in "
                                      "FP16 on CPU, report overflow and precision loss, and list the FP32 pins.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the PyTorch checkpoint to check")
+    add_input(parser, "--checkpoint", required=True, help="the PyTorch checkpoint to check")
     parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default from the checkpoint)")
-    parser.add_argument("--calib-data", default="synthetic", help="images: folder, video file or 'synthetic' "
+    add_input(parser, "--calib-data", type=str, default="synthetic", help="images: folder, video file or 'synthetic' "
                         "(default)")
     parser.add_argument("--calib-images", type=int, default=4, help="images to check (default 4)")
     parser.add_argument("--input-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
@@ -220,7 +220,7 @@ def fp16_check_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freqfusion-form", choices=FREQFUSION_CHOICES, default="auto",
                         help="FreqFusion form to check, as offseg-export writes it (default auto: taps, what "
                         "TensorRT engines get; gather for an FP16 ONNX file of the default ONNX export)")
-    parser.add_argument("--report", type=Path, default=Path("fp16-safety"), help="report folder")
+    add_output(parser, "--report", folder=True, names=FP16_FILES, default=Path("fp16-safety"), help="report folder")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--data": "--calib-data", "--images": "--calib-images"})
     return run(_fp16_check, parser, argv)

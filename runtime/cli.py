@@ -12,6 +12,7 @@ from pathlib import Path
 from .console import add_common_options, add_hidden_aliases, run
 from .errors import OffsegError
 from .interrupts import exit_code
+from .output_policy import add_input, add_output
 from .preprocess import RESIZE_POLICIES
 from .progress import Progress
 
@@ -19,9 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    """Every argument and output path, before the model is loaded: one sentence for the first problem, and never
-    an output that would overwrite an input."""
-    from .sinks import VideoSink, WindowSink, check_writable_folder, same_file
+    """Every argument, before the model is loaded: one sentence for the first problem (the paths were checked by
+    ``output_policy`` before)."""
+    from .sinks import VideoSink, WindowSink
 
     if (args.engine is None) == (args.triton is None):
         raise OffsegError("give the model as --engine FILE (.onnx, .plan, .pth) or a server as --triton URL, "
@@ -51,14 +52,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.show:
         WindowSink.check_gui()
     _check_input_kind(args)
-    inputs = [p for p in (args.engine, args.video, args.image, args.images, args.rosbag) if p is not None]
-    outputs = [(f"--{name.replace('_', '-')}", path) for name, path in
-               (("output", args.output), ("save_masks", args.save_masks), ("summary", args.summary)) if path]
-    for option, path in outputs:
-        clash = next((i for i in inputs if same_file(path, i)), None)
-        if clash is not None:
-            raise OffsegError(f"{option} {path} is the input {clash}; choose another name, the input would be "
-                              "overwritten")
     if args.output:
         if _writes_gstreamer(args):
             from .gst_video_sink import check_target
@@ -70,14 +63,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise OffsegError("--rosbag-out needs a --rosbag input (its messages give the headers)")
         from .rosbag_io import RosbagSink
         RosbagSink.check_target(args.rosbag_out)
-    if args.save_masks:
-        check_writable_folder(args.save_masks, f"--save-masks {args.save_masks}")
-    if args.summary:
-        if args.summary.is_dir():
-            raise OffsegError(f"--summary {args.summary} is a folder; give a file name such as run.json")
-        if not args.summary.parent.is_dir():
-            raise OffsegError(f"--summary folder {args.summary.parent} does not exist")
-        check_writable_folder(args.summary.parent, f"--summary {args.summary}")
 
 
 def _reads_gstreamer(args: argparse.Namespace) -> bool:
@@ -158,7 +143,7 @@ def _open_model(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     from .draw import annotate, class_names, palette_for
     from .pipeline import Pipeline, RunStats
-    from .sinks import MaskSink, WindowSink, atomic_output
+    from .sinks import MaskSink, WindowSink, write_file
 
     _check_arguments(args)
     backend = _open_model(args)
@@ -234,8 +219,7 @@ def _run(args: argparse.Namespace) -> int:
     if bag:
         print(f"wrote {bag.path} ({bag.frames} frames, {source.storage})")
     if args.summary:
-        with atomic_output(args.summary) as tmp:
-            tmp.write_text(json.dumps(stats.summary(), indent=2) + "\n")
+        write_file(args.summary, json.dumps(stats.summary(), indent=2) + "\n")
     if _saves_nothing(args):
         print(f"this run {NOTHING_SAVED}")
     if interrupted is not None:
@@ -248,40 +232,42 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-run", description="Semantic segmentation of videos, cameras, "
                                      "streams and images with an OffSeg ONNX model or TensorRT engine.")
-    parser.add_argument("--engine", type=Path, help="model: .onnx (ONNX Runtime), .plan (TensorRT) or .pth "
-                        "(PyTorch, needs torch); or --triton")
+    add_input(parser, "--engine", help="model: .onnx (ONNX Runtime), .plan (TensorRT) or .pth (PyTorch, needs "
+              "torch); or --triton")
     parser.add_argument("--triton", metavar="URL", help="run the model on a Triton Inference Server instead: "
                         "http://HOST:8000 or grpc://HOST:8001 (a repository from offseg-export --format triton; "
                         "needs the [triton] extra)")
     parser.add_argument("--model-name", help="the --triton server's model (default its only one)")
     inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--video", type=Path, help="video file")
+    add_input(inputs, "--video", help="video file")
     inputs.add_argument("--camera", type=int, help="camera index (0 = first)")
     inputs.add_argument("--stream", help="RTSP/HTTP stream URL")
     inputs.add_argument("--gst", metavar="PIPELINE", help="a GStreamer pipeline ending in an appsink, read "
                         "through PyGObject (caps narrowed to BGR), e.g. \"videotestsrc ! videoconvert ! appsink\"")
     inputs.add_argument("--csi-camera", type=int, metavar="N", help="Jetson CSI camera with sensor id N "
                         "(GStreamer nvarguscamerasrc, converted by nvvidconv)")
-    inputs.add_argument("--image", type=Path, help="one image")
-    inputs.add_argument("--images", type=Path, help="a folder of images")
-    inputs.add_argument("--rosbag", type=Path, help="a rosbag2 (sqlite3 or mcap) with sensor_msgs/Image or "
+    add_input(inputs, "--image", help="one image")
+    add_input(inputs, "--images", help="a folder of images")
+    add_input(inputs, "--rosbag", help="a rosbag2 (sqlite3 or mcap) with sensor_msgs/Image or "
                         "CompressedImage messages (needs the [ros] extra)")
     parser.add_argument("--csi-mode", metavar="WxH@FPS", help="--csi-camera capture mode, e.g. 1920x1080@30 "
                         "(default the camera's own)")
     parser.add_argument("--capture", choices=("opencv", "gstreamer"), default="opencv",
                         help="how --video, --stream and --camera are read: opencv, or gstreamer (hardware decode "
                         "with nvv4l2decoder where it exists, software otherwise; v4l2src for cameras)")
-    parser.add_argument("--output", type=Path, help="annotated video (.mp4/.avi/.mkv), same fps as the input")
+    add_output(parser, "--output", help="annotated video (.mp4/.avi/.mkv), same fps as the input")
     parser.add_argument("--writer", choices=("auto", "opencv", "gstreamer"), default="auto",
                         help="how --output is encoded: opencv (mp4v/MJPG), or gstreamer (H.264 by nvv4l2h264enc "
                         "where it exists, x264enc otherwise); auto (default) is gstreamer when the input is read "
                         "through GStreamer on a machine with the hardware encoder, opencv otherwise")
-    parser.add_argument("--rosbag-out", type=Path, metavar="BAG", help="write a rosbag2 (the input's storage) of "
-                        "what offseg-ros2 publishes: label images, overlays and LabelInfo, at the input's times")
+    add_output(parser, "--rosbag-out", folder=True, replaced=True, metavar="BAG", help="write a rosbag2 (the "
+               "input's storage) of what offseg-ros2 publishes: label images, overlays and LabelInfo, at the input's "
+               "times")
     parser.add_argument("--image-topic", help="image topic of --rosbag (default the bag's only image topic)")
     parser.add_argument("--ros-namespace", default="/offseg", help="namespace of the --rosbag-out topics "
                         "segmentation, overlay and label_info")
-    parser.add_argument("--save-masks", type=Path, metavar="DIR", help="write one label PNG per frame")
+    add_output(parser, "--save-masks", folder=True, names=("*.png",), metavar="DIR",
+               help="write one label PNG per frame")
     parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
     parser.add_argument("--no-display", action="store_true", help=argparse.SUPPRESS)  # the default; old scripts
     parser.add_argument("--batch-size", type=int, default=1, help="frames per inference (models with a dynamic "
@@ -302,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                         "60 s (default 5); more stalls than that end the run")
     parser.add_argument("--stall-timeout", type=float, default=5.0, metavar="SECONDS", help="a camera or stream "
                         "that delivers no frame for this long counts as a drop")
-    parser.add_argument("--summary", type=Path, help="write the run summary as JSON")
+    add_output(parser, "--summary", help="write the run summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (or, in a log, no progress "
                         "lines)")
     add_common_options(parser)
