@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from calibration.cli import validate_main
-from calibration.nvinfer import (NvinferConfig, Placement, _read_with_configparser, mask_to_frame, parse_segmentation,
-                                 placement, preprocess)
+from calibration.nvinfer import (NvinferConfig, NvinferEmulation, Placement, _read_with_configparser, mask_to_frame,
+                                 parse_segmentation, placement, preprocess)
 from export.cli import main as export_main
 from export.deepstream import CONFIG, key_file, nvinfer_properties
 from offseg import build_model, save_checkpoint
@@ -213,3 +213,20 @@ def test_a_threshold_above_the_probabilities_fails_the_gate(letterbox_package, t
                           "--report", str(tmp_path / "report")]) == 1
     out = capsys.readouterr().out
     assert "got no class (nvinfer's -1" in out and "FAIL: the mIoU drop" in out
+
+
+@pytest.mark.slow
+def test_a_labels_package_is_read_from_its_tensor_meta(letterbox_package, tmp_path):
+    """TAO's form (network-type=100, INT32 NHWC labels at the input size): the labels tensor is read as it is."""
+    checkpoint, _ = letterbox_package
+    package = tmp_path / "labels-package"
+    assert export_main(["--checkpoint", str(checkpoint), "--input-size", "64", "128", "--format", "deepstream",
+                        "--output-kind", "labels", "--label-dtype", "int32", "--layout", "nhwc",
+                        "--output", str(package), "--no-check"]) == 0
+    emulation = NvinferEmulation(package)
+    assert emulation.config.network_type == 100 and emulation.mask_size == (64, 128)
+    report = tmp_path / "report"
+    assert validate_main(["--deepstream", str(package), "--checkpoint", str(checkpoint), "--eval-images", "2",
+                          "--report", str(report)]) == 0
+    summary = json.loads((report / "report.json").read_text())["summary"]
+    assert abs(summary["miou_delta"]) <= 0.1 and summary["pixel_agreement"] > 99
