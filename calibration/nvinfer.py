@@ -117,7 +117,7 @@ class _Properties:
     def numbers(self, key: str, default: str | None = None) -> list[float]:
         return [self.number(key, value=item) for item in self.items(key, default)]
 
-    def choice(self, key: str, default: int, allowed: tuple[int, ...], what: str) -> int:
+    def choice(self, key: str, default: int | None, allowed: tuple[int, ...], what: str) -> int:
         value = self.integer(key, default)
         if value not in allowed:
             raise OffsegError(f"{self.source}: {key}={value} is outside what the nvinfer emulation covers ({what})")
