@@ -110,34 +110,47 @@ def _validate(args: argparse.Namespace) -> int:
         raise OffsegError(f"--max-miou-drop must be a number of at least 0, got {args.max_miou_drop}")
     if args.eval_images is not None and args.eval_images < 1:
         raise OffsegError(f"--eval-images must be at least 1, got {args.eval_images}: a gate must measure something")
+    if args.deepstream is not None and args.mode is not None:
+        raise OffsegError("--mode applies to --engine: --deepstream feeds each image to nvinfer as a frame")
     device = torch_device(args.device)
+    if args.deepstream is not None:
+        from .nvinfer import NvinferEmulation
+        backend = NvinferEmulation(args.deepstream)
+        artifact = backend.config.path
+    else:
+        backend, artifact = open_backend(args.engine), args.engine
+    info = backend.info
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     model.to(device)
-    backend = open_backend(args.engine)
-    info = backend.info
     if info.num_classes != model.num_classes:
-        raise OffsegError(f"{args.engine} predicts {info.num_classes} classes, the checkpoint {model.num_classes}")
+        raise OffsegError(f"{artifact} predicts {info.num_classes} classes, the checkpoint {model.num_classes}")
     dataset = SegmentationDataset(args.dataset, args.data_root, args.split, length=args.eval_images or 50)
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.dataset} has {dataset.num_classes} classes, the checkpoint {model.num_classes}")
-    protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
-    labels_only = info.output_kind != "logits"  # labels, or probabilities: compared on labels, no logit difference
-    engine = engine_infer(backend.infer, info, protocol)
     print(f"PyTorch reference on {describe(device)}; engine: {backend.description}", flush=True)
-    reference = at_input_size(torch_infer(model), info.input_size, protocol)
-    result = compare(dataset, reference, engine, protocol, labels_only, args.eval_images,
-                     progress=not args.debug)
+    if args.deepstream is not None:
+        how, result = "frames through nvinfer, masks mapped back", _nvinfer_comparison(args, model, backend, dataset)
+    else:
+        protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
+        how, labels_only = protocol.describe(), info.output_kind != "logits"  # labels, or probabilities: on labels
+        engine = engine_infer(backend.infer, info, protocol)
+        reference = at_input_size(torch_infer(model), info.input_size, protocol)
+        result = compare(dataset, reference, engine, protocol, labels_only, args.eval_images,
+                         progress=not args.debug)
     bound = args.max_miou_drop if args.max_miou_drop is not None else (1.0 if "int8" in info.precision else 0.1)
-    report = write_report(args.report, result, dataset.classes, palette_source=info, engine=str(args.engine),
+    report = write_report(args.report, result, dataset.classes, palette_source=info, engine=str(artifact),
                           precision=info.precision, model=name, dataset=args.dataset, bound=bound,
                           backend=backend.description)
     summary = report["summary"]
-    print(f"{name} on {args.dataset} {args.split} ({result.images} images, {protocol.describe()}"
+    print(f"{name} on {args.dataset} {args.split} ({result.images} images, {how}"
           f"{', labels compared' if result.labels_only else ''}): PyTorch mIoU {summary['reference_miou']:.2f}, "
-          f"{args.engine.name} ({info.precision}) {summary['engine_miou']:.2f}, delta {summary['miou_delta']:+.2f}, "
+          f"{artifact.name} ({info.precision}) {summary['engine_miou']:.2f}, delta {summary['miou_delta']:+.2f}, "
           f"pixel agreement {summary['pixel_agreement']:.3f}%"
           + (f", max |logit diff| {summary['max_logit_diff']:.2e}" if not result.labels_only else ""))
     print(f"wrote {args.report / 'report.md'} and report.json")
+    if result.engine.missed.any():
+        print(f"{int(result.engine.missed.sum())} labelled pixels got no class (nvinfer's -1: no score above "
+              "segmentation-threshold), counted as wrong")
     if dataset.out_of_range_pixels:
         print(f"{dataset.out_of_range_pixels} pixels with labels above the class count were left out")
     if not math.isfinite(summary["miou_delta"]) or -summary["miou_delta"] > bound:  # NaN is never within bound
@@ -146,11 +159,29 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nvinfer_comparison(args: argparse.Namespace, model, emulation, dataset):
+    """Each image fed to the emulated nvinfer as a frame, its mask mapped back onto it; PyTorch through offseg-run's
+    preprocessing at the same mask size (``calibration.nvinfer.reference_labeller``)."""
+    from offseg.inference import torch_infer
+
+    from .nvinfer import reference_labeller
+    from .validate import compare_sides
+
+    reference = reference_labeller(torch_infer(model), emulation)
+    sides = {"reference": lambda image: (reference(image), None),
+             "engine": lambda image: (emulation.labels(image), None)}
+    return compare_sides(dataset, sides, "nvinfer", True, args.eval_images, progress=not args.debug)
+
+
 def validate_main(argv: list[str] | None = None) -> int:
     from offseg.names import DATASET_NAMES, DEVICE_HELP, MODEL_NAMES
     parser = argparse.ArgumentParser(prog="offseg-validate", description="mIoU parity of an ONNX model or TensorRT "
                                      "engine against its PyTorch checkpoint, with the paper's test protocol.")
-    add_input(parser, "--engine", required=True, help=".onnx or .plan")
+    artifact = parser.add_mutually_exclusive_group(required=True)
+    add_input(artifact, "--engine", help=".onnx or .plan")
+    add_input(artifact, "--deepstream", metavar="DIR", help="a DeepStream package (offseg-export --format "
+              "deepstream): its config's preprocessing and segmentation parser emulated in numpy, its onnx-file run "
+              "by ONNX Runtime, each image fed as a frame")
     add_input(parser, "--checkpoint", required=True, help="the PyTorch checkpoint it came from")
     parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default from the checkpoint)")
     parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES, help="dataset layout")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from calibration.nvinfer import CONFIG
 from runtime.backends import ModelInfo
 from runtime.errors import OffsegError
 
-CONFIG = "config_infer_primary_offseg.txt"
 YAML_CONFIG = "config_infer_primary_offseg.yml"
 PIPELINE = "pipeline.sh"
 HEADER = """# nvinfer config written by offseg-export for {model} ({classes} classes, input {h}x{w}).
