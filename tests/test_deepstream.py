@@ -67,6 +67,8 @@ def test_config_parses_with_glib_and_uses_only_nvinfer_keys(package):
     assert len((folder / props["labelfile-path"]).read_text().splitlines()) == 9
     pipeline = (folder / "pipeline.sh").read_text()
     assert f"nvsegvisual width={SIZE[1] // 4} height={SIZE[0] // 4}" in pipeline
+    # the muxer keeps the video's size (it would stretch frames to the model's), nvinfer letterboxes
+    assert 'width="${MUX_WIDTH:-1920}" height="${MUX_HEIGHT:-1080}"' in pipeline
 
 
 @pytest.mark.slow
