@@ -15,7 +15,7 @@ import numpy as np
 from .errors import OffsegError
 from .gstreamer import load_gst, quoted, require_elements
 from .output_policy import check_writable_folder
-from .sinks import unique_temp
+from .sinks import check_video, unique_temp
 
 HARDWARE_ENCODER = "nvv4l2h264enc"
 SOFTWARE_ENCODER = "x264enc"
