@@ -17,6 +17,7 @@ from .preprocess import RESIZE_POLICIES
 from .progress import Progress
 
 log = logging.getLogger(__name__)
+MAX_CAMERAS = 256  # V4L2 video device numbers (/dev/videoN) stop at 255 (the Linux kernel's VIDEO_NUM_DEVICES)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -36,8 +37,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise OffsegError(f"--fps must be above 0, got {args.fps:g}")
     if not 0 <= args.alpha <= 1:
         raise OffsegError(f"--alpha must be between 0 and 1, got {args.alpha:g}")
-    if args.camera is not None and args.camera < 0:
-        raise OffsegError(f"--camera must be 0 or more (0 = first camera), got {args.camera}")
+    if args.camera is not None and not 0 <= args.camera < MAX_CAMERAS:
+        raise OffsegError(f"--camera takes a camera index from 0 (the first camera) to {MAX_CAMERAS - 1}, got "
+                          f"{args.camera}")
+    if args.csi_camera is not None and not 0 <= args.csi_camera < MAX_CAMERAS:
+        raise OffsegError(f"--csi-camera takes a sensor id from 0 to {MAX_CAMERAS - 1}, got {args.csi_camera}")
     if args.writer != "auto" and args.output is None:
         raise OffsegError(f"--writer {args.writer} chooses how --output is encoded; add --output VIDEO")
     if args.csi_mode is not None and args.csi_camera is None:

@@ -1,7 +1,7 @@
 """The one output policy of every command, checked before any work starts.
 
 An output (file or folder) may not be an input of the same command, overwrite one (same inode: hard links and
-symlinks included) or hold one inside a folder it fills or replaces; two outputs of one command may not collide;
+symlinks included; a file already inside an input folder), or hold one inside a folder it fills or replaces; two outputs of one command may not collide;
 the folder an output goes to must exist (a folder output's nearest existing parent) and be writable, tried for
 real by creating a file. CLIs declare their path options with ``add_input`` / ``add_output``;
 ``runtime.console.run`` reads those marks from the parser and calls ``check_paths`` before the command runs.
@@ -91,6 +91,9 @@ def check_paths(inputs: list[tuple[str, Path]], outputs: list[Output]) -> None:
             if output.holds(path) or _linked_inside(output, path):
                 raise OffsegError(f"{output.option} {output.path} holds the input {option} {path}; choose another "
                                   "folder, the input would be overwritten")
+            if path.is_dir() and output.path.is_file() and _absolute(path) in _absolute(output.path).parents:
+                raise OffsegError(f"{output.option} {output.path} is a file of the input folder {option} {path}; "
+                                  "choose a name outside it, the input would be overwritten")
     for index, output in enumerate(outputs):
         for other in outputs[index + 1:]:
             if _collide(output, other):
