@@ -11,8 +11,10 @@ from pathlib import Path
 
 from runtime.console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from runtime.errors import OffsegError
+from runtime.output_policy import add_input, add_output
 
-
+VALIDATION_FILES = ("report.json", "report.md", "sample_*.png")  # what offseg-validate writes in --report
+FP16_FILES = ("fp16_safety.json", "fp16_safety.md")  # what offseg-fp16-check writes in --report
 
 def _calibrate(args: argparse.Namespace) -> int:
     import onnx
@@ -21,7 +23,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .precision import DEFAULT_PINS, PinRule
     from .trt_support import unsupported
 
-    from runtime.sinks import check_writable_folder
+    from runtime.sinks import write_file
 
     from .quantize import QuantOptions, input_size_for_calibration, quantize_file
     from .sensitivity import sweep, worst_layers
@@ -30,9 +32,6 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.calib_images < 1:
         raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
     data_key(args.calib_data, args.calib_images)  # a missing, empty or unreadable source fails now, not in minutes
-    for path in (args.output, args.sensitivity_json):
-        if path is not None:
-            check_writable_folder(path.parent, f"{path}")
     model = load_onnx(args.onnx)
     exclude = (() if args.no_default_pins else DEFAULT_PINS) + tuple(PinRule.parse(t) for t in args.keep_fp32)
     options = QuantOptions(target=args.target, method=args.method, samples=args.calib_images,
@@ -55,7 +54,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             print(f"keeping the {args.exclude_worst} most costly groups in float: "
                   + ", ".join(s.group for s in results[:args.exclude_worst]))
         if args.sensitivity_json:
-            args.sensitivity_json.write_text(json.dumps([s.__dict__ for s in results], indent=2) + "\n")
+            write_file(args.sensitivity_json, json.dumps([s.__dict__ for s in results], indent=2) + "\n")
     result = quantize_file(args.onnx, args.output, args.calib_data, options)
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB): {options.target} Q/DQ, {result}")
     problems = unsupported(onnx.load(str(args.output)))
@@ -66,9 +65,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 def calibrate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-calibrate", description="INT8 (Q/DQ) quantization of an "
                                      "offseg-exported ONNX model on calibration images.")
-    parser.add_argument("--onnx", type=Path, required=True, help="FP32 ONNX from offseg-export")
-    parser.add_argument("--calib-data", required=True, help="calibration images: folder, video file or 'synthetic'")
-    parser.add_argument("--output", type=Path, required=True, help="Q/DQ ONNX to write")
+    add_input(parser, "--onnx", required=True, help="FP32 ONNX from offseg-export")
+    add_input(parser, "--calib-data", type=str, required=True,
+              help="calibration images: folder, video file or 'synthetic'")
+    add_output(parser, "--output", required=True, help="Q/DQ ONNX to write")
     parser.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="tensorrt",
                         help="tensorrt (symmetric, float biases; NVIDIA's parser takes it) or onnxruntime "
                              "(ORT's fastest CPU form)")
@@ -80,13 +80,13 @@ def calibrate_main(argv: list[str] | None = None) -> int:
                         help="also keep these nodes out of INT8 (repeatable)")
     parser.add_argument("--no-default-pins", action="store_true",
                         help="quantize the offset-learning head and FreqFusion normalisation too")
-    parser.add_argument("--cache", type=Path, help="calibration ranges file: reused when present, else written")
+    add_output(parser, "--cache", help="calibration ranges file: reused when present, else written")
     parser.add_argument("--sensitivity", action="store_true", help="rank layer groups by the mIoU INT8 costs")
-    parser.add_argument("--sensitivity-data", help="validation images for the sweep (default --calib-data)")
+    add_input(parser, "--sensitivity-data", type=str, help="validation images for the sweep (default --calib-data)")
     parser.add_argument("--sensitivity-images", type=int, default=8, help="images the sweep scores each group on")
     parser.add_argument("--group-depth", type=int, default=3, help="module-name parts per group (default 3: "
                         "backbone.stages.2; 2: backbone.stages, faster)")
-    parser.add_argument("--sensitivity-json", type=Path, help="write the ranking as JSON")
+    add_output(parser, "--sensitivity-json", help="write the ranking as JSON")
     parser.add_argument("--exclude-worst", type=int, default=0, metavar="N",
                         help="keep the N most costly groups in float (with --sensitivity)")
     add_common_options(parser)
@@ -110,34 +110,48 @@ def _validate(args: argparse.Namespace) -> int:
         raise OffsegError(f"--max-miou-drop must be a number of at least 0, got {args.max_miou_drop}")
     if args.eval_images is not None and args.eval_images < 1:
         raise OffsegError(f"--eval-images must be at least 1, got {args.eval_images}: a gate must measure something")
+    if args.deepstream is not None and args.mode is not None:
+        raise OffsegError("--mode applies to --engine: --deepstream feeds each image to nvinfer as a frame")
     device = torch_device(args.device)
+    if args.deepstream is not None:
+        from .nvinfer import NvinferEmulation
+        backend = NvinferEmulation(args.deepstream)
+        artifact = backend.config.path
+    else:
+        backend = open_backend(args.engine, allow_engine_host_code=args.allow_engine_host_code)
+        artifact = args.engine
+    info = backend.info
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     model.to(device)
-    backend = open_backend(args.engine, allow_engine_host_code=args.allow_engine_host_code)
-    info = backend.info
     if info.num_classes != model.num_classes:
-        raise OffsegError(f"{args.engine} predicts {info.num_classes} classes, the checkpoint {model.num_classes}")
+        raise OffsegError(f"{artifact} predicts {info.num_classes} classes, the checkpoint {model.num_classes}")
     dataset = SegmentationDataset(args.dataset, args.data_root, args.split, length=args.eval_images or 50)
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.dataset} has {dataset.num_classes} classes, the checkpoint {model.num_classes}")
-    protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
-    labels_only = info.output_kind != "logits"  # labels, or probabilities: compared on labels, no logit difference
-    engine = engine_infer(backend.infer, info, protocol)
     print(f"PyTorch reference on {describe(device)}; engine: {backend.description}", flush=True)
-    reference = at_input_size(torch_infer(model), info.input_size, protocol)
-    result = compare(dataset, reference, engine, protocol, labels_only, args.eval_images,
-                     progress=not args.debug)
+    if args.deepstream is not None:
+        how, result = "frames through nvinfer, masks mapped back", _nvinfer_comparison(args, model, backend, dataset)
+    else:
+        protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
+        how, labels_only = protocol.describe(), info.output_kind != "logits"  # labels, or probabilities: on labels
+        engine = engine_infer(backend.infer, info, protocol)
+        reference = at_input_size(torch_infer(model), info.input_size, protocol)
+        result = compare(dataset, reference, engine, protocol, labels_only, args.eval_images,
+                         progress=not args.debug)
     bound = args.max_miou_drop if args.max_miou_drop is not None else (1.0 if "int8" in info.precision else 0.1)
-    report = write_report(args.report, result, dataset.classes, palette_source=info, engine=str(args.engine),
+    report = write_report(args.report, result, dataset.classes, palette_source=info, engine=str(artifact),
                           precision=info.precision, model=name, dataset=args.dataset, bound=bound,
                           backend=backend.description)
     summary = report["summary"]
-    print(f"{name} on {args.dataset} {args.split} ({result.images} images, {protocol.describe()}"
+    print(f"{name} on {args.dataset} {args.split} ({result.images} images, {how}"
           f"{', labels compared' if result.labels_only else ''}): PyTorch mIoU {summary['reference_miou']:.2f}, "
-          f"{args.engine.name} ({info.precision}) {summary['engine_miou']:.2f}, delta {summary['miou_delta']:+.2f}, "
+          f"{artifact.name} ({info.precision}) {summary['engine_miou']:.2f}, delta {summary['miou_delta']:+.2f}, "
           f"pixel agreement {summary['pixel_agreement']:.3f}%"
           + (f", max |logit diff| {summary['max_logit_diff']:.2e}" if not result.labels_only else ""))
     print(f"wrote {args.report / 'report.md'} and report.json")
+    if result.engine.missed.any():
+        print(f"{int(result.engine.missed.sum())} labelled pixels got no class (nvinfer's -1: no score above "
+              "segmentation-threshold), counted as wrong")
     if dataset.out_of_range_pixels:
         print(f"{dataset.out_of_range_pixels} pixels with labels above the class count were left out")
     if not math.isfinite(summary["miou_delta"]) or -summary["miou_delta"] > bound:  # NaN is never within bound
@@ -146,15 +160,33 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nvinfer_comparison(args: argparse.Namespace, model, emulation, dataset):
+    """Each image fed to the emulated nvinfer as a frame, its mask mapped back onto it; PyTorch through offseg-run's
+    preprocessing at the same mask size (``calibration.nvinfer.reference_labeller``)."""
+    from offseg.inference import torch_infer
+
+    from .nvinfer import reference_labeller
+    from .validate import compare_sides
+
+    reference = reference_labeller(torch_infer(model), emulation)
+    sides = {"reference": lambda image: (reference(image), None),
+             "engine": lambda image: (emulation.labels(image), None)}
+    return compare_sides(dataset, sides, "nvinfer", True, args.eval_images, progress=not args.debug)
+
+
 def validate_main(argv: list[str] | None = None) -> int:
     from offseg.names import DATASET_NAMES, DEVICE_HELP, MODEL_NAMES
     parser = argparse.ArgumentParser(prog="offseg-validate", description="mIoU parity of an ONNX model or TensorRT "
                                      "engine against its PyTorch checkpoint, with the paper's test protocol.")
-    parser.add_argument("--engine", type=Path, required=True, help=".onnx or .plan")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the PyTorch checkpoint it came from")
+    artifact = parser.add_mutually_exclusive_group(required=True)
+    add_input(artifact, "--engine", help=".onnx or .plan")
+    add_input(artifact, "--deepstream", metavar="DIR", help="a DeepStream package (offseg-export --format "
+              "deepstream): its config's preprocessing and segmentation parser emulated in numpy, its onnx-file run "
+              "by ONNX Runtime, each image fed as a frame")
+    add_input(parser, "--checkpoint", required=True, help="the PyTorch checkpoint it came from")
     parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default from the checkpoint)")
     parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES, help="dataset layout")
-    parser.add_argument("--data-root", help="dataset root folder (not needed for synthetic)")
+    add_input(parser, "--data-root", type=str, help="dataset root folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="dataset split")
     parser.add_argument("--mode", choices=("whole", "slide"),
                         help="inference (default the dataset's official test mode)")
@@ -162,7 +194,8 @@ def validate_main(argv: list[str] | None = None) -> int:
                         "50 of the synthetic dataset)")
     parser.add_argument("--max-miou-drop", type=float, help="fail above this drop (default 0.1; 1.0 for INT8)")
     parser.add_argument("--device", default="auto", help="the PyTorch side's " + DEVICE_HELP)
-    parser.add_argument("--report", type=Path, default=Path("validation"), help="report folder")
+    add_output(parser, "--report", folder=True, names=VALIDATION_FILES, default=Path("validation"),
+               help="report folder")
     add_engine_host_code_option(parser)
     add_common_options(parser)
     add_hidden_aliases(parser, {"--max-images": "--eval-images"})
@@ -172,7 +205,7 @@ def validate_main(argv: list[str] | None = None) -> int:
 def _fp16_check(args: argparse.Namespace) -> int:
     from offseg.checkpoint import build_from_checkpoint
     from offseg.names import freqfusion_form_for
-    from runtime.sinks import atomic_output
+    from runtime.sinks import write_file
 
     from runtime.limits import check_input_size
 
@@ -191,8 +224,7 @@ def _fp16_check(args: argparse.Namespace) -> int:
     args.report.mkdir(parents=True, exist_ok=True)
     for file, text in (("fp16_safety.json", json.dumps(report.to_json(), indent=2)),
                        ("fp16_safety.md", markdown(report, name))):
-        with atomic_output(args.report / file) as tmp:
-            tmp.write_text(text)
+        write_file(args.report / file, text)
     whole, pinned = report.whole_fp16, report.whole_fp16_pinned
     print(f"{name} (FreqFusion {form} form): {report.modules_checked} modules checked on {report.images} images "
           f"at {height}x{width}; "
@@ -210,9 +242,9 @@ def fp16_check_main(argv: list[str] | None = None) -> int:
     from offseg.names import FREQFUSION_CHOICES, MODEL_NAMES
     parser = argparse.ArgumentParser(prog="offseg-fp16-check", description="Run each module of a checkpoint in "
                                      "FP16 on CPU, report overflow and precision loss, and list the FP32 pins.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the PyTorch checkpoint to check")
+    add_input(parser, "--checkpoint", required=True, help="the PyTorch checkpoint to check")
     parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default from the checkpoint)")
-    parser.add_argument("--calib-data", default="synthetic", help="images: folder, video file or 'synthetic' "
+    add_input(parser, "--calib-data", type=str, default="synthetic", help="images: folder, video file or 'synthetic' "
                         "(default)")
     parser.add_argument("--calib-images", type=int, default=4, help="images to check (default 4)")
     parser.add_argument("--input-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
@@ -222,7 +254,7 @@ def fp16_check_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freqfusion-form", choices=FREQFUSION_CHOICES, default="auto",
                         help="FreqFusion form to check, as offseg-export writes it (default auto: taps, what "
                         "TensorRT engines get; gather for an FP16 ONNX file of the default ONNX export)")
-    parser.add_argument("--report", type=Path, default=Path("fp16-safety"), help="report folder")
+    add_output(parser, "--report", folder=True, names=FP16_FILES, default=Path("fp16-safety"), help="report folder")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--data": "--calib-data", "--images": "--calib-images"})
     return run(_fp16_check, parser, argv)

@@ -9,7 +9,7 @@ import onnx
 import onnx.inliner
 
 from runtime.errors import OffsegError
-from runtime.sinks import atomic_output
+from runtime.sinks import write_file
 
 from .graph import extract_function
 from .precision import DEFAULT_PINS, HEAD_SCOPE, PinRule, to_fp16
@@ -48,8 +48,7 @@ def save_checked(proto, meta: dict[str, str], path: Path) -> None:
     """Set the metadata, run the full ONNX checker and write atomically."""
     onnx.helper.set_model_props(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
-    with atomic_output(path) as tmp:
-        onnx.save(proto, tmp)
+    write_file(path, proto.SerializeToString())
 
 
 def derive_fp16(source: Path, path: Path, pins: tuple[PinRule, ...] = DEFAULT_PINS) -> dict[str, str]:

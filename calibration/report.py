@@ -13,7 +13,7 @@ from runtime.draw import fit_text, palette_for
 from runtime.errors import OffsegError
 from runtime.metrics import IGNORE_INDEX
 from runtime.palettes import colorize
-from runtime.sinks import atomic_output, write_image
+from runtime.sinks import write_file, write_image
 
 from .validate import Comparison
 
@@ -103,8 +103,7 @@ def write_report(folder: Path, result: Comparison, classes: tuple[str, ...], pal
                "max_logit_diff": None if result.labels_only else result.max_logit_diff,
                "seconds_per_image": {k: v / max(result.images, 1) for k, v in result.seconds.items()}}
     content = {**about, "summary": summary, "per_class": per_class}
-    with atomic_output(folder / "report.json") as tmp:
-        tmp.write_text(json.dumps(content, indent=2) + "\n")
+    write_file(folder / "report.json", json.dumps(content, indent=2) + "\n")
     palette = palette_for(palette_source)
     engine_title = f"{Path(str(about.get('engine'))).name} ({about.get('precision')})"
     pictures = [write_image(folder / f"sample_{i}.png", side_by_side(*sample, palette, classes, engine_title)).name
@@ -126,6 +125,5 @@ def write_report(folder: Path, result: Comparison, classes: tuple[str, ...], pal
     lines += ["", f"Pictures: image | ground truth | PyTorch | engine ({engine_title}) | disagreement (red); "
               f"{IGNORED_NOTE}", ""]
     lines += [f"![sample {i}]({name})" for i, name in enumerate(pictures)]
-    with atomic_output(folder / "report.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_file(folder / "report.md", "\n".join(lines) + "\n")
     return content

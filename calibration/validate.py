@@ -5,11 +5,13 @@ Both sides go through ``offseg.protocol`` — the same function ``offseg-eval`` 
 argmax. An exported model with a fixed input size follows the protocol through ``offseg.protocol.fixed_size``:
 inputs that fit are padded with the mean colour and the logits cropped, larger ones run as sliding windows of its
 input size; PyTorch then runs the same way, so the delta measures the export, not the geometry. A model that outputs labels is compared on labels (one-hot votes instead of logits), and the report
-says so.
+says so. A DeepStream package (``--deepstream``) is compared frame by frame instead, through the emulated nvinfer
+(``calibration.nvinfer``), with ``compare_sides``.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,27 +83,44 @@ class Comparison:
         return self.agreement_pixels / self.total_pixels if self.total_pixels else float("nan")
 
 
+Labeller = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]  # BGR image -> (labels, scores or None)
+
+
+def protocol_labeller(infer: Infer, protocol: TestProtocol) -> Labeller:
+    """An image's labels and (H, W, K) logits at its original size, by the test protocol."""
+    def run(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits = protocol_logits(image, infer, protocol)
+        return logits.argmax(axis=2), logits
+    return run
+
+
 def compare(dataset, reference: Infer, engine: Infer, protocol: TestProtocol, labels_only: bool,
             max_images: int | None = None, keep_samples: int = 3, progress: bool = True) -> Comparison:
     """Run both sides on ``dataset`` images through the test protocol and accumulate the scores.
 
     ``engine`` must already accept any normalized input size (see ``engine_infer``)."""
+    sides = {"reference": protocol_labeller(reference, protocol), "engine": protocol_labeller(engine, protocol)}
+    return compare_sides(dataset, sides, protocol.mode, labels_only, max_images, keep_samples, progress)
+
+
+def compare_sides(dataset, sides: dict[str, Labeller], mode: str, labels_only: bool, max_images: int | None = None,
+                  keep_samples: int = 3, progress: bool = True) -> Comparison:
+    """Score the ``reference`` and ``engine`` labellers on ``dataset`` images (labels at each image's size; a
+    label outside the classes, e.g. nvinfer's -1, counts as wrong)."""
     from runtime.progress import progress as report_progress
 
-    result = Comparison(protocol.mode, labels_only, ConfusionMatrix(dataset.num_classes),
-                        ConfusionMatrix(dataset.num_classes))
+    result = Comparison(mode, labels_only, ConfusionMatrix(dataset.num_classes), ConfusionMatrix(dataset.num_classes))
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    for index in report_progress(range(count), f"validating ({protocol.mode})", unit="image", enabled=progress):
+    for index in report_progress(range(count), f"validating ({mode})", unit="image", enabled=progress):
         image, truth = dataset.load(index)
         outputs = {}
-        for side, infer in (("reference", reference), ("engine", engine)):
+        for side in ("reference", "engine"):
             start = time.perf_counter()
-            outputs[side] = protocol_logits(image, infer, protocol)
+            outputs[side] = sides[side](image)
             result.seconds[side] += time.perf_counter() - start
-        ref_labels, eng_labels = outputs["reference"].argmax(axis=2), outputs["engine"].argmax(axis=2)
+        (ref_labels, ref_scores), (eng_labels, eng_scores) = outputs["reference"], outputs["engine"]
         if not labels_only:
-            diff = float(np.abs(outputs["engine"] - outputs["reference"]).max())
-            result.max_logit_diff = max(result.max_logit_diff, diff)
+            result.max_logit_diff = max(result.max_logit_diff, float(np.abs(eng_scores - ref_scores).max()))
         result.reference.update(ref_labels, truth)
         result.engine.update(eng_labels, truth)
         result.agreement_pixels += int((ref_labels == eng_labels).sum())

@@ -11,8 +11,11 @@ from offseg.names import DATASET_NAMES, MODEL_NAMES
 from runtime.console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from runtime.errors import OffsegError
 from runtime.limits import check_input_size
+from runtime.output_policy import add_input, add_output
 
 from .bench import BACKENDS, BENCH_DESCRIPTION, format_report, run_bench
+
+BENCH_FILES = ("*.onnx", "*.plan", "*.plan.json", "bench-*")  # what offseg-bench writes in --work-dir
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -36,10 +39,10 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-demo", description="The whole chain offline: train a model on "
                                      "synthetic scenes (or use --checkpoint), export, calibrate INT8, run on a "
                                      "video, validate, report.")
-    parser.add_argument("--work-dir", type=Path, default=Path("offseg-demo"),
+    add_output(parser, "--work-dir", folder=True, default=Path("offseg-demo"),
                         help="output folder (default ./offseg-demo)")
     parser.add_argument("--model", default=None, choices=MODEL_NAMES, help="model to train (default offseg-t)")
-    parser.add_argument("--checkpoint", type=Path, help="use this checkpoint instead of training on synthetic scenes "
+    add_input(parser, "--checkpoint", help="use this checkpoint instead of training on synthetic scenes "
                         "(its classes must be the synthetic ones for the validation step)")
     parser.add_argument("--quick", action="store_true", help="the short run, the first thing to try (100 training "
                         "iterations, small inputs; what CI runs)")
@@ -69,11 +72,11 @@ def reproduce_main(argv: list[str] | None = None) -> int:
                                      "and report the measured mIoU beside the paper's. A re-run resumes.")
     parser.add_argument("--dataset", default="ade20k", choices=DATASET_NAMES, help="dataset of the paper row")
     parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model of the paper row")
-    parser.add_argument("--data-root", help="dataset root folder (mmseg layout; not needed for synthetic)")
+    add_input(parser, "--data-root", type=str, help="dataset root folder (mmseg layout; not needed for synthetic)")
     parser.add_argument("--gpus", type=int, default=1, help="GPUs to train on (more than 1: torchrun)")
-    parser.add_argument("--pretrained-backbone", type=Path, metavar="PATH", help="EfficientFormerV2 ImageNet "
+    add_input(parser, "--pretrained-backbone", metavar="PATH", help="EfficientFormerV2 ImageNet "
                         "checkpoint (eformer_s1_450.pth for T, s2 for B, l for L): the official start")
-    parser.add_argument("--work-dir", type=Path, default=Path("offseg-reproduce"), help="output folder")
+    add_output(parser, "--work-dir", folder=True, default=Path("offseg-reproduce"), help="output folder")
     parser.add_argument("--train-args", default="", metavar="'FLAGS'", help="more offseg-train flags in one "
                         "string, overriding the recipe (e.g. '--iters 1000'; default none)")
     parser.add_argument("--eval-images", type=int, help="evaluate and validate on the first N images (default all, "
@@ -95,14 +98,15 @@ def _bench(args: argparse.Namespace) -> int:
     report = run_bench(args)
     print(format_report(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        from runtime.sinks import write_file
+        write_file(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 
 def bench_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-bench", description=BENCH_DESCRIPTION)
     parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to time")
-    parser.add_argument("--checkpoint", type=Path, help="weights to time (default fresh weights; the speed is the "
+    add_input(parser, "--checkpoint", help="weights to time (default fresh weights; the speed is the "
                         "same)")
     parser.add_argument("--num-classes", type=int, default=150, help="classes of the fresh weights")
     parser.add_argument("--backends", type=lambda s: s.split(","), default=["torch", "onnx-fp32", "onnx-int8"],
@@ -114,9 +118,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=20, help="timed rounds (each backend once per round)")
     parser.add_argument("--pipeline", action="store_true", help="also offseg-run FPS vs bare inference FPS")
     parser.add_argument("--pipeline-frames", type=int, default=60, help="frames of the --pipeline video")
-    parser.add_argument("--work-dir", type=Path, default=Path("offseg-bench"),
+    add_output(parser, "--work-dir", folder=True, names=BENCH_FILES, default=Path("offseg-bench"),
                         help="cached exports (default ./offseg-bench)")
-    parser.add_argument("--json", type=Path, help="write the figures as JSON")
+    add_output(parser, "--json", help="write the figures as JSON")
     add_engine_host_code_option(parser)
     add_common_options(parser)
     add_hidden_aliases(parser, {"--workdir": "--work-dir", "--size": "--input-size", "--batch": "--batch-size"})

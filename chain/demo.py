@@ -214,15 +214,13 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _write_table(config: DemoConfig, rows: list[dict]) -> None:
-    from runtime.sinks import atomic_output
+    from runtime.sinks import write_file
     workdir = config.workdir
-    with atomic_output(workdir / "report.json") as tmp:
-        tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    write_file(workdir / "report.json", json.dumps(rows, indent=2) + "\n")
     body = ["# OffSeg Deploy demo", "", format_table(rows), "",
             "mIoU on synthetic validation scenes; delta = artifact - PyTorch; pixel agreement of the label maps. "
             "Annotated videos and per-artifact validation reports (with side-by-side pictures) are linked below. "
             + miou_note(config), ""]
     body += [f"- {r['artifact']}: video [{r['video']}]({r['video']}), report [{r['report']}]({r['report']})"
              for r in rows]
-    with atomic_output(workdir / "report.md") as tmp:
-        tmp.write_text("\n".join(body) + "\n")
+    write_file(workdir / "report.md", "\n".join(body) + "\n")

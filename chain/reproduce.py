@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from runtime.errors import OffsegError
-from runtime.sinks import atomic_output
+from runtime.sinks import write_file
 
 from .commands import command_path, engine_args, run_command, tensorrt_unavailable
 
@@ -119,8 +119,7 @@ def _run(step: Step) -> int:
 
 
 def _record(paths: Paths, recorded: dict[str, str]) -> None:
-    with atomic_output(paths.steps) as tmp:
-        tmp.write_text(json.dumps(recorded, indent=2) + "\n")
+    write_file(paths.steps, json.dumps(recorded, indent=2) + "\n")
 
 
 def run_steps(config: ReproduceConfig, dry_run: bool = False) -> list[Step]:
@@ -236,8 +235,6 @@ def reproduce(config: ReproduceConfig, dry_run: bool = False) -> ReproduceReport
         return None
     report = build_report(config, steps)
     paths = Paths(config)
-    with atomic_output(paths.report_json) as tmp:
-        tmp.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    with atomic_output(paths.report_md) as tmp:
-        tmp.write_text(format_report(report))
+    write_file(paths.report_json, json.dumps(asdict(report), indent=2) + "\n")
+    write_file(paths.report_md, format_report(report))
     return report

@@ -14,6 +14,7 @@ from pathlib import Path
 from runtime.backends import LABEL_DTYPES, LAYOUTS, OUTPUT_KINDS
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
+from runtime.output_policy import Output, add_input, add_output
 from runtime.preprocess import INPUT_FORMATS
 
 from offseg.names import FREQFUSION_CHOICES, MODEL_NAMES, freqfusion_form_for
@@ -46,7 +47,7 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
                           input_format=args.input_format, output_kind=args.output_kind,
                           label_dtype=args.label_dtype, output_layout=args.layout,
                           fused_head=not args.unfused_head, head_as_function=not args.inline_head,
-                          freqfusion_form=freqfusion_form_for(args.freqfusion_form, args.format))
+                          freqfusion_form=freqfusion_form_for(args.freqfusion_form, _target(args)))
     options.validate()
     if args.checkpoint:
         model, name = build_from_checkpoint(args.checkpoint, args.model)
@@ -71,6 +72,11 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
               f"{onnx_parity(model, onnx_path, options)}")
     _report_support(onnx_path)
     return result.metadata
+
+
+def _target(args: argparse.Namespace) -> str:
+    """What runs the export: ``engine`` for a TensorRT repository of --format triton, else the format."""
+    return "engine" if args.format == "triton" and args.triton_backend == "tensorrt" else args.format
 
 
 def _engine_options(args: argparse.Namespace):
@@ -111,11 +117,10 @@ def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path, calib_key:
     _report_support(path)
 
 
-def _check_paths(args: argparse.Namespace, output_folders: set[Path]) -> str | None:
-    """Inputs and output folders, before minutes of export: one sentence for the first problem. Returns the
-    calibration images' digest for ``--int8`` (``sources.data_key``), else None."""
+def _check_inputs(args: argparse.Namespace) -> str | None:
+    """The inputs, before minutes of export (the outputs were checked by ``output_policy``): one sentence for the
+    first problem. Returns the calibration images' digest for ``--int8`` (``sources.data_key``), else None."""
     from calibration.sources import data_key
-    from runtime.sinks import check_writable_folder
 
     calib_key = None
     if args.int8:
@@ -129,11 +134,43 @@ def _check_paths(args: argparse.Namespace, output_folders: set[Path]) -> str | N
         path = getattr(args, option)
         if path is not None and not path.is_file():
             raise OffsegError(f"--{option} {path} does not exist or is not a file")
-    for folder in sorted(output_folders):
-        if not folder.is_dir():
-            raise OffsegError(f"output folder {folder} does not exist")
-        check_writable_folder(folder, "output folder")
     return calib_key
+
+
+def _artifacts(args: argparse.Namespace) -> dict[str, Path]:
+    """The files ``--format onnx`` / ``engine`` writes, by kind: fp32 (unless built ``--onnx``), fp16, int8
+    (the ONNX files an engine of that precision is built from, or that ``--fp16``/``--int8`` ask for), engine and
+    its sidecar."""
+    from runtime.engine_meta import sidecar_path
+
+    name = args.model or "offseg-t"
+    main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
+    stem = args.onnx.with_suffix("") if args.onnx else main.with_suffix("")
+    files = {} if args.onnx else {"fp32": main if args.format == "onnx" else stem.with_suffix(".onnx")}
+    for kind, wanted in (("fp16", args.fp16 and not (args.format == "engine" and args.int8)), ("int8", args.int8)):
+        if wanted:
+            files[kind] = stem.with_name(f"{stem.name}.{kind}.onnx")
+    if args.format == "engine":
+        precision = _engine_options(args).precision
+        files["engine"] = args.output if args.output and args.output.suffix == ".plan" else \
+            stem.with_name(f"{stem.name}.{precision.replace('+', '-')}.plan")
+        files["sidecar"] = sidecar_path(files["engine"])
+    return files
+
+
+def _outputs(args: argparse.Namespace) -> list[Output]:
+    """Every output of this export, for ``output_policy``: the folder of ``--format deepstream``/``triton`` (replaced
+    whole), else the files of ``_artifacts`` and the timing cache."""
+    if args.format in ("deepstream", "triton"):
+        return [Output("--output", _package_folder(args), folder=True, replaced=True)]
+    outputs = [Output("--output" if path == args.output else f"the {kind} file", path)
+               for kind, path in _artifacts(args).items()]
+    return outputs + ([Output("--timing-cache", args.timing_cache)] if args.timing_cache else [])
+
+
+def _package_folder(args: argparse.Namespace) -> Path:
+    name = args.model or "offseg-t"
+    return args.output or Path(f"{name}-deepstream" if args.format == "deepstream" else "model_repository")
 
 
 def _deepstream(args: argparse.Namespace) -> int:
@@ -146,9 +183,7 @@ def _deepstream(args: argparse.Namespace) -> int:
     if args.onnx:
         raise OffsegError("--format deepstream exports from PyTorch: drop --onnx (give --checkpoint)")
     name = args.model or "offseg-t"
-    folder = args.output or Path(f"{name}-deepstream")
-    if not folder.parent.is_dir():
-        raise OffsegError(f"output folder {folder.parent} does not exist")
+    folder = _package_folder(args)
     check_model(ModelInfo(name, 1, tuple(args.input_size) if not args.dynamic else None, args.input_format,
                           args.output_kind))
     with atomic_folder(folder) as tmp:
@@ -160,32 +195,49 @@ def _deepstream(args: argparse.Namespace) -> int:
 
 
 def _triton(args: argparse.Namespace) -> int:
-    """``--format triton``: a model repository (``<model>/config.pbtxt``, ``<model>/1/model.onnx``), renamed into
-    place when complete."""
+    """``--format triton``: a model repository (``<model>/config.pbtxt``, ``<model>/1/`` with the file its
+    ``--triton-backend`` loads), renamed into place when complete."""
+    import shutil
+
     from calibration.files import load_onnx
     from runtime.sinks import atomic_folder
 
-    from .triton import config_text
+    from .triton import BACKENDS, config_text
 
     if args.onnx:
         raise OffsegError("--format triton exports from PyTorch: drop --onnx (give --checkpoint)")
     name = args.model or "offseg-t"
-    repository = args.output or Path("model_repository")
-    if not repository.parent.is_dir():
-        raise OffsegError(f"output folder {repository.parent} does not exist")
+    repository = _package_folder(args)
+    backend = args.triton_backend
+    engine_options = _engine_options(args) if backend == "tensorrt" else None
+    calib_key = _check_inputs(args)
     with atomic_folder(repository) as tmp:
-        (tmp / name / "1").mkdir(parents=True)
-        onnx_path = tmp / name / "1" / "model.onnx"
+        version = tmp / name / "1"
+        version.mkdir(parents=True)
+        onnx_path = version / "model.onnx"
         meta = _export_torch(args, onnx_path)
-        (tmp / name / "config.pbtxt").write_text(config_text(name, load_onnx(onnx_path), meta, args.max_batch))
-    print(f"wrote the Triton model repository {repository}/ ({name}/config.pbtxt, {name}/1/model.onnx); serve it "
-          f"with: tritonserver --model-repository {repository}")
+        graph = load_onnx(onnx_path)
+        if backend == "python":
+            shutil.copyfile(Path(__file__).with_name("triton_python_model.py"), version / "model.py")
+        if backend == "tensorrt":
+            files = {kind: version / f"model.{kind}.onnx" for kind in ("fp16", "int8")}
+            _build(args, engine_options, meta, onnx_path, {**files, "engine": version / "model.plan"}, calib_key)
+            for intermediate in version.glob("*.onnx"):  # Triton loads model.plan; its sidecar stays beside it
+                intermediate.unlink()
+        (tmp / name / "config.pbtxt").write_text(config_text(name, graph, meta, args.max_batch, backend=backend))
+    files = ", ".join(f"{name}/{f}" for f in ["config.pbtxt", *sorted(
+        str(p.relative_to(repository / name)) for p in (repository / name / "1").iterdir())])
+    print(f"wrote the Triton model repository {repository}/ ({files}; {BACKENDS[backend][0]}); serve it with: "
+          f"tritonserver --model-repository {repository}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from calibration.files import load_onnx, read_metadata
 
+    if args.triton_backend != "onnxruntime" and args.format != "triton":
+        raise OffsegError(f"--triton-backend {args.triton_backend} chooses what serves a --format triton repository; "
+                          "add --format triton")
     if args.format == "deepstream":
         args.input_format = args.input_format or "float-rgb-0-255"
         args.output_kind = args.output_kind or "probs"
@@ -195,10 +247,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "triton":
         return _triton(args)
     engine_options = _engine_options(args)
-    name = args.model or "offseg-t"
-    main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
-    folders = {args.onnx.parent, *([args.output.parent] if args.output else [])} if args.onnx else {main.parent}
-    calib_key = _check_paths(args, folders)
+    files = _artifacts(args)
+    calib_key = _check_inputs(args)
     if args.onnx:
         if args.checkpoint or args.model:
             raise OffsegError("--onnx builds from an exported file: drop --model/--checkpoint")
@@ -207,40 +257,36 @@ def _export(args: argparse.Namespace) -> int:
                               "keeps its form (offseg.freqfusion_form in its metadata)")
         fp32_path = args.onnx
         meta = read_metadata(load_onnx(fp32_path))
-        stem = fp32_path.with_suffix("")
     else:
-        stem = main.with_suffix("")
-        fp32_path = main if args.format == "onnx" else stem.with_suffix(".onnx")
+        fp32_path = files["fp32"]
         meta = _export_torch(args, fp32_path)
-    written = {"fp32": fp32_path}
     if args.format == "onnx":
         if args.fp16:
-            written["fp16"] = stem.with_name(stem.name + ".fp16.onnx")
-            _fp16_onnx(fp32_path, written["fp16"], engine_options.pins)
+            _fp16_onnx(fp32_path, files["fp16"], engine_options.pins)
         if args.int8:
-            written["int8"] = stem.with_name(stem.name + ".int8.onnx")
-            _int8_onnx(args, fp32_path, written["int8"], calib_key)
+            _int8_onnx(args, fp32_path, files["int8"], calib_key)
         return 0
-    return _build(args, engine_options, meta, stem, written, calib_key)
+    return _build(args, engine_options, meta, fp32_path, files, calib_key)
 
 
-def _build(args, engine_options, meta: dict[str, str], stem: Path, written: dict[str, Path],
+def _build(args, engine_options, meta: dict[str, str], fp32_path: Path, files: dict[str, Path],
            calib_key: str | None) -> int:
+    """Build ``files["engine"]`` from ``fp32_path``, through ``files["fp16"]`` or ``files["int8"]`` when the
+    plan says so."""
     from calibration.files import load_onnx, read_metadata
     from calibration.precision import pinned_nodes
     from .tensorrt import TrtBuilder
 
     builder = TrtBuilder(args.trt_module)
     plan = builder.plan(engine_options, dynamic=meta.get("offseg.input_size") == "dynamic")
-    source = written["fp32"]
+    source = fp32_path
     if plan.onnx_precision == "fp16":
-        source = stem.with_name(stem.name + ".fp16.onnx")
-        _fp16_onnx(written["fp32"], source, engine_options.pins)
+        source = files["fp16"]
+        _fp16_onnx(fp32_path, source, engine_options.pins)
     elif plan.onnx_precision == "int8":
-        source = stem.with_name(stem.name + ".int8.onnx")
-        _int8_onnx(args, written["fp32"], source, calib_key)
-    engine = args.output if args.output and args.output.suffix == ".plan" else \
-        stem.with_name(f"{stem.name}.{engine_options.precision.replace('+', '-')}.plan")
+        source = files["int8"]
+        _int8_onnx(args, fp32_path, source, calib_key)
+    engine = files["engine"]
     graph = load_onnx(source)
     pins = pinned_nodes(graph, engine_options.pins) if plan.pin_layers else []
     print(f"building the {engine_options.precision} engine with {builder.caps.module} {builder.caps.version} "
@@ -261,20 +307,24 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_argument_group("source")
     source.add_argument("--model", choices=MODEL_NAMES,
                         help="model name (default from the checkpoint, else offseg-t)")
-    source.add_argument("--checkpoint", type=Path, help="official mmseg or offseg checkpoint (default fresh weights)")
+    add_input(source, "--checkpoint", help="official mmseg or offseg checkpoint (default fresh weights)")
     source.add_argument("--num-classes", type=int, help="classes for fresh weights (default 150)")
-    source.add_argument("--onnx", type=Path, help="build from an ONNX file exported earlier (the device-side step)")
+    add_input(source, "--onnx", help="build from an ONNX file exported earlier (the device-side step)")
     out = parser.add_argument_group("output")
     out.add_argument("--format", choices=("onnx", "engine", "deepstream", "triton"), default="onnx",
                      help="onnx (default), engine: also build a TensorRT .plan, deepstream: a folder with the ONNX, "
                           "an nvinfer config (+ YAML), labels.txt and a gst-launch-1.0 pipeline, or triton: a Triton "
                           "model repository")
-    out.add_argument("--output", type=Path, help="main output (.onnx, .plan with --format engine, a new folder "
+    add_output(out, "--output", help="main output (.onnx, .plan with --format engine, a new folder "
                      "with --format deepstream / triton; default ./<model>.onnx / .plan / <model>-deepstream / "
                      "model_repository); other files share its stem")
+    out.add_argument("--triton-backend", choices=("onnxruntime", "tensorrt", "python"), default="onnxruntime",
+                     help="what serves a --format triton repository: onnxruntime (model.onnx), tensorrt (model.plan, "
+                          "built here: needs TensorRT and this machine's GPU) or python (model.py running ONNX "
+                          "Runtime on model.onnx, for servers with the Python backend only; default onnxruntime)")
     out.add_argument("--fp16", action="store_true", help="FP16 (ONNX: NAME.fp16.onnx; engine: FP16 engine)")
     out.add_argument("--int8", action="store_true", help="INT8 from a Q/DQ graph calibrated on --calib-data")
-    out.add_argument("--calib-data", help="calibration images: folder, video file, or 'synthetic'")
+    add_input(out, "--calib-data", type=str, help="calibration images: folder, video file, or 'synthetic'")
     out.add_argument("--calib-images", type=int, default=64, help="calibration images to use (default 64)")
     onnx_group = parser.add_argument_group("ONNX")
     onnx_group.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
@@ -311,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     trt.add_argument("--workspace", type=int, metavar="MiB", help="builder workspace limit (Jetson: keep it small)")
     trt.add_argument("--dla-core", type=int, help="build for this DLA core (Jetson, TensorRT 10), GPU fallback on")
     trt.add_argument("--opt-level", type=int, default=3, help="builder optimization level 0-5 (default 3)")
-    trt.add_argument("--timing-cache", type=Path, help="timing cache file, reused and updated")
+    add_output(trt, "--timing-cache", help="timing cache file, reused and updated")
     trt.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT versions")
     trt.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU")
     trt.add_argument("--tf32", action="store_true",
@@ -333,4 +383,4 @@ def main(argv: list[str] | None = None) -> int:
                           "only TensorRT-RTX's own runtime runs, not offseg-run; it builds on a CPU-only machine)")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--calib-samples": "--calib-images"})
-    return run(_export, parser, argv)
+    return run(_export, parser, argv, outputs=_outputs)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from calibration.nvinfer import CONFIG
 from runtime.backends import ModelInfo
 from runtime.errors import OffsegError
 
-CONFIG = "config_infer_primary_offseg.txt"
 YAML_CONFIG = "config_infer_primary_offseg.yml"
 PIPELINE = "pipeline.sh"
 HEADER = """# nvinfer config written by offseg-export for {model} ({classes} classes, input {h}x{w}).
@@ -73,14 +73,18 @@ def yaml_file(props: dict[str, str], header: str) -> str:
 
 def pipeline_line(info: ModelInfo) -> str:
     """A gst-launch-1.0 script: an H.264 MP4 (first argument) through nvinfer, masks drawn by nvsegvisual at the
-    model's output size."""
+    model's output size. The muxer keeps the video's size (MUX_WIDTH/MUX_HEIGHT), so nvinfer letterboxes."""
     h, w = info.input_size
     out_h, out_w = output_size(info)
     show = (f"nvsegvisual width={out_w} height={out_h} ! nvvideoconvert ! nveglglessink" if info.output_kind == "probs"
             else "fakesink  # labels are tensor meta: an application probe reads them (nvsegvisual needs probs)")
     return ("#!/bin/sh\n# Usage: sh pipeline.sh VIDEO.mp4 (run from this folder, on a DeepStream machine)\n"
+            "# nvstreammux scales every frame to its width x height, stretching any other aspect ratio: set\n"
+            "# MUX_WIDTH and MUX_HEIGHT to the video's own size (default 1920x1080); nvinfer then letterboxes each\n"
+            f"# frame into the model's {w}x{h} input as offseg-run does (maintain-aspect-ratio=1).\n"
             'gst-launch-1.0 filesrc location="$1" ! qtdemux ! h264parse ! nvv4l2decoder ! m.sink_0 '
-            f"nvstreammux name=m batch-size=1 width={w} height={h} ! nvinfer config-file-path={CONFIG} ! {show}\n")
+            'nvstreammux name=m batch-size=1 width="${MUX_WIDTH:-1920}" height="${MUX_HEIGHT:-1080}" ! '
+            f"nvinfer config-file-path={CONFIG} ! {show}\n")
 
 
 def write_package(folder: Path, info: ModelInfo, onnx_name: str, fp16: bool) -> list[str]:

@@ -22,7 +22,7 @@ from runtime.engine_meta import write_sidecar
 from runtime.errors import OffsegError
 from runtime.limits import check_image_pixels
 from runtime.preprocess import SIZE_DIVISOR
-from runtime.sinks import atomic_output
+from runtime.sinks import write_file
 
 from calibration.files import file_sha256
 from calibration.precision import DEFAULT_PINS, PinRule
@@ -272,8 +272,7 @@ class TrtBuilder:
             raise OffsegError(explain_build_failure(self.errors, options))
         info = sidecar_info(onnx_info, options, plan, self.caps, pinned, seconds)
         info["onnx"]["file_sha256"] = file_sha256(onnx_path)
-        with atomic_output(engine_path) as tmp:  # the plan and its sidecar, with nothing that can fail between
-            tmp.write_bytes(serialized)
+        write_file(engine_path, bytes(serialized))  # the plan and its sidecar, with nothing that can fail between
         sidecar = write_sidecar(engine_path, info)
         if cache is not None:
             _save_timing_cache(config, options.timing_cache)
@@ -371,5 +370,4 @@ def _save_timing_cache(config, path: Path) -> None:
     if cache is None:
         log.warning("TensorRT returned no timing cache; %s is left as it was", path)
         return
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(cache.serialize())
+    write_file(path, bytes(cache.serialize()))

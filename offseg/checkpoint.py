@@ -8,6 +8,7 @@ are the documented unused ones (``decode_head.conv_seg.*`` and the classificatio
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from runtime.errors import OffsegError
-from runtime.sinks import atomic_output
+from runtime.sinks import write_file
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +222,16 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str,
     path = Path(path)
     content = {"format": FORMAT, "model": model_name, "num_classes": model.num_classes,
                "state_dict": model.state_dict(), "meta": meta, **({"classes": classes} if classes else {})}
-    with atomic_output(path) as tmp:
-        torch.save(content, tmp)
+    write_file(path, serialize(content))
     return path
+
+
+def serialize(content: dict) -> bytes:
+    """``torch.save`` into memory: written by ``write_file``, a full disk is one sentence with the bytes needed
+    (torch's own writer turns it into a RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    return buffer.getvalue()
 
 
 def checkpoint_model_name(content: dict, state: dict[str, torch.Tensor]) -> str:

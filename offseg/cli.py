@@ -6,8 +6,11 @@ from pathlib import Path
 
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
+from runtime.output_policy import add_input, add_output
 
 from .names import DATASET_NAMES, DEVICE_HELP, MODEL_NAMES
+
+TRAIN_FILES = ("*.pth", "scalars.jsonl", "tensorboard")  # what offseg-train writes in --work-dir
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -63,8 +66,9 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to train")
     parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES,
                         help="dataset layout (default built-in synthetic scenes, no files needed)")
-    parser.add_argument("--data-root", help="dataset root folder (mmseg layout)")
-    parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/offseg"), help="checkpoints and logs")
+    add_input(parser, "--data-root", type=str, help="dataset root folder (mmseg layout)")
+    add_output(parser, "--work-dir", folder=True, names=TRAIN_FILES, default=Path("work_dirs/offseg"),
+               help="checkpoints and logs")
     parser.add_argument("--iters", type=int, help="iterations (default the recipe's; 160000, 80000 for Pascal "
                         "Context and COCO-Stuff with offseg-b)")
     parser.add_argument("--lr-end", type=int, metavar="N", help="iteration where the poly decay reaches 0 "
@@ -93,9 +97,9 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
     parser.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth")
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("--checkpoint", type=Path, help="weights to start from (official or ours); another "
+    add_input(start, "--checkpoint", help="weights to start from (official or ours); another "
                        "class count re-initialises only the class-dependent tensors")
-    start.add_argument("--pretrained-backbone", type=Path, metavar="PATH", help="EfficientFormerV2 ImageNet "
+    add_input(start, "--pretrained-backbone", metavar="PATH", help="EfficientFormerV2 ImageNet "
                        "checkpoint as released (eformer_s1_450.pth for T, s2 for B, l for L): the official start")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--workdir": "--work-dir"})
@@ -129,24 +133,23 @@ def _eval(args: argparse.Namespace) -> int:
     for cls, iou in result["IoU"].items():
         print(f"  {cls:>20}: {'-' if iou is None else f'{iou:.2f}'}")
     if args.json:
-        from runtime.sinks import atomic_output
-        with atomic_output(args.json) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        from runtime.sinks import write_file
+        write_file(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 
 def eval_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-eval", description="mIoU / aAcc / per-class IoU of a checkpoint.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="official mmseg or offseg checkpoint")
+    add_input(parser, "--checkpoint", required=True, help="official mmseg or offseg checkpoint")
     parser.add_argument("--model", choices=MODEL_NAMES, help="model name (default from the checkpoint)")
     parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES, help="dataset layout")
-    parser.add_argument("--data-root", help="dataset root folder (not needed for synthetic)")
+    add_input(parser, "--data-root", type=str, help="dataset root folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="dataset split")
     parser.add_argument("--mode", choices=("whole", "slide"), help="inference (default the dataset's test config; "
                         "the test pipeline's keep-ratio resize applies either way)")
     parser.add_argument("--eval-images", type=int, metavar="N", help="evaluate on the first N images (default all)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument("--json", type=Path, help="also write the scores as JSON")
+    add_output(parser, "--json", help="also write the scores as JSON")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--max-images": "--eval-images"})
     return run(_eval, parser, argv)

@@ -26,9 +26,9 @@ from runtime.errors import OffsegError
 from runtime.interrupts import describe, ignore_stop_signals, signals_held, stop_signals_blocked
 from runtime.preprocess import normalize_bgr
 from runtime.progress import Progress
-from runtime.sinks import atomic_output
+from runtime.sinks import DISK_FULL, disk_full_message, write_file
 
-from .checkpoint import extract_state_dict, load_state, read_file
+from .checkpoint import extract_state_dict, load_state, read_file, serialize
 from .data import synthetic
 from .data.datasets import LAYOUTS, SegmentationDataset
 from .data.transforms import TrainTransform, pad_batch
@@ -201,8 +201,14 @@ class ScalarLog:
             self.writer = None
 
     def add(self, iteration: int, **values: float) -> None:
-        with self.path.open("a") as stream:
-            stream.write(json.dumps({"iter": iteration, **values}) + "\n")
+        line = json.dumps({"iter": iteration, **values}) + "\n"
+        try:
+            with self.path.open("a") as stream:
+                stream.write(line)
+        except OSError as error:  # a full disk is one sentence, as for the checkpoints
+            message = disk_full_message(self.path, len(line), 0) if error.errno in DISK_FULL else \
+                f"cannot write {self.path}: {error.strerror or error}"
+            raise OffsegError(message) from error
         if self.writer:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, iteration)
@@ -337,9 +343,9 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
                    "classes": list(dataset.classes), **training_state(core, optimizer, scheduler, scaler, iteration),
                    "config": asdict(config), "meta": {"dataset": config.dataset, "iteration": iteration}}
         kept = [work_dir / f"iter_{iteration}.pth"] if config.keep_checkpoints else []
+        data = serialize(content)
         for path in (*kept, latest):
-            with atomic_output(path) as tmp:
-                torch.save(content, tmp)
+            write_file(path, data)
         prune_checkpoints(work_dir, config.keep_checkpoints)
 
     best = BestCheckpoint(work_dir / "best.pth", config.model, dataset.classes)

@@ -12,23 +12,36 @@ from pathlib import Path
 from .console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from .errors import OffsegError
 from .interrupts import exit_code
+from .output_policy import add_input, add_output
 from .preprocess import RESIZE_POLICIES
 from .progress import Progress
 
 log = logging.getLogger(__name__)
+MAX_CAMERAS = 256  # V4L2 video device numbers (/dev/videoN) stop at 255 (the Linux kernel's VIDEO_NUM_DEVICES)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    """Every argument and output path, before the model is loaded: one sentence for the first problem, and never
-    an output that would overwrite an input."""
-    from .sinks import VideoSink, WindowSink, check_writable_folder, same_file
+    """Every argument, before the model is loaded: one sentence for the first problem (the paths were checked by
+    ``output_policy`` before)."""
+    from .sinks import VideoSink, WindowSink
 
+    if (args.engine is None) == (args.triton is None):
+        raise OffsegError("give the model as --engine FILE (.onnx, .plan, .pth) or a server as --triton URL, "
+                          "one of the two")
+    if args.model_name is not None and args.triton is None:
+        raise OffsegError("--model-name chooses a model of a --triton server; add --triton URL")
+    if args.triton is not None:
+        from .backends.triton_backend import parse_url
+        parse_url(args.triton)
     if args.fps is not None and not args.fps > 0:
         raise OffsegError(f"--fps must be above 0, got {args.fps:g}")
     if not 0 <= args.alpha <= 1:
         raise OffsegError(f"--alpha must be between 0 and 1, got {args.alpha:g}")
-    if args.camera is not None and args.camera < 0:
-        raise OffsegError(f"--camera must be 0 or more (0 = first camera), got {args.camera}")
+    if args.camera is not None and not 0 <= args.camera < MAX_CAMERAS:
+        raise OffsegError(f"--camera takes a camera index from 0 (the first camera) to {MAX_CAMERAS - 1}, got "
+                          f"{args.camera}")
+    if args.csi_camera is not None and not 0 <= args.csi_camera < MAX_CAMERAS:
+        raise OffsegError(f"--csi-camera takes a sensor id from 0 to {MAX_CAMERAS - 1}, got {args.csi_camera}")
     if args.writer != "auto" and args.output is None:
         raise OffsegError(f"--writer {args.writer} chooses how --output is encoded; add --output VIDEO")
     if args.csi_mode is not None and args.csi_camera is None:
@@ -43,14 +56,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.show:
         WindowSink.check_gui()
     _check_input_kind(args)
-    inputs = [p for p in (args.engine, args.video, args.image, args.images, args.rosbag) if p is not None]
-    outputs = [(f"--{name.replace('_', '-')}", path) for name, path in
-               (("output", args.output), ("save_masks", args.save_masks), ("summary", args.summary)) if path]
-    for option, path in outputs:
-        clash = next((i for i in inputs if same_file(path, i)), None)
-        if clash is not None:
-            raise OffsegError(f"{option} {path} is the input {clash}; choose another name, the input would be "
-                              "overwritten")
     if args.output:
         if _writes_gstreamer(args):
             from .gst_video_sink import check_target
@@ -62,14 +67,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise OffsegError("--rosbag-out needs a --rosbag input (its messages give the headers)")
         from .rosbag_io import RosbagSink
         RosbagSink.check_target(args.rosbag_out)
-    if args.save_masks:
-        check_writable_folder(args.save_masks, f"--save-masks {args.save_masks}")
-    if args.summary:
-        if args.summary.is_dir():
-            raise OffsegError(f"--summary {args.summary} is a folder; give a file name such as run.json")
-        if not args.summary.parent.is_dir():
-            raise OffsegError(f"--summary folder {args.summary.parent} does not exist")
-        check_writable_folder(args.summary.parent, f"--summary {args.summary}")
 
 
 def _reads_gstreamer(args: argparse.Namespace) -> bool:
@@ -139,15 +136,22 @@ def _saves_nothing(args: argparse.Namespace) -> bool:
 NOTHING_SAVED = "saves nothing: give --output, --save-masks, --rosbag-out or --summary to keep the results"
 
 
-def _run(args: argparse.Namespace) -> int:
+def _open_model(args: argparse.Namespace):
+    if args.triton is not None:
+        from .backends.triton_backend import TritonBackend
+        return TritonBackend(args.triton, args.model_name)
     from .backends import open_backend
+    return open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda, args.device,
+                        allow_engine_host_code=args.allow_engine_host_code)
+
+
+def _run(args: argparse.Namespace) -> int:
     from .draw import annotate, class_names, palette_for
     from .pipeline import Pipeline, RunStats
-    from .sinks import MaskSink, WindowSink, atomic_output
+    from .sinks import MaskSink, WindowSink, write_file
 
     _check_arguments(args)
-    backend = open_backend(args.engine, args.providers.split(",") if args.providers else None, args.cuda,
-                           args.device, allow_engine_host_code=args.allow_engine_host_code)
+    backend = _open_model(args)
     source = _open_source(args)
     pipeline = Pipeline(backend, args.batch_size, args.resize)
     info = backend.info
@@ -161,8 +165,9 @@ def _run(args: argparse.Namespace) -> int:
     if _saves_nothing(args):
         print(f"note: this run only prints the timing table and {NOTHING_SAVED}", file=sys.stderr, flush=True)
     if not info.trained:
-        print(f"WARNING: {args.engine.name} was exported without a checkpoint: its weights are RANDOM and its "
-              "labels are noise (for speed tests only)", file=sys.stderr, flush=True)
+        model = args.engine.name if args.engine else f"Triton model {info.name}"
+        print(f"WARNING: {model} was exported without a checkpoint: its weights are RANDOM and its labels are noise "
+              "(for speed tests only)", file=sys.stderr, flush=True)
     masks = MaskSink(args.save_masks) if args.save_masks else None
     window = WindowSink() if args.show else None
     video = None
@@ -219,8 +224,7 @@ def _run(args: argparse.Namespace) -> int:
     if bag:
         print(f"wrote {bag.path} ({bag.frames} frames, {source.storage})")
     if args.summary:
-        with atomic_output(args.summary) as tmp:
-            tmp.write_text(json.dumps(stats.summary(), indent=2) + "\n")
+        write_file(args.summary, json.dumps(stats.summary(), indent=2) + "\n")
     if _saves_nothing(args):
         print(f"this run {NOTHING_SAVED}")
     if interrupted is not None:
@@ -233,36 +237,42 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-run", description="Semantic segmentation of videos, cameras, "
                                      "streams and images with an OffSeg ONNX model or TensorRT engine.")
-    parser.add_argument("--engine", type=Path, required=True, help="model: .onnx (ONNX Runtime), .plan (TensorRT) "
-                        "or .pth (PyTorch, needs torch)")
+    add_input(parser, "--engine", help="model: .onnx (ONNX Runtime), .plan (TensorRT) or .pth (PyTorch, needs "
+              "torch); or --triton")
+    parser.add_argument("--triton", metavar="URL", help="run the model on a Triton Inference Server instead: "
+                        "http://HOST:8000 or grpc://HOST:8001 (a repository from offseg-export --format triton; "
+                        "needs the [triton] extra)")
+    parser.add_argument("--model-name", help="the --triton server's model (default its only one)")
     inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--video", type=Path, help="video file")
+    add_input(inputs, "--video", help="video file")
     inputs.add_argument("--camera", type=int, help="camera index (0 = first)")
     inputs.add_argument("--stream", help="RTSP/HTTP stream URL")
     inputs.add_argument("--gst", metavar="PIPELINE", help="a GStreamer pipeline ending in an appsink, read "
                         "through PyGObject (caps narrowed to BGR), e.g. \"videotestsrc ! videoconvert ! appsink\"")
     inputs.add_argument("--csi-camera", type=int, metavar="N", help="Jetson CSI camera with sensor id N "
                         "(GStreamer nvarguscamerasrc, converted by nvvidconv)")
-    inputs.add_argument("--image", type=Path, help="one image")
-    inputs.add_argument("--images", type=Path, help="a folder of images")
-    inputs.add_argument("--rosbag", type=Path, help="a rosbag2 (sqlite3 or mcap) with sensor_msgs/Image or "
+    add_input(inputs, "--image", help="one image")
+    add_input(inputs, "--images", help="a folder of images")
+    add_input(inputs, "--rosbag", help="a rosbag2 (sqlite3 or mcap) with sensor_msgs/Image or "
                         "CompressedImage messages (needs the [ros] extra)")
     parser.add_argument("--csi-mode", metavar="WxH@FPS", help="--csi-camera capture mode, e.g. 1920x1080@30 "
                         "(default the camera's own)")
     parser.add_argument("--capture", choices=("opencv", "gstreamer"), default="opencv",
                         help="how --video, --stream and --camera are read: opencv, or gstreamer (hardware decode "
                         "with nvv4l2decoder where it exists, software otherwise; v4l2src for cameras)")
-    parser.add_argument("--output", type=Path, help="annotated video (.mp4/.avi/.mkv), same fps as the input")
+    add_output(parser, "--output", help="annotated video (.mp4/.avi/.mkv), same fps as the input")
     parser.add_argument("--writer", choices=("auto", "opencv", "gstreamer"), default="auto",
                         help="how --output is encoded: opencv (mp4v/MJPG), or gstreamer (H.264 by nvv4l2h264enc "
                         "where it exists, x264enc otherwise); auto (default) is gstreamer when the input is read "
                         "through GStreamer on a machine with the hardware encoder, opencv otherwise")
-    parser.add_argument("--rosbag-out", type=Path, metavar="BAG", help="write a rosbag2 (the input's storage) of "
-                        "what offseg-ros2 publishes: label images, overlays and LabelInfo, at the input's times")
+    add_output(parser, "--rosbag-out", folder=True, replaced=True, metavar="BAG", help="write a rosbag2 (the "
+               "input's storage) of what offseg-ros2 publishes: label images, overlays and LabelInfo, at the input's "
+               "times")
     parser.add_argument("--image-topic", help="image topic of --rosbag (default the bag's only image topic)")
     parser.add_argument("--ros-namespace", default="/offseg", help="namespace of the --rosbag-out topics "
                         "segmentation, overlay and label_info")
-    parser.add_argument("--save-masks", type=Path, metavar="DIR", help="write one label PNG per frame")
+    add_output(parser, "--save-masks", folder=True, names=("*.png",), metavar="DIR",
+               help="write one label PNG per frame")
     parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
     parser.add_argument("--no-display", action="store_true", help=argparse.SUPPRESS)  # the default; old scripts
     parser.add_argument("--batch-size", type=int, default=1, help="frames per inference (models with a dynamic "
@@ -283,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                         "60 s (default 5); more stalls than that end the run")
     parser.add_argument("--stall-timeout", type=float, default=5.0, metavar="SECONDS", help="a camera or stream "
                         "that delivers no frame for this long counts as a drop")
-    parser.add_argument("--summary", type=Path, help="write the run summary as JSON")
+    add_output(parser, "--summary", help="write the run summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (or, in a log, no progress "
                         "lines)")
     add_engine_host_code_option(parser)

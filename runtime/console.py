@@ -10,6 +10,7 @@ from typing import Callable
 
 from .errors import OffsegError
 from .interrupts import describe, exit_code, stop_signals
+from .output_policy import OUTPUT, ROLE, Output, check_paths, declared_paths
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +31,11 @@ def add_hidden_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str])
         action = actions[new]
         kwargs = {} if action.nargs == 0 else {"type": action.type, "nargs": action.nargs, "choices": action.choices,
                                                 "metavar": action.metavar}
-        parser.add_argument(old, action=type(action), dest=action.dest, default=argparse.SUPPRESS,
-                            help=argparse.SUPPRESS, **kwargs)
+        alias = parser.add_argument(old, action=type(action), dest=action.dest, default=argparse.SUPPRESS,
+                                    help=argparse.SUPPRESS, **kwargs)
+        for mark in (ROLE, OUTPUT):  # an old name of a path option is checked as the option is
+            if hasattr(action, mark):
+                setattr(alias, mark, getattr(action, mark))
 
 
 def _document_defaults(parser: argparse.ArgumentParser) -> None:
@@ -61,10 +65,14 @@ def _ours_or_errors(record: logging.LogRecord) -> bool:
     return record.name.split(".")[0] in OUR_PACKAGES or record.levelno >= logging.ERROR
 
 
-def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv``, call ``main``; an OffsegError prints ``error: <message>`` and returns 2 (unless --debug).
+def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None,
+        outputs: Callable[[argparse.Namespace], list[Output]] | None = None) -> int:
+    """Parse ``argv``, check the paths (``output_policy``), call ``main``; an OffsegError prints
+    ``error: <message>`` and returns 2 (unless --debug).
 
-    Ctrl-C and SIGTERM interrupt ``main`` once (its clean-up runs; see ``interrupts``) and return 130 / 143."""
+    The outputs checked are the parser's ``add_output`` options, or what ``outputs(args)`` returns for a command
+    whose files follow from several options. Ctrl-C and SIGTERM interrupt ``main`` once (its clean-up runs; see
+    ``interrupts``) and return 130 / 143."""
     _document_defaults(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
@@ -78,6 +86,8 @@ def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPars
         for category, message in KNOWN_NOISE:
             warnings.filterwarnings("ignore", message=message, category=category)
     try:
+        inputs, declared = declared_paths(parser, args)
+        check_paths(inputs, outputs(args) if outputs else declared)
         with stop_signals():
             return main(args)
     except OffsegError as error:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .errors import OffsegError
-from .sinks import atomic_output
+from .sinks import write_file
 
 SIDECAR_FORMAT = "offseg-engine/1"
 SIDECAR_TYPES = {"num_classes": int, "onnx": dict, "tensorrt": dict, "gpu": (dict, type(None)), "precision": str,
@@ -27,8 +27,7 @@ def sidecar_path(engine: str | os.PathLike) -> Path:
 
 def write_sidecar(engine: str | os.PathLike, info: dict) -> Path:
     path = sidecar_path(engine)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps({"format": SIDECAR_FORMAT, **info}, indent=2, sort_keys=True) + "\n")
+    write_file(path, json.dumps({"format": SIDECAR_FORMAT, **info}, indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from .errors import OffsegError
 from .gstreamer import load_gst, quoted, require_elements
-from .sinks import check_writable_folder, unique_temp
+from .output_policy import check_writable_folder
+from .sinks import check_video, unique_temp
 
 HARDWARE_ENCODER = "nvv4l2h264enc"
 SOFTWARE_ENCODER = "x264enc"
@@ -123,7 +124,8 @@ class GstVideoSink:
         self._raise_on_error(self.pipeline.get_bus().pop_filtered(Gst.MessageType.ERROR))
 
     def close(self) -> None:
-        """End the stream, wait for the muxer to finish the file, then rename it over the target."""
+        """End the stream, wait for the muxer to finish the file, read it back (every frame written must be there:
+        ``sinks.check_video``), then rename it over the target; otherwise OffsegError, the previous file kept."""
         Gst = self.Gst
         self.appsrc.emit("end-of-stream")
         message = self.pipeline.get_bus().timed_pop_filtered(int(FINISH_SECONDS * Gst.SECOND),
@@ -134,7 +136,12 @@ class GstVideoSink:
             self.tmp.unlink(missing_ok=True)
             raise OffsegError(f"GStreamer did not finish {self.path} within {FINISH_SECONDS:g} s; nothing was "
                               "written")
-        if self.frames:
-            os.replace(self.tmp, self.path)
-        else:
+        if not self.frames:
             self.tmp.unlink(missing_ok=True)
+            return
+        try:
+            check_video(self.tmp, self.frames, self.path)
+        except OffsegError:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        os.replace(self.tmp, self.path)

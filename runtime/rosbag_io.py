@@ -19,7 +19,8 @@ from .errors import OffsegError
 from .pipeline import Result
 from .ros_images import (COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES, LABEL_INFO, VISION_CLASS, MessageKit,
                          SegmentationMessages, to_bgr)
-from .sinks import atomic_output, check_writable_folder
+from .output_policy import check_writable_folder
+from .sinks import atomic_output
 from .sources import Frame, Source
 
 log = logging.getLogger(__name__)

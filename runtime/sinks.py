@@ -6,6 +6,8 @@ one) and renames it over the target when done: with several writers of one path,
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import re
 import shutil
@@ -17,6 +19,9 @@ import cv2
 import numpy as np
 
 from .errors import OffsegError
+from .output_policy import check_writable_folder
+
+log = logging.getLogger(__name__)
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: mkstemp creates files 0600, finished outputs get the usual permissions
@@ -32,13 +37,14 @@ def unique_temp(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, folder: bool = False) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, folder: bool = False, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix) to write to; it replaces ``path`` only on success.
 
     With ``folder``, the yielded path does not exist yet: the writer creates a folder there (a rosbag2), named
     like ``path`` inside a unique hidden folder so that files named after their folder keep the final name; it
     takes ``path`` only if ``path`` does not exist or is an empty folder. On any failure the temporary file or
-    folder is removed; an OSError becomes an OffsegError naming ``path``.
+    folder is removed; an OSError becomes an OffsegError naming ``path`` (a full disk: its folder, the bytes
+    needed, ``size`` when the caller knows it, and the bytes free).
     """
     path = Path(path)
     tmp = holder = None
@@ -54,14 +60,53 @@ def atomic_output(path: str | os.PathLike, folder: bool = False) -> Iterator[Pat
         if holder is not None:
             holder.rmdir()
     except BaseException as error:
+        written = _bytes_in(holder or tmp) if tmp is not None else 0
         if holder is not None:
             shutil.rmtree(holder, ignore_errors=True)
         elif tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            raise OffsegError(disk_full_message(path, size, written)) from error
         if isinstance(error, OSError):
             raise OffsegError(f"cannot write {path}: {error.strerror or error}") from error
         raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(path: Path, needed: int | None, written: int) -> str:
+    """The sentence for a write that found the disk full: the folder, the bytes needed and the bytes free."""
+    folder = Path(os.path.abspath(path)).parent
+    free = shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+    need = f"{needed:,} bytes needed" if needed else f"more than the {written:,} bytes written needed"
+    return (f"cannot write {path}: the disk holding {folder} is full ({need}, {free:,} bytes free); free some space "
+            "or write elsewhere (the previous file, if any, is unchanged)")
+
+
+def _bytes_in(path: Path) -> int:
+    """Bytes of a file, or of the files under a folder (0 when gone)."""
+    with contextlib.suppress(OSError):
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    return 0
+
+
+def write_file(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically; OffsegError when it cannot (a full disk: the folder,
+    the bytes needed and free)."""
+    data = data.encode() if isinstance(data, str) else data
+    with atomic_output(path, size=len(data)) as tmp:
+        handle = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(handle, view):]
+        finally:
+            os.close(handle)
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -76,37 +121,16 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
 
 
-def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
-    """OffsegError unless a file can be created in ``folder`` (tried for real: read-only mounts and permissions
-    show only then); a missing folder is checked through its nearest existing parent, which must be a folder."""
-    folder = Path(folder)
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise OffsegError(f"{what}: {existing} is a file, not a folder")
-    try:
-        handle, name = tempfile.mkstemp(prefix=".offseg-write-check.", dir=existing)
-        os.close(handle)
-        os.unlink(name)
-    except OSError as error:
-        raise OffsegError(f"{what}: cannot write in {existing} ({error.strerror or error})") from None
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when both paths name one file or folder (resolved links and hard links included)."""
-    a, b = Path(a), Path(b)
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
-
-
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write a BGR (or single-channel) image; the format follows the suffix. Raises OffsegError if unwritable."""
     path = Path(path)
-    with atomic_output(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise OffsegError(f"cannot encode an image as {path.suffix or 'a file without suffix'}: {path}")
-    return path
+    try:
+        encoded, buffer = cv2.imencode(path.suffix or ".", image)
+    except cv2.error:
+        encoded = False
+    if not encoded:
+        raise OffsegError(f"cannot encode an image as {path.suffix or 'a file without suffix'}: {path}")
+    return write_file(path, buffer.tobytes())
 
 
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
@@ -154,11 +178,35 @@ class VideoSink:
         self.frames += 1
 
     def close(self) -> None:
+        """Finish the video and give it the final name, once it reads back with every frame written; otherwise
+        OffsegError (a full disk: the folder and the bytes free) and the previous file is kept."""
         self.writer.release()
-        if self.frames:
-            os.replace(self.tmp, self.path)
-        else:
+        if not self.frames:
             self.tmp.unlink(missing_ok=True)
+            return
+        try:
+            check_video(self.tmp, self.frames, self.path)
+        except OffsegError:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        os.replace(self.tmp, self.path)
+
+
+def check_video(path: Path, frames: int, target: Path) -> None:
+    """OffsegError unless the finished video ``path`` (for ``target``) opens and holds ``frames`` frames."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        found = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+    if found == frames:
+        return
+    folder = Path(os.path.abspath(target)).parent
+    free = shutil.disk_usage(folder).free
+    size = _bytes_in(path)
+    raise OffsegError(f"the video encoder did not finish {target}: it reads back with {found} of the {frames} "
+                      f"frames written ({size:,} bytes written, {free:,} bytes free in {folder}; a full disk does "
+                      "this); the previous file, if any, is unchanged")
 
 
 class MaskSink:
@@ -174,9 +222,20 @@ class MaskSink:
         except OSError as error:
             raise OffsegError(f"cannot create {self.folder}: {error.strerror}") from None
         self.written = 0
+        self.names: set[str] = set()  # case-folded: x.PNG and x.png are one file on some disks
 
     def write(self, name: str, labels: np.ndarray) -> None:
-        write_image(self.folder / f"{name}.png", labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
+        """Write ``name``.png; a name taken earlier in this run (in any case) gets ``~2``, ``~3``, ... so that no
+        mask replaces another and ``written`` counts files."""
+        unique, number = name, 1
+        while f"{unique}.png".casefold() in self.names:
+            number += 1
+            unique = f"{name}~{number}"
+        if unique != name:
+            log.warning("mask %s.png is taken in this run: writing %s.png", name, unique)
+        dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+        write_image(self.folder / f"{unique}.png", labels.astype(dtype))
+        self.names.add(f"{unique}.png".casefold())
         self.written += 1
 
 

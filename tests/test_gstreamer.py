@@ -75,10 +75,11 @@ def _missing_gstreamer() -> str | None:
         Gst = load_gst()
     except OffsegError as error:
         return str(error)
-    missing = [name for name in ("videotestsrc", "videoconvert", "appsink", "decodebin", "x264enc", "avdec_h264",
-                                 "rtph264pay", "rtspsrc") if Gst.ElementFactory.find(name) is None]
+    missing = [name for name in ("videotestsrc", "videoconvert", "appsink", "appsrc", "decodebin", "x264enc",
+                                 "h264parse", "mp4mux", "avdec_h264", "rtph264pay", "rtspsrc")
+               if Gst.ElementFactory.find(name) is None]
     if missing:
-        return (f"GStreamer elements missing: {', '.join(missing)} (apt: gstreamer1.0-plugins-base/-good/-ugly, "
+        return (f"GStreamer elements missing: {', '.join(missing)} (apt: gstreamer1.0-plugins-base/-good/-ugly/-bad, "
                 "gstreamer1.0-libav)")
     try:
         import gi

@@ -56,7 +56,7 @@ def test_an_unwritable_output_folder_fails_before_the_export(monkeypatch, capsys
     if os.geteuid() != 0:
         pytest.skip("/sys is read-only only for root here")
     assert export_main(["--output", "/sys/m.onnx"]) == 2
-    assert "output folder: cannot write in /sys" in capsys.readouterr().err
+    assert "--output /sys/m.onnx: cannot write in /sys" in capsys.readouterr().err
 
 
 @pytest.mark.slow

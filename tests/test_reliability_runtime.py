@@ -321,7 +321,9 @@ def test_a_read_that_blocks_does_not_hold_up_the_stop(onnx_model, tmp_path, capl
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--camera", "-1"], "--camera must be 0 or more"),
+    (["--camera", "-1"], "--camera takes a camera index from 0 (the first camera) to 255, got -1"),
+    (["--camera", "99999999999"], "--camera takes a camera index from 0 (the first camera) to 255, got 99999999999"),
+    (["--csi-camera", "256"], "--csi-camera takes a sensor id from 0 to 255, got 256"),
     (["--video", "VIDEO", "--output", "out.mp4", "--fps", "-5"], "--fps must be above 0"),
     (["--video", "VIDEO", "--output", "READONLY/out.mp4"], "--output READONLY/out.mp4: cannot write in READONLY"),
     (["--video", "VIDEO", "--save-masks", "READONLY/masks"], "--save-masks READONLY/masks: cannot write in READONLY"),

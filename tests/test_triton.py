@@ -1,19 +1,43 @@
-"""``offseg-export --format triton``: the repository's config.pbtxt parses with Triton's own schema
-(tritonclient's model_config_pb2 and protobuf's text format) and states the ONNX graph's I/O and our metadata."""
+"""Triton: ``offseg-export --format triton`` repositories parse with Triton's own schema (tritonclient's
+model_config_pb2 and protobuf's text format) and state the ONNX graph's I/O and our metadata; a real
+``tritonserver`` on loopback serves one, and ``offseg-run --triton`` (HTTP and gRPC) gets the labels that
+``offseg-run`` gets from the ONNX file; perf_analyzer measures it. The real packages come from PyPI
+(``tests/triton_server.py``); without PyPI these tests skip."""
+import contextlib
+import io
+import subprocess
+
+import cv2
+import numpy as np
 import onnx
 import pytest
 
 from exported import export_small_model
 from export.cli import main as export_main
 from runtime.backends import ModelInfo
+from triton_server import (install_perf_analyzer, install_server, install_server_python, install_tritonclient,
+                           serving)
 
 SIZE = (64, 96)
+pytestmark = pytest.mark.xdist_group("triton")
+
+
+@pytest.fixture(scope="module")
+def tritonclient(tmp_path_factory):
+    install_tritonclient(tmp_path_factory.getbasetemp() / "tritonclient")
+    import tritonclient.grpc.model_config_pb2 as model_config_pb2
+    return model_config_pb2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tritonserver")
+    return install_server(folder), install_server_python(folder)
 
 
 @pytest.mark.slow
-def test_repository_config_parses_with_tritons_schema_and_matches_the_onnx(tmp_path):
-    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                                           reason="tritonclient is not installed: pip install 'offseg-deploy[triton]'")
+def test_repository_config_parses_with_tritons_schema_and_matches_the_onnx(tmp_path, tritonclient):
+    model_config_pb2 = tritonclient
     from google.protobuf import text_format
 
     checkpoint, _ = export_small_model(tmp_path, input_size=SIZE)
@@ -35,15 +59,125 @@ def test_repository_config_parses_with_tritons_schema_and_matches_the_onnx(tmp_p
     assert (info.num_classes, info.output_kind, info.output_layout) == (9, "labels", "nhwc")
 
 
-def test_a_dynamic_batch_gives_max_batch_size_dynamic_batching_and_minus_one_dims(tmp_path):
-    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                                           reason="tritonclient is not installed: pip install 'offseg-deploy[triton]'")
+@pytest.mark.parametrize("backend, runner, kind", [("onnxruntime", "onnxruntime_onnx", "KIND_GPU"),
+                                                   ("tensorrt", "tensorrt_plan", "KIND_GPU"),
+                                                   ("python", "", "KIND_CPU")])
+def test_a_dynamic_batch_gives_max_batch_size_dynamic_batching_and_minus_one_dims(tmp_path, tritonclient, backend,
+                                                                                   runner, kind):
+    model_config_pb2 = tritonclient
     from google.protobuf import text_format
     from export.triton import config_text
     from tiny_onnx import NUM_CLASSES, write_tiny_onnx
 
     model = onnx.load(str(write_tiny_onnx(tmp_path / "tiny.onnx", dynamic=True)))
     meta = {p.key: p.value for p in model.metadata_props}
-    config = text_format.Parse(config_text("offseg-t", model, meta, max_batch=8), model_config_pb2.ModelConfig())
+    config = text_format.Parse(config_text("offseg-t", model, meta, max_batch=8, backend=backend),
+                               model_config_pb2.ModelConfig())
     assert config.max_batch_size == 8 and config.HasField("dynamic_batching")
     assert list(config.input[0].dims) == [3, -1, -1] and list(config.output[0].dims) == [NUM_CLASSES, -1, -1]
+    assert config.platform == runner and config.backend == ("python" if backend == "python" else "")
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == kind
+
+
+def offseg_run(*argv) -> tuple[int, str, str]:
+    from runtime.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def masks(folder):
+    return {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.slow
+def test_offseg_run_on_a_real_triton_server_gives_the_onnx_files_labels(tmp_path, tritonclient, server):
+    server, python_bin = server
+    """A Python-backend repository (ONNX Runtime inside) on pytriton's tritonserver: HTTP and gRPC clients get the
+    masks the local ONNX file gives, frame for frame; perf_analyzer reaches the model; the server is stopped."""
+    from offseg.data.synthetic import render_scene
+    checkpoint, _ = export_small_model(tmp_path, input_size=SIZE)
+    repository = tmp_path / "repo"
+    code, stdout, err = offseg_export("--checkpoint", checkpoint, "--input-size", *SIZE, "--format", "triton",
+                                      "--triton-backend", "python", "--output", repository, "--no-check")
+    assert code == 0, err
+    assert "offseg-t/1/model.onnx, offseg-t/1/model.py" in stdout
+    images = tmp_path / "images"
+    images.mkdir()
+    for seed, (h, w) in enumerate([(90, 160), (64, 96), (120, 100)]):
+        cv2.imwrite(str(images / f"s{seed}.png"), render_scene(seed, h, w)[0])
+    local = tmp_path / "local"
+    assert offseg_run("--engine", repository / "offseg-t" / "1" / "model.onnx", "--images", images,
+                      "--save-masks", local, "--no-progress")[0] == 0
+    with serving(server, repository, tmp_path / "server.log", python_bin) as (http, grpc):
+        for url, name in ((f"http://127.0.0.1:{http}", []), (f"grpc://127.0.0.1:{grpc}", ["--model-name", "offseg-t"])):
+            served = tmp_path / url.split(":")[0]
+            code, stdout, err = offseg_run("--triton", url, *name, "--images", images, "--save-masks", served,
+                                           "--no-progress")
+            assert code == 0, err
+            assert f"on Triton Inference Server at {url} ({url.split(':')[0].upper()}), model offseg-t" in stdout
+            got, want = masks(served), masks(local)
+            assert got.keys() == want.keys() and len(got) == 3
+            assert all(np.array_equal(got[k], want[k]) for k in want)
+        code, _, err = offseg_run("--triton", f"http://127.0.0.1:{http}", "--model-name", "nope", "--images", images)
+        assert code == 2 and "has no ready model 'nope' (it serves: offseg-t)" in err
+        perf_analyzer, env = install_perf_analyzer(tmp_path.parent, server)
+        # zeros: perf_analyzer's random FP32 data is not an image (NaNs make the gather form's indices invalid)
+        report = subprocess.run([str(perf_analyzer), "-m", "offseg-t", "-u", f"127.0.0.1:{http}", "-i", "http",
+                                 "--measurement-interval", "1000", "--concurrency-range", "1", "--input-data",
+                                 "zero"],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
+        assert "Throughput:" in report.stdout and "infer/sec" in report.stdout
+    code, _, err = offseg_run("--triton", f"http://127.0.0.1:{http}", "--images", images)
+    assert code == 2 and f"no Triton server answers at http://127.0.0.1:{http}" in err
+
+
+def offseg_export(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = export_main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--images", "."], "give the model as --engine FILE (.onnx, .plan, .pth) or a server as --triton URL"),
+    (["--engine", "m.onnx", "--triton", "http://h:8000", "--images", "."], "one of the two"),
+    (["--engine", "m.onnx", "--model-name", "x", "--images", "."], "--model-name chooses a model of a --triton"),
+    (["--triton", "ftp://h:1", "--images", "."], "the scheme must be http:// or grpc://"),
+    (["--triton", "http://h", "--images", "."], "give the server as http://HOST:PORT"),
+])
+def test_triton_mistakes_are_one_sentence(argv, message):
+    code, _, err = offseg_run(*argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_tensorrt_repository_holds_the_plan_and_its_sidecar_and_names_tensorrt_plan(tmp_path, tritonclient,
+                                                                                       monkeypatch):
+    """Built as --format engine builds (here with the fake TensorRT 10.3 on a fake RTX GPU): FP16 with our pins,
+    the ONNX intermediates removed, the config's I/O from the graph."""
+    import json
+    from google.protobuf import text_format
+    from test_trt_contract import RTX, machine
+
+    machine(monkeypatch, "10.3.0", RTX)
+    checkpoint, _ = export_small_model(tmp_path, input_size=SIZE)
+    repository = tmp_path / "repo"
+    code, stdout, err = offseg_export("--checkpoint", checkpoint, "--input-size", *SIZE, "--format", "triton",
+                                      "--triton-backend", "tensorrt", "--fp16", "--output", repository, "--no-check")
+    assert code == 0, err
+    version = repository / "offseg-t" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.plan", "model.plan.json"]
+    sidecar = json.loads((version / "model.plan.json").read_text())
+    assert sidecar["precision"] == "fp16" and sidecar["pinned_layers"]
+    assert sidecar["onnx"]["freqfusion_form"] == "taps"  # the form TensorRT fuses, as --format engine
+    config = text_format.Parse((repository / "offseg-t" / "config.pbtxt").read_text(), tritonclient.ModelConfig())
+    assert config.platform == "tensorrt_plan" and list(config.input[0].dims) == [1, 3, *SIZE]
+    assert "tensorrt_plan" in stdout and "offseg-t/1/model.plan" in stdout
+
+
+def test_triton_backend_without_format_triton_is_one_sentence(capsys):
+    assert export_main(["--triton-backend", "python"]) == 2
+    assert "--triton-backend python chooses what serves a --format triton repository" in capsys.readouterr().err
