@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from runtime.errors import OffsegError
-from runtime.sinks import atomic_output
+from runtime.sinks import write_file
 
 from .files import file_sha256
 
@@ -23,11 +23,10 @@ def ranges_key(source: Path, method: str, op_types: tuple[str, ...], input_size:
 
 
 def write_ranges(ort_ranges: Path, cache: Path, key: dict) -> None:
-    """ONNX Runtime's ranges file ``ort_ranges`` with ``key`` added (ONNX Runtime ignores it), atomically at
-    ``cache``."""
+    """ONNX Runtime's ranges file ``ort_ranges`` with ``key`` added (ONNX Runtime ignores it), written to ``cache``
+    (atomically, as every write)."""
     content = json.loads(ort_ranges.read_text())
-    with atomic_output(cache) as tmp:
-        tmp.write_text(json.dumps({**content, "offseg": key}))
+    write_file(cache, json.dumps({**content, "offseg": key}))
 
 
 def check_ranges(cache: Path, key: dict) -> None:
