@@ -235,8 +235,15 @@ class FlakyCapture:
 
 @pytest.fixture
 def flaky_stream(monkeypatch):
+    """Cameras (an index) and stream URLs open as FlakyCapture; files keep OpenCV's own capture (the video sink
+    reads its finished video back through it)."""
     import runtime.sources
-    monkeypatch.setattr(runtime.sources.cv2, "VideoCapture", FlakyCapture)
+    real = cv2.VideoCapture
+
+    def capture(target, *args):
+        flaky = isinstance(target, int) or "://" in str(target)
+        return FlakyCapture(target, *args) if flaky else real(target, *args)
+    monkeypatch.setattr(runtime.sources.cv2, "VideoCapture", capture)
     monkeypatch.setattr(runtime.sources.time, "sleep", lambda seconds: None)
     FlakyCapture.opened = []
     return FlakyCapture
