@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.errors import OffsegError
-from runtime.interrupts import describe, ignore_stop_signals, signals_held, stop_signals_blocked
+from runtime.interrupts import describe, ignore_stop_signals, signals_held, stop_signals_blocked, take
 from runtime.preprocess import normalize_bgr
 from runtime.progress import Progress
 from runtime.sinks import DISK_FULL, disk_full_message, write_file
@@ -387,6 +387,7 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
                 best.offer(core, _log_eval(core, config, scalars, iteration), iteration)
                 model.train()
     except KeyboardInterrupt as interrupt:
+        take(interrupt)  # handled here: latest.pth is saved below, then the interrupt goes on
         bar.close()  # its last line (iterations done) before the message
         if run.main and stepping:
             log.warning("%s inside iteration %d, whose step was cut short: nothing saved (%s, if any, is the last "

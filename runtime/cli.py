@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from .errors import OffsegError
-from .interrupts import exit_code
+from .interrupts import exit_code, take
 from .output_policy import add_input, add_output
 from .preprocess import RESIZE_POLICIES
 from .progress import Progress
@@ -206,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         pipeline.run(source, consume, stats)
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: later ones are ignored while the outputs finish
         interrupted = interrupt
+        take(interrupt)
         print(f"{stats.stop_reason}: finishing the outputs", flush=True)
     finally:
         bar.close()  # the source is closed by the pipeline's reader

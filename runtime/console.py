@@ -9,7 +9,7 @@ import warnings
 from typing import Callable
 
 from .errors import OffsegError
-from .interrupts import describe, exit_code, stop_signals
+from .interrupts import describe, exit_code, raise_pending, stop_signals
 from .output_policy import OUTPUT, ROLE, Output, check_paths, declared_paths
 
 
@@ -89,7 +89,9 @@ def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPars
         inputs, declared = declared_paths(parser, args)
         check_paths(inputs, outputs(args) if outputs else declared)
         with stop_signals():
-            return main(args)
+            code = main(args)
+            raise_pending()  # a stop signal swallowed on its way (the command ran on): it still ends the command
+            return code
     except OffsegError as error:
         if args.debug:
             raise

@@ -7,6 +7,11 @@ abandons a half-written file nor changes the exit code (SIGKILL still stops at o
 whole (writing a frame and counting it, a training step) runs inside ``signals_held``: a signal arriving there
 interrupts as the step ends.
 
+An interrupt raised where Python discards exceptions (a weakref callback or ``__del__`` inside a library: seen in
+onnxslim) would let the command run on as if no signal came. So the interrupt stays pending until a handler that
+finalizes outputs ``take``s it: ``raise_pending`` (called before an output takes its final name, and when the
+command returns) raises it again if nobody did.
+
 Helper processes (DataLoader workers) ignore both signals: a signal to the process group (what ``timeout``,
 systemd and ``docker stop`` send) reaches them too, and only the main process may decide how the command ends.
 """
@@ -23,6 +28,29 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM was received."""
+
+
+class _Pending:
+    """The interrupt raised for the stop signal, until a handler takes it."""
+    interrupt: KeyboardInterrupt | None = None
+
+
+def _raise(signum: int):
+    _Pending.interrupt = _interrupt(signum)
+    raise _Pending.interrupt
+
+
+def take(interrupt: KeyboardInterrupt) -> None:
+    """Mark ``interrupt`` as handled: the caller stops the work and finalizes the outputs itself."""
+    if _Pending.interrupt is interrupt:
+        _Pending.interrupt = None
+
+
+def raise_pending() -> None:
+    """Raise the stop signal's interrupt again if no handler has taken it (it was swallowed on its way)."""
+    interrupt, _Pending.interrupt = _Pending.interrupt, None
+    if interrupt is not None:
+        raise interrupt
 
 
 class _Hold:
@@ -59,7 +87,7 @@ def _interrupt_once(signum: int, frame) -> None:
     if _Hold.active:
         _Hold.signum = signum
         return
-    raise _interrupt(signum)
+    _raise(signum)
 
 
 @contextlib.contextmanager
@@ -76,7 +104,7 @@ def signals_held() -> Iterator[None]:
         _Hold.active = False  # first: a signal from here on raises at once, one before it is read below
         signum, _Hold.signum = _Hold.signum, None
         if signum is not None:
-            raise _interrupt(signum)
+            _raise(signum)
 
 
 @contextlib.contextmanager
@@ -92,8 +120,12 @@ def stop_signals() -> Iterator[None]:
     previous = {stop_signal: signal.getsignal(stop_signal) for stop_signal in STOP_SIGNALS}
     for stop_signal in STOP_SIGNALS:
         signal.signal(stop_signal, _interrupt_once)
+    _Pending.interrupt = None
     try:
         yield
+    except KeyboardInterrupt as interrupt:
+        take(interrupt)  # it reached the command's edge: whoever catches it there ends the command
+        raise
     finally:
         interrupted = any(signal.getsignal(stop_signal) is not _interrupt_once for stop_signal in STOP_SIGNALS)
         for stop_signal, handler in previous.items():

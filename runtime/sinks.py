@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from .errors import OffsegError
+from .interrupts import raise_pending
 from .output_policy import check_writable_folder
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def atomic_output(path: str | os.PathLike, folder: bool = False, size: int | Non
         else:
             tmp = unique_temp(path)
         yield tmp
+        raise_pending()  # a stop signal that was swallowed on its way: this output must not look finished
         os.replace(tmp, path)
         if holder is not None:
             holder.rmdir()

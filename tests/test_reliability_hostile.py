@@ -97,10 +97,10 @@ def test_an_export_from_a_checkpoint_with_integer_class_names_is_one_sentence(tm
     import torch
 
     from export.cli import main as export_main
-    from offseg.checkpoint import save_checkpoint
+    from offseg.checkpoint import read_file, save_checkpoint
     from offseg.zoo import build_model
     checkpoint = save_checkpoint(build_model("offseg-t", 3), tmp_path / "t.pth", "offseg-t")
-    content = torch.load(checkpoint, weights_only=True)
+    content = read_file(checkpoint)
     torch.save({**content, "classes": [0, 1, 2]}, checkpoint)
     assert export_main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "t.onnx")]) == 2
     err = capsys.readouterr().err

@@ -196,6 +196,33 @@ def test_sigterm_during_export_leaves_no_partial_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the discarded exception
+def test_a_stop_signal_swallowed_on_its_way_still_ends_the_command(signal_handlers, tmp_path, capsys):
+    """SIGTERM arriving in a weakref callback (Python discards exceptions there; seen in onnxslim during an export,
+    which then wrote its file and exited 0): the output is not given its name and the command ends with 143."""
+    import argparse
+    import weakref
+
+    from runtime.console import run
+    from runtime.sinks import atomic_output
+    out = tmp_path / "m.onnx"
+
+    def command(args):
+        class Graph:
+            pass
+        graph = Graph()
+        watcher = weakref.ref(graph, lambda ref: os.kill(os.getpid(), signal.SIGTERM))
+        del graph  # the callback runs, the signal's exception is raised in it and discarded
+        assert watcher() is None
+        with atomic_output(out) as tmp:
+            tmp.write_text("a whole file")
+        return 0
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--debug", action="store_true")
+    assert run(command, parser, []) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
 def test_concurrent_writers_of_one_file_never_mix_and_the_last_wins(tmp_path):
     target = tmp_path / "model.onnx"
     with atomic_output(target) as first, atomic_output(target) as second:
