@@ -116,10 +116,12 @@ class DeployModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         options = self.options
-        if options.input_layout == "nhwc":  # the graph's first node: a Transpose TensorRT folds into a reformat
+        if options.input_format != "normalized":
+            images = images.float()  # first: TensorRT's parser refuses a Transpose of a UINT8 tensor (measured)
+        if options.input_layout == "nhwc":  # the first node (after that Cast): TensorRT folds it into a reformat
             images = images.permute(0, 3, 1, 2)
         if options.input_format != "normalized":
-            images = (images.float() - self.mean) / self.std
+            images = (images - self.mean) / self.std
         logits = self.head(self.backbone(images))
         if options.output_kind == "labels":
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
