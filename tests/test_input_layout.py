@@ -120,9 +120,9 @@ def _forge(path, **props):
 
 @pytest.mark.parametrize("graph_layout, props, message", [
     ("nchw", {"input_layout": "nhwc", "input_format": "float32 normalized RGB NHWC"},
-     "says its input is nhwc ((N, H, W, 3)) but its graph takes [1, 3, 64, 96]"),
+     "says its input is nhwc (N, H, W, 3) but its graph takes [1, 3, 64, 96]"),
     ("nhwc", {"input_layout": "nchw", "input_format": "float32 normalized RGB NCHW"},
-     "says its input is nchw ((N, 3, H, W)) but its graph takes [1, 64, 96, 3]"),
+     "says its input is nchw (N, 3, H, W) but its graph takes [1, 64, 96, 3]"),
     ("nchw", {"input_layout": "nhwc"}, "offseg.input_format 'float32 normalized RGB NCHW' contradicts "
                                        "offseg.input_layout 'nhwc'"),
     ("nhwc", {"input_layout": "hwc"}, "offseg.input_layout 'hwc' is not one of nchw, nhwc"),

@@ -63,7 +63,7 @@ class ModelInfo:
         if len(dims) != 4 or dims[3 if nhwc_input else 1] != 3:
             shown = [d if d is not None else "?" for d in dims]
             raise OffsegError(f"{source} says its input is {self.input_layout} "
-                              f"({'(N, H, W, 3)' if nhwc_input else '(N, 3, H, W)'}) but its graph takes {shown}")
+                              f"{'(N, H, W, 3)' if nhwc_input else '(N, 3, H, W)'} but its graph takes {shown}")
         spatial = dims[1:3] if nhwc_input else dims[2:]
         graph_size = None if None in spatial else tuple(spatial)
         if self.input_size is not None and graph_size is not None and self.input_size != graph_size:
