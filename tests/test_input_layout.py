@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 
+from calibration.cli import validate_main
 from calibration.nvinfer import NvinferConfig, preprocess
 from calibration.quantize import QuantOptions, quantize_file
 from calibration.validate import engine_infer
@@ -39,7 +40,7 @@ def exports(tmp_path_factory):
         paths[layout] = folder / f"{layout}.onnx"
         assert export_main(["--checkpoint", str(checkpoint), "--input-size", *map(str, SIZE), "--no-check",
                             "--output", str(paths[layout]), *UINT8_INT32, *extra]) == 0
-    return paths
+    return {**paths, "checkpoint": checkpoint}
 
 
 def _images(folder):
@@ -62,7 +63,8 @@ def test_an_nhwc_uint8_export_gives_offseg_run_the_labels_of_the_nchw_export(exp
     assert (meta["offseg.input_layout"], meta["offseg.input_format"]) == ("nhwc", "uint8 RGB NHWC")
     images = _images(tmp_path / "images")
     masks = {}
-    for layout, path in exports.items():
+    for layout in ("nchw", "nhwc"):
+        path = exports[layout]
         out = tmp_path / f"masks-{layout}"
         assert run_main(["--engine", str(path), "--images", str(images), "--save-masks", str(out),
                          "--no-progress"]) == 0
@@ -90,6 +92,18 @@ def test_tensorrt_rtx_builds_a_dynamic_nhwc_graph_with_an_nhwc_profile(tmp_path)
     assert export_main(["--onnx", str(path), "--format", "engine", "--trt-module", "tensorrt_rtx",
                         "--min-size", "64", "64", "--opt-size", "128", "128", "--max-size", "256", "256"]) == 0
     assert tmp_path.joinpath("tiny.fp32.plan").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_an_nhwc_deepstream_package_passes_offseg_validate_through_the_emulated_nvinfer(exports, tmp_path):
+    package, report = tmp_path / "package", tmp_path / "report"
+    assert export_main(["--checkpoint", str(exports["checkpoint"]), "--input-size", *map(str, SIZE), "--format",
+                        "deepstream", "--input-layout", "nhwc", "--output", str(package), "--no-check"]) == 0
+    assert "network-input-order=1\n" in (package / CONFIG).read_text()
+    assert validate_main(["--deepstream", str(package), "--checkpoint", str(exports["checkpoint"]),
+                          "--eval-images", "2", "--report", str(report)]) == 0
+    summary = json.loads((report / "report.json").read_text())["summary"]
+    assert abs(summary["miou_delta"]) <= 0.1 and summary["pixel_agreement"] > 99
 
 
 def test_profile_shapes_follow_the_input_layout():
