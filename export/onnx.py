@@ -1,6 +1,6 @@
 """OffSeg -> ONNX: torch's dynamo exporter, constant folding, onnxslim, the offset-learning head as one unit.
 
-Steps (each a small function): wrap the model for deployment (optional uint8 input with normalization in the
+Steps (each a small function): wrap the model for deployment (optional uint8 or NHWC input, normalization in the
 graph, fused offset-learning head, optional labels output), export, fold constants (onnxscript's folder, which
 keeps torch's module scopes), name the head's nodes under one scope, simplify with onnxslim, turn the scoped
 nodes into an ONNX local function ``offseg.OffsetLearning`` (unless inlined), add metadata, run the full
@@ -118,7 +118,7 @@ class DeployModel(nn.Module):
         options = self.options
         if options.input_format != "normalized":
             images = images.float()  # first: TensorRT's parser refuses a Transpose of a UINT8 tensor (measured)
-        if options.input_layout == "nhwc":  # the first node (after that Cast): TensorRT folds it into a reformat
+        if options.input_layout == "nhwc":  # the first node (after that Cast): a reformat to TensorRT
             images = images.permute(0, 3, 1, 2)
         if options.input_format != "normalized":
             images = (images - self.mean) / self.std

@@ -21,7 +21,7 @@ CV_MAX_CHANNELS = 512  # cv2.resize handles at most this many channels at once
 INPUT_FORMATS = {"normalized": "float32 normalized RGB NCHW", "uint8-rgb": "uint8 RGB NCHW",
                  "float-rgb-0-255": "float32 RGB 0-255 NCHW"}
 # The graph input's layout (``offseg.input_layout``): (N, 3, H, W), or (N, H, W, 3) as cameras and decoders hand
-# frames over (the graph's first node transposes it; TensorRT folds that into the first convolution's reformat).
+# frames over (the graph transposes it first, after the Cast to float of a uint8 input: a layout reformat to TensorRT).
 INPUT_LAYOUTS = ("nchw", "nhwc")
 
 
