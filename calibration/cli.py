@@ -19,7 +19,7 @@ FP16_FILES = ("fp16_safety.json", "fp16_safety.md")  # what offseg-fp16-check wr
 def _calibrate(args: argparse.Namespace) -> int:
     import onnx
 
-    from .files import load_onnx
+    from .files import load_onnx, model_info, read_metadata
     from .precision import DEFAULT_PINS, PinRule
     from .trt_support import unsupported
 
@@ -40,10 +40,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.exclude_worst and not args.sensitivity:
         raise OffsegError("--exclude-worst needs --sensitivity")
     if args.sensitivity:
-        meta = {p.key: p.value for p in model.metadata_props}
-        uint8 = model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        meta, info = read_metadata(model), model_info(model, args.onnx)
         val = calibration_inputs(args.sensitivity_data or args.calib_data, args.sensitivity_images,
-                                 input_size_for_calibration(meta, model), uint8)
+                                 input_size_for_calibration(meta, model), info.input_format, info.input_layout)
         results = sweep(args.onnx, args.calib_data, val, options, args.group_depth, progress=not args.debug)
         print(f"INT8 sensitivity ({len(val)} images; mIoU of the labels vs FP32 with only that group in INT8):")
         for item in results:
@@ -217,7 +216,7 @@ def _fp16_check(args: argparse.Namespace) -> int:
     height, width = args.input_size
     check_input_size(height, width)
     model, name = build_from_checkpoint(args.checkpoint, args.model)
-    inputs = calibration_inputs(args.calib_data, args.calib_images, (height, width), uint8_input=False)
+    inputs = calibration_inputs(args.calib_data, args.calib_images, (height, width))
     form = freqfusion_form_for(args.freqfusion_form, "engine")  # auto: what engines get
     report = check_fp16(model, inputs, args.tolerance or DEFAULT_TOLERANCE, progress=not args.debug,
                         freqfusion_form=form)

@@ -44,6 +44,21 @@ def read_metadata(model) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def graph_shape(value) -> list[int | None]:
+    """The dims of an ONNX graph input or output (None where symbolic)."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+
+def model_info(model, source: str | os.PathLike):
+    """The runtime's ModelInfo of an exported ONNX model: its metadata, checked against its graph (input format
+    and layout say what calibration images must become)."""
+    from runtime.backends import ModelInfo
+
+    info = ModelInfo.from_metadata(read_metadata(model), str(source))
+    info.check_graph(graph_shape(model.graph.input[0]), graph_shape(model.graph.output[0]), str(source))
+    return info
+
+
 def save_checked(proto, meta: dict[str, str], path: Path) -> None:
     """Set the metadata, run the full ONNX checker and write atomically."""
     onnx.helper.set_model_props(proto, meta)

@@ -8,7 +8,8 @@ The rules follow DeepStream's public sources:
   way round when that is too tall), padded black at right/bottom, or on both sides with ``symmetric-padding=1``
   (``(net - scaled) // 2`` at left/top); ``scaling-filter`` picks the scaler (``NvBufSurfTransform_Inter``).
 - ``nvdsinfer_conversion.cu``: planar float ``y[k] = net-scale-factor * (x[k] - offsets[k])`` for network channel
-  ``k`` (``model-color-format`` 0 RGB, 1 BGR), in float32.
+  ``k`` (``model-color-format`` 0 RGB, 1 BGR), in float32; interleaved (NHWC) with ``network-input-order=1``
+  (``nvdsinfer_context_impl.cpp`` picks ``NvDsInferConvert_C3ToL3Float``; ``infer-dims`` stay ``3;H;W``).
 - ``nvdsinfer_context_impl_output_parsing.cpp`` ``fillSegmentationOutput`` (``network-type=2``): each pixel starts
   at class -1 and maximum -1; class ``c`` replaces them only if its value is above the running maximum and above
   ``segmentation-threshold`` (float32 comparisons, so ties keep the first class). ``network-type=100`` attaches
@@ -31,7 +32,7 @@ import numpy as np
 
 from runtime.backends import open_backend
 from runtime.errors import OffsegError
-from runtime.preprocess import FrameTooSmall, fit_frame, logits_to_labels, normalize_bgr
+from runtime.preprocess import FrameTooSmall, fit_frame, in_layout, logits_to_labels, normalize_bgr
 
 CONFIG = "config_infer_primary_offseg.txt"  # the name offseg-export --format deepstream writes
 # NvBufSurfTransform_Inter -> the OpenCV scaler standing in for it (GPU meaning; 5 is "ignored" on the GPU)
@@ -142,6 +143,7 @@ class NvinferConfig:
     output_name: str | None  # first of output-blob-names (None: the graph's first output)
     segmentation_threshold: float
     nhwc: bool  # segmentation-output-order 1
+    nhwc_input: bool = False  # network-input-order 1: interleaved float input
 
     @classmethod
     def read(cls, path: Path) -> NvinferConfig:
@@ -156,11 +158,11 @@ class NvinferConfig:
         if "property" not in groups:
             raise OffsegError(f"{path} has no [property] group, so nvinfer reads nothing from it")
         props = _Properties(groups["property"], path)
-        unsupported = [key for key, off in (("input-tensor-meta", "0"), ("mean-file", ""), ("process-mode", "1"),
-                                            ("network-input-order", "0")) if groups["property"].get(key, off) != off]
+        unsupported = [key for key, off in (("input-tensor-meta", "0"), ("mean-file", ""), ("process-mode", "1"))
+                       if groups["property"].get(key, off) != off]
         if unsupported:
             raise OffsegError(f"{path} sets {', '.join(unsupported)}: the nvinfer emulation covers full-frame "
-                              "primary inference on NCHW inputs with offsets, nothing else")
+                              "primary inference with offsets, nothing else")
         dims = props.items("infer-dims")
         if len(dims) != 3 or not all(re.fullmatch(r"[0-9]+", d) and int(d) > 0 for d in dims) or dims[0] != "3":
             raise OffsegError(f"{path}: infer-dims={props.values['infer-dims']!r} is not 3;H;W")
@@ -180,7 +182,8 @@ class NvinferConfig:
                    output_name=names[0] if names else None,
                    segmentation_threshold=props.number("segmentation-threshold")
                    if network_type == SEGMENTATION else 0.0,
-                   nhwc=props.choice("segmentation-output-order", 0, (0, 1), "0 NCHW, 1 NHWC") == 1)
+                   nhwc=props.choice("segmentation-output-order", 0, (0, 1), "0 NCHW, 1 NHWC") == 1,
+                   nhwc_input=props.choice("network-input-order", 0, (0, 1), "0 NCHW, 1 NHWC") == 1)
 
     def describe(self) -> str:
         padding = "both sides" if self.symmetric_padding else "right/bottom"
@@ -218,7 +221,8 @@ def placement(frame_size: tuple[int, int], config: NvinferConfig) -> Placement:
 
 
 def preprocess(frame_bgr: np.ndarray, config: NvinferConfig) -> tuple[np.ndarray, Placement]:
-    """A uint8 BGR frame -> ((1, 3, H, W) float32 network input, its Placement), as nvinfer computes it."""
+    """A uint8 BGR frame -> ((1, 3, H, W) float32 network input, or (1, H, W, 3) with ``network-input-order=1``;
+    its Placement), as nvinfer computes it."""
     place = placement(frame_bgr.shape[:2], config)
     source = np.ascontiguousarray(frame_bgr[:place.source[0], :place.source[1]])
     scaled = cv2.resize(source, place.size[::-1], interpolation=SCALING_FILTERS[config.scaling_filter])
@@ -226,7 +230,8 @@ def preprocess(frame_bgr: np.ndarray, config: NvinferConfig) -> tuple[np.ndarray
     canvas[place.top:place.top + place.size[0], place.left:place.left + place.size[1]] = scaled
     planar = (canvas if config.bgr else canvas[:, :, ::-1]).transpose(2, 0, 1).astype(np.float32)
     offsets = np.asarray(config.offsets, np.float32)[:, None, None]
-    return (np.float32(config.net_scale_factor) * (planar - offsets))[None], place
+    network_input = (np.float32(config.net_scale_factor) * (planar - offsets))[None]
+    return in_layout(network_input, "nhwc" if config.nhwc_input else "nchw"), place
 
 
 def parse_segmentation(scores: np.ndarray, threshold: float, nhwc: bool = False) -> np.ndarray:
@@ -268,7 +273,12 @@ class NvinferEmulation:
             raise OffsegError(f"{config.path}: output-blob-names {name} is not an output of {config.onnx_file.name} "
                               f"({', '.join(names)})")
         self.output_name, shape = name, outputs[names.index(name)].shape
-        graph_size = tuple(self.backend.session.get_inputs()[0].shape[2:])
+        order = "nhwc" if config.nhwc_input else "nchw"
+        if self.info.input_layout != order:
+            raise OffsegError(f"{config.path}: network-input-order={int(config.nhwc_input)} ({order}) but "
+                              f"{config.onnx_file.name} takes {self.info.input_layout} input")
+        graph_shape = self.backend.session.get_inputs()[0].shape
+        graph_size = tuple(graph_shape[1:3] if config.nhwc_input else graph_shape[2:])
         if graph_size != config.input_size:
             raise OffsegError(f"{config.path}: infer-dims {config.input_size} but {config.onnx_file.name} takes "
                               f"{graph_size}")

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx.inliner
 
-from .files import FUNCTION_DOMAIN, file_sha256, is_derived_from, load_onnx, read_metadata, save_checked
+from .files import FUNCTION_DOMAIN, file_sha256, is_derived_from, load_onnx, model_info, read_metadata, save_checked
 from .graph import extract_function
 from .precision import DEFAULT_PINS, HEAD_SCOPE, PinRule, pinned_nodes
 from runtime.errors import OffsegError
@@ -197,9 +197,9 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
     key = ranges_key(source, options.method, options.op_types, input_size)
     if cached:
         check_ranges(options.cache, key)
-    inputs = [] if cached else calibration_inputs(
-        calib_data, options.samples, input_size,
-        uint8_input=flat.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8)
+    info = model_info(flat, source)
+    inputs = [] if cached else calibration_inputs(calib_data, options.samples, input_size, info.input_format,
+                                                  info.input_layout)
     tensorrt = options.target == "tensorrt"
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False} if tensorrt else {}
     with tempfile.TemporaryDirectory(prefix="offseg-int8-") as folder:

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import OffsegError
-from runtime.preprocess import MEAN_RGB, STD_RGB, normalize_bgr
+from runtime.preprocess import MEAN_RGB, STD_RGB, to_model_input
 from runtime.sources import IMAGE_SUFFIXES, read_image
 
 SYNTHETIC = "synthetic"
@@ -96,15 +96,14 @@ def calibration_images(source: str | Path, count: int, seed: int = 0) -> Iterato
         yield from _video_frames(files[0], count)
 
 
-def calibration_inputs(source: str | Path, count: int, size: tuple[int, int], uint8_input: bool) -> list[np.ndarray]:
-    """Model inputs (1, 3, H, W) at ``size``: normalized float32, or uint8 RGB for graphs that normalize inside."""
+def calibration_inputs(source: str | Path, count: int, size: tuple[int, int], input_format: str = "normalized",
+                       input_layout: str = "nchw") -> list[np.ndarray]:
+    """Model inputs (1, 3, H, W) at ``size`` in the graph's ``input_format`` (a key of runtime.preprocess's
+    INPUT_FORMATS), or (1, H, W, 3) for an ``input_layout`` nhwc graph: what offseg-run feeds it."""
     inputs = []
     for image in calibration_images(source, count):
         resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-        if uint8_input:
-            inputs.append(np.ascontiguousarray(resized[:, :, ::-1].transpose(2, 0, 1)[None]))
-        else:
-            inputs.append(normalize_bgr(resized))
+        inputs.append(to_model_input([resized], input_format, input_layout))
     if not inputs:
         raise OffsegError(f"no calibration images could be read from {source}")
     return inputs

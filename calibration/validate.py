@@ -19,7 +19,7 @@ import numpy as np
 from offseg.protocol import Infer, TestProtocol, fixed_size, protocol_logits
 from runtime.backends import ModelInfo
 from runtime.metrics import ConfusionMatrix
-from runtime.preprocess import MEAN_RGB, STD_RGB
+from runtime.preprocess import MEAN_RGB, STD_RGB, in_layout
 
 
 def uint8_input(infer: Infer) -> Infer:
@@ -53,11 +53,12 @@ def at_input_size(infer: Infer, input_size: tuple[int, int] | None, protocol: Te
 
 
 def engine_infer(infer: Infer, info: ModelInfo, protocol: TestProtocol) -> Infer:
-    """An exported model's ``infer`` adapted to the protocol's normalized inputs of any size and to (1, K, h, w)
-    scores (logits, probabilities, or one-hot labels)."""
-    planar = info.planar
-    adapted = {"normalized": lambda x: planar(infer(x)), "uint8-rgb": uint8_input(lambda x: planar(infer(x))),
-               "float-rgb-0-255": pixel_input(lambda x: planar(infer(x)))}[info.input_format]
+    """An exported model's ``infer`` adapted to the protocol's normalized NCHW inputs of any size (converted to the
+    model's input format and layout) and to (1, K, h, w) scores (logits, probabilities, or one-hot labels)."""
+    def run(x: np.ndarray) -> np.ndarray:
+        return info.planar(infer(in_layout(x, info.input_layout)))
+
+    adapted = {"normalized": run, "uint8-rgb": uint8_input(run), "float-rgb-0-255": pixel_input(run)}[info.input_format]
     if info.output_kind == "labels":
         adapted = one_hot_labels(adapted, info.num_classes)
     return at_input_size(adapted, info.input_size, protocol)

@@ -15,7 +15,7 @@ from runtime.backends import LABEL_DTYPES, LAYOUTS, OUTPUT_KINDS
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 from runtime.output_policy import Output, add_input, add_output
-from runtime.preprocess import INPUT_FORMATS
+from runtime.preprocess import INPUT_FORMATS, INPUT_LAYOUTS
 
 from offseg.names import FREQFUSION_CHOICES, MODEL_NAMES, freqfusion_form_for
 
@@ -44,7 +44,8 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
     from .parity import onnx_parity
 
     options = OnnxOptions(input_size=tuple(args.input_size), dynamic=args.dynamic, opset=args.opset,
-                          input_format=args.input_format, output_kind=args.output_kind,
+                          input_format=args.input_format, input_layout=args.input_layout,
+                          output_kind=args.output_kind,
                           label_dtype=args.label_dtype, output_layout=args.layout,
                           fused_head=not args.unfused_head, head_as_function=not args.inline_head,
                           freqfusion_form=freqfusion_form_for(args.freqfusion_form, _target(args)))
@@ -185,7 +186,7 @@ def _deepstream(args: argparse.Namespace) -> int:
     name = args.model or "offseg-t"
     folder = _package_folder(args)
     check_model(ModelInfo(name, 1, tuple(args.input_size) if not args.dynamic else None, args.input_format,
-                          args.output_kind))
+                          args.output_kind, input_layout=args.input_layout))
     with atomic_folder(folder) as tmp:
         meta = _export_torch(args, tmp / f"{name}.onnx")
         written = write_package(tmp, ModelInfo.from_metadata(meta), f"{name}.onnx", args.fp16)
@@ -337,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "float-rgb-0-255: float32 RGB pixels 0-255 NCHW (what DeepStream's nvinfer feeds), "
                                  "both with mean/std inside the graph (default normalized; float-rgb-0-255 for "
                                  "--format deepstream)")
+    onnx_group.add_argument("--input-layout", choices=INPUT_LAYOUTS, default="nchw",
+                            help="input layout: nchw (N, 3, H, W), or nhwc (N, H, W, 3): frames as cameras and "
+                                 "decoders give them, transposed by the graph's first node (default nchw)")
     onnx_group.add_argument("--fold-normalization", action="store_const", const="uint8-rgb", dest="input_format",
                             help=argparse.SUPPRESS)  # the earlier name of --input-format uint8-rgb
     onnx_group.add_argument("--output-kind", choices=OUTPUT_KINDS,

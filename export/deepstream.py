@@ -1,5 +1,7 @@
 """A DeepStream package: the nvinfer config as DeepStream reads it (GLib key file, and its YAML twin), labels.txt
-and a gst-launch-1.0 line with nvsegvisual, for an export whose input is float RGB 0-255 (what nvinfer feeds).
+and a gst-launch-1.0 line with nvsegvisual, for an export whose input is float RGB 0-255 (what nvinfer feeds),
+planar (NCHW) or interleaved (NHWC: ``network-input-order=1``, nvinfer's ``NvDsInferConvert_C3ToL3Float``; its
+``infer-dims`` stay ``3;H;W``, which nvinfer reorders to H;W;3 for an NHWC input in ``checkBackendParams``).
 
 nvinfer computes ``y = net-scale-factor * (x - offsets)`` with one scale for all channels, so ImageNet's
 per-channel std only fits inside the graph: ``net-scale-factor=1`` and ``offsets=0;0;0`` are then exact. Its
@@ -18,7 +20,7 @@ from runtime.errors import OffsegError
 YAML_CONFIG = "config_infer_primary_offseg.yml"
 PIPELINE = "pipeline.sh"
 HEADER = """# nvinfer config written by offseg-export for {model} ({classes} classes, input {h}x{w}).
-# The graph takes float RGB 0-255 planar and normalizes inside: net-scale-factor=1 and offsets=0 are exact.
+# The graph takes float RGB 0-255 ({layout}) and normalizes inside: net-scale-factor=1 and offsets=0 are exact.
 # model-engine-file: build it on the device with our FP32 pins kept (offseg-export --onnx {onnx} --format engine
 # {fp16flag}); without it nvinfer builds onnx-file itself, and that engine loses our FP32 pins.
 """
@@ -43,7 +45,8 @@ def nvinfer_properties(info: ModelInfo, onnx_name: str, fp16: bool) -> dict[str,
         "gpu-id": "0", "gie-unique-id": "1", "process-mode": "1", "interval": "0", "batch-size": "1",
         "onnx-file": onnx_name, "model-engine-file": Path(onnx_name).stem + (".fp16.plan" if fp16 else ".fp32.plan"),
         "labelfile-path": "labels.txt", "network-mode": "2" if fp16 else "0",  # 0 FP32, 2 FP16
-        "infer-dims": f"3;{h};{w}", "network-input-order": "0",  # NCHW
+        "infer-dims": f"3;{h};{w}",  # C;H;W for either input order
+        "network-input-order": "1" if info.input_layout == "nhwc" else "0",  # 0 NCHW, 1 NHWC
         "model-color-format": "0",  # RGB
         "net-scale-factor": "1.0", "offsets": "0;0;0",
         "maintain-aspect-ratio": "1", "symmetric-padding": "0",  # offseg-run's letterbox: scaled, padded bottom/right
@@ -91,7 +94,8 @@ def write_package(folder: Path, info: ModelInfo, onnx_name: str, fp16: bool) -> 
     """Write the config, its YAML twin, labels.txt and pipeline.sh into ``folder``; returns the names written."""
     check_model(info)
     h, w = info.input_size
-    header = HEADER.format(model=info.name, classes=info.num_classes, h=h, w=w, onnx=onnx_name,
+    layout = "interleaved NHWC" if info.input_layout == "nhwc" else "planar NCHW"
+    header = HEADER.format(model=info.name, classes=info.num_classes, h=h, w=w, onnx=onnx_name, layout=layout,
                            fp16flag="--fp16" if fp16 else "")
     props = nvinfer_properties(info, onnx_name, fp16)
     names = info.classes or tuple(f"class{i}" for i in range(info.num_classes))

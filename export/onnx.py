@@ -1,6 +1,6 @@
 """OffSeg -> ONNX: torch's dynamo exporter, constant folding, onnxslim, the offset-learning head as one unit.
 
-Steps (each a small function): wrap the model for deployment (optional uint8 input with normalization in the
+Steps (each a small function): wrap the model for deployment (optional uint8 or NHWC input, normalization in the
 graph, fused offset-learning head, optional labels output), export, fold constants (onnxscript's folder, which
 keeps torch's module scopes), name the head's nodes under one scope, simplify with onnxslim, turn the scoped
 nodes into an ONNX local function ``offseg.OffsetLearning`` (unless inlined), add metadata, run the full
@@ -22,7 +22,7 @@ from torch import nn
 from runtime.errors import OffsegError
 from offseg.names import FREQFUSION_FORMS
 from runtime.backends import LABEL_DTYPES, LAYOUTS, OUTPUT_KINDS
-from runtime.preprocess import INPUT_FORMATS, MEAN_RGB, SIZE_DIVISOR, STD_RGB
+from runtime.preprocess import INPUT_FORMATS, INPUT_LAYOUTS, MEAN_RGB, SIZE_DIVISOR, STD_RGB, input_format_text
 
 from calibration.files import FUNCTION_DOMAIN, file_sha256, save_checked
 from calibration.graph import extract_function, rename_scope
@@ -44,6 +44,7 @@ class OnnxOptions:
     dynamic: bool = False
     opset: int = DEFAULT_OPSET
     input_format: str = "normalized"  # a key of runtime.preprocess.INPUT_FORMATS
+    input_layout: str = "nchw"  # nhwc: (N, H, W, 3) in, transposed to NCHW by the graph's first node
     output_kind: str = "logits"  # logits, labels (argmax at the input size) or probs (softmax of the logits)
     label_dtype: str = "auto"  # labels: uint8, int32, or auto (uint8 when the classes fit)
     output_layout: str = "nchw"
@@ -56,6 +57,7 @@ class OnnxOptions:
         from runtime.limits import check_input_size
         check_input_size(*self.input_size, "input size")
         for name, value, choices in (("input format", self.input_format, tuple(INPUT_FORMATS)),
+                                     ("input layout", self.input_layout, INPUT_LAYOUTS),
                                      ("output kind", self.output_kind, OUTPUT_KINDS),
                                      ("label dtype", self.label_dtype, ("auto", *LABEL_DTYPES)),
                                      ("layout", self.output_layout, LAYOUTS)):
@@ -93,7 +95,7 @@ class FusedOffsetLearning(nn.Module):
 
 
 class DeployModel(nn.Module):
-    """The model as deployed: NCHW RGB in (normalized, or uint8 / float 0-255 with mean/std in the graph);
+    """The model as deployed: RGB in, NCHW or NHWC (normalized, or uint8 / float 0-255 with mean/std in the graph);
     logits, probabilities or labels out, NCHW or NHWC."""
 
     def __init__(self, model: nn.Module, options: OnnxOptions):
@@ -114,7 +116,11 @@ class DeployModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         options = self.options
         if options.input_format != "normalized":
-            images = (images.float() - self.mean) / self.std
+            images = images.float()  # first: TensorRT's parser refuses a Transpose of a UINT8 tensor (measured)
+        if options.input_layout == "nhwc":  # the first node (after that Cast): a reformat to TensorRT
+            images = images.permute(0, 3, 1, 2)
+        if options.input_format != "normalized":
+            images = (images - self.mean) / self.std
         logits = self.head(self.backbone(images))
         if options.output_kind == "labels":
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
@@ -134,15 +140,20 @@ def label_dtype(num_classes: int, requested: str = "auto") -> torch.dtype:
     return {"uint8": torch.uint8, "int32": torch.int32}[requested]
 
 
+def input_shape(options: OnnxOptions, batch: int) -> tuple[int, int, int, int]:
+    """The graph input's shape at the export size: (N, 3, H, W), or (N, H, W, 3) for an nhwc input."""
+    h, w = options.input_size
+    return (batch, h, w, 3) if options.input_layout == "nhwc" else (batch, 3, h, w)
+
+
 def example_input(options: OnnxOptions) -> torch.Tensor:
     """Batch 2 for dynamic exports: torch.export specializes a batch of 1 to a constant."""
-    h, w = options.input_size
-    batch = 2 if options.dynamic else options.batch
+    shape = input_shape(options, 2 if options.dynamic else options.batch)
     if options.input_format == "uint8-rgb":
-        return torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8)
+        return torch.randint(0, 256, shape, dtype=torch.uint8)
     if options.input_format == "float-rgb-0-255":
-        return torch.randint(0, 256, (batch, 3, h, w)).float()
-    return torch.randn(batch, 3, h, w)
+        return torch.randint(0, 256, shape).float()
+    return torch.randn(shape)
 
 
 def dynamic_shapes(options: OnnxOptions) -> dict | None:
@@ -152,7 +163,8 @@ def dynamic_shapes(options: OnnxOptions) -> dict | None:
     batch = torch.export.Dim("batch", min=1, max=64)
     rows = torch.export.Dim("rows32", min=2, max=128)
     cols = torch.export.Dim("cols32", min=2, max=128)
-    return {"images": {0: batch, 2: SIZE_DIVISOR * rows, 3: SIZE_DIVISOR * cols}}
+    first = 1 if options.input_layout == "nhwc" else 2  # the axis of the height
+    return {"images": {0: batch, first: SIZE_DIVISOR * rows, first + 1: SIZE_DIVISOR * cols}}
 
 
 def trace(model: DeployModel, options: OnnxOptions):
@@ -232,7 +244,8 @@ def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint
         "offseg.model": model_name,
         "offseg.num_classes": str(num_classes),
         "offseg.input_size": "dynamic" if options.dynamic else f"{h} {w}",
-        "offseg.input_format": INPUT_FORMATS[options.input_format],
+        "offseg.input_format": input_format_text(options.input_format, options.input_layout),
+        "offseg.input_layout": options.input_layout,
         "offseg.mean_rgb": " ".join(map(str, MEAN_RGB)),
         "offseg.std_rgb": " ".join(map(str, STD_RGB)),
         "offseg.output_kind": options.output_kind,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .onnx import DeployModel, OnnxOptions
+from .onnx import DeployModel, OnnxOptions, input_shape
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Parity:
 
 def example_images(options: OnnxOptions, seed: int = 0) -> np.ndarray:
     """A deterministic batch at the export size in the graph's input format."""
-    shape = (1 if options.dynamic else options.batch, 3, *options.input_size)
+    shape = input_shape(options, 1 if options.dynamic else options.batch)
     rng = np.random.default_rng(seed)
     if options.input_format == "uint8-rgb":
         return rng.integers(0, 256, shape, dtype=np.uint8)

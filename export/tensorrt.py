@@ -130,16 +130,22 @@ def plan_build(options: EngineOptions, caps: TrtCapabilities, dynamic: bool) -> 
     return BuildPlan(precision, True, tuple(flags), False, None, tuple(notes), options.tf32)
 
 
-def profile_shapes(input_shape: list[int | str], options: EngineOptions) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """(min, opt, max) shapes of an NCHW input whose batch/H/W may be symbolic; empty when all are fixed."""
+def profile_shapes(input_shape: list[int | str], options: EngineOptions,
+                   input_layout: str = "nchw") -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) shapes of an NCHW (or ``input_layout`` nhwc: NHWC) input whose batch/H/W may be symbolic;
+    empty when all are fixed."""
     if all(isinstance(d, int) and d > 0 for d in input_shape):
         return {}
-    n, c, h, w = input_shape
+    if input_layout == "nhwc":
+        n, h, w, c = input_shape
+    else:
+        n, c, h, w = input_shape
     fixed_batch = isinstance(n, int) and n > 0
 
     def shape(batch: int, size: tuple[int, int]) -> tuple[int, ...]:
-        return (n if fixed_batch else batch, c,
-                h if isinstance(h, int) and h > 0 else size[0], w if isinstance(w, int) and w > 0 else size[1])
+        rows, cols = (h if isinstance(h, int) and h > 0 else size[0], w if isinstance(w, int) and w > 0 else size[1])
+        n_out = n if fixed_batch else batch
+        return (n_out, rows, cols, c) if input_layout == "nhwc" else (n_out, c, rows, cols)
 
     low, opt, high = options.shapes
     return {"min": shape(1, low), "opt": shape(1, opt), "max": shape(options.max_batch, high)}
@@ -262,7 +268,7 @@ class TrtBuilder:
         if plan.dla_core is not None:
             config.default_device_type = trt.DeviceType.DLA
             config.DLA_core = plan.dla_core
-        _add_profile(builder, network, config, options)
+        _add_profile(builder, network, config, options, onnx_info.get("offseg.input_layout", "nchw"))
         pinned = _pin_layers(trt, network, pinned_node_names) if plan.pin_layers else []
         cache = _load_timing_cache(config, options.timing_cache)
         start = time.perf_counter()
@@ -303,9 +309,9 @@ def sidecar_info(onnx_info: dict, options: EngineOptions, plan: BuildPlan, caps:
     }
 
 
-def _add_profile(builder, network, config, options: EngineOptions) -> None:
+def _add_profile(builder, network, config, options: EngineOptions, input_layout: str) -> None:
     tensor = network.get_input(0)
-    shapes = profile_shapes([int(d) if d >= 0 else "?" for d in tensor.shape], options)
+    shapes = profile_shapes([int(d) if d >= 0 else "?" for d in tensor.shape], options, input_layout)
     if shapes:
         profile = builder.create_optimization_profile()
         profile.set_shape(tensor.name, shapes["min"], shapes["opt"], shapes["max"])

@@ -113,6 +113,10 @@ class Pipeline:
             kept.append((frame, started))
         return kept, fitted
 
+    def _model_input(self, images: list[np.ndarray]) -> np.ndarray:
+        info = self.backend.info
+        return to_model_input(images, info.input_format, info.input_layout)
+
     def _infer_batch(self, frames: list[tuple[Frame, float]], stats: RunStats) -> list[Result]:
         t0 = time.perf_counter()
         frames, fitted = self._fit(frames, stats)
@@ -125,11 +129,11 @@ class Pipeline:
                                f"the model input for frames of {height}x{width}")
         t1 = time.perf_counter()
         if len(shapes) > 1:  # a dynamic model fed frames of different sizes: run them one by one
-            outputs = [self.backend.infer(to_model_input([im], self.backend.info.input_format)) for im, _ in fitted]
+            outputs = [self.backend.infer(self._model_input([im])) for im, _ in fitted]
             t2 = time.perf_counter()
             labels = [self._labels(o, [g])[0] for o, (_, g) in zip(outputs, fitted)]
         else:
-            outputs = self.backend.infer(to_model_input([im for im, _ in fitted], self.backend.info.input_format))
+            outputs = self.backend.infer(self._model_input([im for im, _ in fitted]))
             t2 = time.perf_counter()
             labels = self._labels(outputs, [g for _, g in fitted])
         t3 = time.perf_counter()

@@ -20,6 +20,14 @@ CV_MAX_CHANNELS = 512  # cv2.resize handles at most this many channels at once
 # graph: uint8 frames, or float32 pixels 0-255 as DeepStream's nvinfer feeds them (net-scale-factor 1, offsets 0).
 INPUT_FORMATS = {"normalized": "float32 normalized RGB NCHW", "uint8-rgb": "uint8 RGB NCHW",
                  "float-rgb-0-255": "float32 RGB 0-255 NCHW"}
+# The graph input's layout (``offseg.input_layout``): (N, 3, H, W), or (N, H, W, 3) as cameras and decoders hand
+# frames over (the graph transposes it first, after the Cast to float of a uint8 input: a layout reformat to TensorRT).
+INPUT_LAYOUTS = ("nchw", "nhwc")
+
+
+def input_format_text(input_format: str, input_layout: str = "nchw") -> str:
+    """The ``offseg.input_format`` metadata value of a graph input: e.g. ``uint8 RGB NHWC``."""
+    return f"{INPUT_FORMATS[input_format].removesuffix(' NCHW')} {input_layout.upper()}"
 
 
 def normalize_bgr(image: np.ndarray) -> np.ndarray:
@@ -87,11 +95,20 @@ def fit_frame(image: np.ndarray, input_size: tuple[int, int] | None, policy: str
     return fitted, Geometry((h, w), target, content)
 
 
-def to_model_input(images: list[np.ndarray], input_format: str = "normalized") -> np.ndarray:
-    """Fitted BGR frames -> one (N, 3, H, W) batch in ``input_format`` (a key of INPUT_FORMATS)."""
+def in_layout(batch: np.ndarray, input_layout: str) -> np.ndarray:
+    """An (N, 3, H, W) batch in ``input_layout``: itself for nchw, (N, H, W, 3) contiguous for nhwc."""
+    return batch if input_layout == "nchw" else np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
+
+
+def to_model_input(images: list[np.ndarray], input_format: str = "normalized",
+                   input_layout: str = "nchw") -> np.ndarray:
+    """Fitted BGR frames -> one batch in ``input_format`` (a key of INPUT_FORMATS): (N, 3, H, W), or (N, H, W, 3)
+    when ``input_layout`` is nhwc (the frames' own layout: RGB pixels are then only stacked, never transposed)."""
     if input_format == "normalized":
-        return np.concatenate([normalize_bgr(im) for im in images])
-    rgb = np.ascontiguousarray(np.stack([im[:, :, ::-1] for im in images]).transpose(0, 3, 1, 2))
+        return in_layout(np.concatenate([normalize_bgr(im) for im in images]), input_layout)
+    rgb = np.stack([im[:, :, ::-1] for im in images])
+    if input_layout == "nchw":
+        rgb = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
     return rgb if input_format == "uint8-rgb" else rgb.astype(np.float32)
 
 

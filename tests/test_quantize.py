@@ -43,7 +43,7 @@ def test_onnxruntime_int8_of_a_graph_with_a_shared_bias_is_valid(tmp_path):
     quantized = onnx.load(str(target))
     onnx.checker.check_model(quantized, full_check=True)  # single static assignment holds
     assert sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node) >= 2
-    x = calibration_inputs("synthetic", 1, (32, 32), uint8_input=False)[0]  # within the calibrated ranges
+    x = calibration_inputs("synthetic", 1, (32, 32))[0]  # within the calibrated ranges
     run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]  # noqa: E731
     fp32, int8 = run(source), run(target)
     assert np.abs(int8 - fp32).mean() < 0.2 * np.abs(fp32).mean()  # a working INT8 graph, not a broken one
@@ -64,7 +64,7 @@ def test_calibration_image_by_image_gives_the_ranges_of_onnxruntime_all_at_once(
 
     class AllAtOnce:
         def __init__(self):
-            self.items = iter([{"images": x} for x in calibration_inputs("synthetic", 3, (32, 32), uint8_input=False)])
+            self.items = iter([{"images": x} for x in calibration_inputs("synthetic", 3, (32, 32))])
 
         def get_next(self):
             return next(self.items, None)
@@ -90,7 +90,7 @@ def test_histogram_calibration_merges_images_into_working_ranges(tmp_path, metho
     source, target = tmp_path / "toy.onnx", tmp_path / "toy.int8.onnx"
     onnx.save(shared_bias_model(), source)
     quantize_file(source, target, "synthetic", QuantOptions(target="onnxruntime", method=method, samples=3))
-    x = calibration_inputs("synthetic", 1, (32, 32), uint8_input=False)[0]
+    x = calibration_inputs("synthetic", 1, (32, 32))[0]
     run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]  # noqa: E731
     fp32, int8 = run(source), run(target)
     assert np.isfinite(int8).all() and np.abs(int8 - fp32).mean() < 0.2 * np.abs(fp32).mean()

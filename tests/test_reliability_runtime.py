@@ -405,6 +405,8 @@ def forged(onnx_model, tmp_path, **props):
     ({"output_kind": "labels"}, "says its output is labels"),
     ({"output_kind": "probs", "output_layout": "nhwc"}, "says 9 classes but its graph outputs 24"),
     ({"input_format": "bgr"}, "offseg.input_format .bgr. is not one of"),
+    ({"input_layout": "nhwc", "input_format": "float32 normalized RGB NHWC"}, "but its graph takes [1, 3, 64, 96]"),
+    ({"input_layout": "nhwc"}, "offseg.input_format 'float32 normalized RGB NCHW' contradicts offseg.input_layout"),
 ])
 def test_forged_onnx_metadata_is_refused_in_one_sentence(onnx_model, tmp_path, props, message):
     from runtime.errors import OffsegError

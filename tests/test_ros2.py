@@ -171,17 +171,32 @@ def test_bag_mistakes_are_one_sentence(tmp_path, capsys, case, message):
 
 
 ROS2_PYTHON = "OFFSEG_ROS2_PYTHON"  # a Python whose environment has rclpy and sensor_msgs (a ROS 2 install)
+ROS2_WHEELS = ("ros-rclpy==9.1.2", "ros-rmw-fastrtps-cpp==9.3.3", "ros-sensor-msgs==5.5.1", "ros-std-msgs==5.5.1")
+
+
+@pytest.fixture(scope="module")
+def ros2_python(tmp_path_factory) -> str:
+    """``$OFFSEG_ROS2_PYTHON``, or a venv of its own with PyPI's ROS 2 wheels (they re-exec Python with their
+    library path and expect a venv layout, so they cannot be installed with ``pip --target``); skips without PyPI."""
+    if os.environ.get(ROS2_PYTHON):
+        return os.environ[ROS2_PYTHON]
+    env = tmp_path_factory.mktemp("ros2") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, timeout=120)
+    pip = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "-q", "install", *ROS2_WHEELS],
+                         capture_output=True, text=True, timeout=900)
+    if pip.returncode:
+        pytest.skip(f"the ROS 2 wheels ({', '.join(ROS2_WHEELS)}) did not install: {pip.stderr.strip()[-300:]}")
+    return str(env / "bin" / "python")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get(ROS2_PYTHON), reason=f"set {ROS2_PYTHON} to a Python with rclpy")
-def test_live_node_on_loopback_publishes_the_labels_of_offseg_run(tmp_path):
+def test_live_node_on_loopback_publishes_the_labels_of_offseg_run(tmp_path, ros2_python):
     model = _model(tmp_path / "m.onnx", 7)
     images = [image for image, _ in render_video(3, 3, HEIGHT, WIDTH)]
     np.savez(tmp_path / "frames.npz", *images)
     paths = [str(Path(__file__).parents[1]), *sys.path]  # ours first, then this environment's packages
-    subprocess.run([os.environ[ROS2_PYTHON], str(Path(__file__).with_name("ros2_loopback.py")), str(tmp_path),
-                    str(model)], check=True, timeout=180, env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
+    subprocess.run([ros2_python, str(Path(__file__).with_name("ros2_loopback.py")), str(tmp_path), str(model)],
+                   check=True, timeout=180, env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
     received = np.load(tmp_path / "received.npz")
     assert int(received["returncode"]) == 143  # SIGTERM ends the node through the runtime's clean-up
     expected = _reference_labels(tmp_path, model, images)

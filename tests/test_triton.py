@@ -79,6 +79,26 @@ def test_a_dynamic_batch_gives_max_batch_size_dynamic_batching_and_minus_one_dim
     assert model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == kind
 
 
+@pytest.mark.parametrize("dynamic, dims, max_batch", [(False, [1, *SIZE, 3], 0), (True, [-1, -1, 3], 8)])
+def test_an_nhwc_models_config_parses_and_the_client_reads_its_layout(tmp_path, tritonclient, dynamic, dims,
+                                                                      max_batch):
+    """An --input-layout nhwc graph: input dims [H, W, 3] (here with the fixed batch) or [-1, -1, 3] under
+    dynamic batching, what a camera frame is; the client's ModelInfo (from the server's JSON config) says nhwc."""
+    model_config_pb2 = tritonclient
+    from google.protobuf import json_format, text_format
+    from export.triton import config_text
+    from runtime.backends.triton_backend import TritonBackend
+    from tiny_onnx import write_tiny_onnx
+
+    model = onnx.load(str(write_tiny_onnx(tmp_path / "tiny.onnx", dynamic, SIZE, input_layout="nhwc")))
+    meta = {p.key: p.value for p in model.metadata_props}
+    config = text_format.Parse(config_text("offseg-t", model, meta, max_batch=8), model_config_pb2.ModelConfig())
+    assert list(config.input[0].dims) == dims and config.max_batch_size == max_batch
+    as_served = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    info = TritonBackend.__new__(TritonBackend)._model_info(as_served, "Triton model offseg-t")
+    assert (info.input_layout, info.input_format) == ("nhwc", "normalized")
+
+
 def offseg_run(*argv) -> tuple[int, str, str]:
     from runtime.cli import main
     out, err = io.StringIO(), io.StringIO()

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import OffsegError
 from ..limits import check_tensor_bytes
-from ..preprocess import INPUT_FORMATS
+from ..preprocess import INPUT_FORMATS, INPUT_LAYOUTS, input_format_text
 
 OUTPUT_KINDS = ("logits", "labels", "probs")  # probs: softmax of the logits, same shape
 LABEL_DTYPES = ("uint8", "int32")
@@ -33,6 +33,7 @@ class ModelInfo:
     precision: str = "fp32"
     trained: bool = True  # False: exported without a checkpoint (random weights, predictions are noise)
     output_layout: str = "nchw"
+    input_layout: str = "nchw"  # one of runtime.preprocess.INPUT_LAYOUTS: (N, 3, H, W) or (N, H, W, 3)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -44,9 +45,10 @@ class ModelInfo:
         if not isinstance(meta, dict) or _get(meta, "model") is None:
             raise OffsegError(f"{source} has no offseg metadata; export it with offseg-export")
         num_classes = _whole_number(meta, "num_classes", source)
+        input_layout = _choice(meta, "input_layout", "nchw", INPUT_LAYOUTS, source)
         values = dict(
             name=str(_get(meta, "model")), num_classes=num_classes, input_size=_input_size(meta, source),
-            input_format=_input_format(meta, source),
+            input_format=_input_format(meta, input_layout, source), input_layout=input_layout,
             output_kind=_choice(meta, "output_kind", "logits", OUTPUT_KINDS, source),
             output_layout=_choice(meta, "output_layout", "nchw", LAYOUTS, source),
             classes=_classes(meta, num_classes, source), palette=_palette(meta, num_classes, source),
@@ -59,9 +61,13 @@ class ModelInfo:
         dynamic), e.g. a forged input size or class count, or when a fixed size implies a tensor above
         ``limits.MAX_TENSOR_BYTES``."""
         dims = [d if isinstance(d, int) and d > 0 else None for d in input_shape]
-        if len(dims) != 4:
-            raise OffsegError(f"{source}: its graph input is {len(dims)}-D, not an image batch (N, 3, H, W)")
-        graph_size = None if None in dims[2:] else tuple(dims[2:])
+        nhwc_input = self.input_layout == "nhwc"
+        if len(dims) != 4 or dims[3 if nhwc_input else 1] != 3:
+            shown = [d if d is not None else "?" for d in dims]
+            raise OffsegError(f"{source} says its input is {self.input_layout} "
+                              f"{'(N, H, W, 3)' if nhwc_input else '(N, 3, H, W)'} but its graph takes {shown}")
+        spatial = dims[1:3] if nhwc_input else dims[2:]
+        graph_size = None if None in spatial else tuple(spatial)
         if self.input_size is not None and graph_size is not None and self.input_size != graph_size:
             raise OffsegError(f"{source} says input {_hw(self.input_size)} but its graph takes {_hw(graph_size)}")
         if self.input_size is None and graph_size is not None:
@@ -132,13 +138,19 @@ def _choice(meta: dict, key: str, default: str, choices: tuple[str, ...], source
     return value
 
 
-def _input_format(meta: dict, source: str) -> str:
-    value = _get(meta, "input_format", INPUT_FORMATS["normalized"])
-    names = {text: name for name, text in INPUT_FORMATS.items()}
-    if value not in names:
-        raise OffsegError(f"{source}: {_label(meta, 'input_format')} {value!r} is not one of "
-                          f"{', '.join(map(repr, names))}")
-    return names[value]
+def _input_format(meta: dict, input_layout: str, source: str) -> str:
+    """The INPUT_FORMATS key of ``offseg.input_format``, whose text names the layout (``uint8 RGB NHWC``): it must
+    be the layout ``offseg.input_layout`` says."""
+    value = _get(meta, "input_format", input_format_text("normalized", input_layout))
+    names = {input_format_text(name, input_layout): name for name in INPUT_FORMATS}
+    if value in names:
+        return names[value]
+    other = {input_format_text(name, layout) for name in INPUT_FORMATS for layout in INPUT_LAYOUTS} - set(names)
+    if value in other:
+        raise OffsegError(f"{source}: {_label(meta, 'input_format')} {value!r} contradicts "
+                          f"{_label(meta, 'input_layout')} {input_layout!r}")
+    raise OffsegError(f"{source}: {_label(meta, 'input_format')} {value!r} is not one of "
+                      f"{', '.join(map(repr, names))}")
 
 
 def _json_list(meta: dict, key: str) -> list | None:
@@ -173,8 +185,8 @@ class Backend(Protocol):
     description: str
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) model input (``info.input_format``) -> the graph's output (``info.planar`` puts it in our
-        layout)."""
+        """(N, 3, H, W) or (N, H, W, 3) model input (``info.input_format``, ``info.input_layout``) -> the graph's
+        output (``info.planar`` puts it in our layout)."""
 
     def close(self) -> None: ...
 
