@@ -15,7 +15,7 @@ import numpy as np
 from .errors import OffsegError
 from .gstreamer import load_gst, quoted, require_elements
 from .output_policy import check_writable_folder
-from .sinks import check_video, unique_temp
+from .sinks import finish_video, unique_temp
 
 HARDWARE_ENCODER = "nvv4l2h264enc"
 SOFTWARE_ENCODER = "x264enc"
@@ -125,7 +125,7 @@ class GstVideoSink:
 
     def close(self) -> None:
         """End the stream, wait for the muxer to finish the file, read it back (every frame written must be there:
-        ``sinks.check_video``), then rename it over the target; otherwise OffsegError, the previous file kept."""
+        ``sinks.finish_video``), then rename it over the target; otherwise OffsegError, the previous file kept."""
         Gst = self.Gst
         self.appsrc.emit("end-of-stream")
         message = self.pipeline.get_bus().timed_pop_filtered(int(FINISH_SECONDS * Gst.SECOND),
@@ -136,12 +136,4 @@ class GstVideoSink:
             self.tmp.unlink(missing_ok=True)
             raise OffsegError(f"GStreamer did not finish {self.path} within {FINISH_SECONDS:g} s; nothing was "
                               "written")
-        if not self.frames:
-            self.tmp.unlink(missing_ok=True)
-            return
-        try:
-            check_video(self.tmp, self.frames, self.path)
-        except OffsegError:
-            self.tmp.unlink(missing_ok=True)
-            raise
-        os.replace(self.tmp, self.path)
+        finish_video(self.tmp, self.frames, self.path)

@@ -183,15 +183,21 @@ class VideoSink:
         """Finish the video and give it the final name, once it reads back with every frame written; otherwise
         OffsegError (a full disk: the folder and the bytes free) and the previous file is kept."""
         self.writer.release()
-        if not self.frames:
-            self.tmp.unlink(missing_ok=True)
-            return
-        try:
-            check_video(self.tmp, self.frames, self.path)
-        except OffsegError:
-            self.tmp.unlink(missing_ok=True)
-            raise
-        os.replace(self.tmp, self.path)
+        finish_video(self.tmp, self.frames, self.path)
+
+
+def finish_video(tmp: Path, frames: int, target: Path) -> None:
+    """Give the finished temporary video ``tmp`` the name ``target`` once it reads back with its ``frames`` frames
+    (``check_video``); a video of no frame is dropped. Otherwise OffsegError, ``tmp`` removed, ``target`` kept."""
+    if not frames:
+        tmp.unlink(missing_ok=True)
+        return
+    try:
+        check_video(tmp, frames, target)
+    except OffsegError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
 
 
 def check_video(path: Path, frames: int, target: Path) -> None:

@@ -2,8 +2,6 @@
 nvinfer reads, I/O matches the ONNX, and nvinfer's preprocessing and segmentation parser, emulated in numpy,
 give PyTorch's labels."""
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -17,17 +15,11 @@ from calibration.nvinfer import NvinferEmulation
 from exported import export_small_model
 from export.cli import main as export_main
 from offseg.checkpoint import build_from_checkpoint
+from glib_key_file import read_with_glib
 from runtime.preprocess import fit_frame, normalize_bgr
 
 SIZE = (64, 96)
 ROOT = Path(__file__).parents[1]
-GLIB_PARSE = """
-import json, sys
-from gi.repository import GLib
-keys = GLib.KeyFile()
-keys.load_from_file(sys.argv[1], GLib.KeyFileFlags.NONE)
-print(json.dumps({g: {k: keys.get_value(g, k) for k in keys.get_keys(g)[0]} for g in keys.get_groups()[0]}))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +32,10 @@ def package(tmp_path_factory):
     return checkpoint, output
 
 
-def _glib_key_file(path: Path) -> dict:
-    """The key file as GLib reads it (Debian's python3-gi; the venv's Python has no gi)."""
-    for python in ("/usr/bin/python3", shutil.which("python3")):
-        if python and subprocess.run([python, "-c", "import gi"], capture_output=True).returncode == 0:
-            done = subprocess.run([python, "-c", GLIB_PARSE, str(path)], capture_output=True, text=True, timeout=60)
-            assert done.returncode == 0, done.stderr
-            return json.loads(done.stdout)
-    pytest.skip("no Python with python3-gi (GLib's key-file parser): apt-get install python3-gi")
-
-
 @pytest.mark.slow
 def test_config_parses_with_glib_and_uses_only_nvinfer_keys(package):
     _, folder = package
-    groups = _glib_key_file(folder / "config_infer_primary_offseg.txt")
+    groups = read_with_glib(folder / "config_infer_primary_offseg.txt")
     known = set(json.loads((ROOT / "export" / "nvinfer_properties.json").read_text())["property"])
     props = groups["property"]
     assert list(groups) == ["property"] and set(props) <= known, set(props) - known

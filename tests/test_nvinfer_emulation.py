@@ -3,7 +3,6 @@ segmentation parser's -1 rule, its preprocessing against ``runtime.preprocess`` 
 letterbox undone on the masks, the key file read as GLib reads it, and the package's mIoU against PyTorch."""
 import json
 import shutil
-import subprocess
 
 import cv2
 import numpy as np
@@ -19,20 +18,10 @@ from offseg import build_model, save_checkpoint
 from runtime.backends import ModelInfo
 from runtime.errors import OffsegError
 from runtime.metrics import ConfusionMatrix
+from glib_key_file import read_with_glib
 from runtime.preprocess import fit_frame, to_model_input
 
 SIZE = (64, 96)
-GLIB_READ = """
-import json, sys
-from gi.repository import GLib
-keys = GLib.KeyFile()
-try:
-    keys.load_from_file(sys.argv[1], GLib.KeyFileFlags.NONE)
-except GLib.Error as error:
-    print(json.dumps({"error": error.message}))
-    sys.exit()
-print(json.dumps({g: {k: keys.get_value(g, k) for k in keys.get_keys(g)[0]} for g in keys.get_groups()[0]}))
-"""
 
 
 def _config(folder, **changes) -> NvinferConfig:
@@ -140,15 +129,6 @@ offsets=1;2;3;
 """
 
 
-def _glib_read(path):
-    for python in ("/usr/bin/python3", shutil.which("python3")):
-        if python and subprocess.run([python, "-c", "import gi"], capture_output=True).returncode == 0:
-            done = subprocess.run([python, "-c", GLIB_READ, str(path)], capture_output=True, text=True, timeout=60)
-            assert done.returncode == 0, done.stderr
-            return json.loads(done.stdout)
-    pytest.skip("no Python with python3-gi (GLib's key-file parser): apt-get install python3-gi")
-
-
 def test_the_configparser_fallback_reads_key_files_as_glib_does(tmp_path):
     tricky = tmp_path / "tricky.txt"
     tricky.write_text(TRICKY_KEY_FILE)
@@ -156,15 +136,15 @@ def test_the_configparser_fallback_reads_key_files_as_glib_does(tmp_path):
     package.mkdir()
     _config(package)
     for path in (tricky, package / CONFIG):
-        assert _read_with_configparser(path) == _glib_read(path)
+        assert _read_with_configparser(path) == read_with_glib(path)
     trailing = tmp_path / "trailing.txt"
     trailing.write_text("[property]\nnet-scale-factor=1 \n")
-    assert _glib_read(trailing)["property"]["net-scale-factor"] == "1 "  # GLib keeps it, nvinfer then misreads it
+    assert read_with_glib(trailing)["property"]["net-scale-factor"] == "1 "  # GLib keeps it, nvinfer then misreads it
     with pytest.raises(OffsegError, match="ends in whitespace"):
         _read_with_configparser(trailing)
     broken = tmp_path / "broken.txt"
     broken.write_text("[property]\n  a continuation line\n")
-    assert "error" in _glib_read(broken)
+    assert "error" in read_with_glib(broken)
     with pytest.raises(OffsegError, match="not a key file GLib"):
         _read_with_configparser(broken)
 
