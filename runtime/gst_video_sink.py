@@ -14,8 +14,7 @@ import numpy as np
 
 from .errors import OffsegError
 from .gstreamer import load_gst, quoted, require_elements
-from .output_policy import check_writable_folder
-from .sinks import finish_video, unique_temp
+from .sinks import check_video_target, finish_video, unique_temp
 
 HARDWARE_ENCODER = "nvv4l2h264enc"
 SOFTWARE_ENCODER = "x264enc"
@@ -63,13 +62,7 @@ def check_target(path: Path, fps: float | None) -> str:
     if path.suffix.lower() not in MUXERS:
         raise OffsegError(f"unsupported video format {path.suffix!r} for --writer gstreamer; use one of "
                           f"{', '.join(MUXERS)}")
-    if path.is_dir():
-        raise OffsegError(f"--output {path} is a folder; give a video file name such as out.mp4")
-    if not path.parent.is_dir():
-        raise OffsegError(f"output folder {path.parent} does not exist")
-    check_writable_folder(path.parent, f"--output {path}")
-    if fps is not None and not fps > 0:
-        raise OffsegError(f"the video frame rate must be above 0, got {fps:g}")
+    check_video_target(path, fps)
     Gst = load_gst()
     hardware = hardware_encoder_present()
     elements = (["nvvidconv", HARDWARE_ENCODER] if hardware else [SOFTWARE_ENCODER])

@@ -164,13 +164,7 @@ class VideoSink:
         fourcc = FOURCC.get(path.suffix.lower())
         if fourcc is None:
             raise OffsegError(f"unsupported video format {path.suffix!r}; use one of {', '.join(FOURCC)}")
-        if path.is_dir():
-            raise OffsegError(f"--output {path} is a folder; give a video file name such as out.mp4")
-        if not path.parent.is_dir():
-            raise OffsegError(f"output folder {path.parent} does not exist")
-        check_writable_folder(path.parent, f"--output {path}")
-        if fps is not None and not fps > 0:
-            raise OffsegError(f"the video frame rate must be above 0, got {fps:g}")
+        check_video_target(path, fps)
         return fourcc
 
     def write(self, image: np.ndarray) -> None:
@@ -184,6 +178,17 @@ class VideoSink:
         OffsegError (a full disk: the folder and the bytes free) and the previous file is kept."""
         self.writer.release()
         finish_video(self.tmp, self.frames, self.path)
+
+
+def check_video_target(path: Path, fps: float | None) -> None:
+    """OffsegError for a video ``path`` that is a folder or whose folder is missing or unwritable, or fps <= 0."""
+    if path.is_dir():
+        raise OffsegError(f"--output {path} is a folder; give a video file name such as out.mp4")
+    if not path.parent.is_dir():
+        raise OffsegError(f"output folder {path.parent} does not exist")
+    check_writable_folder(path.parent, f"--output {path}")
+    if fps is not None and not fps > 0:
+        raise OffsegError(f"the video frame rate must be above 0, got {fps:g}")
 
 
 def finish_video(tmp: Path, frames: int, target: Path) -> None:
