@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 MAX_CAMERAS = 256  # V4L2 video device numbers (/dev/videoN) stop at 255 (the Linux kernel's VIDEO_NUM_DEVICES)
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
+def _check_arguments(args: argparse.Namespace):
     """Every argument, before the model is loaded: one sentence for the first problem (the paths were checked by
-    ``output_policy`` before)."""
-    from .sinks import VideoSink, WindowSink
+    ``output_policy`` before). Returns ``_video_writer``'s (description, sink class) for ``--output``, else None."""
+    from .sinks import WindowSink
 
     if (args.engine is None) == (args.triton is None):
         raise OffsegError("give the model as --engine FILE (.onnx, .plan, .pth) or a server as --triton URL, "
@@ -56,17 +56,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.show:
         WindowSink.check_gui()
     _check_input_kind(args)
-    if args.output:
-        if _writes_gstreamer(args):
-            from .gst_video_sink import check_target
-            check_target(args.output, args.fps)
-        else:
-            VideoSink.check_target(args.output, args.fps)
+    writer = _video_writer(args) if args.output else None
     if args.rosbag_out:
         if args.rosbag is None:
             raise OffsegError("--rosbag-out needs a --rosbag input (its messages give the headers)")
         from .rosbag_io import RosbagSink
         RosbagSink.check_target(args.rosbag_out)
+    return writer
 
 
 def _reads_gstreamer(args: argparse.Namespace) -> bool:
@@ -84,20 +80,13 @@ def _writes_gstreamer(args: argparse.Namespace) -> bool:
     return hardware_encoder_present()
 
 
-def _writer_description(args: argparse.Namespace) -> str:
+def _video_writer(args: argparse.Namespace) -> tuple[str, type]:
+    """How --output is written, its target checked: (what the start-up line says, the sink class)."""
     if _writes_gstreamer(args):
-        from .gst_video_sink import check_target
-        return f"GStreamer, {check_target(args.output, args.fps)}"
-    from .sinks import FOURCC
-    return f"OpenCV ({FOURCC[args.output.suffix.lower()]})"
-
-
-def _video_sink(args: argparse.Namespace, fps: float, size: tuple[int, int]):
-    if _writes_gstreamer(args):
-        from .gst_video_sink import GstVideoSink
-        return GstVideoSink(args.output, fps, size)
+        from .gst_video_sink import GstVideoSink, check_target
+        return f"GStreamer, {check_target(args.output, args.fps)}", GstVideoSink
     from .sinks import VideoSink
-    return VideoSink(args.output, fps, size)
+    return f"OpenCV ({VideoSink.check_target(args.output, args.fps)})", VideoSink
 
 
 def _check_input_kind(args: argparse.Namespace) -> None:
@@ -150,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline, RunStats
     from .sinks import MaskSink, WindowSink, write_file
 
-    _check_arguments(args)
+    writer = _check_arguments(args)
     backend = _open_model(args)
     source = _open_source(args)
     pipeline = Pipeline(backend, args.batch_size, args.resize)
@@ -160,8 +149,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{info.name} ({info.num_classes} classes, {info.precision}, input "
           f"{'any size' if info.input_size is None else '%dx%d' % info.input_size}) on {backend.description}; "
           f"reading {source.description}")
-    if args.output:
-        print(f"writing {args.output.name} with {_writer_description(args)}")
+    if writer:
+        print(f"writing {args.output.name} with {writer[0]}")
     if _saves_nothing(args):
         print(f"note: this run only prints the timing table and {NOTHING_SAVED}", file=sys.stderr, flush=True)
     if not info.trained:
@@ -196,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
                          None if args.no_overlay_text else f"{fps:.1f} FPS  model {result.compute_ms:.0f} ms", names)
         if args.output:
             if video is None:
-                video = _video_sink(args, args.fps or source.fps or 30.0, image.shape[:2])
+                video = writer[1](args.output, args.fps or source.fps or 30.0, image.shape[:2])
             video.write(image)
         bar.update(1, fps=f"{fps:.1f}")
         return window.show(image) if window else True

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from .errors import OffsegError
-from .gstreamer import load_gst, quoted, require_elements
+from .gstreamer import load_gst, quoted
 from .sinks import check_video_target, finish_video, unique_temp
 
 HARDWARE_ENCODER = "nvv4l2h264enc"
@@ -82,7 +82,6 @@ class GstVideoSink:
         self.path, self.size, self.frames = Path(path), size, 0
         self.encoder = check_target(self.path, fps)
         self.Gst = Gst = load_gst()
-        require_elements(Gst, ["appsrc"], "--writer gstreamer")
         try:
             self.tmp = unique_temp(self.path)
         except OSError as error:
