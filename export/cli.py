@@ -221,14 +221,14 @@ def _triton(args: argparse.Namespace) -> int:
         if backend == "python":
             shutil.copyfile(Path(__file__).with_name("triton_python_model.py"), version / "model.py")
         if backend == "tensorrt":
-            files = {kind: version / f"model.{kind}.onnx" for kind in ("fp16", "int8")}
-            _build(args, engine_options, meta, onnx_path, {**files, "engine": version / "model.plan"}, calib_key)
+            graphs = {kind: version / f"model.{kind}.onnx" for kind in ("fp16", "int8")}
+            _build(args, engine_options, meta, onnx_path, {**graphs, "engine": version / "model.plan"}, calib_key)
             for intermediate in version.glob("*.onnx"):  # Triton loads model.plan; its sidecar stays beside it
                 intermediate.unlink()
         (tmp / name / "config.pbtxt").write_text(config_text(name, graph, meta, args.max_batch, backend=backend))
-    files = ", ".join(f"{name}/{f}" for f in ["config.pbtxt", *sorted(
+    listing = ", ".join(f"{name}/{f}" for f in ["config.pbtxt", *sorted(
         str(p.relative_to(repository / name)) for p in (repository / name / "1").iterdir())])
-    print(f"wrote the Triton model repository {repository}/ ({files}; {BACKENDS[backend][0]}); serve it with: "
+    print(f"wrote the Triton model repository {repository}/ ({listing}; {BACKENDS[backend][0]}); serve it with: "
           f"tritonserver --model-repository {repository}")
     return 0
 

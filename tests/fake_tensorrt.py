@@ -14,6 +14,7 @@ of it (mean over channels times the class index + 1, pooled by the output stride
 from __future__ import annotations
 
 import enum
+import importlib.machinery
 import json
 import re
 import sys
@@ -521,6 +522,7 @@ def make_tensorrt(version: str, gpu: FakeGpu, dla_cores: int = 0) -> StrictModul
     """A fresh fake ``tensorrt`` module for ``version`` (a key of SURFACES) on ``gpu``."""
     surface = load_surface(version)
     trt = StrictModule("tensorrt")
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # torch.export's trace rules look modules up
     trt._surface, trt.__version__, trt._gpu, trt._dla_cores = surface, version, gpu, dla_cores
     trt.errors = []
     for name, members in surface["enums"].items():
