@@ -143,10 +143,10 @@ def test_offseg_run_on_a_real_triton_server_gives_the_onnx_files_labels(tmp_path
         code, _, err = offseg_run("--triton", f"http://127.0.0.1:{http}", "--model-name", "nope", "--images", images)
         assert code == 2 and "has no ready model 'nope' (it serves: offseg-t)" in err
         perf_analyzer, env = install_perf_analyzer(tmp_path.parent, server)
-        # zeros: perf_analyzer's random FP32 data is not an image (NaNs make the gather form's indices invalid)
+        # zeros: perf_analyzer's random FP32 data is not an image (NaNs make the gather form's indices invalid);
+        # a fixed request count: its stability search failed on a loaded CI machine, and speed is not tested here
         report = subprocess.run([str(perf_analyzer), "-m", "offseg-t", "-u", f"127.0.0.1:{http}", "-i", "http",
-                                 "--measurement-interval", "1000", "--concurrency-range", "1", "--input-data",
-                                 "zero"],
+                                 "--request-count", "20", "--concurrency-range", "1", "--input-data", "zero"],
                                 capture_output=True, text=True, env=env, timeout=120)
         assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
         assert "Throughput:" in report.stdout and "infer/sec" in report.stdout
