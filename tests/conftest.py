@@ -9,6 +9,18 @@ sys.path.insert(0, str(Path(__file__).parent))  # the `reference`, `tiny_onnx` a
 REQUIRE_GPU = "OFFSEG_REQUIRE_GPU"
 
 
+def _share_cores_between_workers() -> None:
+    """Each pytest-xdist worker (and the CLIs it starts, through the environment) gets its share of the cores as
+    OpenMP threads, unless OMP_NUM_THREADS is set. PyTorch's OpenMP threads spin at every op's barrier: with two
+    workers each running 2-thread PyTorch on 2 cores, eager OffSeg ran 16x slower (benchmarks/README.md)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_cores_between_workers()
+
+
 def _expose_system_gi() -> None:
     """Debian's python3-gi (GStreamer tests) when this Python has no PyGObject and Debian's is built for its minor
     version: only the ``gi`` package is added to the path (a symlink in a folder of its own), nothing else of
