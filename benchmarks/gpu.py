@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/gpu.py --json gpu.json [--compile offseg-t@512x512] [--quick]
 
-Rows, fresh weights, 150 classes, batch 1 unless said:
+Rows, fresh weights, 150 classes, batch 1, BatchNorm folded (as ``offseg-eval`` runs the model) unless said:
 - latency of OffSeg-T/B/L at 512x512 and 1024x2048 in FP32 (TF32 off), FP16 (``.half()``): eager, and replayed as
   a CUDA graph (whose output must equal eager's), with the CUDA kernels one forward launches (torch.profiler),
   for each CARAFE form (taps, the default; unfold and fused (one Triton kernel), the opt-in GPU forms, with their
@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from offseg import build_model  # noqa: E402
 from offseg.models.carafe import forced_form  # noqa: E402
+from offseg.models.fold import fold_batchnorm  # noqa: E402
 from runtime.sinks import atomic_output  # noqa: E402
 
 MODELS = ("offseg-t", "offseg-b", "offseg-l")
@@ -80,7 +81,7 @@ def graphed(model, x):
 def latency_rows(iters: int, models, sizes) -> list[dict]:
     rows = []
     for name in models:
-        model = build_model(name).eval().cuda()
+        model = fold_batchnorm(build_model(name)).cuda()  # as offseg-eval and the PyTorch backend run it
         for precision in ("fp32", "fp16"):
             net = model if precision == "fp32" else copy.deepcopy(model).half()
             dtype = torch.float32 if precision == "fp32" else torch.float16
@@ -88,6 +89,7 @@ def latency_rows(iters: int, models, sizes) -> list[dict]:
                 x = torch.randn(1, 3, h, w, device="cuda", dtype=dtype)
                 with torch.no_grad(), forced_form(form):
                     row = {"model": name, "precision": precision, "size": f"{h}x{w}", "carafe": form,
+                           "batchnorm": "folded",
                            "eager_ms": timed(lambda: net(x), iters), "kernels": kernels_per_call(lambda: net(x))}
                     if form != "taps":
                         with forced_form("taps"):
@@ -114,7 +116,7 @@ def compile_rows(specs: list[str], iters: int) -> list[dict]:
     for spec in specs:
         name, _, size = spec.partition("@")
         h, w = map(int, size.split("x"))
-        model = build_model(name).eval().cuda().half()
+        model = fold_batchnorm(build_model(name)).cuda().half()
         x = torch.randn(1, 3, h, w, device="cuda", dtype=torch.float16)
         start = time.perf_counter()
         compiled = torch.compile(model)
@@ -123,7 +125,7 @@ def compile_rows(specs: list[str], iters: int) -> list[dict]:
             torch.cuda.synchronize()
             seconds = time.perf_counter() - start
             row = {"model": name, "precision": "fp16", "size": size, "compile_s": round(seconds, 1),
-                   "compiled_ms": timed(lambda: compiled(x), iters),
+                   "batchnorm": "folded", "compiled_ms": timed(lambda: compiled(x), iters),
                    "max_abs_diff_vs_eager": float((compiled(x).float() - model(x).float()).abs().max())}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -99,6 +99,7 @@ def _validate(args: argparse.Namespace) -> int:
     from offseg.data.datasets import LAYOUTS, SegmentationDataset
     from offseg.devices import describe, torch_device
     from offseg.inference import torch_infer
+    from offseg.models.fold import fold_batchnorm
     from offseg.protocol import TestProtocol
     from runtime.backends import open_backend
 
@@ -121,7 +122,7 @@ def _validate(args: argparse.Namespace) -> int:
         artifact = args.engine
     info = backend.info
     model, name = build_from_checkpoint(args.checkpoint, args.model)
-    model.to(device)
+    model = fold_batchnorm(model).to(device)  # as offseg-eval runs it: the same PyTorch mIoU
     if info.num_classes != model.num_classes:
         raise OffsegError(f"{artifact} predicts {info.num_classes} classes, the checkpoint {model.num_classes}")
     dataset = SegmentationDataset(args.dataset, args.data_root, args.split, length=args.eval_images or 50)

@@ -16,6 +16,7 @@ import onnx.inliner
 
 from runtime.metrics import ConfusionMatrix
 
+from .files import model_info
 from .quantize import QuantOptions, quantize_file
 
 
@@ -45,11 +46,13 @@ class Sensitivity:
         return 100.0 - self.miou
 
 
-def _labels(path: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+def labels_of(path: Path, inputs: list[np.ndarray], info) -> list[np.ndarray]:
+    """(H, W) label maps of an ONNX model on ``inputs``, whatever its output kind and layout (``info``: ModelInfo)."""
     import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return [session.run(None, {name: x})[0][0].argmax(axis=0) for x in inputs]
+    outputs = [info.planar(session.run(None, {name: x})[0])[0] for x in inputs]
+    return [out if info.output_kind == "labels" else out.argmax(axis=0) for out in outputs]
 
 
 def sweep(source: Path, calib_data, val_inputs: list[np.ndarray], options: QuantOptions, depth: int = 3,
@@ -58,9 +61,9 @@ def sweep(source: Path, calib_data, val_inputs: list[np.ndarray], options: Quant
     from runtime.progress import progress as report_progress
 
     model = onnx.load(str(source))
+    info = model_info(model, source)
     groups = conv_groups(model, depth)
-    reference = _labels(source, val_inputs)
-    num_classes = int({p.key: p.value for p in model.metadata_props}["offseg.num_classes"])
+    reference = labels_of(source, val_inputs, info)
     results = []
     with tempfile.TemporaryDirectory(prefix="offseg-sensitivity-") as folder:
         cache = options.cache or Path(folder) / "ranges"
@@ -68,8 +71,8 @@ def sweep(source: Path, calib_data, val_inputs: list[np.ndarray], options: Quant
             others = tuple(n for g, nodes in groups.items() if g != name for n in nodes)
             path = Path(folder) / "one.onnx"
             quantize_file(source, path, calib_data, replace(options, extra_exclude_nodes=others, cache=cache))
-            confusion = ConfusionMatrix(num_classes)
-            for predicted, expected in zip(_labels(path, val_inputs), reference):
+            confusion = ConfusionMatrix(info.num_classes)
+            for predicted, expected in zip(labels_of(path, val_inputs, info), reference):
                 confusion.update(predicted, expected)
             results.append(Sensitivity(name, len(groups[name]), 100 * confusion.scores().miou))
     return sorted(results, key=lambda s: s.miou)

@@ -91,8 +91,11 @@ def _warn_if_busy() -> None:
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load >= cores:
+        threads = "" if "OMP_NUM_THREADS" in os.environ else (
+            f"; fewer PyTorch threads suffer less from the other work: OMP_NUM_THREADS={max(1, cores // 2)} "
+            "offseg-demo ... (benchmarks/README.md, a shared CPU)")
         print(f"      this machine is busy (load {load:.1f} on {cores} cores): training will take several times "
-              "longer than on idle cores; offseg-demo --quick is the short run", flush=True)
+              f"longer than on idle cores; offseg-demo --quick is the short run{threads}", flush=True)
 
 
 def _export(config: DemoConfig, checkpoint: Path, steps: Steps) -> Path:

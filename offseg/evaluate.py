@@ -8,6 +8,7 @@ from runtime.metrics import ConfusionMatrix, Scores
 from runtime.progress import progress as report_progress
 
 from .inference import torch_infer
+from .models.fold import fold_batchnorm
 from .protocol import TestProtocol, protocol_logits
 
 
@@ -19,9 +20,9 @@ def mean_accuracy(scores: Scores) -> float:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, protocol: TestProtocol, max_images: int | None = None,
              progress: bool = True) -> Scores:
-    """Scores of ``model`` (switched to eval) on ``dataset`` items (image, labels), untransformed."""
-    model.eval()
-    infer = torch_infer(model)
+    """Scores of ``model`` on ``dataset`` items (image, labels), untransformed; run as an eval-mode copy with its
+    BatchNorms folded into the convolutions (``model`` itself is left as it is)."""
+    infer = torch_infer(fold_batchnorm(model))
     confusion = ConfusionMatrix(dataset.num_classes)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     for index in report_progress(range(count), f"evaluating ({protocol.mode})", unit="image", enabled=progress):

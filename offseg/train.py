@@ -331,6 +331,12 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     stream = AugmentedStream(dataset, TrainTransform(crop=crop, scale=scale), config.seed)
     sampler = SampleStream(len(dataset), config.seed, start * config.batch_size * run.world * steps, run.rank,
                            run.world)
+    if config.workers:
+        # batches travel as shared-memory file names, not file descriptors: a descriptor is handed over through a
+        # handshake with a thread in the worker, and a stop signal that cut it short in the main process made that
+        # worker print a traceback (seen once in a SIGTERM to the process group); torch's shm manager removes the
+        # files when the processes end, stopped or not
+        torch.multiprocessing.set_sharing_strategy("file_system")
     loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, sampler=sampler,
                                          num_workers=config.workers, collate_fn=Collate(crop),
                                          worker_init_fn=ignore_stop_signals,  # the main process stops them

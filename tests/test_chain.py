@@ -162,3 +162,14 @@ def test_an_interrupted_demo_gives_advice_it_accepts(tmp_path):
         child.wait(timeout=120)
     assert f"[1/7] model: training offseg-t on synthetic scenes (100 iterations, continuing from iteration {saved}" \
         in log.read_text()
+
+
+def test_a_busy_machine_gets_the_thread_advice_unless_threads_are_set(monkeypatch, capsys):
+    import os
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    demo_steps._warn_if_busy()
+    assert "this machine is busy" in (out := capsys.readouterr().out) and "OMP_NUM_THREADS=" in out
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    demo_steps._warn_if_busy()
+    assert "this machine is busy" in (out := capsys.readouterr().out) and "OMP_NUM_THREADS" not in out

@@ -194,3 +194,24 @@ def test_the_nvinfer_config_of_an_nhwc_model_sets_network_input_order_1(tmp_path
     interleaved, planar = preprocess(frame, config)[0], preprocess(frame, planar_config)[0]
     assert interleaved.shape == (1, *SIZE, 3)
     np.testing.assert_array_equal(interleaved, planar.transpose(0, 2, 3, 1))
+
+
+def test_the_int8_sensitivity_sweep_reads_labels_in_either_layout(exports):
+    """The sweep scores label maps: an INT32 labels output, NCHW (N, H, W) or NHWC (N, H, W, 1), is read as the
+    labels it is (it used to be argmax-ed like logits), and the sweep ranks the groups of the NHWC export."""
+    from calibration.files import load_onnx, model_info
+    from calibration.sensitivity import labels_of, sweep
+    from calibration.sources import calibration_inputs
+    frame = render_scene(5, *SIZE)[0]
+    for layout in ("nchw", "nhwc"):
+        info = model_info(load_onnx(exports[layout]), exports[layout])
+        x = to_model_input([frame], info.input_format, info.input_layout)
+        expected = info.planar(open_backend(exports[layout]).infer(x))[0]
+        (labels,) = labels_of(exports[layout], [x], info)
+        assert labels.shape == SIZE
+        np.testing.assert_array_equal(labels, expected)
+    inputs = calibration_inputs("synthetic", 2, SIZE, "uint8-rgb", "nhwc")
+    ranking = sweep(exports["nhwc"], "synthetic", inputs, QuantOptions(target="tensorrt", samples=2), depth=1,
+                    progress=False)
+    assert len(ranking) >= 2 and all(0 <= item.miou <= 100 for item in ranking)
+    assert [item.miou for item in ranking] == sorted(item.miou for item in ranking)

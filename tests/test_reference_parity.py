@@ -119,3 +119,16 @@ def test_the_paper_figures_are_registered_and_printed(name, capsys):
         assert any(line.split()[:3] == [dataset, "mIoU", f"{miou:.1f}"] and f"GFLOPs {gflops:6.1f}" in line
                    for line in out.splitlines()), dataset
     assert "arXiv 2508.08811" in out and "Table 2" in out and "no traceable source" not in out
+
+
+def test_the_batchnorm_folded_model_matches_at_every_stored_size(loaded):
+    """The inference copy (offseg-eval, the PyTorch backend) keeps the reference logits to <= 1e-4."""
+    from offseg.models.fold import fold_batchnorm
+    name, model = loaded
+    folded = fold_batchnorm(model)
+    data = reference.expected(name)
+    for size in [key.removeprefix("input_") for key in data if key.startswith("input_")]:
+        with torch.no_grad():
+            logits = folded(torch.from_numpy(data[f"input_{size}"])).numpy()
+        diff = np.abs(logits - data[f"logits_{size}"]).max()
+        assert diff <= TOLERANCE, f"{name} folded logits at {size}: max |diff| {diff:.2e}"

@@ -90,6 +90,8 @@ def resampled_bias(biases: torch.Tensor, index: torch.Tensor, queries: int, keys
 class Mlp(nn.Module):
     """1x1 expand -> BN -> GELU -> depthwise 3x3 -> BN -> GELU -> 1x1 project -> BN."""
 
+    conv_bn_pairs = (("fc1", "norm1"), ("mid", "mid_norm"), ("fc2", "norm2"))
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden, 1)
@@ -233,6 +235,8 @@ class AttentionBlock(nn.Module):
 class ConvDownsample(nn.Module):
     """3x3 stride-2 conv + BN between stages 0-1 and 1-2."""
 
+    conv_bn_pairs = (("proj", "norm"),)
+
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
         self.proj = nn.Conv2d(in_dim, out_dim, 3, 2, 1)
@@ -244,6 +248,8 @@ class ConvDownsample(nn.Module):
 
 class AttentionDownsample(nn.Module):
     """Stride-2 conv + BN plus stride-2 attention, between stages 2 and 3."""
+
+    conv_bn_pairs = (("conv", "bn"),)
 
     def __init__(self, in_dim: int, out_dim: int, resolution: int):
         super().__init__()
@@ -257,6 +263,8 @@ class AttentionDownsample(nn.Module):
 
 class Stem(nn.Module):
     """Two 3x3 stride-2 conv + BN + GELU layers: stride 4."""
+
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(self, out_dim: int):
         super().__init__()

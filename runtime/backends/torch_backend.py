@@ -1,4 +1,4 @@
-"""PyTorch backend (only when torch is installed): a checkpoint run eagerly, for parity work."""
+"""PyTorch backend (only when torch is installed): a checkpoint run eagerly (BatchNorm folded), for parity work."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +17,11 @@ class TorchBackend:
             raise OffsegError("the PyTorch backend needs torch; on devices use an .onnx or .plan file") from None
         from offseg.checkpoint import build_from_checkpoint, checkpoint_labels, read_file
         from offseg.devices import describe, torch_device
+        from offseg.models.fold import fold_batchnorm
         self.torch = torch
         self.device = torch_device(device)
-        self.model, name = build_from_checkpoint(path)
-        self.model.to(self.device)
+        model, name = build_from_checkpoint(path)
+        self.model = fold_batchnorm(model).to(self.device)
         content = read_file(path)
         classes, palette = checkpoint_labels(content, self.model.num_classes, f"checkpoint {path}")
         self.info = ModelInfo(name=name, num_classes=self.model.num_classes, input_size=None, input_format="normalized",
