@@ -26,12 +26,17 @@ SETTINGS = {  # name -> environment added to the timed process and to the compet
 }
 
 
-def forward_ms(size: tuple[int, int], runs: int) -> float:
-    """Median milliseconds of an OffSeg-T (9 classes) eager forward at ``size`` in this process."""
+def model_and_input(size: tuple[int, int]):
+    """OffSeg-T (9 classes, eval) and a random (1, 3, H, W) input."""
     import torch
     from offseg import build_model
-    model = build_model("offseg-t", num_classes=9).eval()
-    x = torch.randn(1, 3, *size)
+    return build_model("offseg-t", num_classes=9).eval(), torch.randn(1, 3, *size)
+
+
+def forward_ms(size: tuple[int, int], runs: int) -> float:
+    """Median milliseconds of an OffSeg-T eager forward at ``size`` in this process."""
+    import torch
+    model, x = model_and_input(size)
     times = []
     with torch.no_grad():
         for _ in range(3):
@@ -46,9 +51,7 @@ def forward_ms(size: tuple[int, int], runs: int) -> float:
 def forward_loop(size: tuple[int, int]) -> None:
     """The competing process: the same forward until killed."""
     import torch
-    from offseg import build_model
-    model = build_model("offseg-t", num_classes=9).eval()
-    x = torch.randn(1, 3, *size)
+    model, x = model_and_input(size)
     with torch.no_grad():
         while True:
             model(x)

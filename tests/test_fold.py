@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from aten_calls import RecordedCalls
 from offseg import build_model
 from offseg.data.datasets import SegmentationDataset
 from offseg.evaluate import evaluate
@@ -13,16 +13,6 @@ from offseg.inference import torch_infer
 from offseg.models.fold import fold_batchnorm
 from offseg.protocol import TestProtocol, protocol_logits
 from runtime.metrics import ConfusionMatrix
-
-
-class CountedOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def with_trained_statistics(model: nn.Module) -> nn.Module:
@@ -37,9 +27,9 @@ def with_trained_statistics(model: nn.Module) -> nn.Module:
 
 
 def forward_ops(model: nn.Module, x: torch.Tensor) -> list[str]:
-    with torch.no_grad(), CountedOps() as counted:
+    with torch.no_grad(), RecordedCalls() as recorded:
         model(x)
-    return counted.ops
+    return recorded.calls
 
 
 @pytest.mark.parametrize("name", ["offseg-t", "offseg-b", "offseg-l"])

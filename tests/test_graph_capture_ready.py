@@ -3,23 +3,13 @@ tensor from host data (``torch.tensor`` in a forward is a host-to-device copy, w
 reads no value back to the host (a synchronisation). Checked on the CPU by recording every ATen call."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from aten_calls import RecordedCalls
 from offseg import build_model
 from offseg.models.carafe import forced_form
 
 HOST_DATA = {"aten.lift_fresh.default", "aten.lift_fresh_copy.default"}  # a tensor made from Python data
 HOST_READS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.item.default"}
-
-
-class RecordedCalls(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def test_the_recorder_sees_host_data_and_host_reads():
