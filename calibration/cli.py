@@ -122,7 +122,7 @@ def _validate(args: argparse.Namespace) -> int:
         artifact = args.engine
     info = backend.info
     model, name = build_from_checkpoint(args.checkpoint, args.model)
-    model = fold_batchnorm(model).to(device)  # as offseg-eval runs it: the same PyTorch mIoU
+    model = fold_batchnorm(model).to(device)  # the folded model offseg-eval runs
     if info.num_classes != model.num_classes:
         raise OffsegError(f"{artifact} predicts {info.num_classes} classes, the checkpoint {model.num_classes}")
     dataset = SegmentationDataset(args.dataset, args.data_root, args.split, length=args.eval_images or 50)

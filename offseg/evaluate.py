@@ -1,15 +1,22 @@
 """mIoU evaluation of a PyTorch model on a dataset split, by the dataset's test protocol (``offseg.protocol``)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 import numpy as np
 import torch
 
-from runtime.metrics import ConfusionMatrix, Scores
+from runtime.metrics import Scores
 from runtime.progress import progress as report_progress
 
-from .inference import torch_infer
+from .device_protocol import DeviceConfusion, protocol_logits, to_device
 from .models.fold import fold_batchnorm
-from .protocol import TestProtocol, protocol_logits
+from .protocol import TestProtocol, test_resize
+
+T, R = TypeVar("T"), TypeVar("R")
+PREFETCH = 2  # images decoded and resized ahead of the one being evaluated
 
 
 def mean_accuracy(scores: Scores) -> float:
@@ -17,15 +24,40 @@ def mean_accuracy(scores: Scores) -> float:
     return float(np.nanmean(scores.accuracy)) if np.isfinite(scores.accuracy).any() else float("nan")
 
 
+def prefetched(function: Callable[[T], R], items: Iterable[T], depth: int = PREFETCH) -> Iterator[R]:
+    """``function(item)`` for each item in order, computed ``depth`` items ahead on a background thread (image
+    decoding and OpenCV release the GIL, so the host prepares the next images while the model runs)."""
+    items, pending = iter(items), []
+    with ThreadPoolExecutor(1, thread_name_prefix="offseg-prefetch") as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(function, item))
+                if len(pending) > depth:
+                    yield pending.pop(0).result()
+            while pending:
+                yield pending.pop(0).result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, protocol: TestProtocol, max_images: int | None = None,
              progress: bool = True) -> Scores:
-    """Scores of ``model`` on ``dataset`` items (image, labels), untransformed; run as an eval-mode copy with its
-    BatchNorms folded into the convolutions (``model`` itself is left as it is)."""
-    infer = torch_infer(fold_batchnorm(model))
-    confusion = ConfusionMatrix(dataset.num_classes)
+    """Scores of ``model`` on ``dataset`` items (image, labels), untransformed, on the model's device; run as an
+    eval-mode copy with its BatchNorms folded into the convolutions (``model`` itself is left as it is)."""
+    model = fold_batchnorm(model)
+    device = next(model.parameters()).device
+    confusion = DeviceConfusion(dataset.num_classes, device)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    for index in report_progress(range(count), f"evaluating ({protocol.mode})", unit="image", enabled=progress):
+
+    def prepared(index: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
         image, labels = dataset.load(index)
-        confusion.update(protocol_logits(image, infer, protocol).argmax(axis=2), labels)
-    return confusion.scores()
+        return test_resize(image, protocol.scale), image.shape[:2], labels
+
+    items = prefetched(prepared, range(count))
+    for resized, size, labels in report_progress(items, f"evaluating ({protocol.mode})", total=count,
+                                                 unit="image", enabled=progress):
+        logits = protocol_logits(to_device(resized, device), size, model, protocol)
+        confusion.update(logits.argmax(dim=1)[0], to_device(labels, device))
+    return confusion.to_host().scores()

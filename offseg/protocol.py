@@ -3,8 +3,9 @@
 For one image: ``Resize(scale, keep_ratio=True)`` as the dataset's test pipeline does (mmcv's rule, bilinear),
 normalization, then ``whole`` (one forward at the resized size) or ``slide`` (windows of ``crop`` every ``stride``,
 each window's logits resized to the window, overlaps averaged) inference, and the logits resized bilinearly back
-to the original size before argmax. PyTorch (``offseg-eval``) and exported models (``offseg-validate``) both go
-through this module, so their figures are comparable by construction.
+to the original size before argmax. ``offseg-validate`` runs both of its sides (PyTorch and the exported model)
+through this module, so they are compared by construction; ``offseg-eval`` runs the same steps with torch tensors
+on the model's device (``offseg.device_protocol``; tests hold its logits to this module's within 1e-4).
 
 mmseg feeds a window to the model as it is. The official model runs only sides whose stride-4 size is a multiple
 of 8 (multiples of 32 and the three sizes below each) and fails on others; ours takes multiples of 32. So a window

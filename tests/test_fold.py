@@ -70,3 +70,9 @@ def test_evaluation_runs_the_folded_copy_and_scores_as_the_unfolded_model():
     scores = evaluate(model, dataset, protocol, progress=False)
     assert model.training, "evaluate switched the caller's model to eval"
     assert np.allclose(scores.miou, unfolded.scores().miou, atol=1e-4)
+
+
+def test_folding_a_folded_model_changes_nothing():
+    folded = fold_batchnorm(with_trained_statistics(build_model("offseg-t", num_classes=19)))
+    again = fold_batchnorm(folded)
+    assert all(torch.equal(value, again.state_dict()[key]) for key, value in folded.state_dict().items())

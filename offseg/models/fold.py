@@ -15,13 +15,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with every BatchNorm folded into its convolution (``model`` is unchanged).
+    """An eval-mode copy of ``model`` with every BatchNorm folded into its convolution (``model`` is unchanged;
+    folding a folded model changes nothing).
 
     Raises ValueError if a BatchNorm is left that follows no known convolution: the copy would not be exact to
     fold, and leaving it in place silently would hide a model change."""
     folded = copy.deepcopy(model).eval()
     for module in folded.modules():
         for conv_name, bn_name in _pairs(module):
+            if isinstance(getattr(module, bn_name), nn.Identity):  # folded already
+                continue
             _fold_into(getattr(module, conv_name), getattr(module, bn_name))
             setattr(module, bn_name, nn.Identity())
     left = [name for name, module in folded.named_modules() if isinstance(module, _BatchNorm)]
