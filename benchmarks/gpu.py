@@ -7,9 +7,12 @@ Rows, fresh weights, 150 classes, batch 1, BatchNorm folded (as ``offseg-eval`` 
   a CUDA graph (whose output must equal eager's), with the CUDA kernels one forward launches (torch.profiler),
   for each CARAFE form (taps, the default; unfold and fused (one Triton kernel), the opt-in GPU forms, with their
   max difference to taps);
-- ``torch.compile`` (default mode) of the configurations given to ``--compile``, with its compile time;
-- training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32 and ``--amp``), in it/s;
-- ``offseg-eval``'s evaluation loop on synthetic scenes, images/s on the GPU and on the CPU (same images).
+- ``torch.compile`` (default mode) of the configurations given to ``--compile``, with its compile time, and of the
+  training step (``offseg-train --amp --compile``);
+- training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32, ``--amp``, and ``--amp`` with
+  the model and batches channels-last), in it/s;
+- ``offseg-eval``'s evaluation loop on synthetic scenes, images/s on the GPU (eager and ``--cuda-graphs``) and on
+  the CPU (same images).
 Every figure is measured in this run; nothing is compared with a stored number.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -132,32 +136,44 @@ def compile_rows(specs: list[str], iters: int) -> list[dict]:
     return rows
 
 
-def training_rows(iters: int, batch: int) -> list[dict]:
+def training_rows(iters: int, batch: int, variants=((False, None, False), (True, None, False), (True, None, True))
+                  ) -> list[dict]:
+    """it/s of ``train_step`` for each (amp, torch.compile backend or None, channels_last) variant; a compiled
+    variant's first (compiling) steps are timed apart as ``compile_s``."""
     from offseg.train import train_step
     rows = []
-    images = torch.randn(batch, 3, 512, 512)
     labels = torch.randint(0, 150, (batch, 512, 512))
-    for amp in (False, True):
-        model = build_model("offseg-t").cuda().train()
+    for amp, backend, channels_last in variants:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        images = torch.randn(batch, 3, 512, 512).contiguous(memory_format=layout)
+        model = build_model("offseg-t").cuda().train().to(memory_format=layout)
+        forward = model if backend is None else torch.compile(model, backend=backend)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
         device = torch.device("cuda")
+        start = time.perf_counter()
         for _ in range(3):
-            train_step(model, [(images, labels)], optimizer, scaler, device, amp)
+            train_step(forward, [(images, labels)], optimizer, scaler, device, amp)
         torch.cuda.synchronize()
+        warmup_s = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(iters):
-            train_step(model, [(images, labels)], optimizer, scaler, device, amp)
+            train_step(forward, [(images, labels)], optimizer, scaler, device, amp)
         torch.cuda.synchronize()
-        rows.append({"model": "offseg-t", "batch": batch, "crop": "512x512", "amp": amp,
+        rows.append({"model": "offseg-t", "batch": batch, "crop": "512x512", "amp": amp, "compile": backend,
+                     "channels_last": channels_last,
                      "it_per_s": iters / (time.perf_counter() - start)})
+        if backend is not None:
+            rows[-1]["compile_s"] = round(warmup_s, 1)
         print(json.dumps(rows[-1]), flush=True)
-        del model, optimizer
+        del model, forward, optimizer
         torch.cuda.empty_cache()
     return rows
 
 
 def eval_rows(gpu_images: int, cpu_images: int) -> list[dict]:
+    """``offseg-eval``'s loop: images/s on the GPU (eager, and with ``--cuda-graphs``) and on the CPU, and the mIoU
+    of each on the CPU's images (they must agree)."""
     from offseg.data.datasets import LAYOUTS, SegmentationDataset
     from offseg.evaluate import evaluate
     from offseg.protocol import TestProtocol
@@ -165,15 +181,16 @@ def eval_rows(gpu_images: int, cpu_images: int) -> list[dict]:
     protocol = TestProtocol.for_layout(LAYOUTS["synthetic"], None)
     model = build_model("offseg-t", dataset.num_classes).eval()
     rows = []
-    for device, count in (("cuda", gpu_images), ("cpu", cpu_images)):
+    for device, graphs, count in (("cuda", False, gpu_images), ("cuda", True, gpu_images), ("cpu", False, cpu_images)):
         model.to(device)
-        evaluate(model, dataset, protocol, 1, progress=False)  # warm-up
+        evaluate(model, dataset, protocol, 2, progress=False, cuda_graphs=graphs)  # warm-up
         start = time.perf_counter()
-        scores = evaluate(model, dataset, protocol, count, progress=False)
-        rows.append({"device": device, "images": count, "images_per_s": count / (time.perf_counter() - start),
+        scores = evaluate(model, dataset, protocol, count, progress=False, cuda_graphs=graphs)
+        rows.append({"device": device, "cuda_graphs": graphs, "images": count,
+                     "images_per_s": count / (time.perf_counter() - start),
                      "mIoU": float(scores.as_dict(dataset.classes)["mIoU"])})
-        if device == "cuda":  # the mIoU on the CPU's images, to compare the two devices on the same images
-            same = evaluate(model, dataset, protocol, cpu_images, progress=False)
+        if device == "cuda":  # the mIoU on the CPU's images, to compare the devices on the same images
+            same = evaluate(model, dataset, protocol, cpu_images, progress=False, cuda_graphs=graphs)
             rows[-1]["mIoU_on_the_cpu_images"] = float(same.as_dict(dataset.classes)["mIoU"])
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -205,13 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     sections = {"latency": lambda: latency_rows(args.iters, models, sizes),
                 "training": lambda: training_rows(3 if args.quick else 15, 2 if args.quick else 16),
                 "evaluation": lambda: eval_rows(4 if args.quick else 24, 2 if args.quick else 6),
-                "compile": lambda: compile_rows([] if args.quick else args.compile, args.iters)}
+                "compile": lambda: compile_rows([] if args.quick else args.compile, args.iters)
+                + training_rows(3 if args.quick else 15, 2 if args.quick else 16, ((True, "inductor", False),))}
     for name in (n for n in sections if n in chosen):  # the report is rewritten after each: a timeout keeps the rest
-        result[name] = sections[name]()
+        try:
+            result[name] = sections[name]()
+        except Exception as error:  # a failed section is a result; the others still run (GPU time is scarce)
+            traceback.print_exc()
+            result[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+            torch.cuda.empty_cache()
         with atomic_output(args.json) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    return 0
+    failed = [name for name in chosen if isinstance(result.get(name), dict)]
+    print(f"wrote {args.json}" + (f"; failed sections: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Checks, each recorded with its numbers (a check that raises is recorded as faile
   which must be caught.
 - offseg_run_video: ``offseg-run --engine standin.plan --video`` writes a video with every frame.
 - torch_reference: OffSeg-T/B/L on CUDA against tests/data/reference (TF32 off, <= 1e-4), and FP16 label agreement.
+- torch_eval: ``offseg-eval``'s device protocol on CUDA scores as the numpy protocol on the CPU; its CUDA graphs
+  replay eager exactly; the Triton CARAFE matches the taps form.
 Exit status 0 when every check passed.
 """
 from __future__ import annotations
@@ -229,6 +231,54 @@ def check_torch_reference(folder: Path) -> dict:
     return {"ok": ok, "tolerance": TOLERANCE, "tf32": False, "models": results}
 
 
+def check_torch_eval(folder: Path) -> dict:
+    """``offseg-eval`` on the GPU: the device protocol's scores against the numpy protocol's on the CPU (same
+    images; mIoU within 0.01), CUDA-graph replays bit-equal to eager across shapes that come, go and are evicted
+    (2 kept), and the Triton CARAFE against the taps form (<= 1e-4, FP32)."""
+    import torch
+
+    from offseg import build_model
+    from offseg.cuda_graphs import GraphedForward
+    from offseg.data.datasets import SegmentationDataset
+    from offseg.evaluate import evaluate
+    from offseg.inference import torch_infer
+    from offseg.models.carafe import forced_form
+    from offseg.models.fold import fold_batchnorm
+    from offseg.protocol import TestProtocol, protocol_logits
+    from runtime.metrics import ConfusionMatrix
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    model = fold_batchnorm(build_model("offseg-t", num_classes=9))
+    dataset = SegmentationDataset("synthetic", None, "val", length=6, size=(200, 300))
+    protocol = TestProtocol("slide", crop=(128, 128), stride=(96, 96))
+    on_cpu = ConfusionMatrix(dataset.num_classes)
+    for index in range(len(dataset)):
+        image, labels = dataset.load(index)
+        on_cpu.update(protocol_logits(image, torch_infer(model), protocol).argmax(axis=2), labels)
+    cpu_miou = 100 * on_cpu.scores().miou
+    model = model.cuda()
+    miou = {graphs: 100 * evaluate(model, dataset, protocol, progress=False, cuda_graphs=graphs).miou
+            for graphs in (False, True)}
+    graphed, replays = GraphedForward(model, kept=2), []
+    with torch.no_grad():
+        for h, w in ((64, 96), (64, 96), (64, 96), (96, 64), (96, 64), (64, 96), (128, 128), (128, 128),
+                     (32, 32), (32, 32), (64, 96), (64, 96)):
+            x = torch.randn(1, 3, h, w, device="cuda")
+            replays.append(bool(torch.equal(graphed(x), model(x))))
+        x = torch.randn(1, 3, 128, 192, device="cuda")
+        with forced_form("taps"):
+            taps = model(x)
+        with forced_form("fused"):
+            fused = model(x)
+    fused_diff = float((fused - taps).abs().max())
+    return {"ok": abs(miou[False] - cpu_miou) < 0.01 and miou[True] == miou[False] and all(replays)
+            and len(graphed.graphs) == 2 and fused_diff <= TOLERANCE,
+            "miou_numpy_protocol_cpu": cpu_miou, "miou_device_protocol_cuda": miou[False],
+            "miou_cuda_graphs": miou[True], "graph_replays_equal_eager": replays,
+            "graphs_kept": len(graphed.graphs), "fused_carafe_max_abs_diff_vs_taps": fused_diff}
+
+
 def feature_diffs(model, x, data: dict, size: str) -> dict:
     """Max |diff| of each stored backbone feature: where on the way to the logits a difference starts."""
     import torch
@@ -276,7 +326,8 @@ def _has(command: str) -> bool:
 
 
 CHECKS = {"cuda_adapter": lambda folder: check_cuda_adapter(), "standin_engine": check_standin_engine,
-          "offseg_run_video": check_offseg_run_video, "torch_reference": check_torch_reference}
+          "offseg_run_video": check_offseg_run_video, "torch_reference": check_torch_reference,
+          "torch_eval": check_torch_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ def _train(args: argparse.Namespace) -> int:
                          workers=args.workers, seed=args.seed, deterministic=args.deterministic, resume=args.resume,
                          init_checkpoint=str(args.checkpoint) if args.checkpoint else None,
                          pretrained_backbone=str(args.pretrained_backbone) if args.pretrained_backbone else None,
-                         accumulate=args.accumulate, amp=args.amp)
+                         accumulate=args.accumulate, amp=args.amp, compile=args.compile)
     print(f"wrote {train(config)}")
     return 0
 
@@ -80,6 +80,10 @@ def train_main(argv: list[str] | None = None) -> int:
                              "the recipe's total batch (--iters counts optimizer steps)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast) on CUDA; the "
                         "official runs and the default are FP32")
+    parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                        help="torch.compile the training step (backend default inductor; aot_eager compiles "
+                             "without generating kernels); the first iteration takes minutes. Checkpoints are "
+                             "the same as without it")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default the dataset's)")
     parser.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default 6e-5; head x10)")
     parser.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default 1500)")
@@ -121,10 +125,12 @@ def _eval(args: argparse.Namespace) -> int:
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.dataset} has "
                           f"{dataset.num_classes}")
-    print(f"evaluating {name} on {describe(device)}", flush=True)
-    scores = evaluate(model.to(device), dataset, protocol, args.eval_images)
+    if args.cuda_graphs and device.type != "cuda":
+        raise OffsegError(f"--cuda-graphs needs a CUDA device; this run is on {describe(device)}")
+    print(f"evaluating {name} on {describe(device)}{', CUDA graphs' if args.cuda_graphs else ''}", flush=True)
+    scores = evaluate(model.to(device), dataset, protocol, args.eval_images, cuda_graphs=args.cuda_graphs)
     result = {"model": name, "dataset": args.dataset, "split": args.split, "mode": protocol.mode,
-              "device": str(device),
+              "device": str(device), "cuda_graphs": args.cuda_graphs,
               "protocol": protocol.describe(), **scores.as_dict(dataset.classes), "mAcc": 100 * mean_accuracy(scores)}
     print(f"{name} on {args.dataset} {args.split} ({protocol.describe()}): mIoU {result['mIoU']:.2f}, "
           f"mAcc {result['mAcc']:.2f}, aAcc {result['aAcc']:.2f}")
@@ -149,6 +155,9 @@ def eval_main(argv: list[str] | None = None) -> int:
                         "the test pipeline's keep-ratio resize applies either way)")
     parser.add_argument("--eval-images", type=int, metavar="N", help="evaluate on the first N images (default all)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--cuda-graphs", action="store_true", help="on a GPU, replay the forward of each input "
+                        "size met twice from a CUDA graph (same scores, far less launch work; opt-in until "
+                        "benchmarks/gpu.py has measured it)")
     add_output(parser, "--json", help="also write the scores as JSON")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--max-images": "--eval-images"})

@@ -28,6 +28,7 @@ from runtime.preprocess import normalize_bgr
 from runtime.progress import Progress
 from runtime.sinks import DISK_FULL, disk_full_message, write_file
 
+from .compiling import check_compile_backend
 from .checkpoint import extract_state_dict, load_state, read_file, serialize
 from .data import synthetic
 from .data.datasets import LAYOUTS, SegmentationDataset
@@ -64,6 +65,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     accumulate: int | None = 1  # micro-batches per optimizer step; None: enough to reach the recipe's batch
     amp: bool = False  # the official runs are FP32
+    compile: str | None = None  # a torch.compile backend ("inductor"): compiles the training forward and backward
     warmup_iters: int = 1500
     poly_power: float = 1.0
     checkpoint_interval: int | None = None
@@ -287,6 +289,8 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     crop = tuple(config.crop or layout.crop)
     scale = tuple(config.scale or layout.train_scale)
     seed_everything(config.seed + run.rank, config.deterministic)
+    if config.compile is not None:
+        check_compile_backend(config.compile, run.device)
     if run.device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal weights/gradients make CPU training many times slower
     work_dir = Path(config.work_dir)
@@ -315,6 +319,12 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[run.device.index] if run.device.index is not
                                                     None else None)
     core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    forward = model  # what the steps run; checkpoints and validation use ``core``: the same parameters, own names
+    if config.compile is not None:
+        forward = torch.compile(model, backend=config.compile)
+        if run.main:
+            log.info("torch.compile (backend %s): the first iteration compiles the forward and backward passes, "
+                     "which takes minutes", config.compile)
     optimizer = torch.optim.AdamW(parameter_groups(core, config.lr, config.weight_decay), lr=config.lr,
                                   betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -372,7 +382,7 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
             began = time.perf_counter()
             with signals_held():  # a step runs whole: the checkpoint of iteration N holds nothing of step N + 1
                 stepping = True
-                loss = train_step(model, micro_batches, optimizer, scaler, run.device, amp)
+                loss = train_step(forward, micro_batches, optimizer, scaler, run.device, amp)
                 with warnings.catch_warnings():  # AMP: the GradScaler skips the steps whose gradients overflowed
                     # (the first ones, while it finds its scale); the schedule still counts iterations, as mmengine's
                     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before "

@@ -48,6 +48,10 @@ def test_eval_prints_its_device_and_refuses_an_unknown_one(checkpoint, tmp_path,
     assert eval_main(["--checkpoint", str(checkpoint), "--device", "tpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --device 'tpu'") and len(err.strip().splitlines()) == 1
+    assert eval_main(["--checkpoint", str(checkpoint), "--device", "cpu", "--cuda-graphs"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --cuda-graphs needs a CUDA device; this run is on cpu (")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_validate_takes_the_device_of_its_pytorch_side(checkpoint, tmp_path, capsys):

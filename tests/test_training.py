@@ -246,3 +246,21 @@ def test_best_checkpoint_only_improves_and_survives_a_restart(tmp_path):
     assert again.miou == pytest.approx(0.30) and not again.offer(model, 0.25, 40) and again.offer(model, 0.5, 50)
     (tmp_path / "foreign.pth").write_bytes(b"not a checkpoint")
     assert BestCheckpoint(tmp_path / "foreign.pth", "offseg-t", ("a",)).miou == float("-inf")
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_as_the_eager_run_and_saves_the_same_checkpoint(tmp_path, capsys):
+    """aot_eager traces the whole step through torch.compile (dynamo, AOTAutograd) without generating kernels: the
+    wiring is what this checks; inductor's kernels are measured by benchmarks/gpu.py."""
+    runs = {}
+    for backend in (None, "aot_eager"):
+        work = tmp_path / str(backend)
+        latest = train(TrainConfig(iters=2, checkpoint_interval=2, work_dir=str(work), compile=backend, **TINY),
+                       progress=False)
+        runs[backend] = read_training_state(latest)["state_dict"]
+    eager, compiled = runs[None], runs["aot_eager"]
+    assert compiled.keys() == eager.keys(), "the compiled run's checkpoint names its tensors differently"
+    for key, value in eager.items():
+        assert torch.allclose(value.float(), compiled[key].float(), atol=1e-5), key
+    assert train_main(["--iters", "1", "--compile", "no-such-backend", "--work-dir", str(tmp_path / "x")]) == 2
+    assert "--compile no-such-backend: torch" in capsys.readouterr().err
