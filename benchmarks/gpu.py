@@ -9,8 +9,8 @@ Rows, fresh weights, 150 classes, batch 1, BatchNorm folded (as ``offseg-eval`` 
   max difference to taps);
 - ``torch.compile`` (default mode) of the configurations given to ``--compile``, with its compile time, and of the
   training step (``offseg-train --amp --compile``);
-- training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32, ``--amp``, and ``--amp`` with
-  the model and batches channels-last), in it/s;
+- training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32, ``--amp``, ``--amp`` with the
+  model and batches channels-last, ``--amp`` with the unfold CARAFE form, which has far fewer kernels), in it/s;
 - ``offseg-eval``'s evaluation loop on synthetic scenes, images/s on the GPU (eager and ``--cuda-graphs``) and on
   the CPU (same images).
 Every figure is measured in this run; nothing is compared with a stored number.
@@ -136,44 +136,52 @@ def compile_rows(specs: list[str], iters: int) -> list[dict]:
     return rows
 
 
-def training_rows(iters: int, batch: int, variants=((False, None, False), (True, None, False), (True, None, True))
-                  ) -> list[dict]:
-    """it/s of ``train_step`` for each (amp, torch.compile backend or None, channels_last) variant; a compiled
-    variant's first (compiling) steps are timed apart as ``compile_s``."""
+TRAINING_VARIANTS = ({"amp": False}, {"amp": True}, {"amp": True, "channels_last": True},
+                     {"amp": True, "carafe": "unfold"})
+
+
+def training_rows(iters: int, batch: int, variants=TRAINING_VARIANTS, device: str = "cuda",
+                  crop: int = 512) -> list[dict]:
+    """it/s of ``train_step`` (OffSeg-T, 150 classes) for each variant: ``amp``, ``compile`` (a torch.compile
+    backend), ``channels_last`` (model and batches), ``carafe`` (the form; default taps). A compiled variant's
+    first (compiling) steps are timed apart as ``compile_s``. ``device``/``crop``: for a smoke run on the CPU."""
     from offseg.train import train_step
     rows = []
-    labels = torch.randint(0, 150, (batch, 512, 512))
-    for amp, backend, channels_last in variants:
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        images = torch.randn(batch, 3, 512, 512).contiguous(memory_format=layout)
-        model = build_model("offseg-t").cuda().train().to(memory_format=layout)
+    labels = torch.randint(0, 150, (batch, crop, crop))
+    for variant in variants:
+        amp, backend = variant.get("amp", False), variant.get("compile")
+        layout = torch.channels_last if variant.get("channels_last") else torch.contiguous_format
+        images = torch.randn(batch, 3, crop, crop).contiguous(memory_format=layout)
+        model = build_model("offseg-t").to(device).train().to(memory_format=layout)
         forward = model if backend is None else torch.compile(model, backend=backend)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        device = torch.device("cuda")
-        start = time.perf_counter()
-        for _ in range(3):
-            train_step(forward, [(images, labels)], optimizer, scaler, device, amp)
-        torch.cuda.synchronize()
-        warmup_s = time.perf_counter() - start
-        start = time.perf_counter()
-        for _ in range(iters):
-            train_step(forward, [(images, labels)], optimizer, scaler, device, amp)
-        torch.cuda.synchronize()
-        rows.append({"model": "offseg-t", "batch": batch, "crop": "512x512", "amp": amp, "compile": backend,
-                     "channels_last": channels_last,
-                     "it_per_s": iters / (time.perf_counter() - start)})
+        scaler = torch.amp.GradScaler("cuda", enabled=amp and device == "cuda")
+
+        def steps(count: int) -> float:
+            start = time.perf_counter()
+            with forced_form(variant.get("carafe", "taps")):
+                for _ in range(count):
+                    train_step(forward, [(images, labels)], optimizer, scaler, torch.device(device), amp)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        warmup_s = steps(3)
+        rows.append({"model": "offseg-t", "batch": batch, "crop": f"{crop}x{crop}", "amp": amp, "compile": backend,
+                     "channels_last": bool(variant.get("channels_last")), "carafe": variant.get("carafe", "taps"),
+                     "it_per_s": iters / steps(iters)})
         if backend is not None:
             rows[-1]["compile_s"] = round(warmup_s, 1)
         print(json.dumps(rows[-1]), flush=True)
         del model, forward, optimizer
-        torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
-def eval_rows(gpu_images: int, cpu_images: int) -> list[dict]:
-    """``offseg-eval``'s loop: images/s on the GPU (eager, and with ``--cuda-graphs``) and on the CPU, and the mIoU
-    of each on the CPU's images (they must agree)."""
+def eval_rows(gpu_images: int, cpu_images: int, runs=(("cuda", False), ("cuda", True), ("cpu", False))) -> list[dict]:
+    """``offseg-eval``'s loop for each (device, CUDA graphs) run: images/s (``gpu_images`` on a GPU, ``cpu_images``
+    on the CPU), and every run's mIoU on the CPU's images (they must agree)."""
     from offseg.data.datasets import LAYOUTS, SegmentationDataset
     from offseg.evaluate import evaluate
     from offseg.protocol import TestProtocol
@@ -181,7 +189,8 @@ def eval_rows(gpu_images: int, cpu_images: int) -> list[dict]:
     protocol = TestProtocol.for_layout(LAYOUTS["synthetic"], None)
     model = build_model("offseg-t", dataset.num_classes).eval()
     rows = []
-    for device, graphs, count in (("cuda", False, gpu_images), ("cuda", True, gpu_images), ("cpu", False, cpu_images)):
+    for device, graphs in runs:
+        count = gpu_images if device == "cuda" else cpu_images
         model.to(device)
         evaluate(model, dataset, protocol, 2, progress=False, cuda_graphs=graphs)  # warm-up
         start = time.perf_counter()
@@ -189,9 +198,8 @@ def eval_rows(gpu_images: int, cpu_images: int) -> list[dict]:
         rows.append({"device": device, "cuda_graphs": graphs, "images": count,
                      "images_per_s": count / (time.perf_counter() - start),
                      "mIoU": float(scores.as_dict(dataset.classes)["mIoU"])})
-        if device == "cuda":  # the mIoU on the CPU's images, to compare the devices on the same images
-            same = evaluate(model, dataset, protocol, cpu_images, progress=False, cuda_graphs=graphs)
-            rows[-1]["mIoU_on_the_cpu_images"] = float(same.as_dict(dataset.classes)["mIoU"])
+        same = evaluate(model, dataset, protocol, cpu_images, progress=False, cuda_graphs=graphs)
+        rows[-1]["mIoU_on_the_cpu_images"] = float(same.as_dict(dataset.classes)["mIoU"])
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -223,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 "training": lambda: training_rows(3 if args.quick else 15, 2 if args.quick else 16),
                 "evaluation": lambda: eval_rows(4 if args.quick else 24, 2 if args.quick else 6),
                 "compile": lambda: compile_rows([] if args.quick else args.compile, args.iters)
-                + training_rows(3 if args.quick else 15, 2 if args.quick else 16, ((True, "inductor", False),))}
+                + training_rows(3 if args.quick else 15, 2 if args.quick else 16,
+                                ({"amp": True, "compile": "inductor"},))}
     for name in (n for n in sections if n in chosen):  # the report is rewritten after each: a timeout keeps the rest
         try:
             result[name] = sections[name]()

@@ -72,3 +72,16 @@ def test_the_gpu_benchmark_refuses_an_unknown_section_and_needs_a_gpu(tmp_path):
                                 text=True, cwd=tmp_path)
         assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr
         assert not (tmp_path / "g.json").exists()
+
+
+def test_the_gpu_benchmarks_training_and_evaluation_rows_run_on_the_cpu(capsys):
+    """A smoke run of the code the GPU machine will run (its time there is scarce): every training variant but
+    the compiled one, and the evaluation loop, at toy sizes on the CPU."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu
+    rows = gpu.training_rows(1, 1, gpu.TRAINING_VARIANTS, device="cpu", crop=64)
+    assert [(r["amp"], r["channels_last"], r["carafe"]) for r in rows] == [
+        (False, False, "taps"), (True, False, "taps"), (True, True, "taps"), (True, False, "unfold")]
+    assert all(r["it_per_s"] > 0 for r in rows)
+    evaluation = gpu.eval_rows(1, 1, runs=(("cpu", False),))
+    assert evaluation[0]["mIoU"] == evaluation[0]["mIoU_on_the_cpu_images"]
