@@ -231,10 +231,11 @@ def check_torch_reference(folder: Path) -> dict:
     return {"ok": ok, "tolerance": TOLERANCE, "tf32": False, "models": results}
 
 
-def check_torch_eval(folder: Path) -> dict:
+def check_torch_eval(folder: Path, device: str = "cuda") -> dict:
     """``offseg-eval`` on the GPU: the device protocol's scores against the numpy protocol's on the CPU (same
     images; mIoU within 0.01), CUDA-graph replays bit-equal to eager across shapes that come, go and are evicted
-    (2 kept), and the Triton CARAFE against the taps form (<= 1e-4, FP32)."""
+    (2 kept), and the Triton CARAFE against the taps form (<= 1e-4, FP32). ``device="cpu"``: a smoke run (no
+    graphs there; Triton interpreted)."""
     import torch
 
     from offseg import build_model
@@ -250,23 +251,23 @@ def check_torch_eval(folder: Path) -> dict:
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
     model = fold_batchnorm(build_model("offseg-t", num_classes=9))
-    dataset = SegmentationDataset("synthetic", None, "val", length=6, size=(200, 300))
+    dataset = SegmentationDataset("synthetic", None, "val", length=6 if device == "cuda" else 2, size=(200, 300))
     protocol = TestProtocol("slide", crop=(128, 128), stride=(96, 96))
     on_cpu = ConfusionMatrix(dataset.num_classes)
     for index in range(len(dataset)):
         image, labels = dataset.load(index)
         on_cpu.update(protocol_logits(image, torch_infer(model), protocol).argmax(axis=2), labels)
     cpu_miou = 100 * on_cpu.scores().miou
-    model = model.cuda()
+    model = model.to(device)
     miou = {graphs: 100 * evaluate(model, dataset, protocol, progress=False, cuda_graphs=graphs).miou
             for graphs in (False, True)}
     graphed, replays = GraphedForward(model, kept=2), []
     with torch.no_grad():
         for h, w in ((64, 96), (64, 96), (64, 96), (96, 64), (96, 64), (64, 96), (128, 128), (128, 128),
                      (32, 32), (32, 32), (64, 96), (64, 96)):
-            x = torch.randn(1, 3, h, w, device="cuda")
+            x = torch.randn(1, 3, h, w, device=device)
             replays.append(bool(torch.equal(graphed(x), model(x))))
-        x = torch.randn(1, 3, 128, 192, device="cuda")
+        x = torch.randn(1, 3, 128, 192, device=device)
         with forced_form("taps"):
             taps = model(x)
         with forced_form("fused"):
@@ -274,7 +275,7 @@ def check_torch_eval(folder: Path) -> dict:
     fused_diff = float((fused - taps).abs().max())
     return {"ok": abs(miou[False] - cpu_miou) < 0.01 and miou[True] == miou[False] and all(replays)
             and len(graphed.graphs) == 2 and fused_diff <= TOLERANCE,
-            "miou_numpy_protocol_cpu": cpu_miou, "miou_device_protocol_cuda": miou[False],
+            "device": device, "miou_numpy_protocol_cpu": cpu_miou, "miou_device_protocol": miou[False],
             "miou_cuda_graphs": miou[True], "graph_replays_equal_eager": replays,
             "graphs_kept": len(graphed.graphs), "fused_carafe_max_abs_diff_vs_taps": fused_diff}
 

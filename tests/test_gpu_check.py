@@ -2,6 +2,7 @@
 TensorRT's names (the surfaces extracted from NVIDIA's bindings), and without a GPU it writes a report that says so
 and exits 1 instead of passing."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,19 @@ def test_the_gpu_benchmarks_training_and_evaluation_rows_run_on_the_cpu(capsys):
     assert all(r["it_per_s"] > 0 for r in rows)
     evaluation = gpu.eval_rows(1, 1, runs=(("cpu", False),))
     assert evaluation[0]["mIoU"] == evaluation[0]["mIoU_on_the_cpu_images"]
+
+
+@pytest.mark.slow
+def test_the_torch_eval_check_runs_on_the_cpu(tmp_path):
+    """A smoke run of gpu_check's torch_eval on the CPU (no CUDA graphs there, so it cannot pass: every figure but
+    the graph count must), with Triton interpreted in a fresh process."""
+    code = ("import json, sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); import gpu_check; "
+            "print(json.dumps(gpu_check.check_torch_eval(Path(sys.argv[1]), device='cpu')))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert abs(report["miou_device_protocol"] - report["miou_numpy_protocol_cpu"]) < 0.01
+    assert report["miou_cuda_graphs"] == report["miou_device_protocol"] and all(report["graph_replays_equal_eager"])
+    assert report["graphs_kept"] == 0 and not report["ok"]
+    assert report["fused_carafe_max_abs_diff_vs_taps"] <= 1e-4
