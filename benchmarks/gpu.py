@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT))
 from offseg import build_model  # noqa: E402
 from offseg.models.carafe import forced_form  # noqa: E402
 from offseg.models.fold import fold_batchnorm  # noqa: E402
+from offseg.names import CARAFE_FORMS  # noqa: E402  (the default and the opt-in GPU forms, measured in one run)
 from runtime.sinks import atomic_output  # noqa: E402
 
 MODELS = ("offseg-t", "offseg-b", "offseg-l")
 SIZES = ((512, 512), (1024, 2048))
-CARAFE_FORMS = ("taps", "unfold", "fused")  # the default and the opt-in GPU forms, measured in the same run
 
 
 def timed(function, iters: int, warmup: int = 3) -> float:

@@ -8,7 +8,7 @@ from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 from runtime.output_policy import add_input, add_output
 
-from .names import DATASET_NAMES, DEVICE_HELP, MODEL_NAMES
+from .names import CARAFE_FORMS, DATASET_NAMES, DEVICE_HELP, MODEL_NAMES
 
 TRAIN_FILES = ("*.pth", "scalars.jsonl", "tensorboard")  # what offseg-train writes in --work-dir
 
@@ -117,6 +117,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .data.datasets import LAYOUTS, SegmentationDataset
     from .devices import describe, torch_device
     from .evaluate import evaluate, mean_accuracy
+    from .models.carafe import check_carafe_form, forced_form
     from .protocol import TestProtocol
     protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
     device = torch_device(args.device)
@@ -127,10 +128,14 @@ def _eval(args: argparse.Namespace) -> int:
                           f"{dataset.num_classes}")
     if args.cuda_graphs and device.type != "cuda":
         raise OffsegError(f"--cuda-graphs needs a CUDA device; this run is on {describe(device)}")
-    print(f"evaluating {name} on {describe(device)}{', CUDA graphs' if args.cuda_graphs else ''}", flush=True)
-    scores = evaluate(model.to(device), dataset, protocol, args.eval_images, cuda_graphs=args.cuda_graphs)
+    check_carafe_form(args.carafe, device)
+    how = "".join(f", {text}" for text in (args.cuda_graphs and "CUDA graphs",
+                                           args.carafe != "taps" and f"CARAFE {args.carafe}") if text)
+    print(f"evaluating {name} on {describe(device)}{how}", flush=True)
+    with forced_form(args.carafe):
+        scores = evaluate(model.to(device), dataset, protocol, args.eval_images, cuda_graphs=args.cuda_graphs)
     result = {"model": name, "dataset": args.dataset, "split": args.split, "mode": protocol.mode,
-              "device": str(device), "cuda_graphs": args.cuda_graphs,
+              "device": str(device), "cuda_graphs": args.cuda_graphs, "carafe": args.carafe,
               "protocol": protocol.describe(), **scores.as_dict(dataset.classes), "mAcc": 100 * mean_accuracy(scores)}
     print(f"{name} on {args.dataset} {args.split} ({protocol.describe()}): mIoU {result['mIoU']:.2f}, "
           f"mAcc {result['mAcc']:.2f}, aAcc {result['aAcc']:.2f}")
@@ -158,6 +163,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda-graphs", action="store_true", help="on a GPU, replay the forward of each input "
                         "size met twice from a CUDA graph (same scores, far less launch work; opt-in until "
                         "benchmarks/gpu.py has measured it)")
+    parser.add_argument("--carafe", choices=CARAFE_FORMS, default="taps", help="CARAFE form: taps (default, the "
+                        "reference), unfold (batched matrix products) or fused (one Triton kernel per call, CUDA); "
+                        "all exact to 1e-4, the GPU forms opt-in until benchmarks/gpu.py has measured them")
     add_output(parser, "--json", help="also write the scores as JSON")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--max-images": "--eval-images"})

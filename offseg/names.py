@@ -5,6 +5,7 @@ DATASET_NAMES = ("ade20k", "cityscapes", "coco-stuff164k", "pascal-context-59", 
 DEVICE_HELP = "torch device: auto (the GPU when torch sees one, else the CPU), cpu, cuda or cuda:N (default auto)"
 FREQFUSION_FORMS = ("gather", "taps")  # export forms of FreqFusion (offseg.models.freqfusion_gather, freqfusion)
 FREQFUSION_CHOICES = ("auto", *FREQFUSION_FORMS)
+CARAFE_FORMS = ("taps", "unfold", "fused")  # inference forms of CARAFE (offseg.models.carafe, carafe_fused)
 
 
 def freqfusion_form_for(choice: str, target: str) -> str:

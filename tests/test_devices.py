@@ -52,6 +52,20 @@ def test_eval_prints_its_device_and_refuses_an_unknown_one(checkpoint, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("error: --cuda-graphs needs a CUDA device; this run is on cpu (")
     assert len(err.strip().splitlines()) == 1
+    if not torch.cuda.is_available():
+        assert eval_main(["--checkpoint", str(checkpoint), "--device", "cpu", "--carafe", "fused"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --carafe fused runs a Triton kernel on a CUDA GPU; this run is on cpu")
+
+
+def test_eval_scores_the_same_with_each_carafe_form(checkpoint, tmp_path):
+    scores = {}
+    for form in ("taps", "unfold"):
+        assert eval_main(["--checkpoint", str(checkpoint), "--eval-images", "2", "--device", "cpu", "--carafe", form,
+                          "--json", str(tmp_path / f"{form}.json")]) == 0
+        scores[form] = json.loads((tmp_path / f"{form}.json").read_text())
+    assert scores["unfold"]["carafe"] == "unfold"
+    assert abs(scores["taps"]["mIoU"] - scores["unfold"]["mIoU"]) < 0.01
 
 
 def test_validate_takes_the_device_of_its_pytorch_side(checkpoint, tmp_path, capsys):

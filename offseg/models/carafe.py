@@ -18,10 +18,16 @@ benchmarks/gpu.py has measured them on a GPU.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+
+from runtime.errors import OffsegError
+
+from ..names import CARAFE_FORMS
 
 _forced_form: str | None = None
 
@@ -35,6 +41,18 @@ def forced_form(form: str):
         yield
     finally:
         _forced_form = previous
+
+
+def check_carafe_form(form: str, device: torch.device) -> None:
+    """Raises OffsegError when ``form`` cannot run on ``device`` here (the fused form needs Triton and a GPU, or
+    Triton's interpreter: ``TRITON_INTERPRET=1``)."""
+    if form != "fused":
+        return
+    if importlib.util.find_spec("triton") is None:
+        raise OffsegError("--carafe fused needs Triton (pip install triton, the version your torch names)")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise OffsegError(f"--carafe fused runs a Triton kernel on a CUDA GPU; this run is on {device.type} "
+                          "(TRITON_INTERPRET=1 runs it, slowly, on the CPU)")
 
 
 def carafe(features: torch.Tensor, masks: torch.Tensor, kernel_size: int, group_size: int,
@@ -51,6 +69,8 @@ def carafe(features: torch.Tensor, masks: torch.Tensor, kernel_size: int, group_
         raise ValueError(f"carafe: masks {tuple(masks.shape)} do not fit features {tuple(features.shape)} "
                          f"with kernel {k}, groups {g}, scale {s}")
     form = form or _forced_form or "taps"
+    if form not in CARAFE_FORMS:
+        raise ValueError(f"carafe: unknown form {form!r}; choose from {', '.join(CARAFE_FORMS)}")
     if form == "unfold":
         return _carafe_unfold(features, masks, k, g, s)
     if form == "fused":
