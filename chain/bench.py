@@ -2,7 +2,9 @@
 against PyTorch eager, and the ``offseg-run`` pipeline FPS against bare inference FPS.
 
 Backends: ``torch`` (eager, CPU), ``torch-cuda`` / ``torch-cuda-fp16`` (eager on the GPU, FP32 without TF32 /
-``.half()``), ``torch-compile`` (``torch.compile`` of the FP16 GPU model; compiled during the warm-up),
+``.half()``), ``torch-cuda-graph`` (the FP16 GPU model replayed from a CUDA graph, captured during the warm-up),
+``torch-compile`` (``torch.compile`` of the FP16 GPU model; compiled during the warm-up); the GPU rows run the model
+with its BatchNorms folded, as ``offseg-eval`` does,
 ``onnx-fp32`` (fused head, FreqFusion in the gather form), ``onnx-fp32-taps`` (FreqFusion in the readable taps
 form, what TensorRT engines get), ``onnx-fp32-unfused`` (the paper's head, for the
 fusion's effect), ``onnx-int8`` (Q/DQ for ONNX Runtime CPU), ``onnx-int8-trt`` (the Q/DQ flavour TensorRT builds
@@ -27,9 +29,9 @@ from runtime.errors import OffsegError
 from .commands import build_engine, run_command, tensorrt_unavailable
 
 BENCH_DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
-BACKENDS = ("torch", "torch-cuda", "torch-cuda-fp16", "torch-compile", "onnx-fp32", "onnx-fp32-taps",
-            "onnx-fp32-unfused", "onnx-int8", "onnx-int8-trt", "openvino", "openvino-taps", "trt-fp16", "trt-int8",
-            "trt-fp16-gather", "trt-int8-gather")
+BACKENDS = ("torch", "torch-cuda", "torch-cuda-fp16", "torch-cuda-graph", "torch-compile", "onnx-fp32",
+            "onnx-fp32-taps", "onnx-fp32-unfused", "onnx-int8", "onnx-int8-trt", "openvino", "openvino-taps",
+            "trt-fp16", "trt-int8", "trt-fp16-gather", "trt-int8-gather")
 INT8_TARGETS = {"onnx-int8": "onnxruntime", "onnx-int8-trt": "tensorrt"}
 
 
@@ -115,16 +117,19 @@ def _openvino(fp32: Path, threads: int):
 
 def _torch_gpu(model, backend: str):
     """infer(x) of the PyTorch model on the GPU (input copied in, output copied out, as a user's call does)."""
-    import copy
-
     import torch
+
+    from offseg.cuda_graphs import GraphedForward
+    from offseg.models.fold import fold_batchnorm
     if not torch.cuda.is_available():
         raise OffsegError(f"{backend} needs a CUDA GPU (torch {torch.__version__} sees none)")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     dtype = torch.float32 if backend == "torch-cuda" else torch.float16
-    net = copy.deepcopy(model).to("cuda", dtype)
+    net = fold_batchnorm(model).to("cuda", dtype)  # a copy
     if backend == "torch-compile":
         net = torch.compile(net)
+    elif backend == "torch-cuda-graph":
+        net = GraphedForward(net)
 
     def infer(x):
         with torch.no_grad():

@@ -129,9 +129,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.cuda_graphs and device.type != "cuda":
         raise OffsegError(f"--cuda-graphs needs a CUDA device; this run is on {describe(device)}")
     check_carafe_form(args.carafe, device)
-    how = "".join(f", {text}" for text in (args.cuda_graphs and "CUDA graphs",
-                                           args.carafe != "taps" and f"CARAFE {args.carafe}") if text)
-    print(f"evaluating {name} on {describe(device)}{how}", flush=True)
+    extras = [text for wanted, text in ((args.cuda_graphs, "CUDA graphs"), (args.carafe != "taps",
+                                                                            f"CARAFE {args.carafe}")) if wanted]
+    print(f"evaluating {name} on {describe(device)}" + "".join(f", {text}" for text in extras), flush=True)
     with forced_form(args.carafe):
         scores = evaluate(model.to(device), dataset, protocol, args.eval_images, cuda_graphs=args.cuda_graphs)
     result = {"model": name, "dataset": args.dataset, "split": args.split, "mode": protocol.mode,

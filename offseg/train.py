@@ -28,8 +28,8 @@ from runtime.preprocess import normalize_bgr
 from runtime.progress import Progress
 from runtime.sinks import DISK_FULL, disk_full_message, write_file
 
-from .compiling import check_compile_backend
 from .checkpoint import extract_state_dict, load_state, read_file, serialize
+from .compiling import check_compile_backend
 from .data import synthetic
 from .data.datasets import LAYOUTS, SegmentationDataset
 from .data.transforms import TrainTransform, pad_batch

@@ -83,11 +83,11 @@ def test_the_pytorch_backend_runs_on_the_device_it_names(checkpoint):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip reason of a machine without CUDA")
 def test_gpu_bench_rows_are_skipped_with_the_reason_on_a_cpu_machine(tmp_path, capsys):
-    assert {"torch-cuda", "torch-cuda-fp16", "torch-compile"} <= set(BACKENDS)
-    assert bench_main(["--backends", "torch,torch-cuda,torch-compile", "--input-size", "64", "64", "--iters", "1",
+    assert {"torch-cuda", "torch-cuda-fp16", "torch-cuda-graph", "torch-compile"} <= set(BACKENDS)
+    assert bench_main(["--backends", "torch,torch-cuda,torch-cuda-graph,torch-compile", "--input-size", "64", "64", "--iters", "1",
                        "--warmup", "1", "--work-dir", str(tmp_path), "--json", str(tmp_path / "b.json")]) == 0
     assert "torch-cuda needs a CUDA GPU" in capsys.readouterr().out
     report = json.loads((tmp_path / "b.json").read_text())
     assert set(report["results"]) == {"torch"}
-    for row in ("torch-cuda", "torch-compile"):
+    for row in ("torch-cuda", "torch-cuda-graph", "torch-compile"):
         assert report["skipped"][row].startswith(f"{row} needs a CUDA GPU (torch ")
