@@ -10,7 +10,8 @@ Rows, fresh weights, 150 classes, batch 1, BatchNorm folded (as ``offseg-eval`` 
 - ``torch.compile`` (default mode) of the configurations given to ``--compile``, with its compile time, and of the
   training step (``offseg-train --amp --compile``);
 - training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32, ``--amp``, ``--amp`` with the
-  model and batches channels-last, ``--amp`` with the unfold CARAFE form, which has far fewer kernels), in it/s;
+  model and batches channels-last, ``--amp`` with the unfold CARAFE form, which has far fewer kernels, FP32 and
+  ``--amp`` with the fused form: Triton kernels forward and backward), in it/s;
 - ``offseg-eval``'s evaluation loop on synthetic scenes, images/s on the GPU (eager and ``--cuda-graphs``) and on
   the CPU (same images).
 Every figure is measured in this run; nothing is compared with a stored number.
@@ -137,7 +138,8 @@ def compile_rows(specs: list[str], iters: int) -> list[dict]:
 
 
 TRAINING_VARIANTS = ({"amp": False}, {"amp": True}, {"amp": True, "channels_last": True},
-                     {"amp": True, "carafe": "unfold"})
+                     {"amp": True, "carafe": "unfold"}, {"amp": False, "carafe": "fused"},
+                     {"amp": True, "carafe": "fused"})
 
 
 def training_rows(iters: int, batch: int, variants=TRAINING_VARIANTS, device: str = "cuda",

@@ -12,6 +12,8 @@ Checks, each recorded with its numbers (a check that raises is recorded as faile
 - torch_reference: OffSeg-T/B/L on CUDA against tests/data/reference (TF32 off, <= 1e-4), and FP16 label agreement.
 - torch_eval: ``offseg-eval``'s device protocol on CUDA scores as the numpy protocol on the CPU; its CUDA graphs
   replay eager exactly; the Triton CARAFE matches the taps form.
+- fused_training: OffSeg-T's parameter gradients (train mode) with the Triton CARAFE equal the taps form's in FP64,
+  and stay within FP16 rounding of them under autocast.
 Exit status 0 when every check passed.
 """
 from __future__ import annotations
@@ -280,6 +282,40 @@ def check_torch_eval(folder: Path, device: str = "cuda") -> dict:
             "graphs_kept": len(graphed.graphs), "fused_carafe_max_abs_diff_vs_taps": fused_diff}
 
 
+def check_fused_training(folder: Path, device: str = "cuda", size: int = 128) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from offseg import build_model
+    from offseg.models.carafe import forced_form
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    model = build_model("offseg-t", num_classes=9).train().to(device)
+    x = torch.randn(2, 3, size, size, device=device)
+    labels = torch.randint(0, 9, (2, size // 4, size // 4), device=device)
+
+    def gradients(form: str, dtype: torch.dtype, amp: bool) -> list:
+        model.to(dtype).zero_grad()
+        with forced_form(form), torch.autocast(device, dtype=torch.float16, enabled=amp):
+            F.cross_entropy(model(x.to(dtype)).float(), labels).backward()
+        return [p.grad.double() for p in model.parameters() if p.grad is not None]
+
+    def largest_error(got: list, expected: list, floor: float) -> float:
+        # the biases of convolutions followed by BatchNorm have a zero gradient, computed as rounding noise
+        floor = floor * max(float(e.abs().max()) for e in expected)
+        return max(float((g - e).abs().max() / e.abs().max().clamp(min=floor)) for g, e in zip(got, expected))
+
+    fp64 = largest_error(gradients("fused", torch.float64, False), gradients("taps", torch.float64, False), 1e-6)
+    result = {"device": device, "input": f"2x3x{size}x{size}", "fp64_max_relative_gradient_error": fp64}
+    ok = fp64 <= 1e-9
+    if device == "cuda":  # autocast's FP16 path; the CPU's autocast is BF16
+        amp = largest_error(gradients("fused", torch.float32, True), gradients("taps", torch.float32, True), 1e-3)
+        result["autocast_max_relative_gradient_error"] = amp
+        ok = ok and amp <= 5e-2
+    return {"ok": ok, **result}
+
+
 def feature_diffs(model, x, data: dict, size: str) -> dict:
     """Max |diff| of each stored backbone feature: where on the way to the logits a difference starts."""
     import torch
@@ -328,7 +364,7 @@ def _has(command: str) -> bool:
 
 CHECKS = {"cuda_adapter": lambda folder: check_cuda_adapter(), "standin_engine": check_standin_engine,
           "offseg_run_video": check_offseg_run_video, "torch_reference": check_torch_reference,
-          "torch_eval": check_torch_eval}
+          "torch_eval": check_torch_eval, "fused_training": check_fused_training}
 
 
 def main(argv: list[str] | None = None) -> int:

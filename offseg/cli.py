@@ -45,7 +45,7 @@ def _train(args: argparse.Namespace) -> int:
                          workers=args.workers, seed=args.seed, deterministic=args.deterministic, resume=args.resume,
                          init_checkpoint=str(args.checkpoint) if args.checkpoint else None,
                          pretrained_backbone=str(args.pretrained_backbone) if args.pretrained_backbone else None,
-                         accumulate=args.accumulate, amp=args.amp, compile=args.compile)
+                         accumulate=args.accumulate, amp=args.amp, compile=args.compile, carafe=args.carafe)
     print(f"wrote {train(config)}")
     return 0
 
@@ -84,6 +84,9 @@ def train_main(argv: list[str] | None = None) -> int:
                         help="torch.compile the training step (backend default inductor; aot_eager compiles "
                              "without generating kernels); the first iteration takes minutes. Checkpoints are "
                              "the same as without it")
+    parser.add_argument("--carafe", choices=CARAFE_FORMS, default="taps", help="CARAFE form: taps (default, the "
+                        "reference), unfold (batched matrix products) or fused (Triton kernels, CUDA); the same "
+                        "gradients to rounding, the GPU forms opt-in until benchmarks/gpu.py has measured them")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default the dataset's)")
     parser.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default 6e-5; head x10)")
     parser.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default 1500)")

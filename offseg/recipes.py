@@ -106,6 +106,8 @@ def run_line(config, world: int, steps: int) -> str:
     line = (f"effective batch {total} = {config.batch_size} per step x {world} process(es) x {steps} accumulated "
             f"step(s), {'AMP (float16)' if config.amp else 'FP32'}, {config.iters} iterations, PolyLR end "
             f"{config.lr_end}")
+    if config.carafe != "taps":
+        line += f", CARAFE {config.carafe} form"
     differs = [f"{name} {ours} (recipe {theirs})" for name, ours, theirs in (
         ("batch", total, official.batch), ("iterations", config.iters, official.iters),
         ("PolyLR end", config.lr_end, official.lr_end)) if ours != theirs]

@@ -36,7 +36,9 @@ from .data.transforms import TrainTransform, pad_batch
 from .evaluate import evaluate, mean_accuracy
 from .head_init import init_head_like_official
 from .losses import check_label_range, mmseg_cross_entropy
+from .models.carafe import check_carafe_form, forced_form
 from .optim import lr_factor, parameter_groups
+from .names import CARAFE_FORMS
 from .pretrained import load_pretrained_backbone
 from .run_files import BestCheckpoint, disk_line, prune_checkpoints
 from .protocol import TestProtocol
@@ -66,6 +68,7 @@ class TrainConfig:
     accumulate: int | None = 1  # micro-batches per optimizer step; None: enough to reach the recipe's batch
     amp: bool = False  # the official runs are FP32
     compile: str | None = None  # a torch.compile backend ("inductor"): compiles the training forward and backward
+    carafe: str = "taps"  # CARAFE form (offseg.names.CARAFE_FORMS): the same parameters and gradients, other kernels
     warmup_iters: int = 1500
     poly_power: float = 1.0
     checkpoint_interval: int | None = None
@@ -96,6 +99,8 @@ class TrainConfig:
             raise OffsegError(f"--eval-images must be at least 1, got {self.eval_images}")
         if self.accumulate is not None and self.accumulate < 1:
             raise OffsegError(f"--accumulate must be at least 1 or 'auto', got {self.accumulate}")
+        if self.carafe not in CARAFE_FORMS:
+            raise OffsegError(f"--carafe {self.carafe}: choose from {', '.join(CARAFE_FORMS)}")
         if self.init_checkpoint and self.pretrained_backbone:
             raise OffsegError("give either --checkpoint (whole model) or --pretrained-backbone, not both")
 
@@ -277,7 +282,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     try:
         config = with_recipe(config, run.world)
         config.validate()
-        return _train(config, run, progress and run.main)
+        check_carafe_form(config.carafe, run.device)
+        with forced_form(config.carafe):
+            return _train(config, run, progress and run.main)
     finally:
         run.close()
 

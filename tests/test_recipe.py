@@ -440,6 +440,9 @@ def test_accumulated_steps_equal_one_big_batch():
     assert run_line(config, 1, 8).startswith("effective batch 16 = 2 per step x 1 process(es) x 8")
     assert "FP32" in run_line(config, 1, 8) and not TrainConfig().amp
     assert "batch 3 (recipe 16)" in run_line(with_recipe(TrainConfig(batch_size=3), 1), 1, 1)
+    assert "CARAFE fused form" in run_line(with_recipe(TrainConfig(carafe="fused"), 1), 1, 1)
+    with pytest.raises(OffsegError, match="--carafe fast: choose from taps, unfold, fused"):
+        with_recipe(TrainConfig(carafe="fast"), 1).validate()
 
 
 def test_head_starts_from_the_official_initialisation():

@@ -1,5 +1,6 @@
 """Training modules: metrics, dataset layouts, augmentations, the schedule, fine-tuning, resume and torchrun."""
 import json
+import logging
 import os
 import re
 import shutil
@@ -248,23 +249,34 @@ def test_best_checkpoint_only_improves_and_survives_a_restart(tmp_path):
     assert BestCheckpoint(tmp_path / "foreign.pth", "offseg-t", ("a",)).miou == float("-inf")
 
 
+def _two_iterations(work: Path, **variant) -> tuple[list[float], dict]:
+    latest = train(TrainConfig(iters=2, checkpoint_interval=2, work_dir=str(work), **variant, **TINY), progress=False)
+    lines = [json.loads(line) for line in (work / "scalars.jsonl").read_text().splitlines()]
+    return [line["loss"] for line in lines if "loss" in line], read_training_state(latest)["state_dict"]
+
+
 @pytest.mark.slow
-def test_a_compiled_run_trains_as_the_eager_run_and_saves_the_same_checkpoint(tmp_path, capsys):
-    """aot_eager traces the whole step through torch.compile (dynamo, AOTAutograd) without generating kernels: the
-    wiring is what this checks; inductor's kernels are measured by benchmarks/gpu.py."""
-    losses, states = {}, {}
-    for backend in (None, "aot_eager"):
-        work = tmp_path / str(backend)
-        latest = train(TrainConfig(iters=2, checkpoint_interval=2, work_dir=str(work), compile=backend, **TINY),
-                       progress=False)
-        states[backend] = read_training_state(latest)["state_dict"]
-        lines = [json.loads(line) for line in (work / "scalars.jsonl").read_text().splitlines()]
-        losses[backend] = [line["loss"] for line in lines if "loss" in line]
+@pytest.mark.parametrize("variant", [{"compile": "aot_eager"}, {"carafe": "unfold"}], ids=["compiled", "unfold"])
+def test_a_variant_run_trains_as_the_default_run_and_saves_the_same_checkpoint(tmp_path, caplog, variant):
+    """aot_eager traces the whole step through torch.compile (dynamo, AOTAutograd) without generating kernels, and
+    the unfold form computes CARAFE with other kernels: the wiring is what this checks; inductor's and the GPU
+    forms' speed is measured by benchmarks/gpu.py."""
+    default_losses, default_state = _two_iterations(tmp_path / "default")
+    with caplog.at_level(logging.INFO, logger="offseg"):
+        losses, state = _two_iterations(tmp_path / "variant", **variant)
     # the first step's loss comes before any update: the same forward; after it, AdamW's first steps move each
     # weight by about lr along the gradient's sign, which rounding flips where a gradient is near 0
-    assert len(losses[None]) == 2 and abs(losses[None][0] - losses["aot_eager"][0]) < 1e-5
-    assert abs(losses[None][1] - losses["aot_eager"][1]) < 1e-2
-    assert states["aot_eager"].keys() == states[None].keys(), "the compiled run names its tensors differently"
-    build_model("offseg-t", 9).load_state_dict(states["aot_eager"])
+    assert len(default_losses) == 2 and abs(default_losses[0] - losses[0]) < 1e-5
+    assert abs(default_losses[1] - losses[1]) < 1e-2
+    assert state.keys() == default_state.keys(), "the variant run names its tensors differently"
+    build_model("offseg-t", 9).load_state_dict(state)
+    if "carafe" in variant:
+        assert "CARAFE unfold form" in caplog.text
+
+
+def test_train_refuses_a_compile_backend_or_carafe_form_it_cannot_run(tmp_path, capsys):
     assert train_main(["--iters", "1", "--compile", "no-such-backend", "--work-dir", str(tmp_path / "x")]) == 2
     assert "--compile no-such-backend: torch" in capsys.readouterr().err
+    assert train_main(["--iters", "1", "--carafe", "fused", "--work-dir", str(tmp_path / "y")]) == 2
+    assert capsys.readouterr().err.startswith("error: --carafe fused runs a Triton kernel on a CUDA GPU")
+    assert not (tmp_path / "y" / "latest.pth").exists()

@@ -12,8 +12,8 @@ unfolded tensor at the output resolution is never built; the extra memory is one
 x plus one product per tap, but it launches three kernels per tap. ``unfold`` (meant for CUDA): the k*k
 neighbourhoods of x are unfolded at the LOW resolution (k^2 x the input, not k^2 s^2 x) and each output phase is
 one batched matrix product with its kernels: a handful of kernels per call instead of 3 k^2, which is what makes the
-eager GPU forward launch-bound otherwise. ``fused`` (``carafe_fused.py``, CUDA inference): one Triton kernel per
-call, nothing intermediate in memory; needs ``triton`` and has no backward. The GPU forms are opt-in until
+eager GPU forward launch-bound otherwise. ``fused`` (``carafe_fused.py``, CUDA): one Triton kernel per call, two
+for its backward, nothing intermediate in memory; needs ``triton``. The GPU forms are opt-in until
 benchmarks/gpu.py has measured them on a GPU.
 """
 from __future__ import annotations
@@ -59,9 +59,8 @@ def carafe(features: torch.Tensor, masks: torch.Tensor, kernel_size: int, group_
            scale_factor: int, form: str | None = None) -> torch.Tensor:
     """Reassemble ``features`` with per-pixel ``masks``; returns (N, C, s*h, s*w).
 
-    ``form``: "taps" (default), "unfold" or "fused" (opt-in until measured on a GPU; see ``forced_form``). Raises
-    ValueError when the mask shape does not match ``features`` and the arguments, and for the fused form when a
-    gradient is needed (it has no backward).
+    ``form``: "taps" (default), "unfold" or "fused" (opt-in until measured on a GPU; see ``forced_form``); all
+    three have a backward. Raises ValueError when the mask shape does not match ``features`` and the arguments.
     """
     n, c, h, w = features.shape
     k, g, s = kernel_size, group_size, scale_factor
@@ -74,8 +73,6 @@ def carafe(features: torch.Tensor, masks: torch.Tensor, kernel_size: int, group_
     if form == "unfold":
         return _carafe_unfold(features, masks, k, g, s)
     if form == "fused":
-        if torch.is_grad_enabled() and (features.requires_grad or masks.requires_grad):
-            raise ValueError("carafe: the fused form is for inference (no backward); train with the taps form")
         from .carafe_fused import carafe_fused  # triton: only where this form is asked for
         return carafe_fused(features, masks, k, g, s)
     return _carafe_taps(features, masks, k, g, s)

@@ -1,13 +1,18 @@
-"""CARAFE as one Triton kernel: the CUDA inference form (see ``carafe.py`` for the semantics and the other forms).
+"""CARAFE as Triton kernels: the CUDA form for inference and training (see ``carafe.py`` for the semantics and the
+other forms).
 
-Each program computes a block of output pixels for a block of channels: for every tap it reads the source pixel of
-the nearest low-resolution position (zero outside the map) and that tap's kernel value, and accumulates in FP32.
-So a call is one kernel launch and one pass over the features, the kernels and the output, whatever k and s are,
-where the taps form launches 3 k^2 kernels and writes k^2 intermediate maps. Index arithmetic is integer and the
-accumulation FP32 whatever the activations' dtype (FP16/BF16 safe). No backward: inference only.
+Forward: each program computes a block of output pixels for a block of channels: for every tap it reads the source
+pixel of the nearest low-resolution position (zero outside the map) and that tap's kernel value. So a call is one
+kernel launch and one pass over the features, the kernels and the output, whatever k and s are, where the taps
+form launches 3 k^2 kernels and writes k^2 intermediate maps. Backward: two more kernels, one per input (mmcv's
+CUDA CARAFE has the same two): the kernels' gradient sums, per output pixel and tap, the output gradient times the
+tap's source pixel over the group's channels; the features' gradient gathers, per low-resolution pixel, the output
+gradient times the kernel value of every (tap, output pixel) that read it, so no atomics and a deterministic
+result. Index arithmetic is integer; sums are FP32 whatever the activations' dtype (FP16/BF16 safe), FP64 for FP64
+tensors (what ``torch.autograd.gradcheck`` needs).
 
-Triton runs it on CUDA; with ``TRITON_INTERPRET=1`` set before the first import, its interpreter runs the same
-kernel on CPU tensors, which is how the tests check it against the taps form without a GPU.
+Triton runs them on CUDA; with ``TRITON_INTERPRET=1`` set before the first import, its interpreter runs the same
+kernels on CPU tensors, which is how the tests check them against the taps form without a GPU.
 """
 from __future__ import annotations
 
@@ -17,12 +22,14 @@ import triton.language as tl
 
 BLOCK_PIXELS = 128  # output pixels per program (contiguous in memory: coalesced kernel loads and output stores)
 MAX_BLOCK_CHANNELS = 16  # channels per program: the kernel values of a group are loaded once for all of them
+GRAD_BLOCK_PIXELS = 64  # the kernels' gradient: output pixels per program (x every tap x a block of channels)
+GRAD_BLOCK_CHANNELS = 4  # the kernels' gradient: channels summed per loop step
 
 
 @triton.jit
 def _carafe_kernel(features, masks, out, channels, height, width, groups, channels_per_group,
                    K: tl.constexpr, S: tl.constexpr, SINGLE_GROUP: tl.constexpr,
-                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
     out_height, out_width = height * S, width * S
     out_pixels = out_height * out_width
     pixel = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -36,33 +43,143 @@ def _carafe_kernel(features, masks, out, channels, height, width, groups, channe
         mask_rows = n * (K * K) * out_pixels
     else:
         mask_rows = (n * groups + channel[:, None] // channels_per_group) * (K * K) * out_pixels
-    total = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    total = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
     for tap in tl.static_range(K * K):
         y = source_y + tap // K - (K - 1) // 2
         x = source_x + tap % K - (K - 1) // 2
         inside = pixel_ok & (y >= 0) & (y < height) & (x >= 0) & (x < width)
         value = tl.load(features + feature_rows + (y * width + x)[None, :],
-                        mask=channel_ok[:, None] & inside[None, :], other=0.0).to(tl.float32)
+                        mask=channel_ok[:, None] & inside[None, :], other=0.0).to(ACC)
         if SINGLE_GROUP:
             weight = tl.load(masks + mask_rows + tap * out_pixels + pixel, mask=pixel_ok, other=0.0)
-            weight = weight.to(tl.float32)[None, :]
+            weight = weight.to(ACC)[None, :]
         else:
             weight = tl.load(masks + mask_rows + tap * out_pixels + pixel[None, :],
-                             mask=channel_ok[:, None] & pixel_ok[None, :], other=0.0).to(tl.float32)
+                             mask=channel_ok[:, None] & pixel_ok[None, :], other=0.0).to(ACC)
         total += value * weight
     out_rows = (n * channels + channel[:, None]) * out_pixels
     tl.store(out + out_rows + pixel[None, :], total.to(out.dtype.element_ty),
              mask=channel_ok[:, None] & pixel_ok[None, :])
 
 
+@triton.jit
+def _carafe_masks_grad_kernel(features, grad_out, grad_masks, channels, height, width, groups, channels_per_group,
+                              K: tl.constexpr, S: tl.constexpr, TAPS: tl.constexpr,
+                              BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """grad_masks[n, g*K*K + tap, p] = sum over the group's channels c of grad_out[n, c, p] * x[n, c, source(p, tap)];
+    one program: a block of output pixels of one (n, group), every tap at once (TAPS = K*K rounded up to 2^m)."""
+    out_width = width * S
+    out_pixels = height * S * out_width
+    pixel = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = (tl.program_id(1) // groups).to(tl.int64)
+    group = tl.program_id(1) % groups
+    tap = tl.arange(0, TAPS)
+    pixel_ok, tap_ok = pixel < out_pixels, tap < K * K
+    y = ((pixel // out_width) // S)[None, :] + (tap // K - (K - 1) // 2)[:, None]  # (TAPS, BLOCK_P)
+    x = ((pixel % out_width) // S)[None, :] + (tap % K - (K - 1) // 2)[:, None]
+    inside = tap_ok[:, None] & pixel_ok[None, :] & (y >= 0) & (y < height) & (x >= 0) & (x < width)
+    source = y * width + x
+    total = tl.zeros((TAPS, BLOCK_P), dtype=ACC)
+    for start in range(0, channels_per_group, BLOCK_C):
+        in_group = start + tl.arange(0, BLOCK_C)
+        channel_ok = in_group < channels_per_group
+        rows = n * channels + group * channels_per_group + in_group  # (BLOCK_C,)
+        grad = tl.load(grad_out + rows[:, None] * out_pixels + pixel[None, :],
+                       mask=channel_ok[:, None] & pixel_ok[None, :], other=0.0).to(ACC)
+        value = tl.load(features + (rows * (height * width))[:, None, None] + source[None, :, :],
+                        mask=channel_ok[:, None, None] & inside[None, :, :], other=0.0).to(ACC)
+        total += tl.sum(value * grad[:, None, :], axis=0)
+    mask_rows = (n * groups + group) * (K * K) * out_pixels
+    tl.store(grad_masks + mask_rows + tap[:, None] * out_pixels + pixel[None, :],
+             total.to(grad_masks.dtype.element_ty), mask=tap_ok[:, None] & pixel_ok[None, :])
+
+
+@triton.jit
+def _carafe_features_grad_kernel(masks, grad_out, grad_features, channels, height, width, groups,
+                                 channels_per_group, K: tl.constexpr, S: tl.constexpr, SINGLE_GROUP: tl.constexpr,
+                                 BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """grad_x[n, c, y, x] = sum over the taps and the S*S output pixels of the low-resolution pixel whose tap reads
+    (y, x) of grad_out times that tap's kernel value; one program: a block of low-resolution pixels and channels."""
+    out_width = width * S
+    out_pixels = height * S * out_width
+    pixel = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    channel_blocks = (channels + BLOCK_C - 1) // BLOCK_C
+    n = (tl.program_id(1) // channel_blocks).to(tl.int64)
+    channel = (tl.program_id(1) % channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pixel_ok, channel_ok = pixel < height * width, channel < channels
+    grad_rows = (n * channels + channel[:, None]) * out_pixels
+    if SINGLE_GROUP:
+        mask_rows = n * (K * K) * out_pixels
+    else:
+        mask_rows = (n * groups + channel[:, None] // channels_per_group) * (K * K) * out_pixels
+    total = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
+    for tap in tl.static_range(K * K):
+        reader_y = pixel // width - tap // K + (K - 1) // 2  # the low-resolution pixel whose tap reads this one
+        reader_x = pixel % width - tap % K + (K - 1) // 2
+        inside = pixel_ok & (reader_y >= 0) & (reader_y < height) & (reader_x >= 0) & (reader_x < width)
+        for phase in range(S * S):
+            out_pixel = (reader_y * S + phase // S) * out_width + reader_x * S + phase % S
+            grad = tl.load(grad_out + grad_rows + out_pixel[None, :], mask=channel_ok[:, None] & inside[None, :],
+                           other=0.0).to(ACC)
+            if SINGLE_GROUP:
+                weight = tl.load(masks + mask_rows + tap * out_pixels + out_pixel, mask=inside, other=0.0)
+                weight = weight.to(ACC)[None, :]
+            else:
+                weight = tl.load(masks + mask_rows + tap * out_pixels + out_pixel[None, :],
+                                 mask=channel_ok[:, None] & inside[None, :], other=0.0).to(ACC)
+            total += grad * weight
+    feature_rows = (n * channels + channel[:, None]) * (height * width)
+    tl.store(grad_features + feature_rows + pixel[None, :], total.to(grad_features.dtype.element_ty),
+             mask=channel_ok[:, None] & pixel_ok[None, :])
+
+
+def _accumulator(*tensors: torch.Tensor):
+    return tl.float64 if any(t.dtype == torch.float64 for t in tensors) else tl.float32
+
+
+def _channel_block(channels: int) -> int:
+    return min(MAX_BLOCK_CHANNELS, triton.next_power_of_2(channels))
+
+
+class _FusedCarafe(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features, masks, k, g, s):
+        n, c, h, w = features.shape
+        features, masks = features.contiguous(), masks.contiguous()
+        out = torch.empty((n, c, s * h, s * w), dtype=torch.result_type(features, masks), device=features.device)
+        block_c = _channel_block(c)
+        grid = (triton.cdiv(s * h * s * w, BLOCK_PIXELS), n * triton.cdiv(c, block_c))
+        _carafe_kernel[grid](features, masks, out, c, h, w, g, c // g, K=k, S=s, SINGLE_GROUP=g == 1,
+                             BLOCK_C=block_c, BLOCK_P=BLOCK_PIXELS, ACC=_accumulator(features, masks))
+        ctx.save_for_backward(features, masks)
+        ctx.sizes = k, g, s
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        features, masks = ctx.saved_tensors
+        k, g, s = ctx.sizes
+        n, c, h, w = features.shape
+        grad_out = grad_out.contiguous()
+        accumulator = _accumulator(features, masks, grad_out)
+        grad_features = grad_masks = None
+        if ctx.needs_input_grad[0]:
+            grad_features = torch.empty_like(features)
+            block_c = _channel_block(c)
+            grid = (triton.cdiv(h * w, BLOCK_PIXELS), n * triton.cdiv(c, block_c))
+            _carafe_features_grad_kernel[grid](masks, grad_out, grad_features, c, h, w, g, c // g, K=k, S=s,
+                                               SINGLE_GROUP=g == 1, BLOCK_C=block_c, BLOCK_P=BLOCK_PIXELS,
+                                               ACC=accumulator)
+        if ctx.needs_input_grad[1]:
+            grad_masks = torch.empty_like(masks)
+            grid = (triton.cdiv(s * h * s * w, GRAD_BLOCK_PIXELS), n * g)
+            _carafe_masks_grad_kernel[grid](features, grad_out, grad_masks, c, h, w, g, c // g, K=k, S=s,
+                                            TAPS=triton.next_power_of_2(k * k), BLOCK_C=GRAD_BLOCK_CHANNELS,
+                                            BLOCK_P=GRAD_BLOCK_PIXELS, ACC=accumulator)
+        return grad_features, grad_masks, None, None, None
+
+
 def carafe_fused(features: torch.Tensor, masks: torch.Tensor, k: int, g: int, s: int) -> torch.Tensor:
-    """CARAFE in one launch; shapes as checked by ``carafe.carafe``. The output dtype is what ``features * masks``
-    gives (as in the taps form)."""
-    n, c, h, w = features.shape
-    features, masks = features.contiguous(), masks.contiguous()
-    out = torch.empty((n, c, s * h, s * w), dtype=torch.result_type(features, masks), device=features.device)
-    block_c = min(MAX_BLOCK_CHANNELS, triton.next_power_of_2(c))
-    grid = (triton.cdiv(s * h * s * w, BLOCK_PIXELS), n * triton.cdiv(c, block_c))
-    _carafe_kernel[grid](features, masks, out, c, h, w, g, c // g, K=k, S=s, SINGLE_GROUP=g == 1,
-                         BLOCK_C=block_c, BLOCK_P=BLOCK_PIXELS)
-    return out
+    """CARAFE in one launch (two more for the backward); shapes as checked by ``carafe.carafe``. The output dtype
+    is what ``features * masks`` gives (as in the taps form); each gradient has its input's dtype."""
+    return _FusedCarafe.apply(features, masks, k, g, s)
