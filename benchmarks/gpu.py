@@ -13,7 +13,9 @@ Rows, fresh weights, 150 classes, batch 1, BatchNorm folded (as ``offseg-eval`` 
   model and batches channels-last, ``--amp`` with the unfold CARAFE form, which has far fewer kernels, FP32 and
   ``--amp`` with the fused form: Triton kernels forward and backward), in it/s;
 - ``offseg-eval``'s evaluation loop on synthetic scenes, images/s on the GPU (eager and ``--cuda-graphs``) and on
-  the CPU (same images).
+  the CPU (same images);
+- profiles (torch.profiler, the 15 kernels that take the most GPU time) of OffSeg-T's FP16 forward at 1024x2048
+  and of its ``--amp`` training step, batch 16, crop 512, with the taps and the fused CARAFE forms.
 Every figure is measured in this run; nothing is compared with a stored number.
 """
 from __future__ import annotations
@@ -181,6 +183,59 @@ def training_rows(iters: int, batch: int, variants=TRAINING_VARIANTS, device: st
     return rows
 
 
+def busiest(function, device: str = "cuda", top: int = 15) -> dict:
+    """Where one ``function()`` spends its time: the ``top`` kernel names by total GPU time (on the CPU: ATen ops
+    by self time, for the smoke test), with launch counts and shares of the whole."""
+    from torch.profiler import ProfilerActivity, profile
+    function()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU]) as prof:
+        function()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    if device == "cuda":
+        spans = [(e.name, e.time_range.elapsed_us(), 1) for e in prof.events() if e.device_type.name == "CUDA"]
+    else:
+        spans = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()]
+    totals: dict[str, list] = {}
+    for name, microseconds, count in spans:
+        entry = totals.setdefault(name, [0.0, 0])
+        entry[0] += microseconds
+        entry[1] += count
+    whole = sum(t for t, _ in totals.values()) or 1.0
+    ranked = sorted(totals.items(), key=lambda item: -item[1][0])[:top]
+    return {"total_ms": whole / 1000, "top": [{"name": name[:160], "launches": count, "ms": t / 1000,
+                                               "share": t / whole} for name, (t, count) in ranked]}
+
+
+def profile_rows(device: str = "cuda", size: tuple[int, int] = (1024, 2048), batch: int = 16, crop: int = 512,
+                 forms=("taps", "fused")) -> list[dict]:
+    """The profiles behind the misses: OffSeg-T's FP16 forward at ``size`` and its ``--amp`` training step (batch
+    ``batch``, ``crop``), for each CARAFE form."""
+    from offseg.train import train_step
+    rows = []
+    amp = device == "cuda"
+    dtype = torch.float16 if amp else torch.float32
+    inference = fold_batchnorm(build_model("offseg-t")).to(device, dtype)
+    x = torch.randn(1, 3, *size, device=device, dtype=dtype)
+    model = build_model("offseg-t").to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    images, labels = torch.randn(batch, 3, crop, crop), torch.randint(0, 150, (batch, crop, crop))
+    for form in forms:
+        with forced_form(form):
+            with torch.no_grad():
+                forward = busiest(lambda: inference(x), device)
+            step = busiest(lambda: train_step(model, [(images, labels)], optimizer, scaler, torch.device(device),
+                                              amp), device)
+        for what, report in ((f"forward {'FP16' if amp else 'FP32'} {size[0]}x{size[1]}", forward),
+                             (f"training step {'AMP' if amp else 'FP32'} batch {batch} crop {crop}", step)):
+            rows.append({"model": "offseg-t", "what": what, "carafe": form, **report})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def eval_rows(gpu_images: int, cpu_images: int, runs=(("cuda", False), ("cuda", True), ("cpu", False))) -> list[dict]:
     """``offseg-eval``'s loop for each (device, CUDA graphs) run: images/s (``gpu_images`` on a GPU, ``cpu_images``
     on the CPU), and every run's mIoU on the CPU's images (they must agree)."""
@@ -213,11 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", nargs="*", default=["offseg-t@512x512"], metavar="MODEL@HxW",
                         help="configurations to torch.compile (default offseg-t@512x512; none: no compile rows)")
     parser.add_argument("--quick", action="store_true", help="OffSeg-T at 512x512 only, few iterations (a smoke run)")
-    parser.add_argument("--sections", default="latency,training,evaluation,compile",
-                        help="comma-separated subset of latency, training, evaluation, compile (default: all)")
+    parser.add_argument("--sections", default="latency,training,evaluation,profile,compile",
+                        help="comma-separated subset of latency, training, evaluation, profile, compile "
+                             "(default: all)")
     args = parser.parse_args(argv)
     chosen = args.sections.split(",")
-    unknown = sorted(set(chosen) - {"latency", "training", "evaluation", "compile"})
+    unknown = sorted(set(chosen) - {"latency", "training", "evaluation", "profile", "compile"})
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}")
     if not torch.cuda.is_available():
@@ -232,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = {"latency": lambda: latency_rows(args.iters, models, sizes),
                 "training": lambda: training_rows(3 if args.quick else 15, 2 if args.quick else 16),
                 "evaluation": lambda: eval_rows(4 if args.quick else 24, 2 if args.quick else 6),
+                "profile": lambda: profile_rows(size=(512, 512) if args.quick else (1024, 2048),
+                                                batch=2 if args.quick else 16),
                 "compile": lambda: compile_rows([] if args.quick else args.compile, args.iters)
                 + training_rows(3 if args.quick else 15, 2 if args.quick else 16,
                                 ({"amp": True, "compile": "inductor"},))}

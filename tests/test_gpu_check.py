@@ -86,6 +86,10 @@ def test_the_gpu_benchmarks_training_and_evaluation_rows_run_on_the_cpu(capsys):
     assert [(r["amp"], r["channels_last"], r["carafe"]) for r in rows] == [
         (False, False, "taps"), (True, False, "taps"), (True, True, "taps"), (True, False, "unfold")]
     assert all(r["it_per_s"] > 0 for r in rows)
+    profiles = gpu.profile_rows("cpu", size=(64, 64), batch=1, crop=64, forms=("taps",))
+    assert [row["what"] for row in profiles] == ["forward FP32 64x64", "training step FP32 batch 1 crop 64"]
+    assert all(0 < sum(op["share"] for op in row["top"]) <= 1 + 1e-9 and row["total_ms"] > 0 for row in profiles)
+    assert "aten::convolution_backward" in {op["name"] for op in profiles[1]["top"]}
     evaluation = gpu.eval_rows(1, 1, runs=(("cpu", False),))
     assert evaluation[0]["mIoU"] == evaluation[0]["mIoU_on_the_cpu_images"]
 
