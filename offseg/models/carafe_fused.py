@@ -20,10 +20,36 @@ import torch
 import triton
 import triton.language as tl
 
+# Block sizes and warps: chosen (2026-12-06, no GPU at hand) so that ptxas fits every kernel in at most 128
+# registers per thread without spilling, for sm_90 and sm_87 (tests/test_carafe_fused.py compiles them on the CPU);
+# the static 25-tap loops of the first version took 255 registers and spilled.
 BLOCK_PIXELS = 128  # output pixels per program (contiguous in memory: coalesced kernel loads and output stores)
 MAX_BLOCK_CHANNELS = 16  # channels per program: the kernel values of a group are loaded once for all of them
 GRAD_BLOCK_PIXELS = 64  # the kernels' gradient: output pixels per program (x every tap x a block of channels)
 GRAD_BLOCK_CHANNELS = 4  # the kernels' gradient: channels summed per loop step
+NUM_WARPS = 8
+
+
+@triton.jit
+def _kernel_rows(n, channel, groups, channels_per_group, out_pixels, K: tl.constexpr, SINGLE_GROUP: tl.constexpr):
+    """Offset of the reassembly kernels of (n, each channel's group): a scalar for one group, else (BLOCK_C, 1)."""
+    if SINGLE_GROUP:
+        rows = n * (K * K) * out_pixels
+    else:
+        rows = (n * groups + channel[:, None] // channels_per_group) * (K * K) * out_pixels
+    return rows
+
+
+@triton.jit
+def _kernel_values(masks, rows, tap, out_pixels, pixel, pixel_ok, channel_ok, SINGLE_GROUP: tl.constexpr,
+                   ACC: tl.constexpr):
+    """Tap ``tap``'s kernel values at ``pixel`` (zero where not ``pixel_ok``), shaped to broadcast over channels."""
+    if SINGLE_GROUP:
+        values = tl.load(masks + rows + tap * out_pixels + pixel, mask=pixel_ok, other=0.0).to(ACC)[None, :]
+    else:
+        values = tl.load(masks + rows + tap * out_pixels + pixel[None, :],
+                         mask=channel_ok[:, None] & pixel_ok[None, :], other=0.0).to(ACC)
+    return values
 
 
 @triton.jit
@@ -39,24 +65,16 @@ def _carafe_kernel(features, masks, out, channels, height, width, groups, channe
     pixel_ok, channel_ok = pixel < out_pixels, channel < channels
     source_y, source_x = (pixel // out_width) // S, (pixel % out_width) // S  # nearest low-resolution pixel
     feature_rows = (n * channels + channel[:, None]) * (height * width)
-    if SINGLE_GROUP:
-        mask_rows = n * (K * K) * out_pixels
-    else:
-        mask_rows = (n * groups + channel[:, None] // channels_per_group) * (K * K) * out_pixels
+    mask_rows = _kernel_rows(n, channel, groups, channels_per_group, out_pixels, K, SINGLE_GROUP)
     total = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
-    for tap in tl.static_range(K * K):
+    for tap in range(K * K):
         y = source_y + tap // K - (K - 1) // 2
         x = source_x + tap % K - (K - 1) // 2
         inside = pixel_ok & (y >= 0) & (y < height) & (x >= 0) & (x < width)
         value = tl.load(features + feature_rows + (y * width + x)[None, :],
                         mask=channel_ok[:, None] & inside[None, :], other=0.0).to(ACC)
-        if SINGLE_GROUP:
-            weight = tl.load(masks + mask_rows + tap * out_pixels + pixel, mask=pixel_ok, other=0.0)
-            weight = weight.to(ACC)[None, :]
-        else:
-            weight = tl.load(masks + mask_rows + tap * out_pixels + pixel[None, :],
-                             mask=channel_ok[:, None] & pixel_ok[None, :], other=0.0).to(ACC)
-        total += value * weight
+        total += value * _kernel_values(masks, mask_rows, tap, out_pixels, pixel, pixel_ok, channel_ok,
+                                        SINGLE_GROUP, ACC)
     out_rows = (n * channels + channel[:, None]) * out_pixels
     tl.store(out + out_rows + pixel[None, :], total.to(out.dtype.element_ty),
              mask=channel_ok[:, None] & pixel_ok[None, :])
@@ -108,12 +126,9 @@ def _carafe_features_grad_kernel(masks, grad_out, grad_features, channels, heigh
     channel = (tl.program_id(1) % channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     pixel_ok, channel_ok = pixel < height * width, channel < channels
     grad_rows = (n * channels + channel[:, None]) * out_pixels
-    if SINGLE_GROUP:
-        mask_rows = n * (K * K) * out_pixels
-    else:
-        mask_rows = (n * groups + channel[:, None] // channels_per_group) * (K * K) * out_pixels
+    mask_rows = _kernel_rows(n, channel, groups, channels_per_group, out_pixels, K, SINGLE_GROUP)
     total = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC)
-    for tap in tl.static_range(K * K):
+    for tap in range(K * K):
         reader_y = pixel // width - tap // K + (K - 1) // 2  # the low-resolution pixel whose tap reads this one
         reader_x = pixel % width - tap % K + (K - 1) // 2
         inside = pixel_ok & (reader_y >= 0) & (reader_y < height) & (reader_x >= 0) & (reader_x < width)
@@ -121,13 +136,8 @@ def _carafe_features_grad_kernel(masks, grad_out, grad_features, channels, heigh
             out_pixel = (reader_y * S + phase // S) * out_width + reader_x * S + phase % S
             grad = tl.load(grad_out + grad_rows + out_pixel[None, :], mask=channel_ok[:, None] & inside[None, :],
                            other=0.0).to(ACC)
-            if SINGLE_GROUP:
-                weight = tl.load(masks + mask_rows + tap * out_pixels + out_pixel, mask=inside, other=0.0)
-                weight = weight.to(ACC)[None, :]
-            else:
-                weight = tl.load(masks + mask_rows + tap * out_pixels + out_pixel[None, :],
-                                 mask=channel_ok[:, None] & inside[None, :], other=0.0).to(ACC)
-            total += grad * weight
+            total += grad * _kernel_values(masks, mask_rows, tap, out_pixels, out_pixel, inside, channel_ok,
+                                           SINGLE_GROUP, ACC)
     feature_rows = (n * channels + channel[:, None]) * (height * width)
     tl.store(grad_features + feature_rows + pixel[None, :], total.to(grad_features.dtype.element_ty),
              mask=channel_ok[:, None] & pixel_ok[None, :])
@@ -137,8 +147,27 @@ def _accumulator(*tensors: torch.Tensor):
     return tl.float64 if any(t.dtype == torch.float64 for t in tensors) else tl.float32
 
 
-def _channel_block(channels: int) -> int:
-    return min(MAX_BLOCK_CHANNELS, triton.next_power_of_2(channels))
+def launch_settings(kernel: str, channels: int, k: int, g: int, s: int, accumulator) -> tuple:
+    """(Triton function, its compile-time arguments, programs per image) of ``kernel`` ("forward",
+    "features_grad" or "masks_grad") for ``channels`` (C) and CARAFE's k, g, s: one place for the launches and
+    the compile test. Programs per image: a function of (h, w), the low-resolution size."""
+    if kernel == "masks_grad":
+        settings = dict(K=k, S=s, TAPS=triton.next_power_of_2(k * k), BLOCK_C=GRAD_BLOCK_CHANNELS,
+                        BLOCK_P=GRAD_BLOCK_PIXELS, ACC=accumulator)
+        return _carafe_masks_grad_kernel, settings, lambda h, w: (triton.cdiv(s * h * s * w, GRAD_BLOCK_PIXELS), g)
+    block_c = min(MAX_BLOCK_CHANNELS, triton.next_power_of_2(channels))
+    settings = dict(K=k, S=s, SINGLE_GROUP=g == 1, BLOCK_C=block_c, BLOCK_P=BLOCK_PIXELS, ACC=accumulator)
+    channel_blocks = triton.cdiv(channels, block_c)
+    if kernel == "forward":
+        return _carafe_kernel, settings, lambda h, w: (triton.cdiv(s * h * s * w, BLOCK_PIXELS), channel_blocks)
+    return _carafe_features_grad_kernel, settings, lambda h, w: (triton.cdiv(h * w, BLOCK_PIXELS), channel_blocks)
+
+
+def _launch(kernel: str, pointers: tuple, features_shape, k: int, g: int, s: int, accumulator) -> None:
+    n, c, h, w = features_shape
+    function, settings, programs = launch_settings(kernel, c, k, g, s, accumulator)
+    blocks, per_image = programs(h, w)
+    function[(blocks, n * per_image)](*pointers, c, h, w, g, c // g, **settings, num_warps=NUM_WARPS)
 
 
 class _FusedCarafe(torch.autograd.Function):
@@ -147,10 +176,7 @@ class _FusedCarafe(torch.autograd.Function):
         n, c, h, w = features.shape
         features, masks = features.contiguous(), masks.contiguous()
         out = torch.empty((n, c, s * h, s * w), dtype=torch.result_type(features, masks), device=features.device)
-        block_c = _channel_block(c)
-        grid = (triton.cdiv(s * h * s * w, BLOCK_PIXELS), n * triton.cdiv(c, block_c))
-        _carafe_kernel[grid](features, masks, out, c, h, w, g, c // g, K=k, S=s, SINGLE_GROUP=g == 1,
-                             BLOCK_C=block_c, BLOCK_P=BLOCK_PIXELS, ACC=_accumulator(features, masks))
+        _launch("forward", (features, masks, out), features.shape, k, g, s, _accumulator(features, masks))
         ctx.save_for_backward(features, masks)
         ctx.sizes = k, g, s
         return out
@@ -159,23 +185,15 @@ class _FusedCarafe(torch.autograd.Function):
     def backward(ctx, grad_out):
         features, masks = ctx.saved_tensors
         k, g, s = ctx.sizes
-        n, c, h, w = features.shape
         grad_out = grad_out.contiguous()
         accumulator = _accumulator(features, masks, grad_out)
         grad_features = grad_masks = None
         if ctx.needs_input_grad[0]:
             grad_features = torch.empty_like(features)
-            block_c = _channel_block(c)
-            grid = (triton.cdiv(h * w, BLOCK_PIXELS), n * triton.cdiv(c, block_c))
-            _carafe_features_grad_kernel[grid](masks, grad_out, grad_features, c, h, w, g, c // g, K=k, S=s,
-                                               SINGLE_GROUP=g == 1, BLOCK_C=block_c, BLOCK_P=BLOCK_PIXELS,
-                                               ACC=accumulator)
+            _launch("features_grad", (masks, grad_out, grad_features), features.shape, k, g, s, accumulator)
         if ctx.needs_input_grad[1]:
             grad_masks = torch.empty_like(masks)
-            grid = (triton.cdiv(s * h * s * w, GRAD_BLOCK_PIXELS), n * g)
-            _carafe_masks_grad_kernel[grid](features, grad_out, grad_masks, c, h, w, g, c // g, K=k, S=s,
-                                            TAPS=triton.next_power_of_2(k * k), BLOCK_C=GRAD_BLOCK_CHANNELS,
-                                            BLOCK_P=GRAD_BLOCK_PIXELS, ACC=accumulator)
+            _launch("masks_grad", (features, grad_out, grad_masks), features.shape, k, g, s, accumulator)
         return grad_features, grad_masks, None, None, None
 
 
