@@ -37,8 +37,8 @@ from .evaluate import evaluate, mean_accuracy
 from .head_init import init_head_like_official
 from .losses import check_label_range, mmseg_cross_entropy
 from .models.carafe import check_carafe_form, forced_form
-from .optim import lr_factor, parameter_groups
 from .names import CARAFE_FORMS
+from .optim import lr_factor, parameter_groups
 from .pretrained import load_pretrained_backbone
 from .run_files import BestCheckpoint, disk_line, prune_checkpoints
 from .protocol import TestProtocol

@@ -171,7 +171,7 @@ def _resources(kernel: str, channels: int, k: int, groups: int, s: int, arch: in
     from triton.compiler import ASTSource
 
     from offseg.models.carafe_fused import NUM_WARPS, launch_settings
-    function, settings, _ = launch_settings(kernel, channels, k, groups, s, tl.float32)
+    function, settings = launch_settings(kernel, channels, k, groups, s, tl.float32)
     types = {"features": "*fp16", "grad_features": "*fp16"}
     signature = {name: types.get(name, "*fp32") for name in POINTERS[kernel]}
     signature.update({name: "i32" for name in ("channels", "height", "width", "groups", "channels_per_group")})

@@ -255,13 +255,19 @@ def _two_iterations(work: Path, **variant) -> tuple[list[float], dict]:
     return [line["loss"] for line in lines if "loss" in line], read_training_state(latest)["state_dict"]
 
 
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> tuple[list[float], dict]:
+    return _two_iterations(tmp_path_factory.mktemp("default"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [{"compile": "aot_eager"}, {"carafe": "unfold"}], ids=["compiled", "unfold"])
-def test_a_variant_run_trains_as_the_default_run_and_saves_the_same_checkpoint(tmp_path, caplog, variant):
+def test_a_variant_run_trains_as_the_default_run_and_saves_the_same_checkpoint(tmp_path, caplog, variant,
+                                                                               default_run):
     """aot_eager traces the whole step through torch.compile (dynamo, AOTAutograd) without generating kernels, and
     the unfold form computes CARAFE with other kernels: the wiring is what this checks; inductor's and the GPU
     forms' speed is measured by benchmarks/gpu.py."""
-    default_losses, default_state = _two_iterations(tmp_path / "default")
+    default_losses, default_state = default_run
     with caplog.at_level(logging.INFO, logger="offseg"):
         losses, state = _two_iterations(tmp_path / "variant", **variant)
     # the first step's loss comes before any update: the same forward; after it, AdamW's first steps move each

@@ -148,26 +148,25 @@ def _accumulator(*tensors: torch.Tensor):
 
 
 def launch_settings(kernel: str, channels: int, k: int, g: int, s: int, accumulator) -> tuple:
-    """(Triton function, its compile-time arguments, programs per image) of ``kernel`` ("forward",
-    "features_grad" or "masks_grad") for ``channels`` (C) and CARAFE's k, g, s: one place for the launches and
-    the compile test. Programs per image: a function of (h, w), the low-resolution size."""
+    """(Triton function, its compile-time arguments) of ``kernel`` ("forward", "features_grad" or "masks_grad")
+    for ``channels`` (C) and CARAFE's k, g, s: one place for the launches and the compile test."""
     if kernel == "masks_grad":
-        settings = dict(K=k, S=s, TAPS=triton.next_power_of_2(k * k), BLOCK_C=GRAD_BLOCK_CHANNELS,
-                        BLOCK_P=GRAD_BLOCK_PIXELS, ACC=accumulator)
-        return _carafe_masks_grad_kernel, settings, lambda h, w: (triton.cdiv(s * h * s * w, GRAD_BLOCK_PIXELS), g)
-    block_c = min(MAX_BLOCK_CHANNELS, triton.next_power_of_2(channels))
-    settings = dict(K=k, S=s, SINGLE_GROUP=g == 1, BLOCK_C=block_c, BLOCK_P=BLOCK_PIXELS, ACC=accumulator)
-    channel_blocks = triton.cdiv(channels, block_c)
-    if kernel == "forward":
-        return _carafe_kernel, settings, lambda h, w: (triton.cdiv(s * h * s * w, BLOCK_PIXELS), channel_blocks)
-    return _carafe_features_grad_kernel, settings, lambda h, w: (triton.cdiv(h * w, BLOCK_PIXELS), channel_blocks)
+        return _carafe_masks_grad_kernel, dict(K=k, S=s, TAPS=triton.next_power_of_2(k * k),
+                                               BLOCK_C=GRAD_BLOCK_CHANNELS, BLOCK_P=GRAD_BLOCK_PIXELS, ACC=accumulator)
+    function = _carafe_kernel if kernel == "forward" else _carafe_features_grad_kernel
+    return function, dict(K=k, S=s, SINGLE_GROUP=g == 1, BLOCK_C=min(MAX_BLOCK_CHANNELS, triton.next_power_of_2(
+        channels)), BLOCK_P=BLOCK_PIXELS, ACC=accumulator)
 
 
 def _launch(kernel: str, pointers: tuple, features_shape, k: int, g: int, s: int, accumulator) -> None:
+    """One program per BLOCK_P pixels (low-resolution ones for the features' gradient) and per channel block, or
+    per group for the kernels' gradient."""
     n, c, h, w = features_shape
-    function, settings, programs = launch_settings(kernel, c, k, g, s, accumulator)
-    blocks, per_image = programs(h, w)
-    function[(blocks, n * per_image)](*pointers, c, h, w, g, c // g, **settings, num_warps=NUM_WARPS)
+    function, settings = launch_settings(kernel, c, k, g, s, accumulator)
+    pixels = h * w if kernel == "features_grad" else s * h * s * w
+    per_image = g if kernel == "masks_grad" else triton.cdiv(c, settings["BLOCK_C"])
+    grid = (triton.cdiv(pixels, settings["BLOCK_P"]), n * per_image)
+    function[grid](*pointers, c, h, w, g, c // g, **settings, num_warps=NUM_WARPS)
 
 
 class _FusedCarafe(torch.autograd.Function):
