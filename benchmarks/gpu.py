@@ -1,14 +1,14 @@
 """PyTorch on the GPU, measured in one run (a few minutes on the project's H200): prints a table and writes JSON.
 
-    PYTHONPATH=. python benchmarks/gpu.py --json gpu.json [--compile offseg-t@512x512] [--quick]
+    PYTHONPATH=. python benchmarks/gpu.py --json gpu.json [--compile offseg-t@512x512[:fused]] [--quick]
 
 Rows, fresh weights, 150 classes, batch 1, BatchNorm folded (as ``offseg-eval`` runs the model) unless said:
 - latency of OffSeg-T/B/L at 512x512 and 1024x2048 in FP32 (TF32 off), FP16 (``.half()``): eager, and replayed as
   a CUDA graph (whose output must equal eager's), with the CUDA kernels one forward launches (torch.profiler),
   for each CARAFE form (taps, the default; unfold and fused (one Triton kernel), the opt-in GPU forms, with their
   max difference to taps);
-- ``torch.compile`` (default mode) of the configurations given to ``--compile``, with its compile time, and of the
-  training step (``offseg-train --amp --compile``);
+- ``torch.compile`` (default mode) of the configurations given to ``--compile`` (a CARAFE form each), with its
+  compile time, and of the training step (``offseg-train --amp --compile``, with the taps and the fused form);
 - training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32, ``--amp``, ``--amp`` with the
   model and batches channels-last, ``--amp`` with the unfold CARAFE form, which has far fewer kernels, FP32 and
   ``--amp`` with the fused form: Triton kernels forward and backward), in it/s;
@@ -122,18 +122,23 @@ def compile_rows(specs: list[str], iters: int) -> list[dict]:
     rows = []
     for spec in specs:
         name, _, size = spec.partition("@")
+        size, _, form = size.partition(":")
+        form = form or "taps"
         h, w = map(int, size.split("x"))
         model = fold_batchnorm(build_model(name)).cuda().half()
         x = torch.randn(1, 3, h, w, device="cuda", dtype=torch.float16)
+        row = {"model": name, "precision": "fp16", "size": size, "carafe": form, "batchnorm": "folded"}
         start = time.perf_counter()
         compiled = torch.compile(model)
-        with torch.no_grad():
-            compiled(x)
-            torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            row = {"model": name, "precision": "fp16", "size": size, "compile_s": round(seconds, 1),
-                   "batchnorm": "folded", "compiled_ms": timed(lambda: compiled(x), iters),
-                   "max_abs_diff_vs_eager": float((compiled(x).float() - model(x).float()).abs().max())}
+        try:
+            with torch.no_grad(), forced_form(form):
+                compiled(x)
+                torch.cuda.synchronize()
+                row["compile_s"] = round(time.perf_counter() - start, 1)
+                row["compiled_ms"] = timed(lambda: compiled(x), iters)
+                row["max_abs_diff_vs_eager"] = float((compiled(x).float() - model(x).float()).abs().max())
+        except Exception as error:  # a compile failure is a result; the next configuration still runs
+            row["compile_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -265,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, default=Path("gpu.json"), help="where the results go")
     parser.add_argument("--iters", type=int, default=20, help="timed runs per latency row (default 20)")
-    parser.add_argument("--compile", nargs="*", default=["offseg-t@512x512"], metavar="MODEL@HxW",
-                        help="configurations to torch.compile (default offseg-t@512x512; none: no compile rows)")
+    parser.add_argument("--compile", nargs="*", default=["offseg-t@512x512", "offseg-t@1024x2048:fused"],
+                        metavar="MODEL@HxW[:FORM]",
+                        help="configurations to torch.compile, FORM a CARAFE form (default taps): default "
+                             "offseg-t@512x512 offseg-t@1024x2048:fused; none: no compile rows")
     parser.add_argument("--quick", action="store_true", help="OffSeg-T at 512x512 only, few iterations (a smoke run)")
     parser.add_argument("--sections", default="latency,training,evaluation,profile,compile",
                         help="comma-separated subset of latency, training, evaluation, profile, compile "
@@ -292,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 batch=2 if args.quick else 16),
                 "compile": lambda: compile_rows([] if args.quick else args.compile, args.iters)
                 + training_rows(3 if args.quick else 15, 2 if args.quick else 16,
-                                ({"amp": True, "compile": "inductor"},))}
+                                ({"amp": True, "compile": "inductor"},
+                                 {"amp": True, "compile": "inductor", "carafe": "fused"}))}
     for name in (n for n in sections if n in chosen):  # the report is rewritten after each: a timeout keeps the rest
         try:
             result[name] = sections[name]()

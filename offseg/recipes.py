@@ -77,8 +77,9 @@ def with_recipe(config, world: int):
         config, iters=iters,
         batch_size=max(1, official.batch // world) if config.batch_size is None else config.batch_size,
         lr_end=min(official.lr_end, iters) if config.lr_end is None else config.lr_end,
-        checkpoint_interval=config.checkpoint_interval or official.interval,
-        eval_interval=config.eval_interval or official.interval, warmup_iters=min(config.warmup_iters, iters))
+        checkpoint_interval=official.interval if config.checkpoint_interval is None else config.checkpoint_interval,
+        eval_interval=official.interval if config.eval_interval is None else config.eval_interval,
+        warmup_iters=min(config.warmup_iters, iters))
 
 
 def accumulation_steps(config, world: int) -> int:

@@ -155,6 +155,42 @@ def test_a_training_step_with_fused_carafe_has_the_default_forms_gradients(inter
     assert report["ok"] and report["fp64_max_relative_gradient_error"] <= 1e-9
 
 
+def _operator_check_failures() -> dict[str, str]:
+    import offseg.models.carafe_fused  # noqa: F401  (registers the operators)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 6, 5, 4, generator=g, dtype=torch.float64)
+    masks = torch.randn(1, 2 * 9, 10, 8, generator=g, dtype=torch.float64)
+    grad_out = torch.randn(1, 6, 10, 8, generator=g, dtype=torch.float64)
+    ops = torch.ops.offseg
+    calls = ((ops.carafe_fused, (x.requires_grad_(), masks.requires_grad_(), 3, 2, 2)),
+             (ops.carafe_fused_features_grad, (x.detach(), masks.detach(), grad_out, 3, 2, 2)),
+             (ops.carafe_fused_masks_grad, (x.detach(), masks.detach(), grad_out, 3, 2, 2)))
+    failures = {}
+    for op, args in calls:
+        for test, outcome in torch.library.opcheck(op, args, raise_exception=False).items():
+            if outcome != "SUCCESS":
+                failures[f"{op}: {test}"] = str(outcome)[:300]
+    return failures
+
+
+def test_the_fused_kernels_are_operators_torch_can_trace(interpreted):
+    """torch.library's own check of each operator (forward, both gradients): schema, fake (shape/dtype/stride)
+    implementation against the real one, autograd registration, and AOT dispatch with dynamic shapes, which is
+    what torch.compile and CUDA graph capture go through."""
+    assert interpreted(_operator_check_failures) == {}
+
+
+def test_the_model_with_fused_carafe_runs_forward_and_backward_on_the_meta_device():
+    """Shapes and dtypes only, no kernel launched: what torch.compile's tracing needs (an autograd.Function around
+    the launches failed here: it launched the kernels on the meta tensors)."""
+    model = build_model("offseg-t", num_classes=5).to("meta").train()
+    with forced_form("fused"):
+        out = model(torch.randn(2, 3, 64, 96, device="meta"))
+    out.sum().backward()
+    assert out.shape == (2, 5, 16, 24) and out.device.type == "meta"
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
+
+
 POINTERS = {"forward": ("features", "masks", "out"), "features_grad": ("masks", "grad_out", "grad_features"),
             "masks_grad": ("features", "grad_out", "grad_masks")}
 

@@ -30,3 +30,15 @@ def test_the_forward_has_no_host_data_and_no_host_reads(name, form):
     assert len(recorded.calls) > 300, "the recorder saw the forward"
     assert not calls & HOST_DATA, "a tensor is built from host data in the forward"
     assert not calls & HOST_READS, "the forward reads a value back to the host"
+
+
+@pytest.mark.parametrize("form", ["taps", "fused"])  # fused: the Triton kernels as torch.library operators
+def test_torch_compile_traces_the_training_forward_as_one_graph(form):
+    """Dynamo (torch.compile's tracer) on the meta device, in train mode: one graph, no graph break, so
+    ``offseg-train --compile`` compiles the whole step; with the fused form too, whose kernels never run here."""
+    if form == "fused":
+        pytest.importorskip("triton")
+    model = build_model("offseg-t", num_classes=5).to("meta").train()
+    with forced_form(form):
+        explained = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 96, device="meta"))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

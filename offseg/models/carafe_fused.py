@@ -169,34 +169,73 @@ def _launch(kernel: str, pointers: tuple, features_shape, k: int, g: int, s: int
     function[grid](*pointers, c, h, w, g, c // g, **settings, num_warps=NUM_WARPS)
 
 
-class _FusedCarafe(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, features, masks, k, g, s):
-        n, c, h, w = features.shape
-        features, masks = features.contiguous(), masks.contiguous()
-        out = torch.empty((n, c, s * h, s * w), dtype=torch.result_type(features, masks), device=features.device)
-        _launch("forward", (features, masks, out), features.shape, k, g, s, _accumulator(features, masks))
-        ctx.save_for_backward(features, masks)
-        ctx.sizes = k, g, s
-        return out
+def _output_dtype(features: torch.Tensor, masks: torch.Tensor) -> torch.dtype:
+    return torch.result_type(features, masks)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        features, masks = ctx.saved_tensors
-        k, g, s = ctx.sizes
-        grad_out = grad_out.contiguous()
-        accumulator = _accumulator(features, masks, grad_out)
-        grad_features = grad_masks = None
-        if ctx.needs_input_grad[0]:
-            grad_features = torch.empty_like(features)
-            _launch("features_grad", (masks, grad_out, grad_features), features.shape, k, g, s, accumulator)
-        if ctx.needs_input_grad[1]:
-            grad_masks = torch.empty_like(masks)
-            _launch("masks_grad", (features, grad_out, grad_masks), features.shape, k, g, s, accumulator)
-        return grad_features, grad_masks, None, None, None
+
+# The kernels are wrapped as PyTorch operators (torch.library), opaque to the tracers: each has a fake (shape and
+# dtype only) implementation, so the model with this form runs on the ``meta`` device, torch.compile traces it as
+# one graph (fullgraph) and AOT autograd plans its backward, without looking into Triton.
+@torch.library.custom_op("offseg::carafe_fused", mutates_args=())
+def _carafe_op(features: torch.Tensor, masks: torch.Tensor, k: int, g: int, s: int) -> torch.Tensor:
+    n, c, h, w = features.shape
+    features, masks = features.contiguous(), masks.contiguous()
+    out = torch.empty((n, c, s * h, s * w), dtype=_output_dtype(features, masks), device=features.device)
+    _launch("forward", (features, masks, out), features.shape, k, g, s, _accumulator(features, masks))
+    return out
+
+
+@_carafe_op.register_fake
+def _(features, masks, k, g, s):
+    n, c, h, w = features.shape
+    return features.new_empty((n, c, s * h, s * w), dtype=_output_dtype(features, masks))
+
+
+@torch.library.custom_op("offseg::carafe_fused_features_grad", mutates_args=())
+def _features_grad_op(features: torch.Tensor, masks: torch.Tensor, grad_out: torch.Tensor, k: int, g: int,
+                      s: int) -> torch.Tensor:
+    grad = torch.empty(features.shape, dtype=features.dtype, device=features.device)
+    _launch("features_grad", (masks.contiguous(), grad_out.contiguous(), grad), features.shape, k, g, s,
+            _accumulator(features, masks, grad_out))
+    return grad
+
+
+@_features_grad_op.register_fake
+def _(features, masks, grad_out, k, g, s):
+    return features.new_empty(features.shape)
+
+
+@torch.library.custom_op("offseg::carafe_fused_masks_grad", mutates_args=())
+def _masks_grad_op(features: torch.Tensor, masks: torch.Tensor, grad_out: torch.Tensor, k: int, g: int,
+                   s: int) -> torch.Tensor:
+    grad = torch.empty(masks.shape, dtype=masks.dtype, device=masks.device)
+    _launch("masks_grad", (features.contiguous(), grad_out.contiguous(), grad), features.shape, k, g, s,
+            _accumulator(features, masks, grad_out))
+    return grad
+
+
+@_masks_grad_op.register_fake
+def _(features, masks, grad_out, k, g, s):
+    return masks.new_empty(masks.shape)
+
+
+def _save_inputs(ctx, inputs, output):
+    features, masks, k, g, s = inputs
+    ctx.save_for_backward(features, masks)
+    ctx.sizes = k, g, s
+
+
+def _backward(ctx, grad_out):
+    features, masks = ctx.saved_tensors
+    grad_features = _features_grad_op(features, masks, grad_out, *ctx.sizes) if ctx.needs_input_grad[0] else None
+    grad_masks = _masks_grad_op(features, masks, grad_out, *ctx.sizes) if ctx.needs_input_grad[1] else None
+    return grad_features, grad_masks, None, None, None
+
+
+_carafe_op.register_autograd(_backward, setup_context=_save_inputs)
 
 
 def carafe_fused(features: torch.Tensor, masks: torch.Tensor, k: int, g: int, s: int) -> torch.Tensor:
     """CARAFE in one launch (two more for the backward); shapes as checked by ``carafe.carafe``. The output dtype
     is what ``features * masks`` gives (as in the taps form); each gradient has its input's dtype."""
-    return _FusedCarafe.apply(features, masks, k, g, s)
+    return _carafe_op(features, masks, k, g, s)
