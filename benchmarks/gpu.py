@@ -8,7 +8,8 @@ Rows, fresh weights, 150 classes, batch 1, BatchNorm folded (as ``offseg-eval`` 
   for each CARAFE form (taps, the default; unfold and fused (one Triton kernel), the opt-in GPU forms, with their
   max difference to taps);
 - ``torch.compile`` (default mode) of the configurations given to ``--compile`` (a CARAFE form each), with its
-  compile time, and of the training step (``offseg-train --amp --compile``, with the taps and the fused form);
+  compile time and kernels per forward, and of the training step (``offseg-train --amp --compile``, with the taps
+  and the fused form);
 - training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32, ``--amp``, ``--amp`` with the
   model and batches channels-last, ``--amp`` with the unfold CARAFE form, which has far fewer kernels, FP32 and
   ``--amp`` with the fused form: Triton kernels forward and backward), in it/s;
@@ -136,6 +137,7 @@ def compile_rows(specs: list[str], iters: int) -> list[dict]:
                 torch.cuda.synchronize()
                 row["compile_s"] = round(time.perf_counter() - start, 1)
                 row["compiled_ms"] = timed(lambda: compiled(x), iters)
+                row["kernels"] = kernels_per_call(lambda: compiled(x))  # inductor fuses the pointwise ops
                 row["max_abs_diff_vs_eager"] = float((compiled(x).float() - model(x).float()).abs().max())
         except Exception as error:  # a compile failure is a result; the next configuration still runs
             row["compile_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
@@ -270,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, default=Path("gpu.json"), help="where the results go")
     parser.add_argument("--iters", type=int, default=20, help="timed runs per latency row (default 20)")
-    parser.add_argument("--compile", nargs="*", default=["offseg-t@512x512", "offseg-t@1024x2048:fused"],
+    parser.add_argument("--compile", nargs="*", default=["offseg-t@512x512:fused", "offseg-t@1024x2048:fused"],
                         metavar="MODEL@HxW[:FORM]",
                         help="configurations to torch.compile, FORM a CARAFE form (default taps): default "
-                             "offseg-t@512x512 offseg-t@1024x2048:fused; none: no compile rows")
+                             "offseg-t@512x512:fused offseg-t@1024x2048:fused; none: no compile rows")
     parser.add_argument("--quick", action="store_true", help="OffSeg-T at 512x512 only, few iterations (a smoke run)")
     parser.add_argument("--sections", default="latency,training,evaluation,profile,compile",
                         help="comma-separated subset of latency, training, evaluation, profile, compile "
