@@ -21,12 +21,13 @@ import triton
 import triton.language as tl
 
 # Block sizes and warps: chosen (2026-12-06, no GPU at hand) so that ptxas fits every kernel in at most 128
-# registers per thread without spilling, for sm_90 and sm_87 (tests/test_carafe_fused.py compiles them on the CPU);
-# the static 25-tap loops of the first version took 255 registers and spilled.
+# registers per thread without spilling, for sm_90 and sm_87, with Triton 3.9 and with 3.6 (torch 2.11's);
+# tests/test_carafe_fused.py compiles them on the CPU. The static 25-tap loops of the first version took 255
+# registers and spilled; 4 channels per step in the kernels' gradient took 195 with Triton 3.6.
 BLOCK_PIXELS = 128  # output pixels per program (contiguous in memory: coalesced kernel loads and output stores)
 MAX_BLOCK_CHANNELS = 16  # channels per program: the kernel values of a group are loaded once for all of them
 GRAD_BLOCK_PIXELS = 64  # the kernels' gradient: output pixels per program (x every tap x a block of channels)
-GRAD_BLOCK_CHANNELS = 4  # the kernels' gradient: channels summed per loop step
+GRAD_BLOCK_CHANNELS = 2  # the kernels' gradient: channels summed per loop step
 NUM_WARPS = 8
 
 
