@@ -17,7 +17,8 @@ Rows, fresh weights, 150 classes, batch 1, BatchNorm folded (as ``offseg-eval`` 
   the CPU (same images);
 - profiles (torch.profiler, the 15 kernels that take the most GPU time) of OffSeg-T's FP16 forward at 1024x2048
   and of its ``--amp`` training step, batch 16, crop 512, with the taps and the fused CARAFE forms.
-Every figure is measured in this run; nothing is compared with a stored number.
+Every figure is measured in this run; nothing is compared with a stored number. A row that fails (a kernel that
+does not compile, a capture that is refused) keeps its error and the run goes on; the exit status is 1 then.
 """
 from __future__ import annotations
 
@@ -72,6 +73,11 @@ def kernels_per_call(function) -> int:
                and "memset" not in e.name.lower())
 
 
+def error_text(error: Exception) -> str:
+    """One line for a failure that is a result (a row keeps it and the run goes on: GPU time is scarce)."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+
+
 def graphed(model, x):
     """``model(x)`` captured as a CUDA graph; returns (replay function, static output)."""
     stream = torch.cuda.Stream()
@@ -95,22 +101,27 @@ def latency_rows(iters: int, models, sizes) -> list[dict]:
             dtype = torch.float32 if precision == "fp32" else torch.float16
             for (h, w), form in itertools.product(sizes, CARAFE_FORMS):
                 x = torch.randn(1, 3, h, w, device="cuda", dtype=dtype)
+                row = {"model": name, "precision": precision, "size": f"{h}x{w}", "carafe": form,
+                       "batchnorm": "folded"}
                 with torch.no_grad(), forced_form(form):
-                    row = {"model": name, "precision": precision, "size": f"{h}x{w}", "carafe": form,
-                           "batchnorm": "folded",
-                           "eager_ms": timed(lambda: net(x), iters), "kernels": kernels_per_call(lambda: net(x))}
-                    if form != "taps":
-                        with forced_form("taps"):
-                            reference = net(x).float()
-                        row["max_abs_diff_vs_taps"] = float((net(x).float() - reference).abs().max())
                     try:
-                        replay, out = graphed(net, x)
-                        row["graph_ms"] = timed(replay, iters)
-                        replay()
-                        torch.cuda.synchronize()
-                        row["graph_max_abs_diff_vs_eager"] = float((out.float() - net(x).float()).abs().max())
-                    except Exception as error:  # a capture failure is a result
-                        row["graph_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                        row["eager_ms"] = timed(lambda: net(x), iters)
+                        row["kernels"] = kernels_per_call(lambda: net(x))
+                        if form != "taps":
+                            with forced_form("taps"):
+                                reference = net(x).float()
+                            row["max_abs_diff_vs_taps"] = float((net(x).float() - reference).abs().max())
+                    except Exception as error:
+                        row["error"] = error_text(error)
+                    if "error" not in row:
+                        try:
+                            replay, out = graphed(net, x)
+                            row["graph_ms"] = timed(replay, iters)
+                            replay()
+                            torch.cuda.synchronize()
+                            row["graph_max_abs_diff_vs_eager"] = float((out.float() - net(x).float()).abs().max())
+                        except Exception as error:
+                            row["graph_error"] = error_text(error)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             del net
@@ -139,8 +150,8 @@ def compile_rows(specs: list[str], iters: int) -> list[dict]:
                 row["compiled_ms"] = timed(lambda: compiled(x), iters)
                 row["kernels"] = kernels_per_call(lambda: compiled(x))  # inductor fuses the pointwise ops
                 row["max_abs_diff_vs_eager"] = float((compiled(x).float() - model(x).float()).abs().max())
-        except Exception as error:  # a compile failure is a result; the next configuration still runs
-            row["compile_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        except Exception as error:
+            row["compile_error"] = error_text(error)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -177,12 +188,15 @@ def training_rows(iters: int, batch: int, variants=TRAINING_VARIANTS, device: st
                 torch.cuda.synchronize()
             return time.perf_counter() - start
 
-        warmup_s = steps(3)
         rows.append({"model": "offseg-t", "batch": batch, "crop": f"{crop}x{crop}", "amp": amp, "compile": backend,
-                     "channels_last": bool(variant.get("channels_last")), "carafe": variant.get("carafe", "taps"),
-                     "it_per_s": iters / steps(iters)})
-        if backend is not None:
-            rows[-1]["compile_s"] = round(warmup_s, 1)
+                     "channels_last": bool(variant.get("channels_last")), "carafe": variant.get("carafe", "taps")})
+        try:
+            warmup_s = steps(3)
+            rows[-1]["it_per_s"] = iters / steps(iters)
+            if backend is not None:
+                rows[-1]["compile_s"] = round(warmup_s, 1)
+        except Exception as error:
+            rows[-1]["error"] = error_text(error)
         print(json.dumps(rows[-1]), flush=True)
         del model, forward, optimizer
         if device == "cuda":
@@ -230,15 +244,22 @@ def profile_rows(device: str = "cuda", size: tuple[int, int] = (1024, 2048), bat
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     images, labels = torch.randn(batch, 3, crop, crop), torch.randint(0, 150, (batch, crop, crop))
+    def forward():
+        with torch.no_grad():
+            inference(x)
+
+    def step():
+        train_step(model, [(images, labels)], optimizer, scaler, torch.device(device), amp)
+
     for form in forms:
-        with forced_form(form):
-            with torch.no_grad():
-                forward = busiest(lambda: inference(x), device)
-            step = busiest(lambda: train_step(model, [(images, labels)], optimizer, scaler, torch.device(device),
-                                              amp), device)
-        for what, report in ((f"forward {'FP16' if amp else 'FP32'} {size[0]}x{size[1]}", forward),
-                             (f"training step {'AMP' if amp else 'FP32'} batch {batch} crop {crop}", step)):
-            rows.append({"model": "offseg-t", "what": what, "carafe": form, **report})
+        for what, function in ((f"forward {'FP16' if amp else 'FP32'} {size[0]}x{size[1]}", forward),
+                               (f"training step {'AMP' if amp else 'FP32'} batch {batch} crop {crop}", step)):
+            rows.append({"model": "offseg-t", "what": what, "carafe": form})
+            try:
+                with forced_form(form):
+                    rows[-1].update(busiest(function, device))
+            except Exception as error:
+                rows[-1]["error"] = error_text(error)
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -308,13 +329,16 @@ def main(argv: list[str] | None = None) -> int:
             result[name] = sections[name]()
         except Exception as error:  # a failed section is a result; the others still run (GPU time is scarce)
             traceback.print_exc()
-            result[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+            result[name] = {"error": error_text(error)}
             torch.cuda.empty_cache()
         with atomic_output(args.json) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")
     failed = [name for name in chosen if isinstance(result.get(name), dict)]
-    print(f"wrote {args.json}" + (f"; failed sections: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    failed_rows = sum(1 for name in chosen if isinstance(result.get(name), list)
+                      for row in result[name] if any(key.endswith("error") for key in row))
+    print(f"wrote {args.json}" + (f"; failed sections: {', '.join(failed)}" if failed else "")
+          + (f"; {failed_rows} row(s) with an error" if failed_rows else ""))
+    return 1 if failed or failed_rows else 0
 
 
 if __name__ == "__main__":

@@ -81,12 +81,16 @@ def test_the_gpu_benchmarks_training_and_evaluation_rows_run_on_the_cpu(capsys):
     evaluation loop, at toy sizes on the CPU."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu
-    variants = [v for v in gpu.TRAINING_VARIANTS if v.get("carafe") != "fused" and "compile" not in v]
+    failing = {"carafe": "no-such-form"}  # a variant that fails is a row with its error, and the next one runs
+    variants = [failing] + [v for v in gpu.TRAINING_VARIANTS if v.get("carafe") != "fused" and "compile" not in v]
     rows = gpu.training_rows(1, 1, variants, device="cpu", crop=64)
-    assert [(r["amp"], r["channels_last"], r["carafe"]) for r in rows] == [
+    assert [(r["amp"], r["channels_last"], r["carafe"]) for r in rows] == [(False, False, "no-such-form"),
         (False, False, "taps"), (True, False, "taps"), (True, True, "taps"), (True, False, "unfold")]
-    assert all(r["it_per_s"] > 0 for r in rows)
-    profiles = gpu.profile_rows("cpu", size=(64, 64), batch=1, crop=64, forms=("taps",))
+    assert rows[0]["error"].startswith("ValueError: carafe: unknown form") and "it_per_s" not in rows[0]
+    assert all(r["it_per_s"] > 0 for r in rows[1:])
+    profiles = gpu.profile_rows("cpu", size=(64, 64), batch=1, crop=64, forms=("no-such-form", "taps"))
+    assert all(row["error"].startswith("ValueError") and "top" not in row for row in profiles[:2])
+    profiles = profiles[2:]
     assert [row["what"] for row in profiles] == ["forward FP32 64x64", "training step FP32 batch 1 crop 64"]
     assert all(0 < sum(op["share"] for op in row["top"]) <= 1 + 1e-9 and row["total_ms"] > 0 for row in profiles)
     assert "aten::convolution_backward" in {op["name"] for op in profiles[1]["top"]}
