@@ -163,8 +163,8 @@ def _operator_check_failures() -> dict[str, str]:
     grad_out = torch.randn(1, 6, 10, 8, generator=g, dtype=torch.float64)
     ops = torch.ops.offseg
     calls = ((ops.carafe_fused, (x.requires_grad_(), masks.requires_grad_(), 3, 2, 2)),
-             (ops.carafe_fused_features_grad, (x.detach(), masks.detach(), grad_out, 3, 2, 2)),
-             (ops.carafe_fused_masks_grad, (x.detach(), masks.detach(), grad_out, 3, 2, 2)))
+             (ops.carafe_fused_grad, (x.detach(), masks.detach(), grad_out, 3, 2, 2, 0)),
+             (ops.carafe_fused_grad, (x.detach(), masks.detach(), grad_out, 3, 2, 2, 1)))
     failures = {}
     for op, args in calls:
         for test, outcome in torch.library.opcheck(op, args, raise_exception=False).items():

@@ -192,32 +192,21 @@ def _(features, masks, k, g, s):
     return features.new_empty((n, c, s * h, s * w), dtype=_output_dtype(features, masks))
 
 
-@torch.library.custom_op("offseg::carafe_fused_features_grad", mutates_args=())
-def _features_grad_op(features: torch.Tensor, masks: torch.Tensor, grad_out: torch.Tensor, k: int, g: int,
-                      s: int) -> torch.Tensor:
-    grad = torch.empty(features.shape, dtype=features.dtype, device=features.device)
-    _launch("features_grad", (masks.contiguous(), grad_out.contiguous(), grad), features.shape, k, g, s,
-            _accumulator(features, masks, grad_out))
+@torch.library.custom_op("offseg::carafe_fused_grad", mutates_args=())
+def _grad_op(features: torch.Tensor, masks: torch.Tensor, grad_out: torch.Tensor, k: int, g: int, s: int,
+             wrt: int) -> torch.Tensor:
+    """The gradient with respect to input ``wrt`` (0: the features, 1: the kernels), in that input's dtype."""
+    like, source = (features, masks) if wrt == 0 else (masks, features)
+    grad = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    _launch(("features_grad", "masks_grad")[wrt], (source.contiguous(), grad_out.contiguous(), grad), features.shape,
+            k, g, s, _accumulator(features, masks, grad_out))
     return grad
 
 
-@_features_grad_op.register_fake
-def _(features, masks, grad_out, k, g, s):
-    return features.new_empty(features.shape)
-
-
-@torch.library.custom_op("offseg::carafe_fused_masks_grad", mutates_args=())
-def _masks_grad_op(features: torch.Tensor, masks: torch.Tensor, grad_out: torch.Tensor, k: int, g: int,
-                   s: int) -> torch.Tensor:
-    grad = torch.empty(masks.shape, dtype=masks.dtype, device=masks.device)
-    _launch("masks_grad", (features.contiguous(), grad_out.contiguous(), grad), features.shape, k, g, s,
-            _accumulator(features, masks, grad_out))
-    return grad
-
-
-@_masks_grad_op.register_fake
-def _(features, masks, grad_out, k, g, s):
-    return masks.new_empty(masks.shape)
+@_grad_op.register_fake
+def _(features, masks, grad_out, k, g, s, wrt):
+    like = (features, masks)[wrt]
+    return like.new_empty(like.shape)
 
 
 def _save_inputs(ctx, inputs, output):
@@ -228,9 +217,9 @@ def _save_inputs(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     features, masks = ctx.saved_tensors
-    grad_features = _features_grad_op(features, masks, grad_out, *ctx.sizes) if ctx.needs_input_grad[0] else None
-    grad_masks = _masks_grad_op(features, masks, grad_out, *ctx.sizes) if ctx.needs_input_grad[1] else None
-    return grad_features, grad_masks, None, None, None
+    grads = [_grad_op(features, masks, grad_out, *ctx.sizes, wrt) if ctx.needs_input_grad[wrt] else None
+             for wrt in (0, 1)]
+    return *grads, None, None, None
 
 
 _carafe_op.register_autograd(_backward, setup_context=_save_inputs)
