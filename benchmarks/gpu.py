@@ -113,7 +113,7 @@ def latency_rows(iters: int, models, sizes) -> list[dict]:
                             row["max_abs_diff_vs_taps"] = float((net(x).float() - reference).abs().max())
                     except Exception as error:
                         row["error"] = error_text(error)
-                    if "error" not in row:
+                    else:
                         try:
                             replay, out = graphed(net, x)
                             row["graph_ms"] = timed(replay, iters)
@@ -244,6 +244,7 @@ def profile_rows(device: str = "cuda", size: tuple[int, int] = (1024, 2048), bat
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     images, labels = torch.randn(batch, 3, crop, crop), torch.randint(0, 150, (batch, crop, crop))
+
     def forward():
         with torch.no_grad():
             inference(x)
