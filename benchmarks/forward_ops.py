@@ -3,7 +3,7 @@ of the CUDA kernels a forward launches (the GPU figure is benchmarks/gpu.py's pr
 target of at most 600 per OffSeg-T forward.
 
 Every ATen call of one forward (BatchNorm folded, as ``offseg-eval`` runs it) is recorded; views and allocations,
-which launch nothing on a GPU, are left out. The fused form's operator (one Triton launch) counts as one op: its
+which launch nothing on a GPU, are left out. Each fused-form operator (one Triton launch) counts as one op: its
 kernel runs through Triton's interpreter here, whose own tensor copies are not counted. The count depends on the
 graph, not on the input size. Usage: TRITON_INTERPRET=1 python benchmarks/forward_ops.py [--size H W] [--models ...]
 """

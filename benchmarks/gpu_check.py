@@ -279,7 +279,7 @@ def check_torch_eval(folder: Path, device: str = "cuda") -> dict:
             and len(graphed.graphs) == 2 and fused_diff <= TOLERANCE,
             "device": device, "miou_numpy_protocol_cpu": cpu_miou, "miou_device_protocol": miou[False],
             "miou_cuda_graphs": miou[True], "graph_replays_equal_eager": replays,
-            "graphs_kept": len(graphed.graphs), "fused_carafe_max_abs_diff_vs_taps": fused_diff}
+            "graphs_kept": len(graphed.graphs), "fused_form_max_abs_diff_vs_taps": fused_diff}
 
 
 def check_fused_training(folder: Path, device: str = "cuda", size: int = 128) -> dict:

@@ -85,8 +85,9 @@ def train_main(argv: list[str] | None = None) -> int:
                              "without generating kernels); the first iteration takes minutes. Checkpoints are "
                              "the same as without it")
     parser.add_argument("--carafe", choices=CARAFE_FORMS, default="taps", help="CARAFE form: taps (default, the "
-                        "reference), unfold (batched matrix products) or fused (Triton kernels, CUDA); the same "
-                        "gradients to rounding, the GPU forms opt-in until benchmarks/gpu.py has measured them")
+                        "reference), unfold (batched matrix products) or fused (Triton kernels for CARAFE and the "
+                        "neighbour similarity, CUDA); the same gradients to rounding, "
+                        "the GPU forms opt-in until benchmarks/gpu.py has measured them")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default the dataset's)")
     parser.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default 6e-5; head x10)")
     parser.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default 1500)")
@@ -167,8 +168,9 @@ def eval_main(argv: list[str] | None = None) -> int:
                         "size met twice from a CUDA graph (same scores, far less launch work; opt-in until "
                         "benchmarks/gpu.py has measured it)")
     parser.add_argument("--carafe", choices=CARAFE_FORMS, default="taps", help="CARAFE form: taps (default, the "
-                        "reference), unfold (batched matrix products) or fused (one Triton kernel per call, CUDA); "
-                        "all exact to 1e-4, the GPU forms opt-in until benchmarks/gpu.py has measured them")
+                        "reference), unfold (batched matrix products) or fused (one Triton kernel per CARAFE or "
+                        "neighbour-similarity call, CUDA); all exact to 1e-4, the GPU "
+                        "forms opt-in until benchmarks/gpu.py has measured them")
     add_output(parser, "--json", help="also write the scores as JSON")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--max-images": "--eval-images"})

@@ -1,5 +1,6 @@
-"""The fused (Triton) CARAFE form against mmcv's semantics and the taps form, run by Triton's interpreter on the CPU:
-the same kernel source a GPU compiles, executed program by program. Triton reads ``TRITON_INTERPRET`` when it
+"""The fused (Triton) form: its CARAFE against mmcv's semantics and the taps form, its neighbour similarity against
+the readable one, run by Triton's interpreter on the CPU: the same kernel source a GPU compiles, executed program by
+program. Triton reads ``TRITON_INTERPRET`` when it
 decorates a kernel, its own library functions included, so the checks run in a fresh process that sets it before
 anything imports triton."""
 import importlib.util
@@ -13,6 +14,7 @@ import torch
 
 from offseg import build_model
 from offseg.models.carafe import carafe, forced_form
+from offseg.models.freqfusion import neighbour_similarity
 
 from test_models import carafe_literal
 
@@ -126,6 +128,67 @@ def test_fused_carafe_gradients_of_mixed_precision_inputs(interpreted):
     assert dtypes == ["torch.float16", "torch.float32"] and relative < 2 ** -10
 
 
+def _similarity_maps(seed: int, shape: tuple, dtype=torch.float32) -> torch.Tensor:
+    """Random maps with one all-zero pixel (the clamped norm) and one tiny one (norm below eps)."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    x[0, :, 1, 2] = 0
+    x[-1, :, -1, 0] = 1e-10
+    return x
+
+
+def _similarity_error(shape: tuple, dilation: int) -> float:
+    x = _similarity_maps(1, shape)
+    with forced_form("fused"):
+        fused = neighbour_similarity(x, dilation)
+    return (fused - neighbour_similarity(x, dilation)).abs().max().item()
+
+
+@pytest.mark.parametrize("shape,dilation", [((2, 5, 7, 9), 2), ((1, 37, 23, 19), 2), ((1, 3, 2, 3), 2),
+                                            ((2, 64, 16, 8), 1)])
+def test_fused_neighbour_similarity_equals_the_readable_form(interpreted, shape, dilation):
+    """Partial blocks of channels (37, 5, 3) and pixels, maps smaller than the window (2x3: most neighbours
+    outside), zero and sub-eps pixels, both dilations."""
+    assert interpreted(_similarity_error, shape, dilation) < 1e-6
+
+
+def _similarity_gradient_error(shape: tuple) -> float:
+    eps = float(torch.tensor(1e-8, dtype=torch.float32))  # the kernels' eps is an FP32 scalar (Triton's float)
+    x = _similarity_maps(2, shape, torch.float64)
+    grad = torch.randn(shape[0], 8, *shape[2:], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    gradients = []
+    for form in ("taps", "fused"):
+        leaf = x.clone().requires_grad_()
+        with forced_form(form):
+            neighbour_similarity(leaf, eps=eps).backward(grad)
+        gradients.append(leaf.grad)
+    readable, fused = gradients
+    return ((fused - readable).abs().max() / readable.abs().max()).item()
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 37, 23, 19), (1, 3, 2, 3)])
+def test_fused_neighbour_similarity_gradient_equals_autograd_of_the_readable_form(interpreted, shape):
+    """FP64 (the kernel then sums in FP64): equal to rounding, at the zero and sub-eps pixels too (there the clamp
+    passes no gradient to the norm: the gradient is 1e8 times the unit vectors' one). With an eps FP32 can hold:
+    Triton passes a Python float to a GPU kernel as FP32 (so does 3.6's interpreter; 3.9's keeps FP64), and 1e-8
+    rounded to FP32 changes those pixels' FP64 gradients by 6e-9 relative."""
+    assert interpreted(_similarity_gradient_error, shape) < 1e-12
+
+
+def _similarity_half_precision() -> tuple[str, float, bool]:
+    x = _similarity_maps(4, (1, 64, 20, 24)).half()
+    with forced_form("fused"):
+        fused = neighbour_similarity(x)
+    exact = neighbour_similarity(x.double())
+    return str(fused.dtype), (fused.double() - exact).abs().max().item(), bool(fused.isfinite().all())
+
+
+def test_fused_neighbour_similarity_of_half_precision_maps(interpreted):
+    """FP16 maps give FP16 similarities within one FP16 rounding of a cosine (2^-11) of the exact ones of the
+    same FP16 maps: the sums are FP32; zero pixels give 0, not NaN."""
+    dtype, error, finite = interpreted(_similarity_half_precision)
+    assert dtype == "torch.float16" and finite and error <= 2 ** -11
+
+
 def _whole_model_error() -> float:
     model = build_model("offseg-t", num_classes=5).eval()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -157,6 +220,7 @@ def test_a_training_step_with_fused_carafe_has_the_default_forms_gradients(inter
 
 def _operator_check_failures() -> dict[str, str]:
     import offseg.models.carafe_fused  # noqa: F401  (registers the operators)
+    import offseg.models.similarity_fused  # noqa: F401
     g = torch.Generator().manual_seed(2)
     x = torch.randn(1, 6, 5, 4, generator=g, dtype=torch.float64)
     masks = torch.randn(1, 2 * 9, 10, 8, generator=g, dtype=torch.float64)
@@ -164,7 +228,10 @@ def _operator_check_failures() -> dict[str, str]:
     ops = torch.ops.offseg
     calls = ((ops.carafe_fused, (x.requires_grad_(), masks.requires_grad_(), 3, 2, 2)),
              (ops.carafe_fused_grad, (x.detach(), masks.detach(), grad_out, 3, 2, 2, 0)),
-             (ops.carafe_fused_grad, (x.detach(), masks.detach(), grad_out, 3, 2, 2, 1)))
+             (ops.carafe_fused_grad, (x.detach(), masks.detach(), grad_out, 3, 2, 2, 1)),
+             (ops.neighbour_similarity_fused, (x.detach().requires_grad_(), 2, 1e-8)),
+             (ops.neighbour_similarity_fused_grad, (x.detach(), torch.randn(1, 8, 5, 4, generator=g,
+                                                                            dtype=torch.float64), 2, 1e-8)))
     failures = {}
     for op, args in calls:
         for test, outcome in torch.library.opcheck(op, args, raise_exception=False).items():
@@ -174,7 +241,8 @@ def _operator_check_failures() -> dict[str, str]:
 
 
 def test_the_fused_kernels_are_operators_torch_can_trace(interpreted):
-    """torch.library's own check of each operator (forward, both gradients): schema, fake (shape/dtype/stride)
+    """torch.library's own check of each operator (CARAFE's forward and both gradients, the similarity's forward
+    and gradient): schema, fake (shape/dtype/stride)
     implementation against the real one, autograd registration, and AOT dispatch with dynamic shapes, which is
     what torch.compile and CUDA graph capture go through."""
     assert interpreted(_operator_check_failures) == {}
@@ -193,27 +261,22 @@ def test_the_model_with_fused_carafe_runs_forward_and_backward_on_the_meta_devic
 
 POINTERS = {"forward": ("features", "masks", "out"), "features_grad": ("masks", "grad_out", "grad_features"),
             "masks_grad": ("features", "grad_out", "grad_masks")}
+SIZES = ("channels", "height", "width")
 
 
-def _resources(kernel: str, channels: int, k: int, groups: int, s: int, arch: int) -> dict[str, int]:
-    """Compiles ``kernel`` as it is launched under autocast (FP16 maps, FP32 kernels and gradients) for sm_``arch``
-    with the wheel's ptxas, and reads its registers and stack from the cubin (cuobjdump)."""
+def _resources(function, signature: dict, settings: dict, num_warps: int, arch: int) -> dict[str, int]:
+    """Compiles the Triton ``function`` for sm_``arch`` with the wheel's ptxas, and reads its registers and stack
+    from the cubin (cuobjdump)."""
     import subprocess
     import tempfile
 
     import triton
-    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from offseg.models.carafe_fused import NUM_WARPS, launch_settings
-    function, settings = launch_settings(kernel, channels, k, groups, s, tl.float32)
-    types = {"features": "*fp16", "grad_features": "*fp16"}
-    signature = {name: types.get(name, "*fp32") for name in POINTERS[kernel]}
-    signature.update({name: "i32" for name in ("channels", "height", "width", "groups", "channels_per_group")})
-    signature.update({name: "constexpr" for name in settings})
+    signature = {**signature, **{name: "constexpr" for name in settings}}
     compiled = triton.compile(ASTSource(fn=function, signature=signature, constexprs=settings),
-                              target=GPUTarget("cuda", arch, 32), options={"num_warps": NUM_WARPS})
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
@@ -225,13 +288,39 @@ def _resources(kernel: str, channels: int, k: int, groups: int, s: int, arch: in
     return {name: int(value) for name, value in fields.items()}
 
 
+def _carafe_resources(kernel: str, channels: int, k: int, groups: int, s: int, arch: int) -> dict[str, int]:
+    """A CARAFE kernel as launched under autocast: FP16 maps, FP32 kernels and gradients."""
+    import triton.language as tl
+
+    from offseg.models.carafe_fused import NUM_WARPS, launch_settings
+    function, settings = launch_settings(kernel, channels, k, groups, s, tl.float32)
+    types = {"features": "*fp16", "grad_features": "*fp16"}
+    signature = {name: types.get(name, "*fp32") for name in POINTERS[kernel]}
+    signature.update({name: "i32" for name in (*SIZES, "groups", "channels_per_group")})
+    return _resources(function, signature, settings, NUM_WARPS, arch)
+
+
+def _similarity_resources(kernel: str, arch: int) -> dict[str, int]:
+    """A neighbour-similarity kernel as launched on an FP16 model (FP16 maps and gradients)."""
+    import triton.language as tl
+
+    from offseg.models.similarity_fused import NUM_WARPS, launch_settings
+    function, settings = launch_settings(kernel, 2, tl.float32)
+    pointers = ("x", "out") if kernel == "forward" else ("x", "grad", "grad_x")
+    signature = {**{name: "*fp16" for name in pointers}, **{name: "i32" for name in SIZES}, "eps": "fp32"}
+    return _resources(function, signature, settings, NUM_WARPS, arch)
+
+
 def _ptxas_shipped() -> bool:
     spec = importlib.util.find_spec("triton")
     return spec is not None and (Path(spec.origin).parent / "backends" / "nvidia" / "bin" / "ptxas").is_file()
 
 
+ARCHS = pytest.mark.parametrize("arch", [90, 87], ids=["sm_90 (H100/H200)", "sm_87 (Jetson Orin)"])
+
+
 @pytest.mark.skipif(not _ptxas_shipped(), reason="this triton wheel has no ptxas")
-@pytest.mark.parametrize("arch", [90, 87], ids=["sm_90 (H100/H200)", "sm_87 (Jetson Orin)"])
+@ARCHS
 @pytest.mark.parametrize("kernel", list(POINTERS))
 def test_the_kernels_compile_for_the_gpus_in_registers(kernel, arch):
     """Triton compiles each kernel to a cubin on the CPU (no GPU needed) for OffSeg's two CARAFE shapes (3x3 same
@@ -239,6 +328,16 @@ def test_the_kernels_compile_for_the_gpus_in_registers(kernel, arch):
     spilled to the stack (the first version's static 25-tap loops took 255 and spilled, a slowdown the
     interpreter cannot show)."""
     for channels, k, groups, s in ((64, 3, 1, 1), (233, 5, 1, 2), (64, 5, 2, 2)):
-        resources = _resources(kernel, channels, k, groups, s, arch)
+        resources = _carafe_resources(kernel, channels, k, groups, s, arch)
         assert resources["STACK"] == 0 and resources["REG"] <= 128, (channels, k, groups, s, resources)
 
+
+@pytest.mark.skipif(not _ptxas_shipped(), reason="this triton wheel has no ptxas")
+@ARCHS
+@pytest.mark.parametrize("kernel", ["forward", "grad"])
+def test_the_similarity_kernels_compile_for_the_gpus_in_registers(kernel, arch):
+    """The same for the neighbour similarity's two kernels (channels are a run-time loop: one compilation), within
+    64 registers: 8 warps of them leave room for 4 programs per SM (half occupancy) on these memory-bound
+    kernels."""
+    resources = _similarity_resources(kernel, arch)
+    assert resources["STACK"] == 0 and resources["REG"] <= 64, resources

@@ -111,4 +111,4 @@ def test_the_torch_eval_check_runs_on_the_cpu(tmp_path):
     assert abs(report["miou_device_protocol"] - report["miou_numpy_protocol_cpu"]) < 0.01
     assert report["miou_cuda_graphs"] == report["miou_device_protocol"] and all(report["graph_replays_equal_eager"])
     assert report["graphs_kept"] == 0 and not report["ok"]
-    assert report["fused_carafe_max_abs_diff_vs_taps"] <= 1e-4
+    assert report["fused_form_max_abs_diff_vs_taps"] <= 1e-4

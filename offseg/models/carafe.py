@@ -13,7 +13,8 @@ x plus one product per tap, but it launches three kernels per tap. ``unfold`` (m
 neighbourhoods of x are unfolded at the LOW resolution (k^2 x the input, not k^2 s^2 x) and each output phase is
 one batched matrix product with its kernels: a handful of kernels per call instead of 3 k^2, which is what makes the
 eager GPU forward launch-bound otherwise. ``fused`` (``carafe_fused.py``, CUDA): one Triton kernel per call, two
-for its backward, nothing intermediate in memory; needs ``triton``. The GPU forms are opt-in until
+for its backward, nothing intermediate in memory; needs ``triton``; it also fuses FreqFusion's neighbour similarity
+(``similarity_fused.py``). The GPU forms are opt-in until
 benchmarks/gpu.py has measured them on a GPU.
 """
 from __future__ import annotations
@@ -34,13 +35,19 @@ _forced_form: str | None = None
 
 @contextmanager
 def forced_form(form: str):
-    """Run every ``carafe`` call inside in ``form`` ("taps", "unfold" or "fused"), e.g. to compare them on a GPU."""
+    """Run every ``carafe`` call inside in ``form`` ("taps", "unfold" or "fused"), e.g. to compare them on a GPU;
+    "fused" also runs FreqFusion's neighbour similarity as one kernel (``similarity_fused.py``)."""
     global _forced_form
     previous, _forced_form = _forced_form, form
     try:
         yield
     finally:
         _forced_form = previous
+
+
+def active_form() -> str:
+    """The form ``carafe`` calls run in here: the innermost ``forced_form``, else "taps"."""
+    return _forced_form or "taps"
 
 
 def check_carafe_form(form: str, device: torch.device) -> None:
@@ -67,7 +74,7 @@ def carafe(features: torch.Tensor, masks: torch.Tensor, kernel_size: int, group_
     if masks.shape != (n, g * k * k, s * h, s * w) or c % g:
         raise ValueError(f"carafe: masks {tuple(masks.shape)} do not fit features {tuple(features.shape)} "
                          f"with kernel {k}, groups {g}, scale {s}")
-    form = form or _forced_form or "taps"
+    form = form or active_form()
     if form not in CARAFE_FORMS:
         raise ValueError(f"carafe: unknown form {form!r}; choose from {', '.join(CARAFE_FORMS)}")
     if form == "unfold":

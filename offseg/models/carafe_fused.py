@@ -144,7 +144,8 @@ def _carafe_features_grad_kernel(masks, grad_out, grad_features, channels, heigh
              mask=channel_ok[:, None] & pixel_ok[None, :])
 
 
-def _accumulator(*tensors: torch.Tensor):
+def accumulator(*tensors: torch.Tensor):
+    """Triton's type for the kernels' sums: FP64 for FP64 tensors (gradcheck), else FP32."""
     return tl.float64 if any(t.dtype == torch.float64 for t in tensors) else tl.float32
 
 
@@ -182,7 +183,7 @@ def _carafe_op(features: torch.Tensor, masks: torch.Tensor, k: int, g: int, s: i
     n, c, h, w = features.shape
     features, masks = features.contiguous(), masks.contiguous()
     out = torch.empty((n, c, s * h, s * w), dtype=_output_dtype(features, masks), device=features.device)
-    _launch("forward", (features, masks, out), features.shape, k, g, s, _accumulator(features, masks))
+    _launch("forward", (features, masks, out), features.shape, k, g, s, accumulator(features, masks))
     return out
 
 
@@ -199,7 +200,7 @@ def _grad_op(features: torch.Tensor, masks: torch.Tensor, grad_out: torch.Tensor
     like, source = (features, masks) if wrt == 0 else (masks, features)
     grad = torch.empty(like.shape, dtype=like.dtype, device=like.device)
     _launch(("features_grad", "masks_grad")[wrt], (source.contiguous(), grad_out.contiguous(), grad), features.shape,
-            k, g, s, _accumulator(features, masks, grad_out))
+            k, g, s, accumulator(features, masks, grad_out))
     return grad
 
 

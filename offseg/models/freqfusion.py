@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .carafe import carafe
+from .carafe import active_form, carafe
 
 LOWPASS_KERNEL = 5
 HIGHPASS_KERNEL = 3
@@ -35,7 +35,11 @@ def neighbour_similarity(x: torch.Tensor, dilation: int = SIMILARITY_DILATION, e
     Neighbours outside the map count as zero vectors (similarity 0, as the official zero-padded unfold), in
     row-major order of the 3x3 window without its centre. Vectors are normalized once, before padding, so the
     padded border never divides by a zero norm (the official 1e-8 eps underflows to 0 in FP16: 0/0 = NaN).
+    Under ``forced_form("fused")``: one Triton kernel (``similarity_fused.py``), the same to rounding.
     """
+    if active_form() == "fused":
+        from .similarity_fused import neighbour_similarity_fused  # triton: only where the fused form is asked for
+        return neighbour_similarity_fused(x, dilation, eps)
     h, w = x.shape[-2:]
     unit = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(eps)
     padded = F.pad(unit, [dilation] * 4)
