@@ -13,8 +13,9 @@ Rows, fresh weights, 150 classes, batch 1, BatchNorm folded (as ``offseg-eval`` 
 - training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32, ``--amp``, ``--amp`` with the
   model and batches channels-last, ``--amp`` with the unfold CARAFE form, which has far fewer kernels, FP32 and
   ``--amp`` with the fused form: Triton kernels forward and backward), in it/s;
-- ``offseg-eval``'s evaluation loop on synthetic scenes, images/s on the GPU (eager and ``--cuda-graphs``) and on
-  the CPU (same images);
+- ``offseg-eval``'s evaluation loop on synthetic scenes, images/s on the GPU (eager, ``--cuda-graphs``, the fused
+  CARAFE) and on the CPU (same images), with the synthetic layout's whole-image protocol and with ADE20K's slide
+  protocol on ADE20K-sized scenes (its 2 windows per image run as one batch);
 - profiles (torch.profiler, the 15 kernels that take the most GPU time) of OffSeg-T's FP16 forward at 1024x2048
   and of its ``--amp`` training step, batch 16, crop 512, with the taps and the fused CARAFE forms.
 Every figure is measured in this run; nothing is compared with a stored number. A row that fails (a kernel that
@@ -265,28 +266,40 @@ def profile_rows(device: str = "cuda", size: tuple[int, int] = (1024, 2048), bat
     return rows
 
 
-def eval_rows(gpu_images: int, cpu_images: int, runs=(("cuda", False), ("cuda", True), ("cpu", False))) -> list[dict]:
-    """``offseg-eval``'s loop for each (device, CUDA graphs) run: images/s (``gpu_images`` on a GPU, ``cpu_images``
-    on the CPU), and every run's mIoU on the CPU's images (they must agree)."""
+EVAL_SETUPS = {  # name: (scene size, dataset layout whose test protocol runs)
+    "synthetic whole": (None, "synthetic"),
+    "ade20k slide, 512x683 scenes": ((512, 683), "ade20k"),  # 2 windows of 512x512 per image, batched
+}
+EVAL_RUNS = (("cuda", False, "taps"), ("cuda", True, "taps"), ("cuda", False, "fused"), ("cpu", False, "taps"))
+
+
+def eval_rows(gpu_images: int, cpu_images: int, runs=EVAL_RUNS, setups=tuple(EVAL_SETUPS)) -> list[dict]:
+    """``offseg-eval``'s loop for each setup and (device, CUDA graphs, CARAFE form) run: images/s (``gpu_images`` on
+    a GPU, ``cpu_images`` on the CPU), and every run's mIoU on the CPU's images (they must agree)."""
+    from offseg.data import synthetic
     from offseg.data.datasets import LAYOUTS, SegmentationDataset
     from offseg.evaluate import evaluate
     from offseg.protocol import TestProtocol
-    dataset = SegmentationDataset("synthetic", None, "val")
-    protocol = TestProtocol.for_layout(LAYOUTS["synthetic"], None)
-    model = build_model("offseg-t", dataset.num_classes).eval()
     rows = []
-    for device, graphs in runs:
-        count = gpu_images if device == "cuda" else cpu_images
-        model.to(device)
-        evaluate(model, dataset, protocol, 2, progress=False, cuda_graphs=graphs)  # warm-up
-        start = time.perf_counter()
-        scores = evaluate(model, dataset, protocol, count, progress=False, cuda_graphs=graphs)
-        rows.append({"device": device, "cuda_graphs": graphs, "images": count,
-                     "images_per_s": count / (time.perf_counter() - start),
-                     "mIoU": float(scores.as_dict(dataset.classes)["mIoU"])})
-        same = evaluate(model, dataset, protocol, cpu_images, progress=False, cuda_graphs=graphs)
-        rows[-1]["mIoU_on_the_cpu_images"] = float(same.as_dict(dataset.classes)["mIoU"])
-        print(json.dumps(rows[-1]), flush=True)
+    for setup in setups:
+        size, layout = EVAL_SETUPS[setup]
+        dataset = SegmentationDataset("synthetic", None, "val", size=size or synthetic.SCENE_SIZE)
+        protocol = TestProtocol.for_layout(LAYOUTS[layout], None)
+        model = build_model("offseg-t", dataset.num_classes).eval()
+        for device, graphs, form in runs:
+            count = gpu_images if device == "cuda" else cpu_images
+            model.to(device)
+            with forced_form(form):
+                evaluate(model, dataset, protocol, 2, progress=False, cuda_graphs=graphs)  # warm-up
+                start = time.perf_counter()
+                scores = evaluate(model, dataset, protocol, count, progress=False, cuda_graphs=graphs)
+                seconds = time.perf_counter() - start
+                same = evaluate(model, dataset, protocol, cpu_images, progress=False, cuda_graphs=graphs)
+            rows.append({"setup": setup, "protocol": protocol.describe(), "device": device, "cuda_graphs": graphs,
+                         "carafe": form, "images": count, "images_per_s": count / seconds,
+                         "mIoU": float(scores.as_dict(dataset.classes)["mIoU"]),
+                         "mIoU_on_the_cpu_images": float(same.as_dict(dataset.classes)["mIoU"])})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 

@@ -8,7 +8,7 @@ from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 from runtime.output_policy import add_input, add_output
 
-from .names import CARAFE_FORMS, DATASET_NAMES, DEVICE_HELP, MODEL_NAMES
+from .names import CARAFE_FORMS, DATASET_NAMES, DEVICE_HELP, MODEL_NAMES, WINDOW_BATCH
 
 TRAIN_FILES = ("*.pth", "scalars.jsonl", "tensorboard")  # what offseg-train writes in --work-dir
 
@@ -130,6 +130,8 @@ def _eval(args: argparse.Namespace) -> int:
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.dataset} has "
                           f"{dataset.num_classes}")
+    if args.window_batch < 1:
+        raise OffsegError(f"--window-batch must be at least 1, got {args.window_batch}")
     if args.cuda_graphs and device.type != "cuda":
         raise OffsegError(f"--cuda-graphs needs a CUDA device; this run is on {describe(device)}")
     check_carafe_form(args.carafe, device)
@@ -137,7 +139,8 @@ def _eval(args: argparse.Namespace) -> int:
                                                                             f"CARAFE {args.carafe}")) if wanted]
     print(f"evaluating {name} on {describe(device)}" + "".join(f", {text}" for text in extras), flush=True)
     with forced_form(args.carafe):
-        scores = evaluate(model.to(device), dataset, protocol, args.eval_images, cuda_graphs=args.cuda_graphs)
+        scores = evaluate(model.to(device), dataset, protocol, args.eval_images, cuda_graphs=args.cuda_graphs,
+                          window_batch=args.window_batch)
     result = {"model": name, "dataset": args.dataset, "split": args.split, "mode": protocol.mode,
               "device": str(device), "cuda_graphs": args.cuda_graphs, "carafe": args.carafe,
               "protocol": protocol.describe(), **scores.as_dict(dataset.classes), "mAcc": 100 * mean_accuracy(scores)}
@@ -164,6 +167,9 @@ def eval_main(argv: list[str] | None = None) -> int:
                         "the test pipeline's keep-ratio resize applies either way)")
     parser.add_argument("--eval-images", type=int, metavar="N", help="evaluate on the first N images (default all)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--window-batch", type=int, default=WINDOW_BATCH, metavar="N",
+                        help=f"slide inference: run up to N of an image's windows as one batch (default "
+                        f"{WINDOW_BATCH}; 1 runs them one by one, as mmseg, using the least memory)")
     parser.add_argument("--cuda-graphs", action="store_true", help="on a GPU, replay the forward of each input "
                         "size met twice from a CUDA graph (same scores, far less launch work; opt-in until "
                         "benchmarks/gpu.py has measured it)")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from runtime.metrics import IGNORE_INDEX, ConfusionMatrix
 from runtime.preprocess import MEAN_RGB, STD_RGB, padded_size, sliding_windows
 
+from .names import WINDOW_BATCH
 from .protocol import TestProtocol
 
 
@@ -36,7 +37,7 @@ def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def forward_window(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(1, 3, h, w) normalized input -> (1, K, h, w) float32 logits at the input size, padded with 0 to multiples
+    """(N, 3, h, w) normalized input -> (N, K, h, w) float32 logits at the input size, padded with 0 to multiples
     of 32 for the forward when needed (``protocol.forward_window``)."""
     h, w = x.shape[-2:]
     ph, pw = padded_size(h, w)
@@ -48,29 +49,40 @@ def forward_window(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(logits, size=(ph, pw), mode="bilinear", align_corners=False)[..., :h, :w]
 
 
-def slide(model: torch.nn.Module, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
-    """mmseg ``slide_inference``: (1, K, H, W) logits, overlapping windows averaged (``protocol.slide``)."""
+def slide(model: torch.nn.Module, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int],
+          window_batch: int = WINDOW_BATCH) -> torch.Tensor:
+    """mmseg ``slide_inference``: (1, K, H, W) logits, overlapping windows averaged (``protocol.slide``).
+
+    An image's windows all have one shape, so up to ``window_batch`` of them run as one batched forward (mmseg runs
+    them one by one; the model has no cross-sample operation, so only the rounding of the kernels can differ)."""
     h, w = x.shape[-2:]
+    windows = list(sliding_windows(h, w, crop, stride))
     total, count = None, torch.zeros((1, 1, h, w), dtype=torch.float32, device=x.device)
-    for y1, y2, x1, x2 in sliding_windows(h, w, crop, stride):
-        logits = forward_window(model, x[:, :, y1:y2, x1:x2])
+    for start in range(0, len(windows), window_batch):
+        group = windows[start:start + window_batch]
+        logits = forward_window(model, torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in group]))
         if total is None:
             total = torch.zeros((1, logits.shape[1], h, w), dtype=torch.float32, device=x.device)
-        total[:, :, y1:y2, x1:x2] += logits
-        count[:, :, y1:y2, x1:x2] += 1
+        for (y1, y2, x1, x2), window in zip(group, logits):
+            total[0, :, y1:y2, x1:x2] += window
+            count[0, :, y1:y2, x1:x2] += 1
     return total / count
 
 
 def protocol_logits(resized: torch.Tensor, size: tuple[int, int], model: torch.nn.Module,
-                    protocol: TestProtocol) -> torch.Tensor:
+                    protocol: TestProtocol, window_batch: int = WINDOW_BATCH) -> torch.Tensor:
     """(1, K, H, W) float32 logits at the original ``size`` (H, W) of an image already resized by the protocol
-    (``protocol.test_resize``), given as uint8 BGR (h, w, 3) on the model's device."""
+    (``protocol.test_resize``), given as uint8 BGR (h, w, 3) on the model's device; slide windows batched by up to
+    ``window_batch``."""
     x = normalized(resized)
     h, w = x.shape[-2:]
     if protocol.size_divisor:
         ph, pw = padded_size(h, w, protocol.size_divisor)
         x = F.pad(x, (0, pw - w, 0, ph - h))
-    logits = forward_window(model, x) if protocol.mode == "whole" else slide(model, x, protocol.crop, protocol.stride)
+    if protocol.mode == "whole":
+        logits = forward_window(model, x)
+    else:
+        logits = slide(model, x, protocol.crop, protocol.stride, window_batch)
     logits = logits[..., :h, :w]
     if tuple(logits.shape[-2:]) == tuple(size):  # a resize to the same size is the identity
         return logits

@@ -14,6 +14,7 @@ from runtime.progress import progress as report_progress
 from .cuda_graphs import GraphedForward
 from .device_protocol import DeviceConfusion, protocol_logits, to_device
 from .models.fold import fold_batchnorm
+from .names import WINDOW_BATCH
 from .protocol import TestProtocol, test_resize
 
 T, R = TypeVar("T"), TypeVar("R")
@@ -44,12 +45,12 @@ def prefetched(function: Callable[[T], R], items: Iterable[T], depth: int = PREF
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, protocol: TestProtocol, max_images: int | None = None,
-             progress: bool = True, cuda_graphs: bool = False) -> Scores:
+             progress: bool = True, cuda_graphs: bool = False, window_batch: int = WINDOW_BATCH) -> Scores:
     """Scores of ``model`` on ``dataset`` items (image, labels), untransformed, on the model's device; run as an
     eval-mode copy with its BatchNorms folded into the convolutions (``model`` itself is left as it is).
 
     ``cuda_graphs``: on a GPU, replay the forward of every input shape met twice from a CUDA graph
-    (``offseg.cuda_graphs``); the same scores, less host work."""
+    (``offseg.cuda_graphs``); the same scores, less host work. ``window_batch``: slide windows per forward."""
     model = fold_batchnorm(model)
     if cuda_graphs:
         model = GraphedForward(model)
@@ -64,6 +65,6 @@ def evaluate(model: torch.nn.Module, dataset, protocol: TestProtocol, max_images
     items = prefetched(prepared, range(count))
     for resized, size, labels in report_progress(items, f"evaluating ({protocol.mode})", total=count,
                                                  unit="image", enabled=progress):
-        logits = protocol_logits(to_device(resized, device), size, model, protocol)
+        logits = protocol_logits(to_device(resized, device), size, model, protocol, window_batch)
         confusion.update(logits.argmax(dim=1)[0], to_device(labels, device))
     return confusion.to_host().scores()

@@ -1,11 +1,12 @@
-"""Model, dataset and FreqFusion-form names and the ``--device`` help, importable without torch (command-line
-choices on devices and before argument parsing)."""
+"""Model, dataset and FreqFusion-form names, the ``--device`` help and defaults, importable without torch
+(command-line choices on devices and before argument parsing)."""
 MODEL_NAMES = ("offseg-t", "offseg-b", "offseg-l")
 DATASET_NAMES = ("ade20k", "cityscapes", "coco-stuff164k", "pascal-context-59", "folder", "synthetic")
 DEVICE_HELP = "torch device: auto (the GPU when torch sees one, else the CPU), cpu, cuda or cuda:N (default auto)"
 FREQFUSION_FORMS = ("gather", "taps")  # export forms of FreqFusion (offseg.models.freqfusion_gather, freqfusion)
 FREQFUSION_CHOICES = ("auto", *FREQFUSION_FORMS)
 CARAFE_FORMS = ("taps", "unfold", "fused")  # inference forms of CARAFE (offseg.models.carafe, carafe_fused)
+WINDOW_BATCH = 4  # slide windows per forward in offseg-eval: an ADE20K image has 2, a Cityscapes one 3
 
 
 def freqfusion_form_for(choice: str, target: str) -> str:

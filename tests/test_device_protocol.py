@@ -56,6 +56,31 @@ def test_the_device_protocol_gives_the_numpy_protocols_logits(model, protocol):
     assert np.abs(logits[0].permute(1, 2, 0).numpy() - expected).max() < 1e-4
 
 
+class Recorded(torch.nn.Module):
+    """``model`` recording the shape of each input it is called with."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.shapes = model, []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return self.model(x)
+
+
+def test_slide_windows_run_batched_with_the_logits_of_one_by_one(model):
+    protocol = PROTOCOLS["slide, windows padded"]
+    image, _ = synthetic.render_scene(5, 90, 150)  # 2 x 3 windows of 64x64
+    logits = {}
+    for batch in (1, 4):
+        recorded = Recorded(model)
+        with torch.no_grad():
+            logits[batch] = protocol_logits(to_device(image, torch.device("cpu")), (90, 150), recorded, protocol,
+                                            window_batch=batch)
+        assert recorded.shapes == ([(1, 3, 64, 64)] * 6 if batch == 1 else [(4, 3, 64, 64), (2, 3, 64, 64)])
+    assert (logits[1] - logits[4]).abs().max() < 1e-4  # kernels' rounding at another batch size
+
+
 def test_device_confusion_counts_as_the_confusion_matrix():
     rng = np.random.default_rng(0)
     expected, counted = ConfusionMatrix(5), DeviceConfusion(5, torch.device("cpu"))

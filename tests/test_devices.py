@@ -48,6 +48,8 @@ def test_eval_prints_its_device_and_refuses_an_unknown_one(checkpoint, tmp_path,
     assert eval_main(["--checkpoint", str(checkpoint), "--device", "tpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --device 'tpu'") and len(err.strip().splitlines()) == 1
+    assert eval_main(["--checkpoint", str(checkpoint), "--device", "cpu", "--window-batch", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --window-batch must be at least 1, got 0"
     assert eval_main(["--checkpoint", str(checkpoint), "--device", "cpu", "--cuda-graphs"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --cuda-graphs needs a CUDA device; this run is on cpu (")
@@ -66,6 +68,16 @@ def test_eval_scores_the_same_with_each_carafe_form(checkpoint, tmp_path):
         scores[form] = json.loads((tmp_path / f"{form}.json").read_text())
     assert scores["unfold"]["carafe"] == "unfold"
     assert abs(scores["taps"]["mIoU"] - scores["unfold"]["mIoU"]) < 0.01
+
+
+def test_eval_scores_the_same_with_slide_windows_batched_or_one_by_one(checkpoint, tmp_path):
+    scores = {}
+    for batch in ("1", "4"):
+        assert eval_main(["--checkpoint", str(checkpoint), "--eval-images", "2", "--device", "cpu", "--mode", "slide",
+                          "--window-batch", batch, "--json", str(tmp_path / f"{batch}.json")]) == 0
+        scores[batch] = json.loads((tmp_path / f"{batch}.json").read_text())
+    assert scores["1"]["protocol"].endswith("slide 256x256 stride 224x224")
+    assert abs(scores["1"]["mIoU"] - scores["4"]["mIoU"]) < 0.01
 
 
 def test_validate_takes_the_device_of_its_pytorch_side(checkpoint, tmp_path, capsys):

@@ -94,8 +94,10 @@ def test_the_gpu_benchmarks_training_and_evaluation_rows_run_on_the_cpu(capsys):
     assert [row["what"] for row in profiles] == ["forward FP32 64x64", "training step FP32 batch 1 crop 64"]
     assert all(0 < sum(op["share"] for op in row["top"]) <= 1 + 1e-9 and row["total_ms"] > 0 for row in profiles)
     assert "aten::convolution_backward" in {op["name"] for op in profiles[1]["top"]}
-    evaluation = gpu.eval_rows(1, 1, runs=(("cpu", False),))
-    assert evaluation[0]["mIoU"] == evaluation[0]["mIoU_on_the_cpu_images"]
+    evaluation = gpu.eval_rows(1, 1, runs=(("cpu", False, "taps"),))
+    assert [row["protocol"] for row in evaluation] == ["original size, whole",
+                                                       "resize to 2048x512 keep-ratio, slide 512x512 stride 480x480"]
+    assert all(row["mIoU"] == row["mIoU_on_the_cpu_images"] for row in evaluation)
 
 
 @pytest.mark.slow
