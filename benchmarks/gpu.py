@@ -13,9 +13,9 @@ Rows, fresh weights, 150 classes, batch 1, BatchNorm folded (as ``offseg-eval`` 
 - training OffSeg-T, batch 16, crop 512, through ``offseg.train.train_step`` (FP32, ``--amp``, ``--amp`` with the
   model and batches channels-last, ``--amp`` with the unfold CARAFE form, which has far fewer kernels, FP32 and
   ``--amp`` with the fused form: Triton kernels forward and backward), in it/s;
-- ``offseg-eval``'s evaluation loop on synthetic scenes, images/s on the GPU (eager, ``--cuda-graphs``, the fused
-  CARAFE) and on the CPU (same images), with the synthetic layout's whole-image protocol and with ADE20K's slide
-  protocol on ADE20K-sized scenes (its 2 windows per image run as one batch);
+- ``offseg-eval``'s evaluation loop, images/s on the GPU (eager, ``--cuda-graphs``, the fused CARAFE) and on the
+  CPU (same images), on synthetic scenes written as files in ADE20K's layout (512x683, 2 slide windows) and
+  Cityscapes' (1024x2048, 3 windows), read and scored by their datasets' test protocols;
 - profiles (torch.profiler, the 15 kernels that take the most GPU time) of OffSeg-T's FP16 forward at 1024x2048
   and of its ``--amp`` training step, batch 16, crop 512, with the taps and the fused CARAFE forms.
 Every figure is measured in this run; nothing is compared with a stored number. A row that fails (a kernel that
@@ -266,40 +266,64 @@ def profile_rows(device: str = "cuda", size: tuple[int, int] = (1024, 2048), bat
     return rows
 
 
-EVAL_SETUPS = {  # name: (scene size, dataset layout whose test protocol runs)
-    "synthetic whole": (None, "synthetic"),
-    "ade20k slide, 512x683 scenes": ((512, 683), "ade20k"),  # 2 windows of 512x512 per image, batched
-}
+EVAL_SIZES = {"ade20k": (512, 683), "cityscapes": (1024, 2048)}  # scene size per layout: 2 and 3 slide windows
 EVAL_RUNS = (("cuda", False, "taps"), ("cuda", True, "taps"), ("cuda", False, "fused"), ("cpu", False, "taps"))
 
 
-def eval_rows(gpu_images: int, cpu_images: int, runs=EVAL_RUNS, setups=tuple(EVAL_SETUPS)) -> list[dict]:
-    """``offseg-eval``'s loop for each setup and (device, CUDA graphs, CARAFE form) run: images/s (``gpu_images`` on
-    a GPU, ``cpu_images`` on the CPU), and every run's mIoU on the CPU's images (they must agree)."""
+def write_scenes(root: Path, layout: str, count: int) -> None:
+    """``count`` synthetic scenes of the layout's size as files in its folder layout (ADE20K: JPEG images and
+    zero-reduced PNG labels; Cityscapes: PNG images and train-id labels), so the evaluation decodes files as it
+    does on the real datasets."""
+    import cv2
+    import numpy as np
+
     from offseg.data import synthetic
+    for index in range(count):
+        image, labels = synthetic.render_scene(index, *EVAL_SIZES[layout])
+        if layout == "ade20k":
+            files = {f"ADEChallengeData2016/images/validation/{index:04d}.jpg": image,
+                     f"ADEChallengeData2016/annotations/validation/{index:04d}.png":
+                         np.where(labels == 255, 0, labels.astype(np.int32) + 1).astype(np.uint8)}
+        else:
+            files = {f"leftImg8bit/val/city/city_{index:04d}_leftImg8bit.png": image,
+                     f"gtFine/val/city/city_{index:04d}_gtFine_labelTrainIds.png": labels}
+        for name, array in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / name), array)
+
+
+def eval_rows(gpu_images: int, cpu_images: int, runs=EVAL_RUNS, layouts=tuple(EVAL_SIZES)) -> list[dict]:
+    """``offseg-eval``'s loop on synthetic scenes saved in each dataset layout (its test protocol, slide windows
+    batched) for each (device, CUDA graphs, CARAFE form) run: images/s (``gpu_images`` on a GPU, ``cpu_images`` on
+    the CPU), and every run's mIoU on the CPU's images (they must agree)."""
+    import tempfile
+
     from offseg.data.datasets import LAYOUTS, SegmentationDataset
     from offseg.evaluate import evaluate
     from offseg.protocol import TestProtocol
     rows = []
-    for setup in setups:
-        size, layout = EVAL_SETUPS[setup]
-        dataset = SegmentationDataset("synthetic", None, "val", size=size or synthetic.SCENE_SIZE)
-        protocol = TestProtocol.for_layout(LAYOUTS[layout], None)
-        model = build_model("offseg-t", dataset.num_classes).eval()
-        for device, graphs, form in runs:
-            count = gpu_images if device == "cuda" else cpu_images
-            model.to(device)
-            with forced_form(form):
-                evaluate(model, dataset, protocol, 2, progress=False, cuda_graphs=graphs)  # warm-up
-                start = time.perf_counter()
-                scores = evaluate(model, dataset, protocol, count, progress=False, cuda_graphs=graphs)
-                seconds = time.perf_counter() - start
-                same = evaluate(model, dataset, protocol, cpu_images, progress=False, cuda_graphs=graphs)
-            rows.append({"setup": setup, "protocol": protocol.describe(), "device": device, "cuda_graphs": graphs,
-                         "carafe": form, "images": count, "images_per_s": count / seconds,
-                         "mIoU": float(scores.as_dict(dataset.classes)["mIoU"]),
-                         "mIoU_on_the_cpu_images": float(same.as_dict(dataset.classes)["mIoU"])})
-            print(json.dumps(rows[-1]), flush=True)
+    for layout in layouts:
+        with tempfile.TemporaryDirectory(prefix="offseg-gpu-eval-") as folder:
+            write_scenes(Path(folder), layout, max(gpu_images, cpu_images, 2))
+            dataset = SegmentationDataset(layout, folder, "val")
+            protocol = TestProtocol.for_layout(LAYOUTS[layout], None)
+            model = build_model("offseg-t", dataset.num_classes).eval()
+            for device, graphs, form in runs:
+                count = gpu_images if device == "cuda" else cpu_images
+                model.to(device)
+                with forced_form(form):
+                    evaluate(model, dataset, protocol, 2, progress=False, cuda_graphs=graphs)  # warm-up
+                    start = time.perf_counter()
+                    scores = evaluate(model, dataset, protocol, count, progress=False, cuda_graphs=graphs)
+                    seconds = time.perf_counter() - start
+                    same = scores if count == cpu_images else evaluate(model, dataset, protocol, cpu_images,
+                                                                       progress=False, cuda_graphs=graphs)
+                rows.append({"dataset": layout, "size": "x".join(map(str, EVAL_SIZES[layout])),
+                             "protocol": protocol.describe(), "device": device, "cuda_graphs": graphs,
+                             "carafe": form, "images": count, "images_per_s": count / seconds,
+                             "mIoU": float(scores.as_dict(dataset.classes)["mIoU"]),
+                             "mIoU_on_the_cpu_images": float(same.as_dict(dataset.classes)["mIoU"])})
+                print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -331,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     sections = {"latency": lambda: latency_rows(args.iters, models, sizes),
                 "training": lambda: training_rows(3 if args.quick else 15, 2 if args.quick else 16),
-                "evaluation": lambda: eval_rows(4 if args.quick else 24, 2 if args.quick else 6),
+                "evaluation": lambda: eval_rows(4 if args.quick else 24, 2 if args.quick else 4,
+                                               layouts=("ade20k",) if args.quick else tuple(EVAL_SIZES)),
                 "profile": lambda: profile_rows(size=(512, 512) if args.quick else (1024, 2048),
                                                 batch=2 if args.quick else 16),
                 "compile": lambda: compile_rows([] if args.quick else args.compile, args.iters)

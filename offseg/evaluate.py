@@ -18,7 +18,7 @@ from .names import WINDOW_BATCH
 from .protocol import TestProtocol, test_resize
 
 T, R = TypeVar("T"), TypeVar("R")
-PREFETCH = 2  # images decoded and resized ahead of the one being evaluated
+PREFETCH_WORKERS = 4  # threads preparing the next images (a 512x683 JPEG and PNG: 4.7 ms on one CPU thread)
 
 
 def mean_accuracy(scores: Scores) -> float:
@@ -26,11 +26,14 @@ def mean_accuracy(scores: Scores) -> float:
     return float(np.nanmean(scores.accuracy)) if np.isfinite(scores.accuracy).any() else float("nan")
 
 
-def prefetched(function: Callable[[T], R], items: Iterable[T], depth: int = PREFETCH) -> Iterator[R]:
-    """``function(item)`` for each item in order, computed ``depth`` items ahead on a background thread (image
-    decoding and OpenCV release the GIL, so the host prepares the next images while the model runs)."""
+def prefetched(function: Callable[[T], R], items: Iterable[T], workers: int = PREFETCH_WORKERS,
+               depth: int | None = None) -> Iterator[R]:
+    """``function(item)`` for each item in order, computed up to ``depth`` (default 2 x ``workers``) items ahead on
+    ``workers`` background threads (image decoding and OpenCV release the GIL, so the host prepares the next
+    images while the model runs; a GPU evaluates an image faster than one thread decodes it)."""
+    depth = 2 * workers if depth is None else depth
     items, pending = iter(items), []
-    with ThreadPoolExecutor(1, thread_name_prefix="offseg-prefetch") as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="offseg-prefetch") as pool:
         try:
             for item in items:
                 pending.append(pool.submit(function, item))

@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import random
+import sys
 import time
+import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -422,7 +424,11 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     finally:
         bar.close()
         # the workers ignore SIGTERM: end them now (the iterator's last reference), not at interpreter exit, where
-        # multiprocessing would terminate them with SIGTERM and wait for them forever
+        # multiprocessing would terminate them with SIGTERM and wait for them forever. An error raised through the
+        # loader (a worker's, re-raised here) holds it too, in the finished frames of its traceback: cleared
+        error = sys.exc_info()[1]
+        if error is not None:
+            traceback.clear_frames(error.__traceback__)
         batches = None
     if run.main:
         final = _log_eval(core, config, scalars, iteration)

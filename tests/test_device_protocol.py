@@ -137,11 +137,12 @@ def test_prefetched_keeps_the_order_and_stops_with_its_consumer():
         return x * x
 
     assert list(prefetched(square, range(7))) == [x * x for x in range(7)]
-    calls.clear()
-    for value in prefetched(square, range(1000)):
-        if value == 4:
-            break
-    assert len(calls) <= 2 + 1 + 2, "work was started far ahead of the consumer"
+    for workers, depth in ((1, 2), (4, 8)):
+        calls.clear()
+        for value in prefetched(square, range(1000), workers):
+            if value == 4:
+                break
+        assert 3 <= len(calls) <= 3 + depth, "work was started far ahead of the consumer"
 
 
 def test_prefetched_raises_the_items_error_in_the_consumer():

@@ -1,6 +1,8 @@
 """Calibration, validation and evaluation under careless use: stale calibration is never reused, a gate that measured
 nothing fails, bad labels are named, bad paths are refused before minutes of work."""
 import os
+import subprocess
+import sys
 import time
 
 import cv2
@@ -139,6 +141,19 @@ def test_training_on_labels_above_the_class_count_names_the_file(tmp_path, capsy
     error = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(error) == 1 and "Traceback" not in err, err[-2000:]
     assert "label values 175, outside the 3 classes of folder" in error[0] and "/labels/train/" in error[0]
+
+
+@pytest.mark.slow
+def test_an_error_raised_in_a_data_worker_ends_the_command(tmp_path):
+    """As a process: the loader's workers ignore SIGTERM, and an iterator kept alive by the error's traceback used
+    to leave them to the interpreter's exit, which waited for them forever."""
+    root = labelled_folder(tmp_path / "d", 175)
+    command = [sys.executable, "-c", "import sys; from offseg.cli import train_main; sys.exit(train_main())",
+               "--dataset", "folder", "--data-root", str(root),
+               "--iters", "1", "--batch-size", "1", "--crop", "32", "32", "--workers", "1",
+               "--work-dir", str(tmp_path / "w")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "label values 175" in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.slow

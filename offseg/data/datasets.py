@@ -166,7 +166,7 @@ class SegmentationDataset:
     def __init__(self, name: str, root: str | Path | None, split: str = "train",
                  transform: Callable | None = None, length: int = 200, size: tuple[int, int] = synthetic.SCENE_SIZE,
                  strict_labels: bool = False):
-        self.strict_labels, self.out_of_range_pixels = strict_labels, 0
+        self.strict_labels, self._out_of_range = strict_labels, []  # pixels per file (appends: thread-safe)
         if name not in LAYOUTS:
             raise OffsegError(f"unknown dataset {name!r}; choose from {', '.join(LAYOUTS)}")
         self.layout, self.split, self.transform = LAYOUTS[name], split, transform
@@ -226,10 +226,15 @@ class SegmentationDataset:
                     f"(0-{self.num_classes - 1}) and not the ignore index {IGNORE_INDEX}")
         if self.strict_labels:
             raise LabelsOutOfRange(f"{sentence}: fix the labels or choose the dataset they were made for")
-        if not self.out_of_range_pixels:
+        if not self._out_of_range:
             log.warning("%s; those pixels are left out of the scores (counted; warned once)", sentence)
-        self.out_of_range_pixels += int(outside.sum())
+        self._out_of_range.append(int(outside.sum()))
         return np.where(outside, IGNORE_INDEX, labels)
+
+    @property
+    def out_of_range_pixels(self) -> int:
+        """Pixels whose labels were above the classes, over the files loaded so far."""
+        return sum(self._out_of_range)
 
     def __getitem__(self, index: int):
         image, labels = self.load(index)
