@@ -44,21 +44,30 @@ def _neighbours(pixel, height, width, DILATION: tl.constexpr):
 
 
 @triton.jit
+def _channel_tile(x, n, start, pixel, neighbour_offset, inside, channels, pixels, BLOCK_C: tl.constexpr,
+                  ACC: tl.constexpr):
+    """Channels start..start+BLOCK_C: (row offsets, channel flags, the pixels' values (BLOCK_C, BLOCK_P), their
+    neighbours' (BLOCK_C, 8, BLOCK_P)), zero outside the map and past the channels."""
+    channel = start + tl.arange(0, BLOCK_C)
+    channel_ok = channel < channels
+    rows = (n * channels + channel) * pixels
+    centre = tl.load(x + rows[:, None] + pixel[None, :], mask=channel_ok[:, None] & (pixel < pixels)[None, :],
+                     other=0.0).to(ACC)
+    around = tl.load(x + rows[:, None, None] + neighbour_offset[None, :, :],
+                     mask=channel_ok[:, None, None] & inside[None, :, :], other=0.0).to(ACC)
+    return rows, channel_ok, centre, around
+
+
+@triton.jit
 def _norms_and_products(x, n, pixel, neighbour_offset, inside, channels, pixels, eps,
                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
     """Over all channels: max(|x_p|, eps) (BLOCK_P,), max(|x_q|, eps) and x_p . x_q (8, BLOCK_P)."""
-    pixel_ok = pixel < pixels
     centre_squares = tl.zeros((BLOCK_P,), dtype=ACC)
     neighbour_squares = tl.zeros((8, BLOCK_P), dtype=ACC)
     products = tl.zeros((8, BLOCK_P), dtype=ACC)
     for start in range(0, channels, BLOCK_C):
-        channel = start + tl.arange(0, BLOCK_C)
-        channel_ok = channel < channels
-        rows = (n * channels + channel) * pixels
-        centre = tl.load(x + rows[:, None] + pixel[None, :], mask=channel_ok[:, None] & pixel_ok[None, :],
-                         other=0.0).to(ACC)
-        around = tl.load(x + rows[:, None, None] + neighbour_offset[None, :, :],
-                         mask=channel_ok[:, None, None] & inside[None, :, :], other=0.0).to(ACC)
+        _, _, centre, around = _channel_tile(x, n, start, pixel, neighbour_offset, inside, channels, pixels,
+                                             BLOCK_C, ACC)
         centre_squares += tl.sum(centre * centre, axis=0)
         neighbour_squares += tl.sum(around * around, axis=0)
         products += tl.sum(centre[:, None, :] * around, axis=0)
@@ -98,13 +107,8 @@ def _similarity_grad_kernel(x, grad, grad_x, channels, height, width, eps, DILAT
     projection = tl.where(centre_norm > eps, projection, 0.0)  # |x_p| clamped to eps: no gradient through it
     coefficient = weight / neighbour_norm
     for start in range(0, channels, BLOCK_C):
-        channel = start + tl.arange(0, BLOCK_C)
-        channel_ok = channel < channels
-        rows = (n * channels + channel) * pixels
-        centre = tl.load(x + rows[:, None] + pixel[None, :], mask=channel_ok[:, None] & pixel_ok[None, :],
-                         other=0.0).to(ACC)
-        around = tl.load(x + rows[:, None, None] + offset[None, :, :],
-                         mask=channel_ok[:, None, None] & inside[None, :, :], other=0.0).to(ACC)
+        rows, channel_ok, centre, around = _channel_tile(x, n, start, pixel, offset, inside, channels, pixels,
+                                                         BLOCK_C, ACC)
         grad_unit = tl.sum(coefficient[None, :, :] * around, axis=1)
         result = (grad_unit - centre / centre_norm[None, :] * projection[None, :]) / centre_norm[None, :]
         tl.store(grad_x + rows[:, None] + pixel[None, :], result.to(grad_x.dtype.element_ty),
