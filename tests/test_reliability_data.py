@@ -1,9 +1,11 @@
 """Calibration, validation and evaluation under careless use: stale calibration is never reused, a gate that measured
 nothing fails, bad labels are named, bad paths are refused before minutes of work."""
 import os
+import pickle
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -16,6 +18,7 @@ from export.cli import main as export_main
 from exported import export_small_model
 from offseg import build_model, save_checkpoint
 from offseg.cli import eval_main, train_main
+from offseg.data.datasets import SegmentationDataset
 
 
 def write_images(folder, seed, count=3, size=(48, 64)):
@@ -127,8 +130,19 @@ def test_eval_counts_labels_above_the_class_count_and_names_the_file_once(checkp
     root = labelled_folder(tmp_path / "d", 12, classes=[str(i) for i in range(9)])
     assert eval_main(["--checkpoint", str(checkpoint), "--dataset", "folder", "--data-root", str(root)]) == 0
     warnings = [r.getMessage() for r in caplog.records if "label values 12" in r.getMessage()]
-    assert len(warnings) == 1 and str(root / "labels" / "val" / "0.png") in warnings[0]
+    assert len(warnings) == 1 and any(str(root / "labels" / "val" / f"{i}.png") in warnings[0] for i in range(2))
     assert f"{2 * 32 * 64} pixels with labels above the class count were left out" in capsys.readouterr().out
+
+
+def test_a_dataset_counts_out_of_range_labels_from_many_threads_and_pickles(tmp_path, caplog):
+    root = labelled_folder(tmp_path / "d", 12, count=4, classes=[str(i) for i in range(9)])
+    dataset = SegmentationDataset("folder", root, "val")
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(dataset.load, list(range(4)) * 8))
+    assert dataset.out_of_range_pixels == 32 * 32 * 64
+    assert sum("label values 12" in r.getMessage() for r in caplog.records) == 1
+    copy = pickle.loads(pickle.dumps(dataset))  # as a DataLoader worker started by spawn gets it
+    assert copy.load(0)[1].max() == 255 and copy.out_of_range_pixels == dataset.out_of_range_pixels + 32 * 64
 
 
 @pytest.mark.slow

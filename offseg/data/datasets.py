@@ -5,6 +5,7 @@ Every dataset yields ``(uint8 BGR image (H, W, 3), uint8 labels (H, W))`` with 2
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +159,8 @@ class SegmentationDataset:
 
     Label values at or above the class count (other than 255, ignored) raise ``LabelsOutOfRange`` naming the file
     when ``strict_labels`` (training); otherwise they become 255, are counted in ``out_of_range_pixels`` and the
-    first file is named in a warning, so evaluation leaves those pixels out. mmseg does not: its IoUMetric keeps
+    first file read (evaluation reads on several threads) is named in a warning, so evaluation leaves those
+    pixels out. mmseg does not: its IoUMetric keeps
     them, counting their predictions in the predicted class's union (false positives that lower its IoU) and
     nowhere in the ground truth (aAcc and mAcc unchanged). No correctly converted dataset has such labels.
     """
@@ -166,7 +168,8 @@ class SegmentationDataset:
     def __init__(self, name: str, root: str | Path | None, split: str = "train",
                  transform: Callable | None = None, length: int = 200, size: tuple[int, int] = synthetic.SCENE_SIZE,
                  strict_labels: bool = False):
-        self.strict_labels, self._out_of_range = strict_labels, []  # pixels per file (appends: thread-safe)
+        self.strict_labels, self.out_of_range_pixels = strict_labels, 0
+        self._count_lock = threading.Lock()  # loads run on several threads (offseg.evaluate.prefetched)
         if name not in LAYOUTS:
             raise OffsegError(f"unknown dataset {name!r}; choose from {', '.join(LAYOUTS)}")
         self.layout, self.split, self.transform = LAYOUTS[name], split, transform
@@ -226,15 +229,20 @@ class SegmentationDataset:
                     f"(0-{self.num_classes - 1}) and not the ignore index {IGNORE_INDEX}")
         if self.strict_labels:
             raise LabelsOutOfRange(f"{sentence}: fix the labels or choose the dataset they were made for")
-        if not self._out_of_range:
+        with self._count_lock:
+            first = not self.out_of_range_pixels
+            self.out_of_range_pixels += int(outside.sum())
+        if first:
             log.warning("%s; those pixels are left out of the scores (counted; warned once)", sentence)
-        self._out_of_range.append(int(outside.sum()))
         return np.where(outside, IGNORE_INDEX, labels)
 
-    @property
-    def out_of_range_pixels(self) -> int:
-        """Pixels whose labels were above the classes, over the files loaded so far."""
-        return sum(self._out_of_range)
+    def __getstate__(self) -> dict:
+        """For DataLoader workers started by spawn or forkserver: a lock does not pickle."""
+        return {key: value for key, value in self.__dict__.items() if key != "_count_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._count_lock = threading.Lock()
 
     def __getitem__(self, index: int):
         image, labels = self.load(index)
