@@ -1,11 +1,11 @@
 """Calibration, validation and evaluation under careless use: stale calibration is never reused, a gate that measured
 nothing fails, bad labels are named, bad paths are refused before minutes of work."""
 import os
-import pickle
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from copy import deepcopy
 
 import cv2
 import numpy as np
@@ -141,7 +141,7 @@ def test_a_dataset_counts_out_of_range_labels_from_many_threads_and_pickles(tmp_
         list(pool.map(dataset.load, list(range(4)) * 8))
     assert dataset.out_of_range_pixels == 32 * 32 * 64
     assert sum("label values 12" in r.getMessage() for r in caplog.records) == 1
-    copy = pickle.loads(pickle.dumps(dataset))  # as a DataLoader worker started by spawn gets it
+    copy = deepcopy(dataset)  # through __getstate__, as pickling to a DataLoader worker started by spawn
     assert copy.load(0)[1].max() == 255 and copy.out_of_range_pixels == dataset.out_of_range_pixels + 32 * 64
 
 
