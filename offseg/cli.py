@@ -86,8 +86,8 @@ def train_main(argv: list[str] | None = None) -> int:
                              "the same as without it")
     parser.add_argument("--carafe", choices=CARAFE_FORMS, default="taps", help="CARAFE form: taps (default, the "
                         "reference), unfold (batched matrix products) or fused (Triton kernels for CARAFE and the "
-                        "neighbour similarity, CUDA); the same gradients to rounding, "
-                        "the GPU forms opt-in until benchmarks/gpu.py has measured them")
+                        "neighbour similarity, CUDA); the same gradients to rounding, the GPU forms opt-in until "
+                        "benchmarks/gpu.py has measured them")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default the dataset's)")
     parser.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default 6e-5; head x10)")
     parser.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default 1500)")
@@ -123,6 +123,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, mean_accuracy
     from .models.carafe import check_carafe_form, forced_form
     from .protocol import TestProtocol
+    if args.window_batch < 1:  # before the checkpoint and the dataset are read
+        raise OffsegError(f"--window-batch must be at least 1, got {args.window_batch}")
     protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
     device = torch_device(args.device)
     model, name = build_from_checkpoint(args.checkpoint, args.model)
@@ -130,8 +132,6 @@ def _eval(args: argparse.Namespace) -> int:
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.dataset} has "
                           f"{dataset.num_classes}")
-    if args.window_batch < 1:
-        raise OffsegError(f"--window-batch must be at least 1, got {args.window_batch}")
     if args.cuda_graphs and device.type != "cuda":
         raise OffsegError(f"--cuda-graphs needs a CUDA device; this run is on {describe(device)}")
     check_carafe_form(args.carafe, device)
@@ -175,8 +175,8 @@ def eval_main(argv: list[str] | None = None) -> int:
                         "benchmarks/gpu.py has measured it)")
     parser.add_argument("--carafe", choices=CARAFE_FORMS, default="taps", help="CARAFE form: taps (default, the "
                         "reference), unfold (batched matrix products) or fused (one Triton kernel per CARAFE or "
-                        "neighbour-similarity call, CUDA); all exact to 1e-4, the GPU "
-                        "forms opt-in until benchmarks/gpu.py has measured them")
+                        "neighbour-similarity call, CUDA); all exact to 1e-4, the GPU forms opt-in until "
+                        "benchmarks/gpu.py has measured them")
     add_output(parser, "--json", help="also write the scores as JSON")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--max-images": "--eval-images"})

@@ -160,9 +160,9 @@ class SegmentationDataset:
     Label values at or above the class count (other than 255, ignored) raise ``LabelsOutOfRange`` naming the file
     when ``strict_labels`` (training); otherwise they become 255, are counted in ``out_of_range_pixels`` and the
     first file read (evaluation reads on several threads) is named in a warning, so evaluation leaves those
-    pixels out. mmseg does not: its IoUMetric keeps
-    them, counting their predictions in the predicted class's union (false positives that lower its IoU) and
-    nowhere in the ground truth (aAcc and mAcc unchanged). No correctly converted dataset has such labels.
+    pixels out. mmseg does not: its IoUMetric keeps them, counting their predictions in the predicted class's union
+    (false positives that lower its IoU) and nowhere in the ground truth (aAcc and mAcc unchanged). No correctly
+    converted dataset has such labels.
     """
 
     def __init__(self, name: str, root: str | Path | None, split: str = "train",

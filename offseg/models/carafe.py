@@ -14,8 +14,7 @@ neighbourhoods of x are unfolded at the LOW resolution (k^2 x the input, not k^2
 one batched matrix product with its kernels: a handful of kernels per call instead of 3 k^2, which is what makes the
 eager GPU forward launch-bound otherwise. ``fused`` (``carafe_fused.py``, CUDA): one Triton kernel per call, two
 for its backward, nothing intermediate in memory; needs ``triton``; it also fuses FreqFusion's neighbour similarity
-(``similarity_fused.py``). The GPU forms are opt-in until
-benchmarks/gpu.py has measured them on a GPU.
+(``similarity_fused.py``). The GPU forms are opt-in until benchmarks/gpu.py has measured them on a GPU.
 """
 from __future__ import annotations
 
