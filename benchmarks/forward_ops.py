@@ -2,8 +2,9 @@
 of the CUDA kernels a forward launches (the GPU figure is benchmarks/gpu.py's profiler count), for the issue's
 target of at most 600 per OffSeg-T forward.
 
-Every ATen call of one forward (BatchNorm folded, as ``offseg-eval`` runs it) is recorded; views and allocations,
-which launch nothing on a GPU, are left out. Each fused-form operator (one Triton launch) counts as one op: its
+Every ATen call of a repeated forward (BatchNorm folded; the same size again, so the position biases the first
+resampled are reused, as in ``offseg-eval``'s slide windows) is recorded; views and allocations, which launch
+nothing on a GPU, are left out. Each fused-form operator (one Triton launch) counts as one op: its
 kernel runs through Triton's interpreter here, whose own tensor copies are not counted. The count depends on the
 graph, not on the input size. Usage: TRITON_INTERPRET=1 python benchmarks/forward_ops.py [--size H W] [--models ...]
 """
@@ -38,8 +39,10 @@ def count_ops(name: str, size: tuple[int, int], form: str) -> collections.Counte
     torch.manual_seed(0)
     model = fold_batchnorm(build_model(name))
     x = torch.randn(1, 3, *size)
-    with torch.no_grad(), forced_form(form), RecordedCalls() as recorder:  # an operator's inside is not recorded
+    with torch.no_grad(), forced_form(form):
         model(x)
+        with RecordedCalls() as recorder:  # an operator's inside is not recorded
+            model(x)
     ops = [call.split(".")[1] if call.startswith("aten.") else call for call in recorder.calls]
     return collections.Counter(op for op in ops if op not in NO_KERNEL)
 

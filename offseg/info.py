@@ -9,7 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .zoo import PAPER_SOURCE, ModelSpec, build_model, get_spec
 
-COUNTED_OPS = {"convolution": "conv", "mm": "linear", "addmm": "linear", "bmm": "matmul"}
+# baddbmm is only the talking-heads 1x1 convolutions, run as a matrix product (efficientformer_v2.mix_heads):
+# counted as the convolutions they are, as the paper counts them
+COUNTED_OPS = {"convolution": "conv", "baddbmm": "conv", "mm": "linear", "addmm": "linear", "bmm": "matmul"}
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from aten_calls import RecordedCalls
+
 from offseg import OffsegError, build_model, logits_to_labels, predict
 from offseg.models.carafe import carafe, forced_form
+from offseg.models.efficientformer_v2 import mix_heads
 from offseg.models.freqfusion import neighbour_similarity
 from offseg.models.head import interleave_channels
 
@@ -88,6 +91,65 @@ def test_neighbour_similarity_equals_the_unfold_definition():
     sims = F.cosine_similarity(unfolded[:, :, 4:5], unfolded, dim=1)
     expected = torch.cat([sims[:, :4], sims[:, 5:]], dim=1)
     assert torch.allclose(neighbour_similarity(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_talking_heads_as_a_matrix_product_equal_the_convolution_forward_and_backward(layout):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 1).double().to(memory_format=layout)
+    attn = torch.randn(2, 8, 12, 40, dtype=torch.float64, requires_grad=True)
+    ours, theirs = mix_heads(conv, attn), conv(attn)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(theirs)
+    ours_grads = torch.autograd.grad(ours, (attn, conv.weight, conv.bias), grad)
+    theirs_grads = torch.autograd.grad(theirs, (attn, conv.weight, conv.bias), grad)
+    for a, b in zip(ours_grads, theirs_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def resamplings(model, x) -> tuple[torch.Tensor, int]:
+    """model(x) and how many position-bias tables it resampled (bicubic)."""
+    with RecordedCalls() as recorder:
+        out = model(x)
+    return out, sum("upsample_bicubic2d" in call for call in recorder.calls)
+
+
+def test_inference_reuses_the_resampled_position_biases_until_the_table_or_the_size_changes():
+    torch.manual_seed(0)
+    model = build_model("offseg-t", num_classes=3).eval()
+    x, wider = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        first, resampled = resamplings(model, x)
+        assert resampled == 5  # two attention blocks in each of stages 2 and 3, and the stage-3 downsampling
+        again, resampled = resamplings(model, x)
+        assert resampled == 0 and torch.equal(again, first)
+        assert resamplings(model, wider)[1] == 5
+        table = model.backbone.stages[3].blocks[-1].token_mixer.attention_biases_seg
+        table.add_(torch.randn_like(table))  # in place: same tensor, new version
+        changed, resampled = resamplings(model, x)
+    assert resampled == 5 and not torch.equal(changed, first)
+    fresh = build_model("offseg-t", num_classes=3).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(changed, fresh(x), rtol=0, atol=0)
+        model.load_state_dict(build_model("offseg-t", num_classes=3).state_dict())  # copied into the same tensors
+        assert resamplings(model, x)[1] == 5
+
+
+def test_training_resamples_the_position_biases_every_step_and_they_get_gradients():
+    torch.manual_seed(0)
+    model = build_model("offseg-t", num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+    model.train()
+    assert all(m._kept_bias is None for m in model.modules() if hasattr(m, "position_bias"))  # memory given back
+    for _ in range(2):
+        out, resampled = resamplings(model, x)
+        assert resampled == 5
+    out.sum().backward()
+    table = model.backbone.stages[3].blocks[-1].token_mixer.attention_biases_seg
+    assert table.grad is not None and table.grad.abs().sum() > 0
 
 
 def test_interleave_matches_official_channel_order():
