@@ -136,6 +136,17 @@ def test_inference_reuses_the_resampled_position_biases_until_the_table_or_the_s
         assert resamplings(model, x)[1] == 5
 
 
+def test_traced_and_exported_graphs_resample_the_position_biases_themselves():
+    model = build_model("offseg-t", num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)  # biases kept for this size: a graph traced now must still compute them from the table
+        exported = torch.export.export(model, (x,))
+        traced = torch.jit.trace(model, x, check_trace=False)
+    assert sum("upsample_bicubic2d" in str(node.target) for node in exported.graph.nodes) == 5
+    assert sum("upsample_bicubic2d" in node.kind() for node in traced.inlined_graph.nodes()) == 5
+
+
 def test_training_resamples_the_position_biases_every_step_and_they_get_gradients():
     torch.manual_seed(0)
     model = build_model("offseg-t", num_classes=3).eval()

@@ -101,10 +101,10 @@ class LearnedPositionBias:
         Without autograd (inference) the map for the last size is kept and reused while the table is unchanged
         (same tensor, same version, same stream): resampling took 8% of a CPU forward at 1024x1024. A kept map holds
         the memory of one attention map (OffSeg-T at 1024x2048 in FP32: 1.1 GB for its five). It is computed afresh
-        and not kept while tracing (torch.compile, export: the table stays an input of the graph) or capturing a
-        CUDA graph (the graph must own what it reads)."""
+        and not kept while tracing (torch.compile, export, jit.trace: the table stays an input of the graph) or
+        capturing a CUDA graph (the graph must own what it reads)."""
         biases, index = self.attention_biases_seg, self.attention_bias_idxs_seg
-        if (torch.is_grad_enabled() or torch.compiler.is_compiling()
+        if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
                 or (biases.is_cuda and torch.cuda.is_current_stream_capturing())):
             return resampled_bias(biases, index, queries, keys)
         # a map is reused only on the stream that computed it: freed, its memory is reused in that stream's order
