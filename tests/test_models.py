@@ -43,14 +43,14 @@ def test_carafe_equals_mmcv_semantics(k, groups, s, form):
     assert torch.allclose(carafe(x, masks, k, groups, s, form), carafe_literal(x, masks, k, groups, s), atol=1e-12)
 
 
-def test_the_unfold_form_launches_a_few_ops_instead_of_three_per_tap():
+def test_the_unfold_form_launches_a_few_ops_instead_of_one_or_more_per_tap():
     x, masks = torch.randn(1, 8, 6, 6), torch.rand(1, 25, 12, 12)
     counts = {}
     for form in ("taps", "unfold"):
         with LargestTensor() as probe:
             carafe(x, masks, 5, 1, 2, form)
         counts[form] = probe.ops
-    assert counts["unfold"] <= 20 < 3 * 25 <= counts["taps"]  # views included
+    assert counts["unfold"] <= 20 < 25 <= counts["taps"]  # views included
     with forced_form("unfold"), LargestTensor() as probe:  # what a GPU benchmark uses to compare the forms
         carafe(x, masks, 5, 1, 2)
     assert probe.ops == counts["unfold"]

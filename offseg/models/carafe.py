@@ -7,11 +7,11 @@ For features x (N, C, h, w) and reassembly kernels m (N, G*k*k, s*h, s*w)::
 with r = (k - 1) / 2, g(c) = c // (C / G) and zero padding outside the map (mmcv ``carafe``, naive and fast CUDA
 kernels alike: no half-pixel shift, the output pixel reads the neighbourhood of its nearest low-resolution pixel).
 
-Two exact forms. ``taps`` (the CPU and export form): the k*k taps are accumulated one at a time, so the k^2-times
-unfolded tensor at the output resolution is never built; the extra memory is one nearest-upsampled, padded copy of
-x plus one product per tap, but it launches three kernels per tap. ``unfold`` (meant for CUDA): the k*k
+Two exact forms. ``taps`` (the CPU and export form): the k*k taps are accumulated one at a time, in place, so the
+k^2-times unfolded tensor at the output resolution is never built; the extra memory is one nearest-upsampled, padded
+copy of x, but it launches one kernel per tap (an export: two, Mul and Add). ``unfold`` (meant for CUDA): the k*k
 neighbourhoods of x are unfolded at the LOW resolution (k^2 x the input, not k^2 s^2 x) and each output phase is
-one batched matrix product with its kernels: a handful of kernels per call instead of 3 k^2, which is what makes the
+one batched matrix product with its kernels: a handful of kernels per call instead of k^2, which is what makes the
 eager GPU forward launch-bound otherwise. ``fused`` (``carafe_fused.py``, CUDA): one Triton kernel per call, two
 for its backward, nothing intermediate in memory; needs ``triton``; it also fuses FreqFusion's neighbour similarity
 (``similarity_fused.py``). The GPU forms are opt-in until benchmarks/gpu.py has measured them on a GPU.
@@ -104,10 +104,16 @@ def _carafe_taps(features: torch.Tensor, masks: torch.Tensor, k: int, g: int, s:
         features = F.interpolate(features, size=(s * h, s * w), mode="nearest")
     padded = F.pad(features, [radius * s] * 4).reshape(n, g, c // g, s * (h + 2 * radius), s * (w + 2 * radius))
     taps = masks.reshape(n, g, k * k, s * h, s * w)
+    exporting = torch.compiler.is_exporting()
     out = None
     for i in range(k):
         for j in range(k):
             window = padded[..., i * s:i * s + s * h, j * s:j * s + s * w]
-            term = window * taps[:, :, i * k + j:i * k + j + 1]
-            out = term if out is None else out + term
+            tap = taps[:, :, i * k + j:i * k + j + 1]
+            if out is None:
+                out = window * tap
+            elif exporting:  # ONNX has no multiply-add: Mul + Add, where addcmul would add a Mul by its scalar
+                out = out + window * tap
+            else:  # one kernel, no temporary: 6x faster than mul + add on the CPU (1.13 s -> 0.18 s, 256 channels)
+                out = out.addcmul_(window, tap)
     return out.reshape(n, c, s * h, s * w)

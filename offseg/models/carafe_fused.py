@@ -4,7 +4,7 @@ other forms).
 Forward: each program computes a block of output pixels for a block of channels: for every tap it reads the source
 pixel of the nearest low-resolution position (zero outside the map) and that tap's kernel value. So a call is one
 kernel launch and one pass over the features, the kernels and the output, whatever k and s are, where the taps
-form launches 3 k^2 kernels and writes k^2 intermediate maps. Backward: two more kernels, one per input (mmcv's
+form launches k^2 kernels, each a pass over the output. Backward: two more kernels, one per input (mmcv's
 CUDA CARAFE has the same two): the kernels' gradient sums, per output pixel and tap, the output gradient times the
 tap's source pixel over the group's channels; the features' gradient gathers, per low-resolution pixel, the output
 gradient times the kernel value of every (tap, output pixel) that read it, so no atomics and a deterministic
