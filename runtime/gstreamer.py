@@ -30,6 +30,9 @@ FILE_APPSINK = "appsink sync=false max-buffers=4"  # every frame: the appsink ho
 HARDWARE_DECODER = "nvv4l2decoder"
 RTSP_LATENCY_MS = 200  # rtspsrc's jitter buffer (its default, 2000 ms, delays every frame by 2 s)
 SLICE_SECONDS = 0.1  # a wait for a frame checks for errors, end of stream and cancellation this often
+# A file never drops like a camera: a slow frame is a busy CPU, a cold disk or a large software-decoded frame (a
+# fresh CI container once took over 5 s for the first one), so only a decoder silent this long is an error
+FILE_STALL_SECONDS = 60.0
 PACKAGES = {  # where a missing element comes from
     "nvarguscamerasrc": "JetPack (nvidia-l4t-gstreamer)", "nvvidconv": "JetPack (nvidia-l4t-gstreamer)",
     "videoconvert": "gstreamer1.0-plugins-base", "appsink": "gstreamer1.0-plugins-base",
@@ -306,7 +309,7 @@ def gstreamer_source(gst: str | None = None, csi_camera: int | None = None, csi_
             raise OffsegError(f"video {video} does not exist")
         require_elements(Gst, ["filesrc", *required], "--video through GStreamer")
         return GstSource(decode_pipeline(f"filesrc location={quoted(str(video))}", hardware, live=False),
-                         f"video {Path(video).name} through GStreamer, {decoding}")
+                         f"video {Path(video).name} through GStreamer, {decoding}", stall_seconds=FILE_STALL_SECONDS)
     if stream is not None:
         require_elements(Gst, ["rtspsrc" if stream.lower().startswith("rtsp") else "urisourcebin", *required],
                          "--stream through GStreamer")

@@ -164,16 +164,33 @@ def test_a_broken_gst_pipeline_is_one_sentence(gst, onnx_model, pipeline, messag
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def _file_source_stall(video: str) -> float:
+    from runtime.gstreamer import gstreamer_source
+    source = gstreamer_source(video=video, stall_seconds=2)
+    try:
+        return source.stall_seconds
+    finally:
+        source.close()
+
+
+def test_a_video_file_is_waited_for_longer_than_a_camera_stall(gst, tmp_path):
+    from offseg.data.synthetic import write_video
+    from runtime.gstreamer import FILE_STALL_SECONDS
+    video = tmp_path / "v.mp4"
+    write_video(video, seed=1, frames=2, height=90, width=160, fps=8)
+    assert in_fresh_process(_file_source_stall, str(video)) == FILE_STALL_SECONDS >= 30
+
+
 @pytest.mark.slow
 def test_a_video_through_gstreamer_gives_the_frames_opencv_reads(gst, onnx_model, tmp_path):
     from offseg.data.synthetic import write_video
     video = tmp_path / "a clip.mp4"  # a space in the path: the location is quoted
     write_video(video, seed=1, frames=8, height=90, width=160, fps=8)
     out = tmp_path / "out.mp4"
-    code, stdout, _ = in_fresh_process(_offseg_run, ["--engine", str(onnx_model), "--video", str(video),
-                                                     "--capture", "gstreamer", "--output", str(out),
-                                                     "--no-progress"])
-    assert code == 0 and "software decode (decodebin; no nvv4l2decoder here)" in stdout
+    code, stdout, err = in_fresh_process(_offseg_run, ["--engine", str(onnx_model), "--video", str(video),
+                                                       "--capture", "gstreamer", "--output", str(out),
+                                                       "--no-progress"])
+    assert code == 0 and "software decode (decodebin; no nvv4l2decoder here)" in stdout, err
     frames, _ = frames_of(out)
     assert len(frames) == 8 and frames[0].shape == (90, 160, 3)
 

@@ -56,6 +56,23 @@ def test_the_unfold_form_launches_a_few_ops_instead_of_one_or_more_per_tap():
     assert probe.ops == counts["unfold"]
 
 
+class TapsCarafe(torch.nn.Module):
+    def forward(self, x, masks):
+        return carafe(x, masks, 5, 1, 2, "taps")
+
+
+def test_the_taps_form_accumulates_in_place_and_exports_as_mul_and_add():
+    x, masks = torch.randn(1, 8, 6, 6), torch.rand(1, 25, 12, 12)
+    with RecordedCalls() as recorder:
+        carafe(x, masks, 5, 1, 2, "taps")
+    ops = [call.split(".")[1] for call in recorder.calls]
+    assert ops.count("addcmul_") == 24 and ops.count("mul") == 1 and "add" not in ops  # one kernel per tap
+    exported = torch.export.export(TapsCarafe(), (x, masks))
+    targets = [str(node.target) for node in exported.graph.nodes if node.op == "call_function"]
+    assert sum(t.startswith("aten.mul") for t in targets) == 25 and sum(t.startswith("aten.add") for t in targets) == 24
+    assert not any("addcmul" in t for t in targets)  # ONNX has no multiply-add: an addcmul would cost a third op
+
+
 def test_carafe_rejects_masks_of_the_wrong_size():
     with pytest.raises(ValueError, match="do not fit"):
         carafe(torch.zeros(1, 4, 8, 8), torch.zeros(1, 25, 15, 16), 5, 1, 2)
