@@ -30,8 +30,8 @@ FILE_APPSINK = "appsink sync=false max-buffers=4"  # every frame: the appsink ho
 HARDWARE_DECODER = "nvv4l2decoder"
 RTSP_LATENCY_MS = 200  # rtspsrc's jitter buffer (its default, 2000 ms, delays every frame by 2 s)
 SLICE_SECONDS = 0.1  # a wait for a frame checks for errors, end of stream and cancellation this often
-# A file never drops like a camera: a slow frame is a busy CPU, a cold disk or a large software-decoded frame (a
-# fresh CI container once took over 5 s for the first one), so only a decoder silent this long is an error
+# A file never drops like a camera: a slow frame is a busy CPU, a slow disk or a large software-decoded frame, so
+# only a decoder silent this long is an error (files had the camera default, 5 s, which --stall-timeout missed)
 FILE_STALL_SECONDS = 60.0
 PACKAGES = {  # where a missing element comes from
     "nvarguscamerasrc": "JetPack (nvidia-l4t-gstreamer)", "nvvidconv": "JetPack (nvidia-l4t-gstreamer)",
