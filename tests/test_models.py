@@ -11,7 +11,7 @@ from aten_calls import RecordedCalls
 
 from offseg import OffsegError, build_model, logits_to_labels, predict
 from offseg.models.carafe import carafe, forced_form
-from offseg.models.efficientformer_v2 import mix_heads
+from offseg.models.efficientformer_v2 import attend, attention_logits, mix_heads
 from offseg.models.freqfusion import neighbour_similarity
 from offseg.models.head import interleave_channels
 
@@ -122,6 +122,52 @@ def test_talking_heads_as_a_matrix_product_equal_the_convolution_forward_and_bac
     theirs_grads = torch.autograd.grad(theirs, (attn, conv.weight, conv.bias), grad)
     for a, b in zip(ours_grads, theirs_grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def assert_same_values_and_gradients(ours, theirs, inputs):
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(theirs)
+    for a, b in zip(torch.autograd.grad(ours, inputs, grad), torch.autograd.grad(theirs, inputs, grad)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_attention_logits_as_one_product_equal_the_plain_form_forward_and_backward(batch):
+    torch.manual_seed(0)
+    heads, queries, keys, dim = 8, 12, 40, 16
+    q = torch.randn(batch, heads * dim, queries, dtype=torch.float64).reshape(batch, heads, dim, queries)
+    q = q.transpose(2, 3).requires_grad_()  # (B, heads, Nq, d) as the model's view of its convolution
+    k = torch.randn(batch, heads, dim, keys, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(1, heads, queries, keys, dtype=torch.float64, requires_grad=True)
+    assert_same_values_and_gradients(attention_logits(q, k, dim ** -0.5, bias), (q @ k) * dim ** -0.5 + bias,
+                                     (q, k, bias))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_attention_output_as_one_product_equals_the_plain_form_forward_and_backward(batch):
+    torch.manual_seed(0)
+    heads, dv = 8, 4
+    attn = torch.randn(batch, heads, 6 * 5, 12 * 10, dtype=torch.float64).softmax(-1).requires_grad_()
+    v = torch.randn(batch, heads * dv, 12, 10, dtype=torch.float64, requires_grad=True)
+    v_local = torch.randn(batch, heads * dv, 6, 5, dtype=torch.float64, requires_grad=True)
+    plain = (attn @ v.reshape(batch, heads, dv, -1).transpose(2, 3)).transpose(2, 3).reshape(v_local.shape) + v_local
+    assert_same_values_and_gradients(attend(attn, v, v_local), plain, (attn, v, v_local))
+
+
+def test_the_attention_runs_as_batched_products_and_exports_as_matmul_mul_and_add():
+    """Eager: the two products of each attention module are baddbmm calls that add the bias and the local values
+    (no bmm, no separate scaling); an export keeps the plain operators TensorRT and the INT8 rules see."""
+    model = build_model("offseg-t", num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), RecordedCalls() as recorder:
+        model.backbone(x)
+    assert sum("baddbmm" in call for call in recorder.calls) == 5 * 2 + 4 * 2  # + talking heads, 2 per Attention4D
+    assert not any(call.startswith(("aten.bmm", "aten.clone")) for call in recorder.calls)
+    with torch.no_grad():
+        exported = torch.export.export(model, (x,))
+    targets = [str(node.target) for node in exported.graph.nodes if node.op == "call_function"]
+    assert not any("baddbmm" in target for target in targets)
+    assert sum(target.startswith("aten.matmul") for target in targets) >= 5 * 2
 
 
 def resamplings(model, x) -> tuple[torch.Tensor, int]:
