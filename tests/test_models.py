@@ -102,12 +102,26 @@ def test_carafe_never_materializes_the_unfolded_tensor_on_the_cpu():
     assert probe.largest <= 1.3 * out.numel()
 
 
-def test_neighbour_similarity_equals_the_unfold_definition():
-    x = torch.randn(2, 16, 9, 12)
-    unfolded = F.unfold(x, 3, padding=2, dilation=2).reshape(2, 16, 9, 9, 12)
+def similarity_by_unfolding(x):
+    unfolded = F.unfold(x, 3, padding=2, dilation=2).reshape(*x.shape[:2], 9, *x.shape[2:])
     sims = F.cosine_similarity(unfolded[:, :, 4:5], unfolded, dim=1)
-    expected = torch.cat([sims[:, :4], sims[:, 5:]], dim=1)
-    assert torch.allclose(neighbour_similarity(x), expected, atol=1e-6)
+    return torch.cat([sims[:, :4], sims[:, 5:]], dim=1)
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 9, 12), (1, 5, 3, 2), (1, 4, 1, 1)], ids=str)
+def test_neighbour_similarity_equals_the_unfold_definition_forward_and_backward(shape):
+    """Also on maps no larger than the dilation (every neighbour outside), and for the gradients: the 4 neighbours
+    after the centre are read from the products of the 4 before it."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert_same_values_and_gradients(neighbour_similarity(x), similarity_by_unfolding(x), (x,))
+
+
+def test_neighbour_similarity_multiplies_out_4_neighbours_not_8():
+    with RecordedCalls() as recorder:
+        neighbour_similarity(torch.randn(1, 8, 6, 7))
+    assert [call.split(".")[1] for call in recorder.calls].count("mul") == 4
+    assert [call.split(".")[1] for call in recorder.calls].count("sum") == 4
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
