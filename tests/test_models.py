@@ -12,7 +12,7 @@ from aten_calls import RecordedCalls
 from offseg import OffsegError, build_model, logits_to_labels, predict
 from offseg.models.carafe import carafe, forced_form
 from offseg.models.efficientformer_v2 import attend, attention_logits, mix_heads
-from offseg.models.freqfusion import neighbour_similarity
+from offseg.models.freqfusion import neighbour_similarity, normalize_kernels
 from offseg.models.head import interleave_channels
 
 
@@ -115,6 +115,21 @@ def test_neighbour_similarity_equals_the_unfold_definition_forward_and_backward(
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     assert_same_values_and_gradients(neighbour_similarity(x), similarity_by_unfolding(x), (x,))
+
+
+def test_kernels_normalized_under_a_scalar_window_are_the_softmax_alone():
+    """A scalar window cancels in the renormalization: one softmax, equal to the full formula; a k x k window is
+    applied (the gather form's tests compare both forms under one)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2 * 25, 6, 7, dtype=torch.float64)
+    softmax = logits.reshape(2, 2, 25, 6, 7).softmax(dim=2)
+    for window in (torch.full((1,), 0.37, dtype=torch.float64), torch.rand(25, 1, 1, dtype=torch.float64) + 0.1):
+        with RecordedCalls() as recorder:
+            ours = normalize_kernels(logits, 5, window)
+        expected = (softmax * window / (softmax * window).sum(dim=2, keepdim=True)).reshape(2, 50, 6, 7)
+        torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-15)
+        kernels = [call for call in recorder.calls if not call.startswith(("aten.view", "aten._unsafe_view"))]
+        assert (kernels == ["aten._softmax.default"]) == (window.numel() == 1)
 
 
 def test_neighbour_similarity_multiplies_out_4_neighbours_not_8():
