@@ -11,7 +11,7 @@ from aten_calls import RecordedCalls
 
 from offseg import OffsegError, build_model, logits_to_labels, predict
 from offseg.models.carafe import carafe, forced_form
-from offseg.models.efficientformer_v2 import attend, attention_logits, mix_heads
+from offseg.models.efficientformer_v2 import attend, attention_logits, mix_heads, scaled_residual
 from offseg.models.freqfusion import neighbour_similarity, normalize_kernels
 from offseg.models.head import interleave_channels
 
@@ -181,6 +181,32 @@ def test_attention_output_as_one_product_equals_the_plain_form_forward_and_backw
     v_local = torch.randn(batch, heads * dv, 6, 5, dtype=torch.float64, requires_grad=True)
     plain = (attn @ v.reshape(batch, heads, dv, -1).transpose(2, 3)).transpose(2, 3).reshape(v_local.shape) + v_local
     assert_same_values_and_gradients(attend(attn, v, v_local), plain, (attn, v, v_local))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_a_layer_scaled_residual_as_one_addcmul_equals_the_plain_form_forward_and_backward(training):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    scale = torch.randn(6, 1, 1, dtype=torch.float64, requires_grad=True)
+    branch = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert_same_values_and_gradients(scaled_residual(x, scale, branch, 0.0, training), x + scale * branch,
+                                     (x, scale, branch))
+
+
+def test_stochastic_depth_still_drops_residual_branches_in_training():
+    torch.manual_seed(0)
+    x, scale, branch = torch.zeros(64, 1, 1, 1), torch.ones(1, 1, 1), torch.ones(64, 1, 1, 1)
+    kept = scaled_residual(x, scale, branch, 0.5, training=True).flatten()
+    assert set(kept.tolist()) == {0.0, 2.0}  # dropped, or kept and rescaled by 1 / (1 - rate)
+    assert torch.equal(scaled_residual(x, scale, branch, 0.5, training=False), x + 1)
+
+
+def test_the_backbone_runs_its_layer_scales_inside_the_residual_additions():
+    model = build_model("offseg-t", num_classes=3).eval()
+    with torch.no_grad(), RecordedCalls() as recorder:
+        model.backbone(torch.randn(1, 3, 64, 64))
+    assert sum(call.startswith("aten.addcmul") for call in recorder.calls) == 25  # one per residual branch
+    assert not any(call.startswith("aten.mul") for call in recorder.calls)
 
 
 def test_the_attention_runs_as_batched_products_and_exports_as_matmul_mul_and_add():
