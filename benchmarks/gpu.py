@@ -3,8 +3,9 @@
     PYTHONPATH=. python benchmarks/gpu.py --json gpu.json [--compile offseg-t@512x512[:fused]] [--quick]
 
 Rows, fresh weights, 150 classes, batch 1, BatchNorm folded (as ``offseg-eval`` runs the model) unless said:
-- latency of OffSeg-T/B/L at 512x512 and 1024x2048 in FP32 (TF32 off), FP16 (``.half()``): eager, and replayed as
-  a CUDA graph (whose output must equal eager's), with the CUDA kernels one forward launches (torch.profiler),
+- latency of OffSeg-T/B/L at 512x512 and 1024x2048 in FP32 (TF32 off), FP16 (``.half()``), and for OffSeg-T FP16
+  channels-last: eager, and replayed as a CUDA graph (whose output must equal eager's), with the CUDA kernels one
+  forward launches and the most launched of them (torch.profiler),
   for each CARAFE form (taps, the default; unfold and fused (one Triton kernel), the opt-in GPU forms, with their
   max difference to taps);
 - ``torch.compile`` (default mode) of the configurations given to ``--compile`` (a CARAFE form each), with its
@@ -24,6 +25,7 @@ does not compile, a capture that is refused) keeps its error and the run goes on
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import itertools
 import json
@@ -62,16 +64,18 @@ def timed(function, iters: int, warmup: int = 3) -> float:
     return start.elapsed_time(end) / iters
 
 
-def kernels_per_call(function) -> int:
-    """CUDA kernels one ``function()`` launches (memcpy/memset excluded)."""
+def kernel_launches(function, top: int = 6) -> dict:
+    """CUDA kernels one ``function()`` launches (memcpy/memset excluded): ``kernels``, the count, and
+    ``most_launched``, the ``top`` kernel names by launches (what a count above the target is made of)."""
     from torch.profiler import ProfilerActivity, profile
     function()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         function()
         torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()
-               and "memset" not in e.name.lower())
+    names = collections.Counter(e.name[:120] for e in prof.events() if e.device_type.name == "CUDA"
+                                and "memcpy" not in e.name.lower() and "memset" not in e.name.lower())
+    return {"kernels": sum(names.values()), "most_launched": dict(names.most_common(top))}
 
 
 def error_text(error: Exception) -> str:
@@ -93,21 +97,28 @@ def graphed(model, x):
     return graph.replay, out
 
 
+# (dtype, memory format) per latency precision; channels-last (cuDNN's native layout for FP16 tensor cores) for
+# the first model only, to see whether the transposes cuDNN may add around NCHW FP16 convolutions cost
+PRECISIONS = {"fp32": (torch.float32, torch.contiguous_format), "fp16": (torch.float16, torch.contiguous_format),
+              "fp16-channels-last": (torch.float16, torch.channels_last)}
+
+
 def latency_rows(iters: int, models, sizes) -> list[dict]:
     rows = []
     for name in models:
         model = fold_batchnorm(build_model(name)).cuda()  # as offseg-eval and the PyTorch backend run it
-        for precision in ("fp32", "fp16"):
-            net = model if precision == "fp32" else copy.deepcopy(model).half()
-            dtype = torch.float32 if precision == "fp32" else torch.float16
+        for precision, (dtype, layout) in PRECISIONS.items():
+            if layout == torch.channels_last and name != models[0]:
+                continue
+            net = model if precision == "fp32" else copy.deepcopy(model).to(dtype=dtype, memory_format=layout)
             for (h, w), form in itertools.product(sizes, CARAFE_FORMS):
-                x = torch.randn(1, 3, h, w, device="cuda", dtype=dtype)
+                x = torch.randn(1, 3, h, w, device="cuda", dtype=dtype).contiguous(memory_format=layout)
                 row = {"model": name, "precision": precision, "size": f"{h}x{w}", "carafe": form,
                        "batchnorm": "folded"}
                 with torch.no_grad(), forced_form(form):
                     try:
                         row["eager_ms"] = timed(lambda: net(x), iters)
-                        row["kernels"] = kernels_per_call(lambda: net(x))
+                        row.update(kernel_launches(lambda: net(x)))
                         if form != "taps":
                             with forced_form("taps"):
                                 reference = net(x).float()
@@ -149,7 +160,7 @@ def compile_rows(specs: list[str], iters: int) -> list[dict]:
                 torch.cuda.synchronize()
                 row["compile_s"] = round(time.perf_counter() - start, 1)
                 row["compiled_ms"] = timed(lambda: compiled(x), iters)
-                row["kernels"] = kernels_per_call(lambda: compiled(x))  # inductor fuses the pointwise ops
+                row.update(kernel_launches(lambda: compiled(x)))  # inductor fuses the pointwise ops
                 row["max_abs_diff_vs_eager"] = float((compiled(x).float() - model(x).float()).abs().max())
         except Exception as error:
             row["compile_error"] = error_text(error)
