@@ -11,7 +11,7 @@ from aten_calls import RecordedCalls
 
 from offseg import OffsegError, build_model, logits_to_labels, predict
 from offseg.models.carafe import carafe, forced_form
-from offseg.models.efficientformer_v2 import attend, attention_logits, mix_heads, scaled_residual
+from offseg.models.efficientformer_v2 import attend, attention_logits, mix_heads, plain_operators, scaled_residual
 from offseg.models.freqfusion import neighbour_similarity, normalize_kernels
 from offseg.models.head import interleave_channels
 
@@ -199,6 +199,22 @@ def test_stochastic_depth_still_drops_residual_branches_in_training():
     kept = scaled_residual(x, scale, branch, 0.5, training=True).flatten()
     assert set(kept.tolist()) == {0.0, 2.0}  # dropped, or kept and rescaled by 1 / (1 - rate)
     assert torch.equal(scaled_residual(x, scale, branch, 0.5, training=False), x + 1)
+
+
+def test_plain_operators_run_what_an_export_records_with_the_same_result():
+    """What offseg-info counts MACs on: talking heads as convolutions, attention as matrix products, residuals as
+    Mul + Add; the features equal the eager forms' within float rounding."""
+    torch.manual_seed(0)
+    model = build_model("offseg-t", num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        eager = model.backbone(x)
+        with plain_operators(), RecordedCalls() as recorder:
+            plain = model.backbone(x)
+    assert not any(call.startswith(("aten.baddbmm", "aten.addcmul")) for call in recorder.calls)
+    assert sum(call.startswith("aten.bmm") for call in recorder.calls) == 5 * 2
+    for a, b in zip(eager, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_the_backbone_runs_its_layer_scales_inside_the_residual_additions():

@@ -13,6 +13,7 @@ becomes SyncBatchNorm under ``torchrun``, see ``offseg.train``).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,26 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 1, stride: i
         nn.BatchNorm2d(out_channels))
 
 
+_plain_forced = False
+
+
+@contextmanager
+def plain_operators():
+    """Inside, the attention and the residuals run the plain operators an export records (talking heads as
+    convolutions; MatMul, Mul, Add) instead of their fused eager forms: what ``offseg-info`` counts MACs on."""
+    global _plain_forced
+    previous, _plain_forced = _plain_forced, True
+    try:
+        yield
+    finally:
+        _plain_forced = previous
+
+
+def plain() -> bool:
+    """Whether to run the plain operators here: while exporting, or inside ``plain_operators``."""
+    return _plain_forced or torch.compiler.is_exporting()
+
+
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop the whole residual branch per sample with probability ``rate``."""
     if rate == 0.0 or not training:
@@ -70,7 +91,7 @@ def scaled_residual(x: torch.Tensor, scale: torch.Tensor, branch: torch.Tensor, 
                     training: bool) -> torch.Tensor:
     """``x + drop_path(scale * branch)`` (a layer-scaled residual): one ``addcmul`` kernel where stochastic depth is
     off, as in inference, instead of a multiplication pass and an addition pass. An export keeps Mul and Add."""
-    if (training and rate > 0.0) or torch.compiler.is_exporting():
+    if (training and rate > 0.0) or plain():
         return x + drop_path(scale * branch, rate, training)
     return torch.addcmul(x, scale, branch)
 
@@ -139,7 +160,7 @@ def mix_heads(conv: nn.Conv2d, attn: torch.Tensor) -> torch.Tensor:
     The same sums within float rounding, about 5x faster on the CPU, where a convolution with 8 channels over a
     million positions is slow (measured on 2 cores: 16 against 75 ms on a 1x8x1024x1024 map). An export keeps the
     convolution, the operator TensorRT and the INT8 precision rules see."""
-    if torch.compiler.is_exporting():
+    if plain():
         return conv(attn)
     b, heads = attn.shape[:2]
     weight = conv.weight.view(1, heads, heads).expand(b, heads, heads)
@@ -150,7 +171,7 @@ def attention_logits(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch
     """``(q @ k) * scale + bias`` for queries (B, heads, Nq, d), keys (B, heads, d, Nk) and a (1, heads, Nq, Nk)
     position bias, as one batched matrix product with the scale and the bias in it: two kernels and two passes over
     the attention maps fewer (2.5-2.8x faster on the CPU for OffSeg's maps). An export keeps MatMul, Mul and Add."""
-    if torch.compiler.is_exporting():
+    if plain():
         return (q @ k) * scale + bias
     b, heads, queries, keys = *q.shape[:3], k.shape[-1]
     bias = bias.expand(b, heads, queries, keys).reshape(b * heads, queries, keys)  # a copy only for B > 1
@@ -164,7 +185,7 @@ def attend(attn: torch.Tensor, v: torch.Tensor, v_local: torch.Tensor) -> torch.
     layout, so the plain form's transpose copy and addition ((attn @ v^T)^T reshaped, + v_local) are one batched
     product. An export keeps MatMul, Transpose and Add."""
     b, heads, queries, keys = attn.shape
-    if torch.compiler.is_exporting():
+    if plain():
         values = v.reshape(b, heads, -1, keys).transpose(2, 3)
         return (attn @ values).transpose(2, 3).reshape(v_local.shape) + v_local
     out = torch.baddbmm(v_local.reshape(b * heads, -1, queries), v.reshape(b * heads, -1, keys),
