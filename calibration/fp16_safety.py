@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from offseg.models.plain import plain_operators
+
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 FP16_MIN_NORMAL = float(torch.finfo(torch.float16).tiny)  # 6.1e-5: smaller values keep fewer significant bits
 DEFAULT_TOLERANCE = float(torch.finfo(torch.float16).eps)  # 2^-10: twice the rounding of storing a value
@@ -236,10 +238,12 @@ def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str]
 
 
 @torch.no_grad()
+@plain_operators()  # the exported graph's arithmetic: e.g. q @ k rounded to FP16 before its scale, as TensorRT has it
 def check_fp16(model: nn.Module, inputs: list[np.ndarray], tolerance: float = DEFAULT_TOLERANCE,
                progress: bool = False, freqfusion_form: str | None = None) -> Fp16Report:
-    """Check ``model`` (eval mode, FP32) on ``inputs`` ((1, 3, H, W) normalized float32 arrays); for an OffSeg,
-    ``freqfusion_form`` "gather" checks the FreqFusion form exported for ONNX Runtime instead of the readable one."""
+    """Check ``model`` (eval mode, FP32) on ``inputs`` ((1, 3, H, W) normalized float32 arrays) with the operators an
+    export records; for an OffSeg, ``freqfusion_form`` "gather" checks the FreqFusion form exported for ONNX Runtime
+    instead of the readable one."""
     from runtime.progress import progress as report_progress
     if freqfusion_form == "gather":
         from offseg.models.freqfusion_gather import with_gather_fusions

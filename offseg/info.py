@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models.efficientformer_v2 import plain_operators
+from .models.plain import plain_operators
 from .zoo import PAPER_SOURCE, ModelSpec, build_model, get_spec
 
 # counted on the plain operators (talking heads as the convolutions they are, as the paper counts them; attention

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from aten_calls import RecordedCalls
 from calibration.cli import fp16_check_main
 from calibration.fp16_safety import check_fp16, pin_plan
 from offseg import build_model, save_checkpoint
@@ -71,6 +72,16 @@ def test_the_gather_form_is_checked_and_its_sampling_rows_need_fp32():
     assert {f"head.freqfusions.{i}.sampling_corners" for i in range(3)} <= flagged
     assert all(f"FreqFusion{i}/sampling_corners/" in report.pins for i in range(3))
     assert report.whole_fp16_pinned["finite"] and report.whole_fp16_pinned["label_agreement_percent"] > 95
+
+
+def test_the_check_runs_the_operators_an_export_records():
+    """Not the eager forms that fold operator chains into one kernel (and so never round q @ k to FP16 before its
+    scale, or a CARAFE tap's product before its sum, as an FP16 engine does)."""
+    torch.manual_seed(0)
+    with RecordedCalls() as recorder:
+        check_fp16(build_model("offseg-t", 9).eval(), [torch.randn(1, 3, 64, 64).numpy()])
+    assert any(call.startswith("aten.bmm") for call in recorder.calls)
+    assert not any(call.startswith(("aten.baddbmm", "aten.addcmul")) for call in recorder.calls)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from aten_calls import RecordedCalls
 
 from offseg import OffsegError, build_model, logits_to_labels, predict
 from offseg.models.carafe import carafe, forced_form
-from offseg.models.efficientformer_v2 import attend, attention_logits, mix_heads, plain_operators, scaled_residual
+from offseg.models.efficientformer_v2 import attend, attention_logits, mix_heads, scaled_residual
+from offseg.models.plain import plain_operators
 from offseg.models.freqfusion import neighbour_similarity, normalize_kernels
 from offseg.models.head import interleave_channels
 

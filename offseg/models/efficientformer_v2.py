@@ -13,12 +13,13 @@ becomes SyncBatchNorm under ``torchrun``, see ``offseg.train``).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .plain import plain
 
 TABLE_RESOLUTION = 512  # input size the attention-bias tables were built for (official ``resolution=512``)
 
@@ -57,26 +58,6 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 1, stride: i
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups),
         nn.BatchNorm2d(out_channels))
-
-
-_plain_forced = False
-
-
-@contextmanager
-def plain_operators():
-    """Inside, the attention and the residuals run the plain operators an export records (talking heads as
-    convolutions; MatMul, Mul, Add) instead of their fused eager forms: what ``offseg-info`` counts MACs on."""
-    global _plain_forced
-    previous, _plain_forced = _plain_forced, True
-    try:
-        yield
-    finally:
-        _plain_forced = previous
-
-
-def plain() -> bool:
-    """Whether to run the plain operators here: while exporting, or inside ``plain_operators``."""
-    return _plain_forced or torch.compiler.is_exporting()
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
