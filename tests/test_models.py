@@ -74,6 +74,51 @@ def test_the_taps_form_accumulates_in_place_and_exports_as_mul_and_add():
     assert not any("addcmul" in t for t in targets)  # ONNX has no multiply-add: an addcmul would cost a third op
 
 
+def carafe_through_autograd(x, masks, k, groups, s):
+    """The taps loop with autograd's own backward (what the taps form's backward replaces)."""
+    with plain_operators():  # Mul + Add per tap, no in-place update, no custom backward
+        return carafe(x, masks, k, groups, s, "taps")
+
+
+@pytest.mark.parametrize("k,groups,s", [(3, 1, 1), (5, 1, 2), (3, 2, 2), (5, 3, 2), (5, 1, 1)])
+@pytest.mark.parametrize("size", [(3, 5), (1, 1)], ids=["3x5", "1x1"])
+def test_the_taps_form_backward_equals_autograd_through_the_loop(k, groups, s, size):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6 * groups, *size, dtype=torch.float64, requires_grad=True)
+    masks = torch.randn(2, groups * k * k, s * size[0], s * size[1], dtype=torch.float64, requires_grad=True)
+    ours = carafe(x, masks, k, groups, s, "taps")
+    assert_same_values_and_gradients(ours, carafe_through_autograd(x, masks, k, groups, s), (x, masks))
+    only_x = torch.autograd.grad(carafe(x, masks.detach(), k, groups, s, "taps").sum(), x)[0]  # masks need none
+    expected = torch.autograd.grad(carafe_through_autograd(x, masks, k, groups, s).sum(), x)[0]
+    torch.testing.assert_close(only_x, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_taps_form_backward_keeps_each_inputs_dtype_under_mixed_precision():
+    """As autocast mixes them: low-precision features, FP32 kernels (a softmax); the output is FP32. The features'
+    gradient is summed over the taps in FP32 and rounded once (autograd rounded every tap's share to bfloat16)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 4, 6).bfloat16().requires_grad_()
+    masks = torch.rand(1, 25, 8, 12, requires_grad=True)
+    out = carafe(x, masks, 5, 1, 2, "taps")
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (x, masks), grad)
+    x32 = x.detach().float().requires_grad_()
+    exact = torch.autograd.grad(carafe_through_autograd(x32, masks, 5, 1, 2), (x32, masks), grad)
+    assert out.dtype == torch.float32 and [g.dtype for g in ours] == [torch.bfloat16, torch.float32]
+    torch.testing.assert_close(ours[0].float(), exact[0], rtol=2 ** -8, atol=1e-6)  # one bfloat16 rounding
+    torch.testing.assert_close(ours[1], exact[1], rtol=1e-6, atol=1e-6)
+
+
+def test_the_taps_form_backward_writes_one_padded_buffer_not_one_per_tap():
+    """Autograd through the loop filled a zero tensor of the padded map (and one of the masks) for every tap."""
+    x, masks = torch.randn(1, 8, 6, 6, requires_grad=True), torch.rand(1, 25, 12, 12, requires_grad=True)
+    out = carafe(x, masks, 5, 1, 2, "taps")
+    with RecordedCalls() as recorder:
+        out.sum().backward()
+    ops = [call.split(".")[1] for call in recorder.calls]
+    assert "slice_backward" not in ops and ops.count("new_zeros") == 1 and ops.count("addcmul_") == 25
+
+
 def test_carafe_rejects_masks_of_the_wrong_size():
     with pytest.raises(ValueError, match="do not fit"):
         carafe(torch.zeros(1, 4, 8, 8), torch.zeros(1, 25, 15, 16), 5, 1, 2)
