@@ -90,8 +90,11 @@ def _carafe_unfold(features: torch.Tensor, masks: torch.Tensor, k: int, g: int, 
     """Output pixel (p*s + a, q*s + b) = neighbourhood of (p, q) (C/G x k*k) @ its kernel (k*k): one batched
     product over all (n, group, p, q), with the s*s phases as the product's columns."""
     n, c, h, w = features.shape
-    neighbourhoods = F.unfold(features, k, padding=(k - 1) // 2)  # (N, C*k*k, h*w), channel-major
-    neighbourhoods = neighbourhoods.reshape(n, g, c // g, k * k, h * w).permute(0, 1, 4, 2, 3)
+    # the k x k neighbourhoods as a view of the padded map, gathered by the matrix product's one copy (F.unfold's CUDA
+    # im2col launches a kernel per image: 17 for a training batch of 16)
+    padded = F.pad(features, [(k - 1) // 2] * 4).reshape(n, g, c // g, h + k - 1, w + k - 1)
+    neighbourhoods = padded.unfold(3, k, 1).unfold(4, k, 1)  # (N, G, C/G, h, w, k, k)
+    neighbourhoods = neighbourhoods.permute(0, 1, 3, 4, 2, 5, 6).reshape(n, g, h * w, c // g, k * k)
     kernels = masks.reshape(n, g, k * k, h, s, w, s).permute(0, 1, 3, 5, 2, 4, 6)  # (N, G, h, w, k*k, s, s)
     kernels = kernels.reshape(n, g, h * w, k * k, s * s)
     out = torch.matmul(neighbourhoods, kernels)  # (N, G, h*w, C/G, s*s)
