@@ -52,11 +52,11 @@ def neighbour_similarity(x: torch.Tensor, dilation: int = SIMILARITY_DILATION, e
     padded = F.pad(unit, [2 * d] * 4)
     grown = padded[:, :, d:d + h + 2 * d, d:d + w + 2 * d]  # zero outside the map
     before = ((-1, -1), (-1, 0), (-1, 1), (0, -1))  # neighbour offsets in units of d, row-major
-    products = [(grown * padded[:, :, d + dy * d:d + dy * d + h + 2 * d, d + dx * d:d + dx * d + w + 2 * d]).sum(1)
-                for dy, dx in before]
-    ahead = [products[i][:, d - dy * d:d - dy * d + h, d - dx * d:d - dx * d + w]
+    products = [(grown * padded[:, :, d + dy * d:d + dy * d + h + 2 * d, d + dx * d:d + dx * d + w + 2 * d]).sum(
+        1, keepdim=True) for dy, dx in before]
+    ahead = [products[i][..., d - dy * d:d - dy * d + h, d - dx * d:d - dx * d + w]
              for i, (dy, dx) in reversed(list(enumerate(before)))]
-    return torch.stack([product[:, d:d + h, d:d + w] for product in products] + ahead, dim=1)
+    return torch.cat([product[..., d:d + h, d:d + w] for product in products] + ahead, dim=1)
 
 
 class LocalSimGuidedSampler(nn.Module):
