@@ -7,9 +7,10 @@ For features x (N, C, h, w) and reassembly kernels m (N, G*k*k, s*h, s*w)::
 with r = (k - 1) / 2, g(c) = c // (C / G) and zero padding outside the map (mmcv ``carafe``, naive and fast CUDA
 kernels alike: no half-pixel shift, the output pixel reads the neighbourhood of its nearest low-resolution pixel).
 
-Two exact forms. ``taps`` (the CPU and export form): the k*k taps are accumulated one at a time, in place, so the
+Three exact forms. ``taps`` (the CPU and export form): the k*k taps are accumulated one at a time, in place, so the
 k^2-times unfolded tensor at the output resolution is never built; the extra memory is one nearest-upsampled, padded
-copy of x, but it launches one kernel per tap (an export: two, Mul and Add). ``unfold`` (meant for CUDA): the k*k
+copy of x, but it launches one kernel per tap (an export: two, Mul and Add); in training its backward is its own
+(``_TapsCarafe``), one in-place kernel per tap into one buffer. ``unfold`` (meant for CUDA): the k*k
 neighbourhoods of x are unfolded at the LOW resolution (k^2 x the input, not k^2 s^2 x) and each output phase is
 one batched matrix product with its kernels: a handful of kernels per call instead of k^2, which is what makes the
 eager GPU forward launch-bound otherwise. ``fused`` (``carafe_fused.py``, CUDA): one Triton kernel per call, two
