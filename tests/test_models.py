@@ -13,7 +13,8 @@ from offseg import OffsegError, build_model, logits_to_labels, predict
 from offseg.models.carafe import carafe, forced_form
 from offseg.models.efficientformer_v2 import attend, attention_logits, mix_heads, scaled_residual
 from offseg.models.plain import plain_operators
-from offseg.models.freqfusion import neighbour_similarity, normalize_kernels
+from offseg.models.freqfusion import (LocalSimGuidedSampler, bilinear_border_sample, neighbour_similarity,
+                                      normalize_kernels)
 from offseg.models.head import interleave_channels
 
 
@@ -188,6 +189,48 @@ def test_neighbour_similarity_multiplies_out_4_neighbours_not_8():
         neighbour_similarity(torch.randn(1, 8, 6, 7))
     assert [call.split(".")[1] for call in recorder.calls].count("mul") == 4
     assert [call.split(".")[1] for call in recorder.calls].count("sum") == 4
+
+
+def official_sampling_grid(offsets, groups, scale):
+    """The sampler's normalized grid as the official code writes it: centres from two aranges plus 0.5, offsets
+    added, divided by a [w, h] normalizer, times 2 minus 1, then pixel-shuffled."""
+    n, _, h, w = offsets.shape
+    xs = torch.arange(w, dtype=offsets.dtype) + 0.5
+    ys = torch.arange(h, dtype=offsets.dtype) + 0.5
+    centres = torch.stack(torch.meshgrid(xs, ys, indexing="ij")).transpose(1, 2)[None, :, None]
+    normalizer = torch.tensor([w, h], dtype=offsets.dtype).view(1, 2, 1, 1, 1)
+    coords = 2 * (centres + offsets.reshape(n, 2, -1, h, w)) / normalizer - 1
+    coords = F.pixel_shuffle(coords.reshape(n, -1, h, w), scale)
+    return coords.reshape(n, 2, -1, scale * h, scale * w).permute(0, 2, 3, 4, 1).flatten(0, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_the_sampler_grid_is_the_official_one_bit_for_bit_from_4_ops_of_constants(dtype, monkeypatch):
+    """Centres and sizes come from one (2, h + 1, w + 1) index grid: 2 aranges, a stack and the + 0.5 (there were
+    8 ops: 2 aranges, 2 additions, a stack, 2 fills and a concatenation)."""
+    torch.manual_seed(0)
+    sampler = LocalSimGuidedSampler(16)
+    offsets = (torch.randn(2, 32, 5, 7) * 3).to(dtype)
+    grids = []
+    monkeypatch.setattr(F, "grid_sample", lambda x, grid, **kwargs: grids.append(grid) or x[..., :10, :14])
+    with RecordedCalls() as recorder:
+        sampler.sample(torch.randn(2, 16, 10, 14).to(dtype), offsets)
+    assert torch.equal(grids[0], official_sampling_grid(offsets, sampler.groups, sampler.scale))
+    ops = [call.split(".")[1] for call in recorder.calls]
+    assert ops.count("arange") == 2 and "new_full" not in ops and "cat" not in ops and ops.count("stack") == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_reduced_precision_maps_past_32767_pixels_sample_right_on_the_cpu(dtype):
+    """torch's CPU grid_sample offsets FP16 / BF16 maps with 16-bit integers: past 32,767 pixels (a 768x768 input's
+    last sampler) it read wrong pixels or NaN and could crash; the result is within one rounding of FP64 sampling."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 192, 192).to(dtype)
+    grid = (torch.rand(1, 64, 64, 2) * 2.1 - 1.05).to(dtype)
+    exact = F.grid_sample(x.double(), grid.double(), mode="bilinear", padding_mode="border", align_corners=False)
+    sampled = bilinear_border_sample(x, grid)
+    assert sampled.dtype == dtype
+    torch.testing.assert_close(sampled.double(), exact, rtol=torch.finfo(dtype).eps, atol=torch.finfo(dtype).eps)
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

@@ -59,6 +59,17 @@ def neighbour_similarity(x: torch.Tensor, dilation: int = SIMILARITY_DILATION, e
     return torch.cat([product[..., d:d + h, d:d + w] for product in products] + ahead, dim=1)
 
 
+def bilinear_border_sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``grid_sample`` (bilinear, border padding, ``align_corners=False``) of ``x`` at the normalized ``grid``.
+
+    FP16 and BF16 maps on the CPU are sampled in FP32 and rounded back: torch's CPU kernel offsets them with 16-bit
+    integers (wrong pixels, NaN or a crash past 32,767 pixels a map: a 768x768 input's last sampler) and computes
+    the weights in that precision; FP16 kernels on GPUs keep FP32 coordinates."""
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        return bilinear_border_sample(x.float(), grid.float()).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class LocalSimGuidedSampler(nn.Module):
     """Predicts 2x-upsampling sampling offsets from local similarities and resamples a map with grid_sample."""
 
@@ -95,17 +106,18 @@ class LocalSimGuidedSampler(nn.Module):
         """Bilinear (border-padded) sampling of ``x`` (N, C, s*h, s*w) at pixel centres moved by ``offsets``."""
         n, _, h, w = offsets.shape
         offsets = offsets.reshape(n, 2, -1, h, w)
-        ys = torch.arange(h, dtype=x.dtype, device=x.device) + 0.5
-        xs = torch.arange(w, dtype=x.dtype, device=x.device) + 0.5
-        centres = torch.stack(torch.meshgrid(xs, ys, indexing="ij")).transpose(1, 2)[None, :, None]
-        # [w, h] filled on the device (torch.tensor would copy from the host: no CUDA-graph capture); a tensor, not
-        # a Python scalar, so the division stays a true division (CUDA turns "/ scalar" into "* (1 / scalar)")
-        size = torch.cat([x.new_full((1, 1, 1, 1, 1), w), x.new_full((1, 1, 1, 1, 1), h)], dim=1)
+        # one (2, h + 1, w + 1) grid of (x, y) pixel indices, built on the device (torch.tensor would copy from the
+        # host: no CUDA-graph capture): its last row and column end at the size (w, h), a tensor rather than Python
+        # scalars so the division stays a true division (CUDA turns "/ scalar" into "* (1 / scalar)")
+        columns = torch.arange(w + 1, dtype=x.dtype, device=x.device)
+        rows = torch.arange(h + 1, dtype=x.dtype, device=x.device)
+        indices = torch.stack(torch.meshgrid(columns, rows, indexing="ij")).transpose(1, 2)
+        centres = (indices[:, :h, :w] + 0.5)[None, :, None]
+        size = indices[:, h:, w:][None, :, None]
         coords = 2 * (centres + offsets) / size - 1
         coords = F.pixel_shuffle(coords.reshape(n, -1, h, w), self.scale)
         grid = coords.reshape(n, 2, -1, self.scale * h, self.scale * w).permute(0, 2, 3, 4, 1).flatten(0, 1)
-        sampled = F.grid_sample(x.reshape(n * self.groups, -1, x.shape[-2], x.shape[-1]), grid, mode="bilinear",
-                                padding_mode="border", align_corners=False)
+        sampled = bilinear_border_sample(x.reshape(n * self.groups, -1, x.shape[-2], x.shape[-1]), grid)
         return sampled.reshape(n, -1, self.scale * h, self.scale * w)
 
     def forward(self, hr_x: torch.Tensor, lr_x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
