@@ -208,6 +208,7 @@ def _fp16_check(args: argparse.Namespace) -> int:
     from runtime.sinks import write_file
 
     from runtime.limits import check_input_size
+    from runtime.progress import counted
 
     from .fp16_safety import DEFAULT_TOLERANCE, check_fp16, describe_whole, markdown
     from .sources import calibration_inputs
@@ -226,7 +227,7 @@ def _fp16_check(args: argparse.Namespace) -> int:
                        ("fp16_safety.md", markdown(report, name))):
         write_file(args.report / file, text)
     whole, pinned = report.whole_fp16, report.whole_fp16_pinned
-    print(f"{name} (FreqFusion {form} form): {report.modules_checked} modules checked on {report.images} images "
+    print(f"{name} (FreqFusion {form} form): {report.modules_checked} modules checked on {counted(report.images, 'image')} "
           f"at {height}x{width}; "
           f"{len(report.flagged)} need FP32 (tolerance {report.tolerance:.2g})")
     for stats in report.flagged:

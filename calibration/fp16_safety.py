@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from offseg.models.plain import plain_operators
+from runtime.progress import counted
 
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 FP16_MIN_NORMAL = float(torch.finfo(torch.float16).tiny)  # 6.1e-5: smaller values keep fewer significant bits
@@ -278,7 +279,7 @@ def describe_whole(result: dict) -> str:
 def markdown(report: Fp16Report, model_name: str) -> str:
     """The report as a short markdown page."""
     lines = [f"# FP16 safety: {model_name}", "",
-             f"{report.modules_checked} modules checked one by one on {report.images} images "
+             f"{report.modules_checked} modules checked one by one on {counted(report.images, 'image')} "
              f"(relative-error tolerance {report.tolerance:.2g}; FreqFusion in the {report.freqfusion_form} form).",
              "",
              f"- whole model in FP16: {describe_whole(report.whole_fp16)}",

@@ -23,6 +23,7 @@ from .files import FUNCTION_DOMAIN, file_sha256, is_derived_from, load_onnx, mod
 from .graph import extract_function
 from .precision import DEFAULT_PINS, HEAD_SCOPE, PinRule, pinned_nodes
 from runtime.errors import OffsegError
+from runtime.progress import counted
 
 from .ranges import check_ranges, ranges_key, write_ranges
 from .sources import calibration_inputs, data_key
@@ -60,7 +61,7 @@ class QuantResult:
     excluded: int
 
     def __str__(self) -> str:
-        calibrated = f"calibrated on {self.images} images" if self.images else "cached calibration ranges"
+        calibrated = f"calibrated on {counted(self.images, 'image')}" if self.images else "cached calibration ranges"
         return f"{calibrated}, {self.quantized} Q/DQ pairs, {self.excluded} nodes kept float"
 
 

@@ -27,6 +27,11 @@ def format_duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 image``, ``4 images``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 class Progress:
     """A progress reporter over ``total`` steps; ``update(n, **figures)`` after each step, ``close()`` at the end.
 

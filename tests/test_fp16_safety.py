@@ -96,7 +96,7 @@ def test_cli_writes_the_report_and_suggests_flags(checkpoint, tmp_path, capsys):
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "r" / "fp16_safety.json").read_text())
     assert report["images"] == 1 and report["modules_checked"] > 300
-    assert f"{len(report['flagged'])} need FP32" in out
+    assert f"{len(report['flagged'])} need FP32" in out and "checked on 1 image at 128x128" in out
     assert all(f"--keep-fp32 '{rule}'" in out for rule in report["pins"])
     markdown = (tmp_path / "r" / "fp16_safety.md").read_text()
     assert all(f"`{s['module']}`" in markdown for s in report["flagged"])

@@ -64,7 +64,7 @@ def bilinear_border_sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
     FP16 and BF16 maps on the CPU are sampled in FP32 and rounded back: torch's CPU kernel offsets them with 16-bit
     integers (wrong pixels, NaN or a crash past 32,767 pixels a map: a 768x768 input's last sampler) and computes
-    the weights in that precision; FP16 kernels on GPUs keep FP32 coordinates."""
+    the weights in that precision."""
     if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
         return bilinear_border_sample(x.float(), grid.float()).to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
