@@ -15,6 +15,8 @@ from offseg.checkpoint import build_from_checkpoint
 from runtime.backends import open_backend
 from runtime.preprocess import MEAN_RGB, STD_RGB
 
+# one worker builds the exports (xdist ran the module-scoped fixture in both: a minute of duplicated CPU)
+pytestmark = pytest.mark.xdist_group("export-variants")
 SIZE = (64, 96)
 VARIANTS = {  # name -> options; each is one real export of a small OffSeg-T (about a minute each on 2 cores)
     "int32-nhwc-labels": ["--output-kind", "labels", "--label-dtype", "int32", "--layout", "nhwc",

@@ -25,6 +25,8 @@ from runtime.errors import OffsegError
 from runtime.preprocess import INPUT_FORMATS, to_model_input
 from tiny_onnx import write_tiny_onnx
 
+# one worker builds the exports (xdist ran the module-scoped fixture in both)
+pytestmark = pytest.mark.xdist_group("input-layout")
 SIZE = (64, 96)
 UINT8_INT32 = ["--input-format", "uint8-rgb", "--output-kind", "labels", "--label-dtype", "int32"]
 
