@@ -227,8 +227,8 @@ def _fp16_check(args: argparse.Namespace) -> int:
                        ("fp16_safety.md", markdown(report, name))):
         write_file(args.report / file, text)
     whole, pinned = report.whole_fp16, report.whole_fp16_pinned
-    print(f"{name} (FreqFusion {form} form): {report.modules_checked} modules checked on {counted(report.images, 'image')} "
-          f"at {height}x{width}; "
+    print(f"{name} (FreqFusion {form} form): {report.modules_checked} modules checked on "
+          f"{counted(report.images, 'image')} at {height}x{width}; "
           f"{len(report.flagged)} need FP32 (tolerance {report.tolerance:.2g})")
     for stats in report.flagged:
         print(f"  {stats.module} ({stats.kind}): {stats.reason}")

@@ -4,8 +4,9 @@ Both sides go through ``offseg.protocol`` — the same function ``offseg-eval`` 
 ``offseg-eval``'s: keep-ratio test resize, whole or slide inference, logits resized to the original size before
 argmax. An exported model with a fixed input size follows the protocol through ``offseg.protocol.fixed_size``:
 inputs that fit are padded with the mean colour and the logits cropped, larger ones run as sliding windows of its
-input size; PyTorch then runs the same way, so the delta measures the export, not the geometry. A model that outputs labels is compared on labels (one-hot votes instead of logits), and the report
-says so. A DeepStream package (``--deepstream``) is compared frame by frame instead, through the emulated nvinfer
+input size; PyTorch then runs the same way, so the delta measures the export, not the geometry. A model that
+outputs labels is compared on labels (one-hot votes instead of logits), and the report says so. A DeepStream
+package (``--deepstream``) is compared frame by frame instead, through the emulated nvinfer
 (``calibration.nvinfer``), with ``compare_sides``.
 """
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The one output policy of every command, checked before any work starts.
 
 An output (file or folder) may not be an input of the same command, overwrite one (same inode: hard links and
-symlinks included; a file already inside an input folder), or hold one inside a folder it fills or replaces; two outputs of one command may not collide;
-the folder an output goes to must exist (a folder output's nearest existing parent) and be writable, tried for
-real by creating a file. CLIs declare their path options with ``add_input`` / ``add_output``;
-``runtime.console.run`` reads those marks from the parser and calls ``check_paths`` before the command runs.
+symlinks included; a file already inside an input folder), or hold one inside a folder it fills or replaces; two
+outputs of one command may not collide; the folder an output goes to must exist (a folder output's nearest existing
+parent) and be writable, tried for real by creating a file. CLIs declare their path options with ``add_input`` /
+``add_output``; ``runtime.console.run`` reads those marks from the parser and calls ``check_paths`` before the
+command runs.
 """
 from __future__ import annotations
 
