@@ -213,8 +213,9 @@ def _cast_inputs(module: nn.Module, args: tuple) -> tuple:
     return _to_half(args)
 
 
-def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str]) -> dict:
+def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str], progress: bool = False) -> dict:
     """Label agreement and max logit difference of the model in FP16 (``pinned`` modules in FP32) vs FP32."""
+    from runtime.progress import progress as report_progress
     half = copy.deepcopy(model).half().eval()
     for name in pinned:
         parent_name, _, child = name.rpartition(".")
@@ -225,7 +226,8 @@ def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str]
         if id(module) not in inside:
             module.register_forward_pre_hook(_cast_inputs)
     agree, max_diff = [], 0.0
-    for x in inputs:
+    desc = "FP16 whole model" + (", pins in FP32" if pinned else "")
+    for x in report_progress(inputs, desc, unit="image", enabled=progress):
         try:
             reference, result = model(x), half(x.half()).float()
         except FP16_FAILURES as error:
@@ -262,8 +264,8 @@ def check_fp16(model: nn.Module, inputs: list[np.ndarray], tolerance: float = DE
     pinned_modules, rules = pin_plan(flagged_names)
     return Fp16Report(images=len(tensors), tolerance=tolerance, modules_checked=len(stats),
                       freqfusion_form=freqfusion_form or "taps", flagged=flagged,
-                      pins=rules, whole_fp16=_whole_model(model, tensors, []),
-                      whole_fp16_pinned=_whole_model(model, tensors, pinned_modules))
+                      pins=rules, whole_fp16=_whole_model(model, tensors, [], progress),
+                      whole_fp16_pinned=_whole_model(model, tensors, pinned_modules, progress))
 
 
 def describe_whole(result: dict) -> str:

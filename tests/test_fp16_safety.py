@@ -93,9 +93,10 @@ def checkpoint(tmp_path_factory):
 def test_cli_writes_the_report_and_suggests_flags(checkpoint, tmp_path, capsys):
     assert fp16_check_main(["--checkpoint", str(checkpoint), "--calib-images", "1", "--input-size", "128", "128",
                             "--tolerance", "0.0005", "--report", str(tmp_path / "r")]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     report = json.loads((tmp_path / "r" / "fp16_safety.json").read_text())
     assert report["images"] == 1 and report["modules_checked"] > 300
+    assert "FP16 whole model: 1/1" in err and "FP16 whole model, pins in FP32: 1/1" in err  # progress on both runs
     assert f"{len(report['flagged'])} need FP32" in out and "checked on 1 image at 128x128" in out
     assert all(f"--keep-fp32 '{rule}'" in out for rule in report["pins"])
     markdown = (tmp_path / "r" / "fp16_safety.md").read_text()
