@@ -185,15 +185,15 @@ def pin_unit(name: str) -> tuple[str, list[str]]:
 
 
 def pin_plan(flagged: list[str]) -> tuple[list[str], list[str]]:
-    """(modules to run in FP32, ``--keep-fp32`` rules) for the flagged modules, without repeats."""
-    modules: list[str] = []
-    rules: list[str] = []
+    """(modules to run in FP32, ``--keep-fp32`` rules) for the flagged modules, without repeats: a module inside
+    another pinned one adds neither (the outer one's rules cover its nodes)."""
+    units: dict[str, list[str]] = {}  # pinned module -> its rules
     for name in flagged:
-        module, new = pin_unit(name)
-        if not any(module == m or module.startswith(m + ".") for m in modules):
-            modules = [m for m in modules if not m.startswith(module + ".")] + [module]
-        rules += [rule for rule in new if rule not in rules]
-    return modules, rules
+        module, rules = pin_unit(name)
+        if not any(module == m or module.startswith(m + ".") for m in units):
+            units = {m: r for m, r in units.items() if not m.startswith(module + ".")}
+            units[module] = rules
+    return list(units), list(dict.fromkeys(rule for rules in units.values() for rule in rules))
 
 
 class _InFloat32(nn.Module):
