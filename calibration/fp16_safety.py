@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from offseg.models.plain import plain_operators
-from runtime.progress import counted
+from runtime.progress import counted, progress as report_progress
 
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 FP16_MIN_NORMAL = float(torch.finfo(torch.float16).tiny)  # 6.1e-5: smaller values keep fewer significant bits
@@ -193,7 +193,7 @@ def pin_plan(flagged: list[str]) -> tuple[list[str], list[str]]:
         if not any(module == m or module.startswith(m + ".") for m in units):
             units = {m: r for m, r in units.items() if not m.startswith(module + ".")}
             units[module] = rules
-    return list(units), list(dict.fromkeys(rule for rules in units.values() for rule in rules))
+    return list(units), [rule for rules in units.values() for rule in rules]
 
 
 class _InFloat32(nn.Module):
@@ -215,7 +215,6 @@ def _cast_inputs(module: nn.Module, args: tuple) -> tuple:
 
 def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str], progress: bool = False) -> dict:
     """Label agreement and max logit difference of the model in FP16 (``pinned`` modules in FP32) vs FP32."""
-    from runtime.progress import progress as report_progress
     half = copy.deepcopy(model).half().eval()
     for name in pinned:
         parent_name, _, child = name.rpartition(".")
@@ -247,7 +246,6 @@ def check_fp16(model: nn.Module, inputs: list[np.ndarray], tolerance: float = DE
     """Check ``model`` (eval mode, FP32) on ``inputs`` ((1, 3, H, W) normalized float32 arrays) with the operators an
     export records; for an OffSeg, ``freqfusion_form`` "gather" checks the FreqFusion form exported for ONNX Runtime
     instead of the readable one."""
-    from runtime.progress import progress as report_progress
     if freqfusion_form == "gather":
         from offseg.models.freqfusion_gather import with_gather_fusions
         model = with_gather_fusions(model)
