@@ -5,8 +5,8 @@ it received in the FP32 pass, with its sub-modules replaced by their (rounded) F
 to the module that makes it, not to everything downstream. A module is flagged when its FP16 output is not finite,
 when its FP32 output leaves FP16's range (|x| > 65504), or when its relative error (L2 norm of the difference / L2
 norm of the FP32 output) exceeds the tolerance. Flagged modules become ``--keep-fp32`` rules for ``offseg-export``
-(node names carry module paths, see ``export.onnx``); the whole model is then run in FP16 with and without them in
-FP32 to show what the pins buy.
+(node names carry module paths, see ``export.onnx``); the whole model then runs as an FP16 engine would
+(``fp16_emulation``) with and without them in FP32, to show what the pins buy.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from torch import nn
 
 from offseg.models.plain import plain_operators
 from runtime.progress import counted, progress as report_progress
+
+from .fp16_emulation import Fp16Engine
 
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 FP16_MIN_NORMAL = float(torch.finfo(torch.float16).tiny)  # 6.1e-5: smaller values keep fewer significant bits
@@ -196,41 +198,18 @@ def pin_plan(flagged: list[str]) -> tuple[list[str], list[str]]:
     return list(units), [rule for rules in units.values() for rule in rules]
 
 
-class _InFloat32(nn.Module):
-    """A pinned module inside the FP16 model: runs in FP32 and hands FP32 on, as a pinned region in an engine
-    does; FP16 modules cast what they receive (see ``_cast_inputs``)."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module.float()
-
-    def forward(self, *args):
-        return self.module(*(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                             for a in args))
-
-
-def _cast_inputs(module: nn.Module, args: tuple) -> tuple:
-    return _to_half(args)
-
-
 def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str], progress: bool = False) -> dict:
-    """Label agreement and max logit difference of the model in FP16 (``pinned`` modules in FP32) vs FP32."""
-    half = copy.deepcopy(model).half().eval()
-    for name in pinned:
-        parent_name, _, child = name.rpartition(".")
-        parent = half.get_submodule(parent_name)
-        setattr(parent, child, _InFloat32(getattr(parent, child)))
-    inside = {id(m) for wrapper in half.modules() if isinstance(wrapper, _InFloat32) for m in wrapper.modules()}
-    for module in half.modules():
-        if id(module) not in inside:
-            module.register_forward_pre_hook(_cast_inputs)
-    agree, max_diff = [], 0.0
+    """Label agreement and max logit difference of the model computed as an FP16 engine would (``pinned`` modules in
+    FP32, see ``fp16_emulation``) vs FP32."""
+    engine, agree, max_diff = Fp16Engine(model, pinned), [], 0.0
     desc = "FP16 whole model" + (", pins in FP32" if pinned else "")
     for x in report_progress(inputs, desc, unit="image", enabled=progress):
+        reference = model(x)
         try:
-            reference, result = model(x), half(x.half()).float()
+            result = engine(x)
         except FP16_FAILURES as error:
             return {"finite": False, "error": str(error).splitlines()[0]}
+        result = result.float()
         if not torch.isfinite(result).all():
             return {"finite": False}
         agree.append(float((reference.argmax(1) == result.argmax(1)).float().mean()))
