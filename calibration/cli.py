@@ -226,13 +226,14 @@ def _fp16_check(args: argparse.Namespace) -> int:
     for file, text in (("fp16_safety.json", json.dumps(report.to_json(), indent=2)),
                        ("fp16_safety.md", markdown(report, name))):
         write_file(args.report / file, text)
-    whole, pinned = report.whole_fp16, report.whole_fp16_pinned
     print(f"{name} (FreqFusion {form} form): {report.modules_checked} modules checked on "
           f"{counted(report.images, 'image')} at {height}x{width}; "
           f"{len(report.flagged)} need FP32 (tolerance {report.tolerance:.2g})")
     for stats in report.flagged:
         print(f"  {stats.module} ({stats.kind}): {stats.reason}")
-    print(f"whole model in FP16: {describe_whole(whole)}; with those in FP32: {describe_whole(pinned)}")
+    print(f"whole model in FP16: {describe_whole(report.whole_fp16)}; with the default pins: "
+          f"{describe_whole(report.whole_fp16_default)}; with those in FP32 too: "
+          f"{describe_whole(report.whole_fp16_pinned)}")
     if report.pins:
         print("build with: offseg-export ... --fp16 " + " ".join(f"--keep-fp32 '{rule}'" for rule in report.pins))
     print(f"wrote {args.report / 'fp16_safety.md'} and fp16_safety.json")

@@ -5,8 +5,9 @@ it received in the FP32 pass, with its sub-modules replaced by their (rounded) F
 to the module that makes it, not to everything downstream. A module is flagged when its FP16 output is not finite,
 when its FP32 output leaves FP16's range (|x| > 65504), or when its relative error (L2 norm of the difference / L2
 norm of the FP32 output) exceeds the tolerance. Flagged modules become ``--keep-fp32`` rules for ``offseg-export``
-(node names carry module paths, see ``export.onnx``); the whole model then runs as an FP16 engine would
-(``fp16_emulation``) with and without them in FP32, to show what the pins buy.
+(node names carry module paths, see ``export.onnx``). The whole model then runs as an FP16 engine would
+(``fp16_emulation``): with nothing pinned, with the export's default pins, and with those and the flagged modules in
+FP32, to show what the pins buy.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from offseg.models.plain import plain_operators
 from runtime.progress import counted, progress as report_progress
 
 from .fp16_emulation import Fp16Engine
+from .precision import (FUSION_FP32_PARTS, FUSION_MODULE, FUSION_SCOPE, HEAD_MODULE, HEAD_SCOPE,
+                        NORMALISATION_OPS)
 
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 FP16_MIN_NORMAL = float(torch.finfo(torch.float16).tiny)  # 6.1e-5: smaller values keep fewer significant bits
@@ -77,7 +80,8 @@ class Fp16Report:
     flagged: list[ModuleStats]
     pins: list[str]  # ``--keep-fp32`` rules
     whole_fp16: dict = field(default_factory=dict)  # label agreement / logit diff of the whole model in FP16
-    whole_fp16_pinned: dict = field(default_factory=dict)  # the same with the flagged modules in FP32
+    whole_fp16_default: dict = field(default_factory=dict)  # the same with the export's default pins
+    whole_fp16_pinned: dict = field(default_factory=dict)  # the same with the default pins and the flagged modules
 
     def to_json(self) -> dict:
         return {**asdict(self), "flagged": [asdict(s) for s in self.flagged]}
@@ -173,7 +177,6 @@ def pin_unit(name: str) -> tuple[str, list[str]]:
     """The module a pin for ``name`` covers and its ``--keep-fp32`` rules (see ``export.onnx.node_scope``): the
     head and each FreqFusion stage export under one scope, so they are pinned whole, except the gather form's parts
     with scopes of their own (``FreqFusion<i>/sampling_corners``, ``FreqFusion<i>/unit_vectors``)."""
-    from .precision import FUSION_FP32_PARTS, FUSION_MODULE, FUSION_SCOPE, HEAD_MODULE, HEAD_SCOPE
     if name == HEAD_MODULE or name.startswith(HEAD_MODULE + "."):
         return HEAD_MODULE, [HEAD_SCOPE]
     parts = name.split(".")
@@ -198,11 +201,24 @@ def pin_plan(flagged: list[str]) -> tuple[list[str], list[str]]:
     return list(units), [rule for rules in units.values() for rule in rules]
 
 
-def _whole_model(model: nn.Module, inputs: list[torch.Tensor], pinned: list[str], progress: bool = False) -> dict:
-    """Label agreement and max logit difference of the model computed as an FP16 engine would (``pinned`` modules in
-    FP32, see ``fp16_emulation``) vs FP32."""
-    engine, agree, max_diff = Fp16Engine(model, pinned), [], 0.0
-    desc = "FP16 whole model" + (", pins in FP32" if pinned else "")
+def default_pins(model: nn.Module) -> tuple[list[str], dict[str, frozenset[str]]]:
+    """What ``offseg-export --fp16`` keeps in FP32 by default (``precision.DEFAULT_PINS``) in ``model``'s terms:
+    (modules pinned whole, {module: ONNX op types pinned inside it})."""
+    whole, by_type = [], {}
+    for name, _ in model.named_modules():
+        fusion = FUSION_MODULE.fullmatch(f"'{name.rpartition('.')[0]}'")
+        if name == HEAD_MODULE or (fusion and name.rpartition(".")[2] in FUSION_FP32_PARTS):
+            whole.append(name)
+        elif FUSION_MODULE.fullmatch(f"'{name}'"):
+            by_type[name] = frozenset(NORMALISATION_OPS)
+    return whole, by_type
+
+
+def _whole_model(model: nn.Module, inputs: list[torch.Tensor], desc: str, pinned: list[str] = (),
+                 pinned_ops: dict[str, frozenset[str]] | None = None, progress: bool = False) -> dict:
+    """Label agreement and max logit difference of the model computed as an FP16 engine would (``pinned`` modules
+    and ``pinned_ops`` in FP32, see ``fp16_emulation``) vs FP32."""
+    engine, agree, max_diff = Fp16Engine(model, pinned, pinned_ops), [], 0.0
     for x in report_progress(inputs, desc, unit="image", enabled=progress):
         reference = model(x)
         try:
@@ -239,10 +255,15 @@ def check_fp16(model: nn.Module, inputs: list[np.ndarray], tolerance: float = DE
     flagged_names = sorted(name for name, s in stats.items() if s.judge(tolerance))
     flagged = sorted((stats[name] for name in flagged_names), key=lambda s: (not s.nonfinite, -s.relative_error))
     pinned_modules, rules = pin_plan(flagged_names)
-    return Fp16Report(images=len(tensors), tolerance=tolerance, modules_checked=len(stats),
-                      freqfusion_form=freqfusion_form or "taps", flagged=flagged,
-                      pins=rules, whole_fp16=_whole_model(model, tensors, [], progress),
-                      whole_fp16_pinned=_whole_model(model, tensors, pinned_modules, progress))
+    default_modules, default_ops = default_pins(model)
+    return Fp16Report(
+        images=len(tensors), tolerance=tolerance, modules_checked=len(stats),
+        freqfusion_form=freqfusion_form or "taps", flagged=flagged, pins=rules,
+        whole_fp16=_whole_model(model, tensors, "FP16 whole model", progress=progress),
+        whole_fp16_default=_whole_model(model, tensors, "FP16 whole model, default pins", default_modules,
+                                        default_ops, progress),
+        whole_fp16_pinned=_whole_model(model, tensors, "FP16 whole model, pins in FP32",
+                                       pin_plan(default_modules + pinned_modules)[0], default_ops, progress))
 
 
 def describe_whole(result: dict) -> str:
@@ -261,8 +282,9 @@ def markdown(report: Fp16Report, model_name: str) -> str:
              f"{report.modules_checked} modules checked one by one on {counted(report.images, 'image')} "
              f"(relative-error tolerance {report.tolerance:.2g}; FreqFusion in the {report.freqfusion_form} form).",
              "",
-             f"- whole model in FP16: {describe_whole(report.whole_fp16)}",
-             f"- with the pins below in FP32: {describe_whole(report.whole_fp16_pinned)}", ""]
+             f"- whole model in FP16, nothing pinned: {describe_whole(report.whole_fp16)}",
+             f"- as `offseg-export --fp16` builds it (default pins): {describe_whole(report.whole_fp16_default)}",
+             f"- with the pins below in FP32 too: {describe_whole(report.whole_fp16_pinned)}", ""]
     if report.flagged:
         lines += ["| module | type | FP32 max abs | FP16 rel. error | below FP16 normal | why |",
                   "|---|---|---:|---:|---:|---|"]

@@ -1,5 +1,6 @@
 """offseg-fp16-check: modules are judged on their own operations, overflow and precision loss are told apart, and
 the suggested pins are what the export's node names and the default policy understand."""
+import collections
 import copy
 import json
 
@@ -9,9 +10,10 @@ from torch import nn
 
 from aten_calls import RecordedCalls
 from calibration.cli import fp16_check_main
-from calibration.fp16_emulation import Fp16Engine
-from calibration.fp16_safety import check_fp16, pin_plan
+from calibration.fp16_emulation import ONNX_OP_TYPES, Fp16Engine
+from calibration.fp16_safety import check_fp16, default_pins, pin_plan
 from offseg import build_model, save_checkpoint
+from offseg.models.plain import plain_operators
 
 
 class Scale(nn.Module):
@@ -98,6 +100,36 @@ def test_the_emulated_offseg_is_the_fp16_model_unpinned_and_the_fp32_one_all_pin
         assert torch.equal(Fp16Engine(model, everything)(x), model(x))
 
 
+def test_the_default_pins_keep_in_fp32_the_operations_the_export_pins(tmp_path):
+    """FreqFusion's normalisation is pinned by ONNX op type: the emulation keeps in FP32 as many operations of each
+    pinned type in each stage as the exported graph has pinned nodes (so ``ONNX_OP_TYPES`` names the right ops)."""
+    import onnx
+    from calibration.precision import FUSION_SCOPE, NORMALISATION_OPS, pinned
+    from export.onnx import OnnxOptions, export_onnx
+    torch.manual_seed(0)
+    model = build_model("offseg-t", 9).eval()
+    export_onnx(model, "offseg-t", tmp_path / "t.onnx",
+                OnnxOptions(input_size=(64, 64), freqfusion_form="taps", head_as_function=False))
+    exported = collections.Counter(
+        (node.name.split("/")[0], node.op_type) for node in onnx.load(tmp_path / "t.onnx").graph.node
+        if node.name.startswith(FUSION_SCOPE) and node.op_type in NORMALISATION_OPS and pinned(node.name, node.op_type))
+    engine = Fp16Engine(model, *default_pins(model))
+    emulated, stages = collections.Counter(), {}
+    for i, fusion in enumerate(engine.model.head.freqfusions):
+        fusion.register_forward_pre_hook(lambda *_, i=i: stages.update(current=f"{FUSION_SCOPE}{i}"))
+    decide = engine.arithmetic.in_fp32
+
+    def recorded(func):
+        if decide(func) and not engine.arithmetic.pinned_depth:
+            emulated[stages["current"], ONNX_OP_TYPES[func.overloadpacket.__name__]] += 1
+        return decide(func)
+
+    engine.arithmetic.in_fp32 = recorded
+    with torch.no_grad(), plain_operators():
+        engine(torch.randn(1, 3, 64, 64))
+    assert emulated == exported and len(exported) == 15  # 3 stages x Softmax, ReduceSum, Div, ReduceL2, Clip
+
+
 def test_pins_follow_the_export_scopes():
     modules, rules = pin_plan(["backbone.stages.1.blocks.0.mlp", "head.freqfusions.2.dysampler",
                                "head.freqfusions.2.lowpass", "head.offset_learning.mask_norm"])
@@ -128,6 +160,7 @@ def test_the_gather_form_is_checked_and_its_sampling_rows_need_fp32():
     # rows of up to h*w*4*groups need 24 bits. The module computes them in FP32 whatever its input, but an FP16
     # engine converts that arithmetic too (as AutoCast does the ONNX graph's), and its rows point outside the map
     assert report.whole_fp16 == {"finite": False, "error": "index out of range in self"}
+    assert report.whole_fp16_default["finite"]  # the export pins them by default
     flagged = {s.module for s in report.flagged}
     assert {f"head.freqfusions.{i}.sampling_corners" for i in range(3)} <= flagged
     assert all(f"FreqFusion{i}/sampling_corners/" in report.pins for i in range(3))
@@ -156,7 +189,7 @@ def test_cli_writes_the_report_and_suggests_flags(checkpoint, tmp_path, capsys):
     out, err = capsys.readouterr()
     report = json.loads((tmp_path / "r" / "fp16_safety.json").read_text())
     assert report["images"] == 1 and report["modules_checked"] > 300
-    assert "FP16 whole model: 1/1" in err and "FP16 whole model, pins in FP32: 1/1" in err  # progress on both runs
+    assert all(f"FP16 whole model{run}: 1/1" in err for run in ("", ", default pins", ", pins in FP32"))  # progress
     assert f"{len(report['flagged'])} need FP32" in out and "checked on 1 image at 128x128" in out
     assert all(f"--keep-fp32 '{rule}'" in out for rule in report["pins"])
     markdown = (tmp_path / "r" / "fp16_safety.md").read_text()
