@@ -54,7 +54,7 @@ class _Fp16Arithmetic(TorchDispatchMode):
         if func in CONVERSIONS or func.is_view:
             return func(*args, **kwargs)
         dtype = torch.float32 if self.in_fp32(func) else torch.float16
-        if func._schema.is_mutable:  # in place: the result keeps the mutated tensor's dtype, as it would in FP16
+        if func._schema.is_mutable:  # in place: computed at the operation's precision, stored at the tensor's
             target, rest = args[0], _converted(args[1:], dtype)
             if not isinstance(target, torch.Tensor) or target.dtype not in REDUCED or target.dtype == dtype:
                 return func(target, *rest, **kwargs)

@@ -87,6 +87,21 @@ def test_the_emulation_runs_each_operation_in_its_precision():
     assert mixed.dtype == torch.float32 and torch.equal(mixed, expected_mixed)
 
 
+class ScaledInPlace(Through):
+    def forward(self, x):
+        return self.child(x).mul_(3.0001)
+
+
+def test_an_in_place_operation_computes_at_its_precision_and_keeps_the_tensor_dtype():
+    torch.manual_seed(0)
+    model = ScaledInPlace(nn.Conv2d(3, 4, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        result = Fp16Engine(model, ["child"])(x)  # the FP32 conv's output, scaled in FP16 in place
+        expected = model.child(x).half().mul_(3.0001).float()
+    assert result.dtype == torch.float32 and torch.equal(result, expected)
+
+
 def test_the_emulated_offseg_is_the_fp16_model_unpinned_and_the_fp32_one_all_pinned():
     """Unpinned, every operation of OffSeg-T runs in FP16 (bit-equal to the model converted to FP16, whose CPU
     sampler samples FP16 maps in FP32 too); with every module pinned, nothing is rounded."""
