@@ -20,7 +20,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     import onnx
 
     from .files import load_onnx, model_info, read_metadata
-    from .precision import DEFAULT_PINS, PinRule
+    from .precision import DEFAULT_PINS, check_user_rules
     from .trt_support import unsupported
 
     from runtime.sinks import write_file
@@ -33,7 +33,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
     data_key(args.calib_data, args.calib_images)  # a missing, empty or unreadable source fails now, not in minutes
     model = load_onnx(args.onnx)
-    exclude = (() if args.no_default_pins else DEFAULT_PINS) + tuple(PinRule.parse(t) for t in args.keep_fp32)
+    exclude = (() if args.no_default_pins else DEFAULT_PINS) + check_user_rules(model, args.keep_fp32, str(args.onnx))
     options = QuantOptions(target=args.target, method=args.method, samples=args.calib_images,
                            per_channel=not args.per_tensor, exclude=exclude, cache=args.cache)
     options.validate()

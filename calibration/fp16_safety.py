@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from offseg.models.fold import conv_bn_pairs
 from offseg.models.plain import plain_operators
 from runtime.progress import counted, progress as report_progress
 
@@ -173,32 +174,44 @@ def _check_call(call: _Call, half_modules: dict[str, nn.Module], stats: dict[str
         _check_call(child, half_modules, stats)
 
 
-def pin_unit(name: str) -> tuple[str, list[str]]:
-    """The module a pin for ``name`` covers and its ``--keep-fp32`` rules (see ``export.onnx.node_scope``): the
+def pin_unit(name: str, conv_bn: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The modules a pin for ``name`` covers and its ``--keep-fp32`` rules (see ``export.onnx.node_scope``): the
     head and each FreqFusion stage export under one scope, so they are pinned whole, except the gather form's parts
-    with scopes of their own (``FreqFusion<i>/sampling_corners``, ``FreqFusion<i>/unit_vectors``)."""
+    with scopes of their own (``FreqFusion<i>/sampling_corners``, ``FreqFusion<i>/unit_vectors``). A convolution and
+    its BatchNorm (``conv_bn``, see ``fold.conv_bn_pairs``) export as one Conv node named after the BatchNorm: they
+    are pinned together, by the BatchNorm's name. The first module returned is the one the rules are named after."""
     if name == HEAD_MODULE or name.startswith(HEAD_MODULE + "."):
-        return HEAD_MODULE, [HEAD_SCOPE]
+        return [HEAD_MODULE], [HEAD_SCOPE]
     parts = name.split(".")
     stage = ".".join(parts[:3])
     fusion = FUSION_MODULE.search(f"'{stage}'")
     if fusion:
         if len(parts) > 3 and parts[3] in FUSION_FP32_PARTS:
-            return ".".join(parts[:4]), [f"{FUSION_SCOPE}{fusion.group(1)}/{parts[3]}/"]
-        return stage, [f"{FUSION_SCOPE}{fusion.group(1)}"]
-    return name, [f"{name}/", f"{name}."]  # its own nodes and its children's
+            return [".".join(parts[:4])], [f"{FUSION_SCOPE}{fusion.group(1)}/{parts[3]}/"]
+        return [stage], [f"{FUSION_SCOPE}{fusion.group(1)}"]
+    bn_to_conv = {bn: conv for conv, bn in conv_bn.items()}
+    if name in conv_bn or name in bn_to_conv:
+        bn = conv_bn.get(name, name)
+        return [bn, bn_to_conv[bn]], [f"{bn}[./]"]
+    # its own nodes ("name/...") and its children's ("name.child/..."), but the head's and the FreqFusion stages'
+    # inside it export under scopes of their own
+    inside = [scope for module, scope in ((HEAD_MODULE, HEAD_SCOPE), ("head.freqfusions", FUSION_SCOPE))
+              if module.startswith(name + ".")]
+    return [name], [f"{name}[./]", *inside]
 
 
-def pin_plan(flagged: list[str]) -> tuple[list[str], list[str]]:
+def pin_plan(flagged: list[str], conv_bn: dict[str, str]) -> tuple[list[str], list[str]]:
     """(modules to run in FP32, ``--keep-fp32`` rules) for the flagged modules, without repeats: a module inside
     another pinned one adds neither (the outer one's rules cover its nodes)."""
-    units: dict[str, list[str]] = {}  # pinned module -> its rules
+    units: dict[str, tuple[list[str], list[str]]] = {}  # the module the rules are named after -> (modules, rules)
     for name in flagged:
-        module, rules = pin_unit(name)
-        if not any(module == m or module.startswith(m + ".") for m in units):
-            units = {m: r for m, r in units.items() if not m.startswith(module + ".")}
-            units[module] = rules
-    return list(units), [rule for rules in units.values() for rule in rules]
+        modules, rules = pin_unit(name, conv_bn)
+        key = modules[0]
+        if not any(key == m or key.startswith(m + ".") for m in units):
+            units = {m: unit for m, unit in units.items() if not m.startswith(key + ".")}
+            units[key] = modules, rules
+    return ([module for modules, _ in units.values() for module in modules],
+            [rule for _, rules in units.values() for rule in rules])
 
 
 def default_pins(model: nn.Module) -> tuple[list[str], dict[str, frozenset[str]]]:
@@ -254,7 +267,8 @@ def check_fp16(model: nn.Module, inputs: list[np.ndarray], tolerance: float = DE
             _check_call(call, half_modules, stats)
     flagged_names = sorted(name for name, s in stats.items() if s.judge(tolerance))
     flagged = sorted((stats[name] for name in flagged_names), key=lambda s: (not s.nonfinite, -s.relative_error))
-    pinned_modules, rules = pin_plan(flagged_names)
+    conv_bn = conv_bn_pairs(model)
+    pinned_modules, rules = pin_plan(flagged_names, conv_bn)
     default_modules, default_ops = default_pins(model)
     return Fp16Report(
         images=len(tensors), tolerance=tolerance, modules_checked=len(stats),
@@ -263,7 +277,7 @@ def check_fp16(model: nn.Module, inputs: list[np.ndarray], tolerance: float = DE
         whole_fp16_default=_whole_model(model, tensors, "FP16 whole model, default pins", default_modules,
                                         default_ops, progress),
         whole_fp16_pinned=_whole_model(model, tensors, "FP16 whole model, pins in FP32",
-                                       pin_plan(default_modules + pinned_modules)[0], default_ops, progress))
+                                       pin_plan(default_modules + pinned_modules, conv_bn)[0], default_ops, progress))
 
 
 def describe_whole(result: dict) -> str:

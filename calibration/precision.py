@@ -37,13 +37,15 @@ FUSION_FP32_PARTS = ("unit_vectors", "sampling_corners")  # gather-form submodul
 
 @dataclass(frozen=True)
 class PinRule:
-    """Nodes whose name starts with ``scope`` (``*`` matches any text) and, if given, whose op type is in ``ops``."""
+    """Nodes whose name starts with ``scope`` (shell wildcards: ``*`` any text, ``[./]`` one of those characters)
+    and, if given, whose op type is in ``ops``."""
 
     scope: str
     ops: tuple[str, ...] = ()
 
     def matches(self, name: str, op_type: str) -> bool:
-        prefix = fnmatch.fnmatchcase(name, self.scope + "*") if "*" in self.scope else name.startswith(self.scope)
+        wildcard = any(c in self.scope for c in "*?[")
+        prefix = fnmatch.fnmatchcase(name, self.scope + "*") if wildcard else name.startswith(self.scope)
         return prefix and (not self.ops or op_type in self.ops)
 
     def __str__(self) -> str:
@@ -68,8 +70,25 @@ def pinned(name: str, op_type: str, rules: tuple[PinRule, ...] = DEFAULT_PINS) -
 
 def pinned_nodes(model, rules: tuple[PinRule, ...] = DEFAULT_PINS) -> list[str]:
     """Names of the nodes (main graph and local functions) of an ONNX model that the rules keep in FP32."""
-    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
-    return [n.name for n in nodes if pinned(n.name, n.op_type, rules)]
+    return [n.name for n in _all_nodes(model) if pinned(n.name, n.op_type, rules)]
+
+
+def check_user_rules(model, texts: list[str], source: str) -> tuple[PinRule, ...]:
+    """The ``--keep-fp32`` rules of ``texts``, parsed; OffsegError for the first that keeps no node of ``model`` (read
+    from ``source``) in FP32: a mistyped rule would otherwise change nothing, silently."""
+    rules = tuple(PinRule.parse(text) for text in texts)
+    nodes = [(n.name, n.op_type) for n in _all_nodes(model)]
+    for rule in rules:
+        if not any(rule.matches(name, op_type) for name, op_type in nodes):
+            example = next((name for name, _ in nodes if "." in name.split("/")[0]), "backbone.stem/...")
+            raise OffsegError(f"--keep-fp32 {rule} matches no node of {source}: a rule is the start of node names, "
+                              f"which begin with the module's path (e.g. {example.split('/')[0]}), optionally "
+                              "':OpType,OpType'; offseg-fp16-check prints rules that match")
+    return rules
+
+
+def _all_nodes(model) -> list:
+    return [*model.graph.node, *(n for f in model.functions for n in f.node)]
 
 
 def to_fp16(model, rules: tuple[PinRule, ...] = DEFAULT_PINS):

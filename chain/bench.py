@@ -11,14 +11,17 @@ fusion's effect), ``onnx-int8`` (Q/DQ for ONNX Runtime CPU), ``onnx-int8-trt`` (
 from, run by ONNX Runtime), ``openvino`` / ``openvino-taps`` (OpenVINO on CPU running the same ONNX files, inlined;
 the ``openvino`` extra), ``trt-fp16`` / ``trt-int8`` (TensorRT engines of the taps form, what ``auto`` builds) and
 ``trt-fp16-gather`` / ``trt-int8-gather`` (of the gather form, to compare the two on GPUs). Backends that cannot run
-here are skipped with the reason. Exported files are cached in the work folder. After each backend's warm-up (which
-also measures the memory it adds), the backends take turns call by call, so the ratios come from the same stretch of
-time.
+here are skipped with the reason. Exported files are cached in the work folder. After each backend's warm-up, the
+backends take turns call by call, so the ratios come from the same stretch of time. The memory a backend's warm-up
+adds is measured in a process of its own (in one process a backend reuses what earlier ones freed), except for the
+GPU rows, measured during their warm-up in the bench's process.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -164,46 +167,90 @@ def _open(backend: str, workdir: Path, model, name: str, size, batch: int, allow
     return open_backend(fp32).infer
 
 
+def _model(args: argparse.Namespace):
+    """The model benchmarked and its name: the checkpoint's, or fresh weights (seed 0)."""
+    import torch
+
+    if args.checkpoint:
+        from offseg.checkpoint import build_from_checkpoint
+        return build_from_checkpoint(args.checkpoint, args.model)
+    from offseg.zoo import build_model
+    torch.manual_seed(0)
+    return build_model(args.model, args.num_classes).eval(), args.model
+
+
+def _infer(backend: str, args: argparse.Namespace, model, name: str):
+    """infer(x) of ``backend``, exporting, calibrating or building what it needs first (cached in the work folder)."""
+    import torch
+
+    if backend == "torch":
+        def infer(x):
+            with torch.no_grad():
+                return model(torch.from_numpy(x))
+        return infer
+    if backend.startswith("torch-"):
+        return _torch_gpu(model, backend)
+    return _open(backend, args.work_dir, model, name, tuple(args.input_size), args.batch_size,
+                 args.allow_engine_host_code)
+
+
+def _images(args: argparse.Namespace) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((args.batch_size, 3, *args.input_size), dtype=np.float32)
+
+
+MEMORY_ARGS = ("checkpoint", "model", "num_classes", "input_size", "batch_size", "work_dir", "warmup",
+               "allow_engine_host_code")
+
+
+def _peak_in_own_process(backend: str, args: argparse.Namespace) -> float:
+    """The memory ``backend``'s warm-up adds (MiB), measured in a process of its own: in the bench's process a
+    backend can reuse what an earlier one freed, and would read less the later it comes."""
+    spec = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+            if key in MEMORY_ARGS}
+    child = subprocess.run([sys.executable, "-c", "import sys; from chain.bench import measure_memory; "
+                            "measure_memory(sys.argv[1], sys.argv[2])", backend, json.dumps(spec)],
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        raise OffsegError(f"measuring {backend}'s memory failed: {(child.stderr.strip() or '?').splitlines()[-1]}")
+    return float(child.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(backend: str, spec: str) -> None:
+    """A child of ``_peak_in_own_process``: prints the MiB ``backend``'s warm-up adds in this process."""
+    args = argparse.Namespace(**json.loads(spec))
+    args.work_dir = Path(args.work_dir)
+    model, name = _model(args)
+    print(_warm(_infer(backend, args, model, name), _images(args), args.warmup))
+
+
 def run_bench(args: argparse.Namespace) -> dict:
     import torch
 
-    workdir = args.work_dir
-    workdir.mkdir(parents=True, exist_ok=True)
-    if args.checkpoint:
-        from offseg.checkpoint import build_from_checkpoint
-        model, name = build_from_checkpoint(args.checkpoint, args.model)
-    else:
-        from offseg.zoo import build_model
-        torch.manual_seed(0)
-        model, name = build_model(args.model, args.num_classes).eval(), args.model
-    size, batch = tuple(args.input_size), args.batch_size
-    images = np.random.default_rng(0).standard_normal((batch, 3, *size), dtype=np.float32)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    model, name = _model(args)
+    images = _images(args)
     infers, memory, skipped = {}, {}, {}
     for backend in args.backends:
         try:
-            if backend == "torch":
-                def infer(x):
-                    with torch.no_grad():
-                        return model(torch.from_numpy(x))
-            elif backend.startswith("torch-"):
-                infer = _torch_gpu(model, backend)
-            else:
-                infer = _open(backend, workdir, model, name, size, batch, args.allow_engine_host_code)
+            infer = _infer(backend, args, model, name)
             print(f"warming up {backend} ...", flush=True)
-            memory[backend] = _warm(infer, images, args.warmup)
+            in_process = _warm(infer, images, args.warmup)
+            # the GPU rows' warm-up compiles or captures: not repeated (their memory is mostly the GPU's)
+            memory[backend] = in_process if backend.startswith("torch-") else _peak_in_own_process(backend, args)
             infers[backend] = infer
         except OffsegError as error:
             skipped[backend] = str(error)
     print(f"timing {', '.join(infers)} in turns ({args.iters} rounds) ...", flush=True)
     times = _time_round_robin(infers, images, args.iters)
-    results = {b: {**_stats(times[b], batch), "peak_extra_mib": memory[b]} for b in infers}
+    results = {b: {**_stats(times[b], args.batch_size), "peak_extra_mib": memory[b]} for b in infers}
     if "torch" in results:
         for figures in results.values():
             figures["speedup_vs_torch"] = results["torch"]["mean_ms"] / figures["mean_ms"]
-    report = {"model": name, "size": list(size), "batch": batch, "threads": torch.get_num_threads(),
-              "results": results, "skipped": skipped}
+    report = {"model": name, "size": list(args.input_size), "batch": args.batch_size,
+              "threads": torch.get_num_threads(), "results": results, "skipped": skipped}
     if args.pipeline and "onnx-fp32" in results:
-        report["pipeline"] = _pipeline(workdir, _onnx(workdir, model, name, size, 1, True, "gather"), args)
+        report["pipeline"] = _pipeline(args.work_dir, _onnx(args.work_dir, model, name, tuple(args.input_size), 1,
+                                                            True, "gather"), args)
     return report
 
 

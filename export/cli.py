@@ -13,13 +13,14 @@ from pathlib import Path
 
 from runtime.backends import LABEL_DTYPES, LAYOUTS, OUTPUT_KINDS
 from runtime.console import add_common_options, add_hidden_aliases, run
+from runtime.device import module_installed
 from runtime.errors import OffsegError
 from runtime.output_policy import Output, add_input, add_output
 from runtime.preprocess import INPUT_FORMATS, INPUT_LAYOUTS
 
 from offseg.names import FREQFUSION_CHOICES, MODEL_NAMES, freqfusion_form_for
 
-from .opsets import DEFAULT_OPSET, MIN_OPSET
+from .opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
 def _size(path: Path) -> str:
@@ -33,6 +34,13 @@ def _report_support(path: Path) -> None:
 
     problems = unsupported(load_onnx(path))
     print(f"  TensorRT 10 ONNX parser: {'all ops supported' if not problems else 'WARNING ' + '; '.join(problems)}")
+
+
+def _shown(args: argparse.Namespace, path: Path) -> Path:
+    """``path`` as the user will find it: a file of a package folder being written (``args.staged``, the temporary
+    folder and the output) at its place in the output."""
+    staged = getattr(args, "staged", None)
+    return staged[1] / path.relative_to(staged[0]) if staged and path.is_relative_to(staged[0]) else path
 
 
 def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
@@ -63,7 +71,7 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
               "for a real model.", file=sys.stderr, flush=True)
     start = time.perf_counter()
     result = export_onnx(model, name, onnx_path, options, args.checkpoint)
-    print(f"wrote {result.path} ({_size(result.path)}) in {time.perf_counter() - start:.0f} s: input "
+    print(f"wrote {_shown(args, result.path)} ({_size(result.path)}) in {time.perf_counter() - start:.0f} s: input "
           f"'{result.input_name}' {result.metadata['offseg.input_format']} ({result.metadata['offseg.input_size']}),"
           f" output '{result.output_name}' ({options.output_kind}, {options.output_layout}), {model.num_classes} "
           f"classes, FreqFusion as "
@@ -94,15 +102,15 @@ def _engine_options(args: argparse.Namespace):
     return options
 
 
-def _fp16_onnx(fp32_path: Path, path: Path, pins) -> None:
+def _fp16_onnx(args: argparse.Namespace, fp32_path: Path, path: Path, pins) -> None:
     from calibration.files import derive_fp16, is_derived_from
 
     pin_text = " ".join(map(str, pins))
     if is_derived_from(path, fp32_path, {"offseg.precision": "fp16", "offseg.fp32_pins": pin_text}):
-        print(f"reusing {path} (made from this {fp32_path.name} with the same pins)")
+        print(f"reusing {_shown(args, path)} (made from this {fp32_path.name} with the same pins)")
         return
     derive_fp16(fp32_path, path, pins)
-    print(f"wrote {path} ({_size(path)}): FP16, FP32 pins {pin_text or 'none'}")
+    print(f"wrote {_shown(args, path)} ({_size(path)}): FP16, FP32 pins {pin_text or 'none'}")
     _report_support(path)
 
 
@@ -112,9 +120,9 @@ def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path, calib_key:
     stats = quantize_unless_current(fp32_path, path, args.calib_data,
                                     QuantOptions(target="tensorrt", samples=args.calib_images), calib_key)
     if stats is None:
-        print(f"reusing {path} (calibrated from this {fp32_path.name} on the same images)")
+        print(f"reusing {_shown(args, path)} (calibrated from this {fp32_path.name} on the same images)")
         return
-    print(f"wrote {path} ({_size(path)}): Q/DQ INT8 for TensorRT, {stats}")
+    print(f"wrote {_shown(args, path)} ({_size(path)}): Q/DQ INT8 for TensorRT, {stats}")
     _report_support(path)
 
 
@@ -188,6 +196,7 @@ def _deepstream(args: argparse.Namespace) -> int:
     check_model(ModelInfo(name, 1, tuple(args.input_size) if not args.dynamic else None, args.input_format,
                           args.output_kind, input_layout=args.input_layout))
     with atomic_folder(folder) as tmp:
+        args.staged = (tmp, folder)
         meta = _export_torch(args, tmp / f"{name}.onnx")
         written = write_package(tmp, ModelInfo.from_metadata(meta), f"{name}.onnx", args.fp16)
     print(f"wrote {folder}/: {name}.onnx, {', '.join(written)}; on the device: cd {folder} && sh pipeline.sh "
@@ -201,6 +210,7 @@ def _triton(args: argparse.Namespace) -> int:
     import shutil
 
     from calibration.files import load_onnx
+    from calibration.precision import check_user_rules
     from runtime.sinks import atomic_folder
 
     from .triton import BACKENDS, config_text
@@ -210,14 +220,21 @@ def _triton(args: argparse.Namespace) -> int:
     name = args.model or "offseg-t"
     repository = _package_folder(args)
     backend = args.triton_backend
+    if backend == "tensorrt" and not module_installed(args.trt_module or "tensorrt"):
+        raise OffsegError("--triton-backend tensorrt builds the engine on this machine, and TensorRT is not installed "
+                          "here: run this export on the GPU host that serves the repository (JetPack provides "
+                          "TensorRT on a Jetson, pip install 'offseg-deploy[gpu]' on an x86 GPU machine), or use "
+                          "--triton-backend onnxruntime")
     engine_options = _engine_options(args) if backend == "tensorrt" else None
     calib_key = _check_inputs(args)
     with atomic_folder(repository) as tmp:
+        args.staged = (tmp, repository)
         version = tmp / name / "1"
         version.mkdir(parents=True)
         onnx_path = version / "model.onnx"
         meta = _export_torch(args, onnx_path)
         graph = load_onnx(onnx_path)
+        check_user_rules(graph, args.keep_fp32, str(_shown(args, onnx_path)))
         if backend == "python":
             shutil.copyfile(Path(__file__).with_name("triton_python_model.py"), version / "model.py")
         if backend == "tensorrt":
@@ -228,13 +245,15 @@ def _triton(args: argparse.Namespace) -> int:
         (tmp / name / "config.pbtxt").write_text(config_text(name, graph, meta, args.max_batch, backend=backend))
     listing = ", ".join(f"{name}/{f}" for f in ["config.pbtxt", *sorted(
         str(p.relative_to(repository / name)) for p in (repository / name / "1").iterdir())])
-    print(f"wrote the Triton model repository {repository}/ ({listing}; {BACKENDS[backend][0]}); serve it with: "
-          f"tritonserver --model-repository {repository}")
+    removed = "; the ONNX files the engine was built from were removed" if backend == "tensorrt" else ""
+    print(f"wrote the Triton model repository {repository}/ ({listing}; {BACKENDS[backend][0]}{removed}); serve it "
+          f"with: tritonserver --model-repository {repository}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from calibration.files import load_onnx, read_metadata
+    from calibration.precision import check_user_rules
 
     if args.triton_backend != "onnxruntime" and args.format != "triton":
         raise OffsegError(f"--triton-backend {args.triton_backend} chooses what serves a --format triton repository; "
@@ -245,6 +264,9 @@ def _export(args: argparse.Namespace) -> int:
         return _deepstream(args)
     args.input_format = args.input_format or "normalized"
     args.output_kind = args.output_kind or "logits"
+    if args.format == "onnx" and args.output and args.output.suffix.lower() != ".onnx":
+        raise OffsegError(f"--output {args.output}: name the ONNX file NAME.onnx (offseg-run, TensorRT and ONNX "
+                          "Runtime's tools tell a model's kind by its suffix)")
     if args.format == "triton":
         return _triton(args)
     engine_options = _engine_options(args)
@@ -257,13 +279,17 @@ def _export(args: argparse.Namespace) -> int:
             raise OffsegError("--freqfusion-form applies when exporting from PyTorch; the file given with --onnx "
                               "keeps its form (offseg.freqfusion_form in its metadata)")
         fp32_path = args.onnx
-        meta = read_metadata(load_onnx(fp32_path))
+        graph = load_onnx(fp32_path)
+        meta = read_metadata(graph)
     else:
         fp32_path = files["fp32"]
         meta = _export_torch(args, fp32_path)
+        graph = load_onnx(fp32_path) if args.keep_fp32 else None
+    if args.keep_fp32:
+        check_user_rules(graph, args.keep_fp32, str(fp32_path))
     if args.format == "onnx":
         if args.fp16:
-            _fp16_onnx(fp32_path, files["fp16"], engine_options.pins)
+            _fp16_onnx(args, fp32_path, files["fp16"], engine_options.pins)
         if args.int8:
             _int8_onnx(args, fp32_path, files["int8"], calib_key)
         return 0
@@ -283,7 +309,7 @@ def _build(args, engine_options, meta: dict[str, str], fp32_path: Path, files: d
     source = fp32_path
     if plan.onnx_precision == "fp16":
         source = files["fp16"]
-        _fp16_onnx(fp32_path, source, engine_options.pins)
+        _fp16_onnx(args, fp32_path, source, engine_options.pins)
     elif plan.onnx_precision == "int8":
         source = files["int8"]
         _int8_onnx(args, fp32_path, source, calib_key)
@@ -293,7 +319,7 @@ def _build(args, engine_options, meta: dict[str, str], fp32_path: Path, files: d
     print(f"building the {engine_options.precision} engine with {builder.caps.module} {builder.caps.version} "
           f"({'; '.join(plan.notes) or 'builder precision flags'}) ...")
     build = builder.build(source, engine, engine_options, plan, read_metadata(graph), pins)
-    print(f"wrote {build.path} ({_size(build.path)}) and {build.sidecar.name} in {build.seconds:.0f} s"
+    print(f"wrote {_shown(args, build.path)} ({_size(build.path)}) and {build.sidecar.name} in {build.seconds:.0f} s"
           + (f"; {len(build.pinned_layers)} layers pinned to FP32" if plan.pin_layers else ""))
     if builder.caps.module == "tensorrt_rtx":
         print("  note: a TensorRT-RTX engine runs only on an NVIDIA RTX GPU through TensorRT-RTX's own runtime "
@@ -332,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                             help="input size, multiples of 32 (default 512 512; the example size with --dynamic)")
     onnx_group.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     onnx_group.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                            help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET} and up)")
+                            help=f"ONNX opset (default {DEFAULT_OPSET}; {MIN_OPSET}-{MAX_OPSET})")
     onnx_group.add_argument("--input-format", choices=tuple(INPUT_FORMATS),
                             help="normalized: float32 mean/std-normalized RGB NCHW; uint8-rgb: uint8 RGB NCHW, or "
                                  "float-rgb-0-255: float32 RGB pixels 0-255 NCHW (what DeepStream's nvinfer feeds), "

@@ -26,7 +26,7 @@ from runtime.preprocess import INPUT_FORMATS, INPUT_LAYOUTS, MEAN_RGB, SIZE_DIVI
 
 from calibration.files import FUNCTION_DOMAIN, file_sha256, save_checked
 from calibration.graph import extract_function, rename_scope
-from .opsets import DEFAULT_OPSET, MIN_OPSET
+from .opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from calibration.precision import FUSION_FP32_PARTS, FUSION_MODULE, FUSION_SCOPE, HEAD_MODULE, HEAD_SCOPE
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class OnnxOptions:
             raise OffsegError(f"batch must be at least 1, got {self.batch}")
         if self.opset < MIN_OPSET:
             raise OffsegError(f"opset {self.opset} is too old; use {MIN_OPSET} or newer")
+        if self.opset > MAX_OPSET:
+            raise OffsegError(f"opset {self.opset} is newer than this exporter writes; use {MIN_OPSET}-{MAX_OPSET}")
 
 
 @dataclass
@@ -271,7 +273,8 @@ def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, opti
     options.validate()
     path = Path(path)
     if not path.parent.is_dir():
-        raise OffsegError(f"output folder {path.parent} does not exist")
+        state = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise OffsegError(f"output folder {path.parent} {state}")
     deploy = DeployModel(model, options).eval()
     log.info("tracing %s (%s, opset %d)", model_name, "dynamic" if options.dynamic else "static", options.opset)
     ir_model = trace(deploy, options)

@@ -115,6 +115,12 @@ def _reason(error: Exception) -> str:
     refused = [line for line in lines if "GLOBAL" in line]
     if refused:
         return f"refused to unpickle code ({refused[0]})"
+    if isinstance(error, EOFError):
+        return "the file ends early (empty or cut short)"
+    # torch's first line advises loading with weights_only=False, which would run code from the file: never shown
+    detail = next((line for before, line in zip(lines, lines[1:]) if before.endswith("WeightsUnpickler error:")), None)
+    if detail is not None:
+        return f"it is not a PyTorch file of weights (the weights-only reader: {detail})"
     return lines[0] if lines else type(error).__name__
 
 

@@ -60,6 +60,18 @@ KNOWN_NOISE = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecate
 OUR_PACKAGES = ("offseg", "export", "runtime", "calibration", "chain")
 
 
+def _quiet_opencv() -> None:
+    """OpenCV's warnings ("[ WARN:0@0.2] global cap_v4l.cpp ...") and FFmpeg's notices through it ("[tcp @ 0x..]
+    Connection refused"): a failed capture is our one sentence. OpenCV reads its level when imported, FFmpeg's
+    level is read at the first capture. Levels the user set in the environment stay."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        os.environ["OPENCV_LOG_LEVEL"] = "ERROR"
+        if "cv2" in sys.modules:
+            cv2 = sys.modules["cv2"]
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def _ours_or_errors(record: logging.LogRecord) -> bool:
     """Without --debug, show our own progress logs and only errors from the libraries we call."""
     return record.name.split(".")[0] in OUR_PACKAGES or record.levelno >= logging.ERROR
@@ -83,6 +95,7 @@ def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPars
             logging.getLogger(name).setLevel(logging.ERROR)
         # torch resets its own loggers' levels when it is imported (later, lazily): tell it through its setting
         os.environ.setdefault("TORCH_LOGS", TORCH_QUIET_LOGS)
+        _quiet_opencv()
         for category, message in KNOWN_NOISE:
             warnings.filterwarnings("ignore", message=message, category=category)
     try:

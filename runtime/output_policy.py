@@ -119,6 +119,8 @@ def _check_target(output: Output) -> None:
         return
     if output.path.is_dir():
         raise OffsegError(f"{what} is a folder; give a file name")
+    if output.path.parent.exists() and not output.path.parent.is_dir():
+        raise OffsegError(f"{what}: {output.path.parent} is a file, not a folder")
     if not output.path.parent.is_dir():
         raise OffsegError(f"{output.option} folder {output.path.parent} does not exist; create it first")
     check_writable_folder(output.path.parent, what)

@@ -84,9 +84,9 @@ class Pipeline:
     def __init__(self, backend: Backend, batch: int = 1, resize_policy: str = "letterbox", queue_size: int = 8):
         info = backend.info
         if batch < 1:
-            raise OffsegError(f"--batch must be at least 1, got {batch}")
+            raise OffsegError(f"--batch-size must be at least 1, got {batch}")
         if info.max_batch is not None and batch > info.max_batch:
-            raise OffsegError(f"the model takes batches of at most {info.max_batch}; use --batch {info.max_batch} "
+            raise OffsegError(f"the model takes batches of at most {info.max_batch}; use --batch-size {info.max_batch} "
                               "or export with --dynamic (ONNX) / --max-batch (engine)")
         self.backend, self.batch, self.policy = backend, batch, resize_policy
         self.queue_size = max(queue_size, 2 * batch)

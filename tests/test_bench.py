@@ -1,5 +1,6 @@
 """offseg-bench runs every requested backend in one process and reports ratios (numbers are not asserted)."""
 import json
+from argparse import Namespace
 
 import pytest
 
@@ -24,6 +25,23 @@ def test_bench_reports_each_backend_with_ratios(tmp_path, capsys):
     # no TensorRT / GPU here: skipped with the reason, for engines of either FreqFusion form
     assert "trt-fp16" in report["skipped"] and "trt-int8-gather" in report["skipped"]
     assert "vs torch" in capsys.readouterr().out
+    # the CPU rows' memory comes from a process of each's own (in this one, a backend reuses what earlier ones freed)
+    assert all(figures["peak_extra_mib"] > 0 for figures in report["results"].values())
+
+
+def test_a_backends_memory_does_not_depend_on_what_ran_before(tmp_path, monkeypatch):
+    """A CPU row's memory is measured in a process of its own (faked here), not by its warm-up in the bench's."""
+    import chain.bench as bench
+
+    children = []
+    monkeypatch.setattr(bench, "_warm", lambda infer, batch, warmup: 0.0)
+    monkeypatch.setattr(bench, "_peak_in_own_process", lambda backend, args: children.append(backend) or 7.0)
+    monkeypatch.setattr(bench, "_infer", lambda backend, *_: (lambda x: x))
+    monkeypatch.setattr(bench, "_model", lambda args: (None, "offseg-t"))
+    report = bench.run_bench(Namespace(backends=["torch", "onnx-fp32", "torch-cuda"], work_dir=tmp_path,
+                                       input_size=[32, 32], batch_size=1, warmup=1, iters=1, pipeline=False))
+    assert children == ["torch", "onnx-fp32"] and report["results"]["onnx-fp32"]["peak_extra_mib"] == 7.0
+    assert report["results"]["torch-cuda"]["peak_extra_mib"] == 0.0  # a GPU row: its warm-up's in-process figure
 
 
 def test_bench_rejects_unknown_backends(tmp_path, capsys):

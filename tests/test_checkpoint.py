@@ -10,7 +10,7 @@ import torch
 
 import reference
 from offseg import OffsegError, build_model, load_checkpoint, save_checkpoint
-from offseg.checkpoint import build_from_checkpoint, read_file
+from offseg.checkpoint import build_from_checkpoint, read_file, serialize
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +101,16 @@ def test_weights_that_are_not_tensors_are_refused(tmp_path, official_state):
         load_checkpoint(build_model("offseg-t"), save_official(tmp_path / "c.pth", state))
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", pickle.dumps([1, 2, 3])])
-def test_unreadable_files_give_a_clear_error(tmp_path, content):
+@pytest.mark.parametrize("content, reason", [(b"", "ends early"), (b"not a checkpoint at all", "not a PyTorch file"),
+                                             (b"\x00\x00\x00\x18ftypisom", "not a PyTorch file"),
+                                             (pickle.dumps([1, 2, 3]), "not a PyTorch file"),
+                                             (serialize([1, 2, 3]), "holds a list")])
+def test_unreadable_files_give_a_clear_error(tmp_path, content, reason):
     path = tmp_path / "bad.pth"
     path.write_bytes(content)
-    with pytest.raises(OffsegError, match="checkpoint"):
+    with pytest.raises(OffsegError, match=f"checkpoint .*{reason}") as error:
         load_checkpoint(build_model("offseg-t"), path)
+    assert "weights_only" not in str(error.value)  # torch's advice to unpickle the file unsafely is not passed on
 
 
 def test_missing_file(tmp_path):

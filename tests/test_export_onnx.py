@@ -51,12 +51,22 @@ def test_graph_has_the_head_as_one_local_function_and_metadata(tmp_path, capsys)
     pinned = fp32_nodes(model)
     assert any("/sampling_corners/" in n and "floor" in n for n in pinned)  # positions and rows need 24 bits
     assert any("/unit_vectors/" in n and "sqrt" in n for n in pinned)  # the sum of squares overflows FP16
-    # what offseg-fp16-check suggests for a backbone module pins that module's nodes, and only those
-    from calibration.fp16_safety import pin_unit
-    from calibration.precision import PinRule, pinned_nodes
-    _, rules = pin_unit("backbone.stages.2.blocks.1.mlp")
-    nodes = pinned_nodes(model, tuple(PinRule.parse(rule) for rule in rules))
-    assert nodes and all(n.startswith("backbone.stages.2.blocks.1.mlp") for n in nodes)
+    # what offseg-fp16-check suggests for any module it checks pins nodes, and only those under the modules it pins
+    # (a convolution's node is named after the BatchNorm folded into it: 95 convolutions of OffSeg-T pinned nothing)
+    from calibration.fp16_safety import checked_modules, pin_unit
+    from calibration.precision import PinRule, check_user_rules, pinned_nodes
+    from offseg import build_model
+    from offseg.models.fold import conv_bn_pairs
+    offseg_t = build_model("offseg-t")
+    conv_bn = conv_bn_pairs(offseg_t)
+    assert len(conv_bn) == 95
+    for name in checked_modules(offseg_t):
+        modules, rules = pin_unit(name, conv_bn)
+        check_user_rules(model, rules, "the export")  # each rule keeps some node in FP32
+        if len(rules) == 1 and not rules[0][0].isupper():  # not the head or a FreqFusion stage (their scopes)
+            nodes = pinned_nodes(model, tuple(PinRule.parse(rule) for rule in rules))
+            assert all(any(n.startswith((m + "/", m + ".")) for m in modules) for n in nodes), name
+    assert pin_unit("head", conv_bn)[1] == ["head[./]", "OffsetLearning", "FreqFusion"]  # the whole decoder
     assert props["offseg.classes"].startswith('["wall", "building"')  # 150 classes: ADE20K names
 
 
@@ -87,9 +97,22 @@ def test_labels_export_with_normalization_in_the_graph(tmp_path, capsys):
     (["--int8", "--input-size", "64", "64", "--no-check", "--output", "/tmp/offseg-test-int8.onnx"],
      "--int8 needs calibration images"),
     (["--keep-fp32", ":Softmax"], "node-name prefix"),
+    (["--opset", "17"], "opset 17 is too old"),
+    (["--opset", "26"], "use 18-25"),
+    (["--output", "model.txt"], "name the ONNX file NAME.onnx"),
+    (["--output", f"{__file__}/x.onnx"], "is a file, not a folder"),
     (["--format", "engine", "--max-size", "100", "100"], "multiples of 32"),
 ])
 def test_user_mistakes_give_one_clear_line(capsys, argv, message):
     assert export_main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_tensorrt_triton_repository_without_tensorrt_fails_before_the_export(tmp_path, capsys, monkeypatch):
+    import export.cli
+    monkeypatch.setattr(export.cli, "module_installed", lambda name: False)
+    monkeypatch.setattr(export.cli, "_export_torch", lambda *_: pytest.fail("exported before the TensorRT check"))
+    assert export_main(["--format", "triton", "--triton-backend", "tensorrt", "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "TensorRT is not installed here: run this export on the GPU host" in err and not (tmp_path / "r").exists()

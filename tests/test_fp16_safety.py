@@ -12,6 +12,7 @@ from aten_calls import RecordedCalls
 from calibration.cli import fp16_check_main
 from calibration.fp16_emulation import ONNX_OP_TYPES, Fp16Engine
 from calibration.fp16_safety import check_fp16, default_pins, pin_plan
+from calibration.precision import PinRule
 from offseg import build_model, save_checkpoint
 from offseg.models.plain import plain_operators
 
@@ -48,7 +49,7 @@ def test_overflow_and_precision_loss_are_charged_to_the_modules_that_cause_them(
     assert report.modules_checked == 4
     assert report.whole_fp16 == {"finite": False}  # 1e5 * x overflows FP16
     assert report.whole_fp16_pinned["finite"] and report.whole_fp16_pinned["label_agreement_percent"] > 99
-    assert report.pins == ["1/", "1.", "2/", "2.", "3/", "3."]
+    assert report.pins == ["1[./]", "2[./]", "3[./]"]
 
 
 class Through(nn.Module):
@@ -146,13 +147,20 @@ def test_the_default_pins_keep_in_fp32_the_operations_the_export_pins(tmp_path):
 
 
 def test_pins_follow_the_export_scopes():
+    conv_bn = {"backbone.stem.conv1": "backbone.stem.bn1"}
     modules, rules = pin_plan(["backbone.stages.1.blocks.0.mlp", "head.freqfusions.2.dysampler",
-                               "head.freqfusions.2.lowpass", "head.offset_learning.mask_norm"])
+                               "head.freqfusions.2.lowpass", "head.offset_learning.mask_norm"], conv_bn)
     assert modules == ["backbone.stages.1.blocks.0.mlp", "head.freqfusions.2", "head.offset_learning"]
-    assert rules == ["backbone.stages.1.blocks.0.mlp/", "backbone.stages.1.blocks.0.mlp.", "FreqFusion2",
-                     "OffsetLearning"]
+    assert rules == ["backbone.stages.1.blocks.0.mlp[./]", "FreqFusion2", "OffsetLearning"]
+    # a convolution and its BatchNorm are one Conv node, named after the BatchNorm: pinned together, either flagged
+    for flagged in (["backbone.stem.conv1"], ["backbone.stem.bn1"], ["backbone.stem.bn1", "backbone.stem.conv1"]):
+        assert pin_plan(flagged, conv_bn) == (["backbone.stem.bn1", "backbone.stem.conv1"], ["backbone.stem.bn1[./]"])
+    rule = PinRule.parse("backbone.stages.2.blocks.1[./]")
+    assert rule.matches("backbone.stages.2.blocks.1/node_add", "Add")
+    assert rule.matches("backbone.stages.2.blocks.1.mlp/x", "Conv")
+    assert not rule.matches("backbone.stages.2.blocks.10/node_add", "Add")
     # the gather form's parts with scopes of their own are pinned alone, as the default pins do
-    modules, rules = pin_plan(["head.freqfusions.1.sampling_corners", "head.freqfusions.0.unit_vectors"])
+    modules, rules = pin_plan(["head.freqfusions.1.sampling_corners", "head.freqfusions.0.unit_vectors"], conv_bn)
     assert modules == ["head.freqfusions.1.sampling_corners", "head.freqfusions.0.unit_vectors"]
     assert rules == ["FreqFusion1/sampling_corners/", "FreqFusion0/unit_vectors/"]
 
@@ -160,11 +168,11 @@ def test_pins_follow_the_export_scopes():
 @pytest.mark.parametrize("flagged", [["backbone", "backbone.stages.3", "backbone.stages.3.blocks.4.mlp"],
                                      ["backbone.stages.3.blocks.4.mlp", "backbone.stages.3", "backbone"]])
 def test_modules_inside_a_pinned_one_add_no_rules_of_their_own(flagged):
-    """An overflow that reaches the backbone's output flags the backbone and everything on the way: 'backbone/' and
-    'backbone.' cover them (OffSeg-T's reference weights at 1024x2048 got 53 rules; 11 cover the same modules)."""
-    modules, rules = pin_plan(flagged + ["head.freqfusions.1.dysampler"])
+    """An overflow that reaches the backbone's output flags the backbone and everything on the way: 'backbone[./]'
+    covers them (OffSeg-T's reference weights at 1024x2048 got 53 rules; 11 cover the same modules)."""
+    modules, rules = pin_plan(flagged + ["head.freqfusions.1.dysampler"], {})
     assert modules == ["backbone", "head.freqfusions.1"]
-    assert rules == ["backbone/", "backbone.", "FreqFusion1"]
+    assert rules == ["backbone[./]", "FreqFusion1"]
 
 
 def test_the_gather_form_is_checked_and_its_sampling_rows_need_fp32():

@@ -130,3 +130,17 @@ def test_an_int8_file_is_reused_only_for_the_same_source_options_and_images(tmp_
     model.metadata_props.add(key="offseg.checkpoint_sha256", value="another checkpoint")  # a re-export
     onnx.save(model, source)
     assert quantize_unless_current(source, target, "synthetic", options) is not None
+
+
+def test_a_keep_fp32_rule_that_matches_no_node_is_one_sentence(tmp_path, capsys):
+    from calibration.cli import calibrate_main
+    from calibration.precision import check_user_rules
+    from tiny_onnx import write_tiny_onnx
+
+    tiny = write_tiny_onnx(tmp_path / "m.onnx")
+    assert check_user_rules(onnx.load(str(tiny)), ["FreqFusion0:Div", "OffsetLearning"], "m.onnx")  # they match
+    assert calibrate_main(["--onnx", str(tiny), "--calib-data", "synthetic", "--calib-images", "1", "--output",
+                           str(tmp_path / "m.int8.onnx"), "--keep-fp32", "FreqFusion0:Dvi"]) == 2
+    err = capsys.readouterr().err
+    assert "--keep-fp32 FreqFusion0:Dvi matches no node of" in err and "Traceback" not in err
+    assert not (tmp_path / "m.int8.onnx").exists()

@@ -37,7 +37,11 @@ def test_dry_run_prints_the_sequence_on_n_gpus(tmp_path, capsys):
                          f"--report {work}/validation")
     assert not work.exists()  # a dry run writes nothing
     assert reproduce_main(["--dry-run", "--work-dir", str(work)]) == 0
-    assert capsys.readouterr().out.startswith("offseg-train --model offseg-t --dataset ade20k ")
+    printed = capsys.readouterr()
+    assert printed.out.startswith("offseg-train --model offseg-t --dataset ade20k ")
+    with_data = [line for line in printed.out.splitlines() if "--dataset" in line]
+    assert len(with_data) == 4 and all("--data-root DATA_ROOT" in line for line in with_data)
+    assert "DATA_ROOT" in printed.err
 
 
 @pytest.mark.parametrize("argv, message", [(["--gpus", "0"], "--gpus must be at least 1"),

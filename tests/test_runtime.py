@@ -1,9 +1,11 @@
 """offseg-run on real encoded videos made here: ONNX Runtime output matches PyTorch's labels, outputs are finalized
 on every kind of ending, user mistakes get one line. Torch-free on the device side."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -129,7 +131,9 @@ def test_interrupt_finalizes_the_video(models, video, tmp_path):
     (["--video", "missing.mp4"], "video missing.mp4 does not exist"),
     (["--camera", "7"], "cannot open camera 7"),
     (["--image", "missing.png"], "image missing.png does not exist"),
-    (["--video", "VIDEO", "--batch-size", "4"], "batches of at most 1"),
+    (["--video", "VIDEO", "--batch-size", "4"], "batches of at most 1; use --batch-size 1"),
+    (["--video", "VIDEO", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--engine", "FOLDER", "--image", "IMAGE"], "is a folder, not a model file"),
     (["--video", "VIDEO", "--output", "/nonexistent/out.mp4"], "does not exist"),
     (["--video", "VIDEO", "--output", "out.xyz"], "unsupported video format"),
     (["--video", "FOLDER"], "is a folder; for a folder of images use --images"),
@@ -145,6 +149,19 @@ def test_user_mistakes_give_one_clear_line(models, video, tmp_path, capsys, argv
     assert run_main(["--engine", str(models[1]), "--no-progress", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("source", [["--stream", "rtsp://127.0.0.1:1/live"], ["--camera", "7"]])
+def test_a_source_that_does_not_open_is_our_sentence_alone(models, tmp_path, source):
+    """OpenCV's warnings and FFmpeg's notices ("[tcp @ 0x..] Connection refused") go to the process's stderr from C:
+    a child process shows them; --debug brings them back."""
+    command = [str(Path(sys.executable).with_name("offseg-run")), "--engine", str(models[1]), *source, "--output",
+               str(tmp_path / "out.mp4"), "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}  # as set by in-process CLI calls
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert quiet.returncode == 2 and quiet.stderr.startswith("error: cannot open") and quiet.stderr.count("\n") == 1
+    loud = subprocess.run([*command, "--debug"], capture_output=True, text=True, timeout=120, env=env)
+    assert "[tcp @" in loud.stderr or "[ WARN" in loud.stderr
 
 
 def test_engine_problems_are_explained(tmp_path, capsys):

@@ -123,6 +123,7 @@ def test_offseg_run_on_a_real_triton_server_gives_the_onnx_files_labels(tmp_path
                                       "--triton-backend", "python", "--output", repository, "--no-check")
     assert code == 0, err
     assert "offseg-t/1/model.onnx, offseg-t/1/model.py" in stdout
+    assert f"wrote {repository}/offseg-t/1/model.onnx (" in stdout and ".partial" not in stdout  # where it lies
     images = tmp_path / "images"
     images.mkdir()
     for seed, (h, w) in enumerate([(90, 160), (64, 96), (120, 100)]):
@@ -195,7 +196,8 @@ def test_a_tensorrt_repository_holds_the_plan_and_its_sidecar_and_names_tensorrt
     assert sidecar["onnx"]["freqfusion_form"] == "taps"  # the form TensorRT fuses, as --format engine
     config = text_format.Parse((repository / "offseg-t" / "config.pbtxt").read_text(), tritonclient.ModelConfig())
     assert config.platform == "tensorrt_plan" and list(config.input[0].dims) == [1, 3, *SIZE]
-    assert "tensorrt_plan" in stdout and "offseg-t/1/model.plan" in stdout
+    assert "tensorrt_plan" in stdout and "offseg-t/1/model.plan" in stdout and ".partial" not in stdout
+    assert f"wrote {repository}/offseg-t/1/model.plan (" in stdout and "were removed" in stdout
 
 
 def test_triton_backend_without_format_triton_is_one_sentence(capsys):

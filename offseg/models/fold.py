@@ -33,6 +33,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
+def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
+    """{convolution's module path: the BatchNorm's after it} in ``model``. An ONNX export fuses each pair into one
+    Conv node, named after the BatchNorm's module."""
+    return {f"{name}.{conv}".lstrip("."): f"{name}.{bn}".lstrip(".")
+            for name, module in model.named_modules() for conv, bn in _pairs(module)}
+
+
 def _pairs(module: nn.Module) -> list[tuple[str, str]]:
     """(conv attribute, BN attribute) names in ``module``: declared pairs, or adjacent children of a Sequential."""
     if isinstance(module, nn.Sequential):

@@ -213,6 +213,9 @@ def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str
     ``allow_engine_host_code``: let a version-compatible engine run the lean TensorRT runtime it carries (code from
     the file, run in this process); the user's decision (``--allow-engine-host-code``), never the sidecar's."""
     path = Path(path)
+    if path.is_dir():
+        raise OffsegError(f"{path} is a folder, not a model file: give an .onnx model, a TensorRT .plan or a .pth "
+                          "checkpoint")
     if not path.is_file():
         raise OffsegError(f"model file not found: {path}; {_how_to_make(path.suffix.lower())}")
     suffix = path.suffix.lower()
