@@ -85,17 +85,21 @@ class Progress:
             return
         now = time.perf_counter()
         if self.done > self.initial:
-            self._write(f"{self.desc}: {self.done}{'/' + str(self.total) if self.total else ''} {self.unit} "
+            self._write(f"{self.desc}: {self.done}{'/' + str(self.total) if self.total else ''} {self._units()} "
                         f"in {format_duration(now - self.start)} ({self._rate(now)})" + self._figures())
         self.enabled = False
 
     def _status(self, now: float) -> str:
         if self.total:
-            head = f"{self.done}/{self.total} {self.unit} ({100 * self.done / self.total:.0f}%)"
+            head = f"{self.done}/{self.total} {self._units()} ({100 * self.done / self.total:.0f}%)"
             tail = f", ETA {format_duration(self._remaining(now))}"
         else:
-            head, tail = f"{self.done} {self.unit}", ""
+            head, tail = f"{self.done} {self._units()}", ""
         return f"{self.desc}: {head}, {self._rate(now)}{tail}" + self._figures()
+
+    def _units(self) -> str:
+        """The unit for the count of steps done: "12/12 images", "1/12 image"; tqdm's "it" stays as it is."""
+        return self.unit if self.unit == "it" or (self.total or self.done) == 1 else f"{self.unit}s"
 
     def _figures(self) -> str:
         return "".join(f", {key} {value}" for key, value in self.figures.items())

@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import OffsegError
 from .limits import check_image_file, check_image_pixels
+from .progress import counted
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,8 @@ class LiveSource(Source):
             now = time.monotonic()
             reconnected = [t for t in reconnected if now - t < self.window_seconds]
             if len(reconnected) >= self.reconnects:
-                self.stop_reason = (f"{self.description} stopped delivering frames ({self.reconnects} reconnects "
-                                    f"within {self.window_seconds:g} s)"
+                self.stop_reason = (f"{self.description} stopped delivering frames "
+                                    f"({counted(self.reconnects, 'reconnect')} within {self.window_seconds:g} s)"
                                     + (f"; last error: {self.last_error}" if self.last_error else ""))
                 return
             reconnected.append(now)

@@ -28,6 +28,10 @@ def test_log_lines_are_rate_limited():
     for _ in progress(range(200), "evaluating", unit="image", interval=3600, stream=log):
         pass
     assert len(log.getvalue().splitlines()) == 2  # the estimate and the summary, nothing per step
+    assert log.getvalue().splitlines()[-1].startswith("evaluating: 200/200 images in ")
+    one = io.StringIO()
+    list(progress(range(1), "evaluating", unit="image", stream=one))
+    assert one.getvalue().startswith("evaluating: 1/1 image in ")
 
 
 def test_terminal_gets_a_bar_and_disabled_prints_nothing():

@@ -306,7 +306,7 @@ def test_offseg_run_on_a_stream_that_drops_finalizes_the_video(models, flaky_str
                      "--output", str(out), "--no-display"]) == 0
     frames, fps = frames_of(out)
     assert len(frames) == 7 and frames[0].shape == (120, 160, 3) and fps == pytest.approx(10)
-    assert "stopped delivering frames (1 reconnects within 60 s)" in capsys.readouterr().out
+    assert "stopped delivering frames (1 reconnect within 60 s)" in capsys.readouterr().out
 
 
 
