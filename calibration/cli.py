@@ -23,6 +23,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .precision import DEFAULT_PINS, check_user_rules
     from .trt_support import unsupported
 
+    from runtime.progress import counted
     from runtime.sinks import write_file
 
     from .quantize import QuantOptions, input_size_for_calibration, quantize_file
@@ -31,22 +32,34 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if args.calib_images < 1:
         raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
+    if args.output.suffix.lower() != ".onnx":
+        raise OffsegError(f"--output {args.output}: name the Q/DQ ONNX file NAME.onnx (offseg-run and TensorRT tell a "
+                          "model's kind by its suffix)")
+    for flag, value, least in (("--sensitivity-images", args.sensitivity_images, 1),
+                               ("--group-depth", args.group_depth, 1), ("--exclude-worst", args.exclude_worst, 0)):
+        if value < least:
+            raise OffsegError(f"{flag} must be at least {least}, got {value}")
+    if (args.exclude_worst or args.sensitivity_json or args.sensitivity_data) and not args.sensitivity:
+        raise OffsegError("--exclude-worst, --sensitivity-json and --sensitivity-data need --sensitivity")
+    if args.sensitivity_data not in (None, "synthetic") and not Path(args.sensitivity_data).exists():
+        raise OffsegError(f"--sensitivity-data {args.sensitivity_data} does not exist (a folder of images, a video, "
+                          "or synthetic)")
     data_key(args.calib_data, args.calib_images)  # a missing, empty or unreadable source fails now, not in minutes
     model = load_onnx(args.onnx)
     exclude = (() if args.no_default_pins else DEFAULT_PINS) + check_user_rules(model, args.keep_fp32, str(args.onnx))
     options = QuantOptions(target=args.target, method=args.method, samples=args.calib_images,
                            per_channel=not args.per_tensor, exclude=exclude, cache=args.cache)
     options.validate()
-    if args.exclude_worst and not args.sensitivity:
-        raise OffsegError("--exclude-worst needs --sensitivity")
     if args.sensitivity:
         meta, info = read_metadata(model), model_info(model, args.onnx)
         val = calibration_inputs(args.sensitivity_data or args.calib_data, args.sensitivity_images,
                                  input_size_for_calibration(meta, model), info.input_format, info.input_layout)
         results = sweep(args.onnx, args.calib_data, val, options, args.group_depth, progress=not args.debug)
-        print(f"INT8 sensitivity ({len(val)} images; mIoU of the labels vs FP32 with only that group in INT8):")
+        print(f"INT8 sensitivity ({counted(len(val), 'image')}; mIoU of the labels vs FP32 with only that group in "
+              "INT8):")
         for item in results:
-            print(f"  {item.group:<28} {item.layers:3d} convs  mIoU {item.miou:6.2f}  cost {item.cost:5.2f}")
+            convs = "convs" if item.layers != 1 else "conv "
+            print(f"  {item.group:<28} {item.layers:3d} {convs}  mIoU {item.miou:6.2f}  cost {item.cost:5.2f}")
         if args.exclude_worst:
             options = replace(options, extra_exclude_nodes=worst_layers(results, model, args.exclude_worst,
                                                                                  args.group_depth))

@@ -35,7 +35,8 @@ def check_ranges(cache: Path, key: dict) -> None:
     try:
         content = json.loads(Path(cache).read_text())
     except (OSError, ValueError, RecursionError) as error:
-        raise OffsegError(f"cannot read calibration cache {cache}: {error}") from None
+        raise OffsegError(f"calibration cache {cache} is not a ranges file of offseg-calibrate ({error}): {redo}") \
+            from None
     recorded = content.get("offseg") if isinstance(content, dict) else None
     if not isinstance(recorded, dict) or recorded.get("format") != CACHE_FORMAT:
         raise OffsegError(f"calibration cache {cache} was not written by offseg-calibrate (it does not say which "

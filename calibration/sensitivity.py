@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnx.inliner
 
+from runtime.errors import OffsegError
 from runtime.metrics import ConfusionMatrix
 
 from .files import model_info
@@ -72,7 +73,14 @@ def sweep(source: Path, calib_data, val_inputs: list[np.ndarray], options: Quant
             path = Path(folder) / "one.onnx"
             quantize_file(source, path, calib_data, replace(options, extra_exclude_nodes=others, cache=cache))
             confusion = ConfusionMatrix(info.num_classes)
-            for predicted, expected in zip(labels_of(path, val_inputs, info), reference):
+            try:
+                labels = labels_of(path, val_inputs, info)
+            except Exception as error:  # onnxruntime's own exception types (Fail, InvalidGraph, ...)
+                opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), "?")
+                raise OffsegError(f"ONNX Runtime cannot run {source.name} with only {name} in INT8 (opset {opset}): "
+                                  f"{str(error).splitlines()[0][:300]}; the sweep is tested on exports at the default "
+                                  "opset 20 (an opset 25 export fails so with --target tensorrt)") from None
+            for predicted, expected in zip(labels, reference):
                 confusion.update(predicted, expected)
             results.append(Sensitivity(name, len(groups[name]), 100 * confusion.scores().miou))
     return sorted(results, key=lambda s: s.miou)

@@ -53,9 +53,15 @@ def demo_main(argv: list[str] | None = None) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from .reproduce import ReproduceConfig, format_report, reproduce
+    try:
+        train_args = tuple(shlex.split(args.train_args))
+    except ValueError as error:  # an unclosed quote
+        raise OffsegError(f"--train-args {args.train_args!r}: {error} (quote it as a shell would)") from None
+    if args.eval_images is not None and args.eval_images < 1:
+        raise OffsegError(f"--eval-images must be at least 1, got {args.eval_images}")
     config = ReproduceConfig(dataset=args.dataset, model=args.model, data_root=args.data_root, work_dir=args.work_dir,
                              gpus=args.gpus, pretrained_backbone=args.pretrained_backbone,
-                             train_args=tuple(shlex.split(args.train_args)), eval_images=args.eval_images,
+                             train_args=train_args, eval_images=args.eval_images,
                              input_size=tuple(args.input_size) if args.input_size else None)
     report = reproduce(config, dry_run=args.dry_run)
     if report is None:

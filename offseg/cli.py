@@ -125,6 +125,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .protocol import TestProtocol
     if args.window_batch < 1:  # before the checkpoint and the dataset are read
         raise OffsegError(f"--window-batch must be at least 1, got {args.window_batch}")
+    if args.eval_images is not None and args.eval_images < 1:
+        raise OffsegError(f"--eval-images must be at least 1, got {args.eval_images}")
     protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
     device = torch_device(args.device)
     model, name = build_from_checkpoint(args.checkpoint, args.model)

@@ -91,8 +91,18 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises OffsegError for a setting no run can use (call after ``recipes.with_recipe``)."""
-        if self.iters < 1 or self.batch_size < 1 or self.lr_end < 1:
-            raise OffsegError("--iters, --batch-size and --lr-end must be at least 1")
+        for flag, value in (("--iters", self.iters), ("--batch-size", self.batch_size), ("--lr-end", self.lr_end)):
+            if value < 1:
+                raise OffsegError(f"{flag} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise OffsegError(f"--lr must be above 0, got {self.lr:g}")
+        if self.crop is not None and min(self.crop) < 32:
+            raise OffsegError(f"--crop must be at least 32x32 (the model's stride), got {self.crop[0]} {self.crop[1]}")
+        if self.warmup_iters < 0 or self.workers < 0:
+            raise OffsegError(f"--warmup-iters and --workers must be 0 or more, got {self.warmup_iters} and "
+                              f"{self.workers}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise OffsegError(f"--seed must be from 0 to 2**32 - 1, got {self.seed}")
         if min(self.checkpoint_interval, self.eval_interval) < 1:
             raise OffsegError("--checkpoint-interval and --eval-interval must be at least 1")
         if self.keep_checkpoints < 0:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
-
 
 from .console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from .errors import OffsegError
@@ -17,6 +17,8 @@ from .preprocess import RESIZE_POLICIES
 from .progress import Progress
 
 log = logging.getLogger(__name__)
+ROS_NAMESPACE = "/offseg"
+ROS_NAME = re.compile(r"(/?[A-Za-z_][A-Za-z0-9_]*)(/[A-Za-z_][A-Za-z0-9_]*)*|/?")  # a namespace; "" or "/": the root
 MAX_CAMERAS = 256  # V4L2 video device numbers (/dev/videoN) stop at 255 (the Linux kernel's VIDEO_NUM_DEVICES)
 
 
@@ -57,9 +59,14 @@ def _check_arguments(args: argparse.Namespace):
         WindowSink.check_gui()
     _check_input_kind(args)
     writer = _video_writer(args) if args.output else None
+    if args.ros_namespace != ROS_NAMESPACE and not args.rosbag_out:
+        raise OffsegError("--ros-namespace names the topics of a --rosbag-out bag; add --rosbag-out BAG")
     if args.rosbag_out:
         if args.rosbag is None:
             raise OffsegError("--rosbag-out needs a --rosbag input (its messages give the headers)")
+        if not ROS_NAME.fullmatch(args.ros_namespace.rstrip("/")):
+            raise OffsegError(f"--ros-namespace {args.ros_namespace!r} is not a ROS 2 name: parts of letters, digits "
+                              "and _ (not starting with a digit) joined by /, e.g. /offseg or /robot1/offseg")
         from .rosbag_io import RosbagSink
         RosbagSink.check_target(args.rosbag_out)
     return writer
@@ -227,8 +234,8 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-run", description="Semantic segmentation of videos, cameras, "
                                      "streams and images with an OffSeg ONNX model or TensorRT engine.")
-    add_input(parser, "--engine", help="model: .onnx (ONNX Runtime), .plan (TensorRT) or .pth (PyTorch, needs "
-              "torch); or --triton")
+    add_input(parser, "--engine", help="model: .onnx (ONNX Runtime), .plan or .engine (TensorRT) or .pth (PyTorch, "
+              "needs torch); or --triton")
     parser.add_argument("--triton", metavar="URL", help="run the model on a Triton Inference Server instead: "
                         "http://HOST:8000 or grpc://HOST:8001 (a repository from offseg-export --format triton; "
                         "needs the [triton] extra)")
@@ -250,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capture", choices=("opencv", "gstreamer"), default="opencv",
                         help="how --video, --stream and --camera are read: opencv, or gstreamer (hardware decode "
                         "with nvv4l2decoder where it exists, software otherwise; v4l2src for cameras)")
-    add_output(parser, "--output", help="annotated video (.mp4/.avi/.mkv), same fps as the input")
+    add_output(parser, "--output", help="annotated video (.mp4/.m4v/.mov/.mkv/.avi), same fps as the input")
     parser.add_argument("--writer", choices=("auto", "opencv", "gstreamer"), default="auto",
                         help="how --output is encoded: opencv (mp4v/MJPG), or gstreamer (H.264 by nvv4l2h264enc "
                         "where it exists, x264enc otherwise); auto (default) is gstreamer when the input is read "
@@ -259,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                "input's storage) of what offseg-ros2 publishes: label images, overlays and LabelInfo, at the input's "
                "times")
     parser.add_argument("--image-topic", help="image topic of --rosbag (default the bag's only image topic)")
-    parser.add_argument("--ros-namespace", default="/offseg", help="namespace of the --rosbag-out topics "
+    parser.add_argument("--ros-namespace", default=ROS_NAMESPACE, help="namespace of the --rosbag-out topics "
                         "segmentation, overlay and label_info")
     add_output(parser, "--save-masks", folder=True, names=("*.png",), metavar="DIR",
                help="write one label PNG per frame")
@@ -276,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default TensorRT, CUDA, "
                         "CPU, whichever exist)")
     parser.add_argument("--cuda", choices=("auto", "cuda-python", "pycuda"), default="auto",
-                        help="CUDA binding for TensorRT engines (default cuda-python, else pycuda)")
+                        help="CUDA binding for TensorRT engines (default auto: cuda-python, else pycuda)")
     parser.add_argument("--device", default="auto", help="torch device of a .pth model: auto (the GPU when torch "
                         "sees one), cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--reconnects", type=int, default=5, help="reconnects of a camera/stream allowed within any "

@@ -22,6 +22,7 @@ from .errors import OffsegError
 from .interrupts import describe, signals_held
 from .limits import check_tensor_bytes
 from .preprocess import FrameTooSmall, Geometry, fit_frame, logits_to_labels, to_model_input
+from .progress import counted
 from .sources import Frame, Source
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class RunStats:
                 "stages_ms": {s: describe(self.stage_ms[s]) for s in STAGES if self.stage_ms.get(s)}}
 
     def table(self) -> str:
-        lines = [f"{self.frames} frames in {self.seconds:.1f} s: {self.fps:.1f} FPS"
+        lines = [f"{counted(self.frames, 'frame')} in {self.seconds:.1f} s: {self.fps:.1f} FPS"
                  + (f", {self.skipped} unreadable, too small or too large frames skipped" if self.skipped else "")
                  + (f"; stopped: {self.stop_reason}" if self.stop_reason else ""),
                  f"{'stage':<12} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8}"]

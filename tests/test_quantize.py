@@ -144,3 +144,45 @@ def test_a_keep_fp32_rule_that_matches_no_node_is_one_sentence(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "--keep-fp32 FreqFusion0:Dvi matches no node of" in err and "Traceback" not in err
     assert not (tmp_path / "m.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output", "OUT/q.txt"], "name the Q/DQ ONNX file NAME.onnx"),
+    (["--sensitivity", "--sensitivity-images", "0"], "--sensitivity-images must be at least 1, got 0"),
+    (["--sensitivity", "--group-depth", "0"], "--group-depth must be at least 1, got 0"),
+    (["--sensitivity", "--exclude-worst", "-1"], "--exclude-worst must be at least 0, got -1"),
+    (["--sensitivity-json", "OUT/s.json"], "need --sensitivity"),
+    (["--exclude-worst", "1"], "need --sensitivity"),
+    (["--sensitivity", "--sensitivity-data", "OUT/nope"], "--sensitivity-data"),
+])
+def test_calibration_mistakes_are_one_sentence(tmp_path, capsys, argv, message):
+    from calibration.cli import calibrate_main
+    from tiny_onnx import write_tiny_onnx
+
+    tiny = write_tiny_onnx(tmp_path / "m.onnx")
+    argv = [a.replace("OUT", str(tmp_path)) for a in argv]
+    assert calibrate_main(["--onnx", str(tiny), "--calib-data", "synthetic", "--calib-images", "1", "--output",
+                           str(tmp_path / "q.onnx"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_sweep_model_onnxruntime_cannot_run_is_one_sentence(tmp_path, monkeypatch):
+    """Seen with an opset 25 export and --target tensorrt: ONNX Runtime refused a one-group Q/DQ graph."""
+    import calibration.sensitivity as sensitivity
+    from runtime.errors import OffsegError
+    from tiny_onnx import write_tiny_onnx
+
+    tiny = write_tiny_onnx(tmp_path / "m.onnx", dynamic=False)
+    real, calls = sensitivity.labels_of, []
+
+    def refused_once_quantized(path, inputs, info):
+        calls.append(path)
+        if len(calls) > 1:
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Node (view_2_q) Op (QuantizeLinear)\nmore")
+        return real(path, inputs, info)
+
+    monkeypatch.setattr(sensitivity, "labels_of", refused_once_quantized)
+    inputs = [np.zeros((1, 3, 64, 64), np.float32)]
+    with pytest.raises(OffsegError, match=r"cannot run m.onnx with only .* in INT8 \(opset 18\): .*QuantizeLinear\)"):
+        sensitivity.sweep(tiny, "synthetic", inputs, QuantOptions(samples=1), progress=False)

@@ -117,13 +117,14 @@ def test_a_score_of_nothing_is_an_error_not_nan():
         confusion.scores()
 
 
-@pytest.mark.parametrize("argv", [["--eval-images", "0"], ["--dataset", "folder", "--data-root", "ALL255"]])
-def test_eval_that_measures_nothing_fails_with_a_sentence(checkpoint, tmp_path, capsys, argv):
+@pytest.mark.parametrize("argv, message", [(["--eval-images", "0"], "--eval-images must be at least 1, got 0"),
+                                           (["--dataset", "folder", "--data-root", "ALL255"], "nothing to score")])
+def test_eval_that_measures_nothing_fails_with_a_sentence(checkpoint, tmp_path, capsys, argv, message):
     root = labelled_folder(tmp_path / "d", 255, classes=[str(i) for i in range(9)], rest=255)
     argv = [str(root) if a == "ALL255" else a for a in argv]
     assert eval_main(["--checkpoint", str(checkpoint), *argv]) == 2
     captured = capsys.readouterr()
-    assert "nothing to score" in captured.err and "nan" not in captured.out.lower()
+    assert message in captured.err and "nan" not in captured.out.lower()
 
 
 def test_eval_counts_labels_above_the_class_count_and_names_the_file_once(checkpoint, tmp_path, capsys, caplog):

@@ -146,6 +146,8 @@ def test_an_interrupted_run_leaves_a_finalized_bag_of_the_frames_done(tmp_path, 
     ("encoding", "/camera/image message 0: image encoding 'bayer_rggb8' is not supported"),
     ("topic", "topic /camera/info in"),
     ("exists", "exists; a bag is never overwritten"),
+    ("bad ns", "--ros-namespace 'bad ns' is not a ROS 2 name"),
+    ("1robot", "--ros-namespace '1robot' is not a ROS 2 name"),
 ])
 def test_bag_mistakes_are_one_sentence(tmp_path, capsys, case, message):
     model = _model(tmp_path / "m.onnx", 7)
@@ -164,10 +166,18 @@ def test_bag_mistakes_are_one_sentence(tmp_path, capsys, case, message):
     if case == "exists":
         out.mkdir()
     extra = ["--image-topic", "/camera/info"] if case == "topic" else []
+    extra += ["--ros-namespace", case] if case in ("bad ns", "1robot") else []
     assert run_main(["--engine", str(model), "--rosbag", str(tmp_path / "in"), "--rosbag-out", str(out),
                      "--no-progress", *extra]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and message in error and "Traceback" not in error
+
+
+def test_a_namespace_without_an_output_bag_is_refused(tmp_path, capsys):
+    from runtime.cli import ROS_NAME
+    assert all(ROS_NAME.fullmatch(n) for n in ("", "/", "/offseg", "robot_1/seg", "/a/b_2"))
+    assert run_main(["--engine", str(tmp_path / "m.onnx"), "--video", "v.mp4", "--ros-namespace", "/x"]) == 2
+    assert "--ros-namespace names the topics of a --rosbag-out bag" in capsys.readouterr().err
 
 
 ROS2_PYTHON = "OFFSEG_ROS2_PYTHON"  # a Python whose environment has rclpy and sensor_msgs (a ROS 2 install)

@@ -286,3 +286,21 @@ def test_train_refuses_a_compile_backend_or_carafe_form_it_cannot_run(tmp_path, 
     assert train_main(["--iters", "1", "--carafe", "fused", "--work-dir", str(tmp_path / "y")]) == 2
     assert capsys.readouterr().err.startswith("error: --carafe fused runs a Triton kernel on a CUDA GPU")
     assert not (tmp_path / "y" / "latest.pth").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "0"], "--lr must be above 0, got 0"),
+    (["--lr", "-1"], "--lr must be above 0, got -1"),
+    (["--crop", "0", "512"], "--crop must be at least 32x32"),
+    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--warmup-iters", "-5"], "--warmup-iters and --workers must be 0 or more, got -5"),
+    (["--seed", "-1"], "--seed must be from 0 to 2**32 - 1, got -1"),
+    (["--iters", "0"], "--iters must be at least 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+])
+def test_bad_training_settings_are_one_sentence_before_anything_starts(tmp_path, capsys, argv, message):
+    """They used to start a run (--lr 0: 160,000 iterations), or fail in it with a traceback (--lr -1, --crop 0 512,
+    --workers -1, --seed -1)."""
+    assert train_main(["--work-dir", str(tmp_path / "w"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "w").exists()
