@@ -19,7 +19,7 @@ FP16_FILES = ("fp16_safety.json", "fp16_safety.md")  # what offseg-fp16-check wr
 def _calibrate(args: argparse.Namespace) -> int:
     import onnx
 
-    from .files import load_onnx, model_info, read_metadata
+    from .files import check_onnx_name, load_onnx, model_info, read_metadata
     from .precision import DEFAULT_PINS, check_user_rules
     from .trt_support import unsupported
 
@@ -32,9 +32,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if args.calib_images < 1:
         raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
-    if args.output.suffix.lower() != ".onnx":
-        raise OffsegError(f"--output {args.output}: name the Q/DQ ONNX file NAME.onnx (offseg-run and TensorRT tell a "
-                          "model's kind by its suffix)")
+    check_onnx_name(args.output, "Q/DQ ONNX file")
     for flag, value, least in (("--sensitivity-images", args.sensitivity_images, 1),
                                ("--group-depth", args.group_depth, 1), ("--exclude-worst", args.exclude_worst, 0)):
         if value < least:

@@ -25,6 +25,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def check_onnx_name(path: Path, what: str = "ONNX file") -> None:
+    """OffsegError unless the ``--output`` ``path`` ends in .onnx, the suffix a model's kind is told by."""
+    if path.suffix.lower() != ".onnx":
+        raise OffsegError(f"--output {path}: name the {what} NAME.onnx (offseg-run, TensorRT and ONNX Runtime's tools "
+                          "tell a model's kind by its suffix)")
+
+
 def load_onnx(path: str | os.PathLike):
     """An offseg-exported ONNX model, or OffsegError for a missing, corrupt or foreign file."""
     path = Path(path)

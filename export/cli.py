@@ -252,7 +252,7 @@ def _triton(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from calibration.files import load_onnx, read_metadata
+    from calibration.files import check_onnx_name, load_onnx, read_metadata
     from calibration.precision import check_user_rules
 
     if args.triton_backend != "onnxruntime" and args.format != "triton":
@@ -264,9 +264,8 @@ def _export(args: argparse.Namespace) -> int:
         return _deepstream(args)
     args.input_format = args.input_format or "normalized"
     args.output_kind = args.output_kind or "logits"
-    if args.format == "onnx" and args.output and args.output.suffix.lower() != ".onnx":
-        raise OffsegError(f"--output {args.output}: name the ONNX file NAME.onnx (offseg-run, TensorRT and ONNX "
-                          "Runtime's tools tell a model's kind by its suffix)")
+    if args.format == "onnx" and args.output:
+        check_onnx_name(args.output)
     if args.format == "triton":
         return _triton(args)
     engine_options = _engine_options(args)

@@ -117,7 +117,7 @@ def _reason(error: Exception) -> str:
         return f"refused to unpickle code ({refused[0]})"
     if isinstance(error, EOFError):
         return "the file ends early (empty or cut short)"
-    # torch's first line advises loading with weights_only=False, which would run code from the file: never shown
+    # torch's first line advises turning the weights-only reader off, which would run code from the file: not shown
     detail = next((line for before, line in zip(lines, lines[1:]) if before.endswith("WeightsUnpickler error:")), None)
     if detail is not None:
         return f"it is not a PyTorch file of weights (the weights-only reader: {detail})"

@@ -98,7 +98,8 @@ class Progress:
         return f"{self.desc}: {head}, {self._rate(now)}{tail}" + self._figures()
 
     def _units(self) -> str:
-        """The unit for the count of steps done: "12/12 images", "1/12 image"; tqdm's "it" stays as it is."""
+        """The unit after the count of steps, plural unless there is one step in all ("12/12 images", "1/1 image");
+        tqdm's "it" stays as it is."""
         return self.unit if self.unit == "it" or (self.total or self.done) == 1 else f"{self.unit}s"
 
     def _figures(self) -> str:

@@ -214,8 +214,7 @@ def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str
     the file, run in this process); the user's decision (``--allow-engine-host-code``), never the sidecar's."""
     path = Path(path)
     if path.is_dir():
-        raise OffsegError(f"{path} is a folder, not a model file: give an .onnx model, a TensorRT .plan or a .pth "
-                          "checkpoint")
+        raise OffsegError(f"{path} is a folder, not a model file: {_how_to_make('')}")
     if not path.is_file():
         raise OffsegError(f"model file not found: {path}; {_how_to_make(path.suffix.lower())}")
     suffix = path.suffix.lower()
