@@ -313,6 +313,9 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
     if run.device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal weights/gradients make CPU training many times slower
     work_dir = Path(config.work_dir)
+    latest = work_dir / "latest.pth"
+    if config.resume and not latest.is_file():  # before the work folder is made: a typo leaves no empty folder
+        raise OffsegError(f"--resume: no checkpoint at {latest}")
     work_dir.mkdir(parents=True, exist_ok=True)
     dataset = SegmentationDataset(config.dataset, config.data_root, "train", length=config.synthetic_length,
                                   size=config.synthetic_size, strict_labels=True)
@@ -350,10 +353,7 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
         optimizer, lambda i: lr_factor(i, config.warmup_iters, config.lr_end, config.poly_power))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start = 0
-    latest = work_dir / "latest.pth"
     if config.resume:
-        if not latest.is_file():
-            raise OffsegError(f"--resume: no checkpoint at {latest}")
         start = resume(latest, core, optimizer, scheduler, scaler)
         if run.main:
             log.info("resumed from %s at iteration %d", latest, start)

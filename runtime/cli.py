@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 ROS_NAMESPACE = "/offseg"
 ROS_NAME = re.compile(r"(/?[A-Za-z_][A-Za-z0-9_]*)(/[A-Za-z_][A-Za-z0-9_]*)*|/?")  # a namespace; "" or "/": the root
 MAX_CAMERAS = 256  # V4L2 video device numbers (/dev/videoN) stop at 255 (the Linux kernel's VIDEO_NUM_DEVICES)
+RECONNECTS = 5  # --reconnects and --stall-timeout defaults
+STALL_SECONDS = 5.0
+BACKEND_OPTIONS = (  # flag, attribute, default, the model suffixes it applies to, what they are
+    ("--providers", "providers", None, (".onnx",), "an .onnx model (ONNX Runtime)"),
+    ("--cuda", "cuda", "auto", (".plan", ".engine", ".trt"), "a TensorRT engine (.plan)"),
+    ("--device", "device", "auto", (".pth", ".pt"), "a .pth checkpoint (PyTorch)"),
+)
 
 
 def _check_arguments(args: argparse.Namespace):
@@ -35,6 +42,8 @@ def _check_arguments(args: argparse.Namespace):
     if args.triton is not None:
         from .backends.triton_backend import parse_url
         parse_url(args.triton)
+    _check_backend_options(args)
+    _check_live_options(args)
     if args.fps is not None and not args.fps > 0:
         raise OffsegError(f"--fps must be above 0, got {args.fps:g}")
     if not 0 <= args.alpha <= 1:
@@ -70,6 +79,31 @@ def _check_arguments(args: argparse.Namespace):
         from .rosbag_io import RosbagSink
         RosbagSink.check_target(args.rosbag_out)
     return writer
+
+
+def _check_backend_options(args: argparse.Namespace) -> None:
+    """An option of one backend given for a model another backend runs (or a Triton server runs itself)."""
+    for flag, name, default, suffixes, kind in BACKEND_OPTIONS:
+        if getattr(args, name) == default:
+            continue
+        if args.triton is not None:
+            raise OffsegError(f"{flag} applies to {kind} run here; a --triton server chooses how it runs its "
+                              f"models: remove {flag}")
+        if args.engine.suffix.lower() not in suffixes:
+            raise OffsegError(f"{flag} applies to {kind}, not to {args.engine.name}: remove {flag}")
+
+
+def _check_live_options(args: argparse.Namespace) -> None:
+    """--reconnects and --stall-timeout: in range, and only for an input that can drop."""
+    from .sources import check_live_settings
+
+    check_live_settings(args.reconnects, args.stall_timeout)
+    live = any(value is not None for value in (args.camera, args.stream, args.gst, args.csi_camera))
+    for flag, value, default in (("--reconnects", args.reconnects, RECONNECTS),
+                                 ("--stall-timeout", args.stall_timeout, STALL_SECONDS)):
+        if value != default and not live:
+            raise OffsegError(f"{flag} applies to a camera or stream (--camera, --stream, --gst, --csi-camera), "
+                              f"which can drop; a file, folder or bag cannot: remove {flag}")
 
 
 def _reads_gstreamer(args: argparse.Namespace) -> bool:
@@ -286,10 +320,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="CUDA binding for TensorRT engines (default auto: cuda-python, else pycuda)")
     parser.add_argument("--device", default="auto", help="torch device of a .pth model: auto (the GPU when torch "
                         "sees one), cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--reconnects", type=int, default=5, help="reconnects of a camera/stream allowed within any "
-                        "60 s (default 5); more stalls than that end the run")
-    parser.add_argument("--stall-timeout", type=float, default=5.0, metavar="SECONDS", help="a camera or stream "
-                        "that delivers no frame for this long counts as a drop")
+    parser.add_argument("--reconnects", type=int, default=RECONNECTS, help="reconnects of a camera/stream allowed "
+                        "within any 60 s (default 5); more stalls than that end the run")
+    parser.add_argument("--stall-timeout", type=float, default=STALL_SECONDS, metavar="SECONDS", help="a camera or "
+                        "stream that delivers no frame for this long counts as a drop")
     add_output(parser, "--summary", help="write the run summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (or, in a log, no progress "
                         "lines)")

@@ -70,6 +70,7 @@ class PushedFrames(Source):
 def _rclpy():
     try:
         import rclpy
+        import rclpy.exceptions
         import rclpy.executors
         import rclpy.qos
         import rclpy.signals
@@ -90,8 +91,53 @@ def _kit(Image):
     return MessageKit(Image, LabelInfo, VisionClass, lambda pixels: array.array("B", pixels.tobytes()))
 
 
-def _parameters(node) -> dict:
-    return {name: node.declare_parameter(name, default).value for name, (default, _) in PARAMETERS.items()}
+QOS_NAMES = ("SENSOR_DATA", "DEFAULT")
+TRANSPORTS = ("raw", "compressed")
+KINDS = {bool: "true or false", int: "an integer", float: "a decimal number (1.0, not 1)", str: "a string",
+         list: "a list of integers"}  # what a ROS 2 parameter of the default's type takes
+
+
+def _parameters(node, exceptions) -> dict:
+    """The declared parameters' values; a value of another type than the default's is one sentence, not rclpy's
+    exception (ROS 2 parameters are typed: ``-p alpha:=1`` is an integer and refused for a double)."""
+    values = {}
+    for name, (default, _) in PARAMETERS.items():
+        try:
+            values[name] = node.declare_parameter(name, default).value
+        except exceptions.ParameterException:
+            raise OffsegError(f"parameter {name} takes {KINDS[type(default)]}, e.g. -p {name}:={_example(default)}"
+                              ) from None
+    return values
+
+
+def _example(default) -> str:
+    if isinstance(default, bool):
+        return "true"
+    if isinstance(default, list):
+        return "[0xFF0000,0x00FF00]"
+    return str(default) or "PATH"
+
+
+def check_parameters(params: dict) -> str:
+    """The model path, or OffsegError naming the first parameter that cannot work, before the model loads."""
+    from .preprocess import RESIZE_POLICIES
+    from .ros_images import COLOUR_ENCODINGS
+
+    model = params["engine_file_path"] or params["model_file_path"]
+    if not model:
+        raise OffsegError("give a model: -p engine_file_path:=MODEL.plan or -p model_file_path:=MODEL.onnx")
+    for name, allowed in (("image_transport", TRANSPORTS), ("input_qos", QOS_NAMES),
+                          ("color_segmentation_mask_encoding", COLOUR_ENCODINGS), ("resize", RESIZE_POLICIES)):
+        if params[name] not in allowed:
+            raise OffsegError(f"parameter {name} must be {' or '.join(allowed)}, got {params[name]!r}")
+    if not 0 <= params["alpha"] <= 1:
+        raise OffsegError(f"parameter alpha (the overlay opacity) must be between 0 and 1, got {params['alpha']:g}")
+    if params["batch_size"] < 1:
+        raise OffsegError(f"parameter batch_size must be at least 1, got {params['batch_size']}")
+    if not params["color_palette"]:  # rclpy gives None for an empty list
+        raise OffsegError("parameter color_palette takes one 0xRRGGBB colour per class, or [0] for the model's "
+                          "palette")
+    return model
 
 
 def _run(args: argparse.Namespace, ros_args: list[str]) -> int:
@@ -107,12 +153,8 @@ def _run(args: argparse.Namespace, ros_args: list[str]) -> int:
     executor = rclpy.executors.SingleThreadedExecutor()
     spinner = threading.Thread(target=executor.spin, name="rclpy", daemon=True)
     try:
-        params = _parameters(node)
-        model = params["engine_file_path"] or params["model_file_path"]
-        if not model:
-            raise OffsegError("give a model: -p engine_file_path:=MODEL.plan or -p model_file_path:=MODEL.onnx")
-        if params["image_transport"] not in ("raw", "compressed"):
-            raise OffsegError(f"image_transport must be raw or compressed, got {params['image_transport']!r}")
+        params = _parameters(node, rclpy.exceptions)
+        model = check_parameters(params)
         backend = open_backend(Path(model), allow_engine_host_code=params["allow_engine_host_code"] is True)
         info = backend.info
         palette = None if list(params["color_palette"]) == [0] else palette_from_hex(params["color_palette"],
@@ -121,9 +163,7 @@ def _run(args: argparse.Namespace, ros_args: list[str]) -> int:
         messages = SegmentationMessages(kit, info, params["alpha"], params["color_segmentation_mask_encoding"],
                                         palette)
         qos = rclpy.qos
-        input_qos = {"SENSOR_DATA": qos.qos_profile_sensor_data, "DEFAULT": 10}.get(params["input_qos"])
-        if input_qos is None:
-            raise OffsegError(f"input_qos must be SENSOR_DATA or DEFAULT, got {params['input_qos']!r}")
+        input_qos = {"SENSOR_DATA": qos.qos_profile_sensor_data, "DEFAULT": 10}[params["input_qos"]]
         labels_pub = node.create_publisher(Image, "segmentation", 10)
         overlay_pub = node.create_publisher(Image, "overlay", 10)
         if kit.label_info is not None:

@@ -131,6 +131,14 @@ class VideoFile(Source):
         self.capture.release()
 
 
+def check_live_settings(reconnects: int, stall_seconds: float) -> None:
+    """OffsegError for a negative ``--reconnects`` or a ``--stall-timeout`` that is not above 0."""
+    if reconnects < 0:
+        raise OffsegError(f"--reconnects must be 0 or more, got {reconnects}")
+    if not stall_seconds > 0:
+        raise OffsegError(f"--stall-timeout must be above 0 seconds, got {stall_seconds:g}")
+
+
 class LiveSource(Source):
     """A camera index or a stream URL; reopened when it stops delivering, at most ``reconnects`` times within any
     ``window_seconds``. Subclasses open other captures: ``_open`` returns one with ``read() -> (ok, image)`` and
@@ -142,10 +150,7 @@ class LiveSource(Source):
         super().__init__()
         if isinstance(target, int) and target < 0:
             raise OffsegError(f"camera index must be 0 or more (0 = first camera), got {target}")
-        if reconnects < 0:
-            raise OffsegError(f"--reconnects must be 0 or more, got {reconnects}")
-        if not stall_seconds > 0:
-            raise OffsegError(f"--stall-timeout must be above 0 seconds, got {stall_seconds:g}")
+        check_live_settings(reconnects, stall_seconds)
         self.target, self.reconnects, self.retry_seconds = target, reconnects, retry_seconds
         self.window_seconds, self.stall_seconds = window_seconds, stall_seconds
         self.last_error: str | None = None

@@ -48,6 +48,13 @@ def test_a_planted_latest_pth_never_runs_on_resume(tmp_path, capsys, legacy):
     assert "refused to unpickle code" in err and "Traceback" not in err
 
 
+def test_resume_without_a_checkpoint_is_one_sentence_and_makes_no_folder(tmp_path, capsys):
+    work_dir = tmp_path / "typo" / "w"
+    assert train_main([*TRAIN, "--work-dir", str(work_dir), "--resume"]) == 2
+    assert f"no checkpoint at {work_dir / 'latest.pth'}" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+
+
 def test_a_planted_latest_pth_never_runs_in_the_demo(tmp_path, capsys):
     marker = tmp_path / "pwned"
     plant(tmp_path / "demo" / "train" / "latest.pth", marker)

@@ -225,3 +225,40 @@ def test_node_without_rclpy_says_what_to_install(capsys):
     assert node_main(["--ros-args", "-p", "model_file_path:=m.onnx"]) == 2
     assert capsys.readouterr().err.strip() == ("error: offseg-ros2 needs ROS 2's rclpy and sensor_msgs: source your "
                                                "ROS 2 setup.bash first")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_file_path": ""}, "give a model: -p engine_file_path:=MODEL.plan or -p model_file_path:=MODEL.onnx"),
+    ({"image_transport": "theora"}, "parameter image_transport must be raw or compressed, got 'theora'"),
+    ({"input_qos": "BEST_EFFORT"}, "parameter input_qos must be SENSOR_DATA or DEFAULT, got 'BEST_EFFORT'"),
+    ({"color_segmentation_mask_encoding": "rgba8"}, "color_segmentation_mask_encoding must be rgb8 or bgr8"),
+    ({"resize": "crop"}, "parameter resize must be letterbox or stretch, got 'crop'"),
+    ({"alpha": 1.5}, "parameter alpha (the overlay opacity) must be between 0 and 1, got 1.5"),
+    ({"batch_size": 0}, "parameter batch_size must be at least 1, got 0"),
+    ({"color_palette": None}, "parameter color_palette takes one 0xRRGGBB colour per class, or [0]"),
+])
+def test_node_parameters_are_checked_before_the_model_loads(change, message):
+    from runtime.errors import OffsegError
+    from runtime.ros2_node import PARAMETERS, check_parameters
+    params = {name: default for name, (default, _) in PARAMETERS.items()} | {"model_file_path": "m.onnx"}
+    assert check_parameters(params) == "m.onnx"
+    with pytest.raises(OffsegError) as error:
+        check_parameters(params | change)
+    assert message in str(error.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parameter, message", [
+    ("alpha:=1", "parameter alpha takes a decimal number (1.0, not 1), e.g. -p alpha:=0.5"),
+    ("batch_size:=2.0", "parameter batch_size takes an integer, e.g. -p batch_size:=1"),
+    ("resize:=crop", "parameter resize must be letterbox or stretch, got 'crop'"),
+])
+def test_a_mistyped_node_parameter_is_one_sentence_with_real_rclpy(tmp_path, ros2_python, parameter, message):
+    """ROS 2 parameters are typed: rclpy refuses an integer for a double (InvalidParameterTypeException)."""
+    model = _model(tmp_path / "m.onnx", 3)
+    paths = [str(Path(__file__).parents[1]), *sys.path]
+    node = subprocess.run([ros2_python, "-c", "import sys; from runtime.ros2_node import main; sys.exit(main())",
+                           "--ros-args", "-p", f"model_file_path:={model}", "-p", parameter],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
+    assert node.returncode == 2 and node.stderr.strip() == f"error: {message}"

@@ -140,6 +140,14 @@ def test_interrupt_finalizes_the_video(models, video, tmp_path):
     (["--image", "FOLDER"], "is a folder; for a folder of images use --images"),
     (["--images", "VIDEO"], "is a file, not a folder; use --video"),
     (["--images", "IMAGE"], "is a file, not a folder; use --image"),
+    (["--video", "VIDEO", "--reconnects", "2"], "--reconnects applies to a camera or stream"),
+    (["--images", "FOLDER", "--stall-timeout", "9"], "a file, folder or bag cannot: remove --stall-timeout"),
+    (["--stream", "rtsp://camera.local/live", "--reconnects", "-1"], "--reconnects must be 0 or more, got -1"),
+    (["--camera", "0", "--stall-timeout", "0"], "--stall-timeout must be above 0 seconds, got 0"),
+    (["--video", "VIDEO", "--device", "cuda"], "--device applies to a .pth checkpoint (PyTorch), not to"),
+    (["--video", "VIDEO", "--cuda", "pycuda"], "--cuda applies to a TensorRT engine (.plan), not to"),
+    (["--engine", "m.pth", "--video", "VIDEO", "--providers", "CPUExecutionProvider"],
+     "--providers applies to an .onnx model (ONNX Runtime), not to m.pth: remove --providers"),
 ])
 def test_user_mistakes_give_one_clear_line(models, video, tmp_path, capsys, argv, message):
     image = tmp_path / "one.png"

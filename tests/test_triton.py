@@ -168,6 +168,7 @@ def offseg_export(*argv) -> tuple[int, str, str]:
     (["--engine", "m.onnx", "--model-name", "x", "--images", "."], "--model-name chooses a model of a --triton"),
     (["--triton", "ftp://h:1", "--images", "."], "the scheme must be http:// or grpc://"),
     (["--triton", "http://h", "--images", "."], "give the server as http://HOST:PORT"),
+    (["--triton", "http://h:8000", "--device", "cpu", "--images", "."], "a --triton server chooses how it runs"),
 ])
 def test_triton_mistakes_are_one_sentence(argv, message):
     code, _, err = offseg_run(*argv)
