@@ -49,8 +49,8 @@ class Sensitivity:
 
 def labels_of(path: Path, inputs: list[np.ndarray], info) -> list[np.ndarray]:
     """(H, W) label maps of an ONNX model on ``inputs``, whatever its output kind and layout (``info``: ModelInfo)."""
-    import onnxruntime as ort
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from runtime.backends.ort_backend import inference_session
+    session = inference_session(path, ["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     outputs = [info.planar(session.run(None, {name: x})[0])[0] for x in inputs]
     return [out if info.output_kind == "labels" else out.argmax(axis=0) for out in outputs]
@@ -76,10 +76,8 @@ def sweep(source: Path, calib_data, val_inputs: list[np.ndarray], options: Quant
             try:
                 labels = labels_of(path, val_inputs, info)
             except Exception as error:  # onnxruntime's own exception types (Fail, InvalidGraph, ...)
-                opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), "?")
-                raise OffsegError(f"ONNX Runtime cannot run {source.name} with only {name} in INT8 (opset {opset}): "
-                                  f"{str(error).splitlines()[0][:300]}; the sweep is tested on exports at the default "
-                                  "opset 20 (an opset 25 export fails so with --target tensorrt)") from None
+                raise OffsegError(f"ONNX Runtime cannot run {source.name} with only {name} in INT8: "
+                                  f"{str(error).splitlines()[0][:300]}") from None
             for predicted, expected in zip(labels, reference):
                 confusion.update(predicted, expected)
             results.append(Sensitivity(name, len(groups[name]), 100 * confusion.scores().miou))
