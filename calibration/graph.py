@@ -49,5 +49,6 @@ def extract_function(model: onnx.ModelProto, scope: str, domain: str) -> onnx.Mo
     del graph.node[:]
     graph.node.extend(nodes)
     model.functions.append(function)
-    model.opset_import.append(helper.make_opsetid(domain, 1))
+    if all(o.domain != domain for o in model.opset_import):  # an inlined export keeps its function's import
+        model.opset_import.append(helper.make_opsetid(domain, 1))
     return model

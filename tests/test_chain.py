@@ -113,6 +113,8 @@ def test_calibrate_for_tensorrt_with_a_sensitivity_sweep(demo, tmp_path, capsys)
     assert "keeping the 1 most costly groups in float" in capsys.readouterr().out
     model = onnx.load(str(output))
     assert unsupported(model) == []
+    domains = [o.domain for o in model.opset_import]
+    assert sorted(domains) == sorted(set(domains)) and "offseg" in domains  # the head's domain imported once
     props = {p.key: p.value for p in model.metadata_props}
     assert props["offseg.int8_target"] == "tensorrt" and props["offseg.int8_excluded"].startswith("OffsetLearning")
 
