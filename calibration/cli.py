@@ -11,6 +11,7 @@ from pathlib import Path
 
 from runtime.console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from runtime.errors import OffsegError
+from runtime.limits import check_at_least
 from runtime.output_policy import add_input, add_output
 
 VALIDATION_FILES = ("report.json", "report.md", "sample_*.png")  # what offseg-validate writes in --report
@@ -30,13 +31,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .sensitivity import sweep, worst_layers
     from .sources import calibration_inputs, data_key
 
-    if args.calib_images < 1:
-        raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
     check_onnx_name(args.output, "Q/DQ ONNX file")
-    for flag, value, least in (("--sensitivity-images", args.sensitivity_images, 1),
-                               ("--group-depth", args.group_depth, 1), ("--exclude-worst", args.exclude_worst, 0)):
-        if value < least:
-            raise OffsegError(f"{flag} must be at least {least}, got {value}")
+    check_at_least(("--calib-images", args.calib_images, 1), ("--sensitivity-images", args.sensitivity_images, 1),
+                   ("--group-depth", args.group_depth, 1), ("--exclude-worst", args.exclude_worst, 0))
     if (args.exclude_worst or args.sensitivity_json or args.sensitivity_data) and not args.sensitivity:
         raise OffsegError("--exclude-worst, --sensitivity-json and --sensitivity-data need --sensitivity")
     if args.sensitivity_data not in (None, "synthetic") and not Path(args.sensitivity_data).exists():
@@ -224,8 +221,7 @@ def _fp16_check(args: argparse.Namespace) -> int:
     from .fp16_safety import DEFAULT_TOLERANCE, check_fp16, describe_whole, markdown
     from .sources import calibration_inputs
 
-    if args.calib_images < 1:
-        raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
+    check_at_least(("--calib-images", args.calib_images, 1))
     height, width = args.input_size
     check_input_size(height, width)
     model, name = build_from_checkpoint(args.checkpoint, args.model)

@@ -10,10 +10,12 @@ from pathlib import Path
 from offseg.names import DATASET_NAMES, MODEL_NAMES
 from runtime.console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from runtime.errors import OffsegError
-from runtime.limits import check_input_size
+from runtime.limits import check_at_least, check_input_size
 from runtime.output_policy import add_input, add_output
 
 from .bench import BACKENDS, BENCH_DESCRIPTION, format_report, run_bench
+
+PIPELINE_FRAMES = 60  # offseg-bench --pipeline-frames default
 
 BENCH_FILES = ("*.onnx", "*.plan", "*.plan.json", "bench-*")  # what offseg-bench writes in --work-dir
 
@@ -57,8 +59,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         train_args = tuple(shlex.split(args.train_args))
     except ValueError as error:  # an unclosed quote
         raise OffsegError(f"--train-args {args.train_args!r}: {error} (quote it as a shell would)") from None
-    if args.eval_images is not None and args.eval_images < 1:
-        raise OffsegError(f"--eval-images must be at least 1, got {args.eval_images}")
+    check_at_least(("--eval-images", args.eval_images, 1))
     config = ReproduceConfig(dataset=args.dataset, model=args.model, data_root=args.data_root, work_dir=args.work_dir,
                              gpus=args.gpus, pretrained_backbone=args.pretrained_backbone,
                              train_args=train_args, eval_images=args.eval_images,
@@ -95,9 +96,14 @@ def reproduce_main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.iters < 1 or args.batch_size < 1 or args.warmup < 0:
-        raise OffsegError("--iters and --batch-size must be at least 1, --warmup at least 0")
+    check_at_least(("--num-classes", args.num_classes, 1), ("--iters", args.iters, 1),
+                   ("--batch-size", args.batch_size, 1), ("--warmup", args.warmup, 0),
+                   ("--pipeline-frames", args.pipeline_frames, 1))
+    if args.pipeline_frames != PIPELINE_FRAMES and not args.pipeline:
+        raise OffsegError("--pipeline-frames sets the length of the --pipeline video; add --pipeline")
     check_input_size(*args.input_size)
+    if not args.backends:
+        raise OffsegError(f"--backends is empty; choose from {', '.join(BACKENDS)}")
     unknown = [b for b in args.backends if b not in BACKENDS]
     if unknown:
         raise OffsegError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
@@ -115,7 +121,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     add_input(parser, "--checkpoint", help="weights to time (default fresh weights; the speed is the "
                         "same)")
     parser.add_argument("--num-classes", type=int, default=150, help="classes of the fresh weights")
-    parser.add_argument("--backends", type=lambda s: s.split(","), default=["torch", "onnx-fp32", "onnx-int8"],
+    parser.add_argument("--backends", type=lambda s: [b.strip() for b in s.split(",") if b.strip()],
+                        default=["torch", "onnx-fp32", "onnx-int8"],
                         help=f"comma-separated, from {','.join(BACKENDS)} (default torch,onnx-fp32,onnx-int8)")
     parser.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
                         help="input size, multiples of 32")
@@ -123,7 +130,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per backend (they measure its memory)")
     parser.add_argument("--iters", type=int, default=20, help="timed rounds (each backend once per round)")
     parser.add_argument("--pipeline", action="store_true", help="also offseg-run FPS vs bare inference FPS")
-    parser.add_argument("--pipeline-frames", type=int, default=60, help="frames of the --pipeline video")
+    parser.add_argument("--pipeline-frames", type=int, default=PIPELINE_FRAMES, help="frames of the --pipeline video")
     add_output(parser, "--work-dir", folder=True, names=BENCH_FILES, default=Path("offseg-bench"),
                         help="cached exports (default ./offseg-bench)")
     add_output(parser, "--json", help="write the figures as JSON")

@@ -15,6 +15,7 @@ from runtime.backends import LABEL_DTYPES, LAYOUTS, OUTPUT_KINDS
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.device import module_installed
 from runtime.errors import OffsegError
+from runtime.limits import check_at_least
 from runtime.output_policy import Output, add_input, add_output
 from runtime.preprocess import INPUT_FORMATS, INPUT_LAYOUTS
 
@@ -65,7 +66,7 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
                               f"({model.num_classes} classes); drop the option or use another checkpoint")
     else:
         name = args.model or "offseg-t"
-        model = build_model(name, args.num_classes or 150).eval()
+        model = build_model(name, 150 if args.num_classes is None else args.num_classes).eval()
         print(f"WARNING: no --checkpoint given: exporting {name} with RANDOM, UNTRAINED weights. Its predictions "
               "are noise; the files are for speed tests only (the metadata says so too). Pass --checkpoint PATH "
               "for a real model.", file=sys.stderr, flush=True)
@@ -136,8 +137,7 @@ def _check_inputs(args: argparse.Namespace) -> str | None:
         if args.calib_data is None:
             raise OffsegError("--int8 needs calibration images: --calib-data DIR (a folder of images or a video), "
                               "or --calib-data synthetic")
-        if args.calib_images < 1:
-            raise OffsegError(f"--calib-images must be at least 1, got {args.calib_images}")
+        check_at_least(("--calib-images", args.calib_images, 1))
         calib_key = data_key(args.calib_data, args.calib_images)  # raises for a missing, empty or unreadable source
     for option in ("checkpoint", "onnx"):
         path = getattr(args, option)
@@ -255,6 +255,7 @@ def _export(args: argparse.Namespace) -> int:
     from calibration.files import check_onnx_name, load_onnx, read_metadata
     from calibration.precision import check_user_rules
 
+    check_at_least(("--num-classes", args.num_classes, 1))
     if args.triton_backend != "onnxruntime" and args.format != "triton":
         raise OffsegError(f"--triton-backend {args.triton_backend} chooses what serves a --format triton repository; "
                           "add --format triton")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
+from runtime.limits import check_at_least
 from runtime.output_policy import add_input, add_output
 
 from .names import CARAFE_FORMS, DATASET_NAMES, DEVICE_HELP, MODEL_NAMES, WINDOW_BATCH
@@ -18,8 +19,7 @@ def _info(args: argparse.Namespace) -> int:
 
     from .info import format_info, model_info
     check_input_size(*args.input_size)
-    if args.num_classes < 1:
-        raise OffsegError(f"--num-classes must be at least 1, got {args.num_classes}")
+    check_at_least(("--num-classes", args.num_classes, 1))
     print(format_info(model_info(args.model, args.num_classes, tuple(args.input_size))))
     return 0
 
@@ -123,10 +123,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, mean_accuracy
     from .models.carafe import check_carafe_form, forced_form
     from .protocol import TestProtocol
-    if args.window_batch < 1:  # before the checkpoint and the dataset are read
-        raise OffsegError(f"--window-batch must be at least 1, got {args.window_batch}")
-    if args.eval_images is not None and args.eval_images < 1:
-        raise OffsegError(f"--eval-images must be at least 1, got {args.eval_images}")
+    # before the checkpoint and the dataset are read
+    check_at_least(("--window-batch", args.window_batch, 1), ("--eval-images", args.eval_images, 1))
     protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
     device = torch_device(args.device)
     model, name = build_from_checkpoint(args.checkpoint, args.model)

@@ -26,6 +26,7 @@ from torch import nn
 
 from runtime.errors import OffsegError
 from runtime.interrupts import describe, ignore_stop_signals, signals_held, stop_signals_blocked, take
+from runtime.limits import check_at_least
 from runtime.preprocess import normalize_bgr
 from runtime.progress import Progress
 from runtime.sinks import DISK_FULL, disk_full_message, write_file
@@ -91,9 +92,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises OffsegError for a setting no run can use (call after ``recipes.with_recipe``)."""
-        for flag, value in (("--iters", self.iters), ("--batch-size", self.batch_size), ("--lr-end", self.lr_end)):
-            if value < 1:
-                raise OffsegError(f"{flag} must be at least 1, got {value}")
+        check_at_least(("--iters", self.iters, 1), ("--batch-size", self.batch_size, 1), ("--lr-end", self.lr_end, 1))
         if not self.lr > 0:
             raise OffsegError(f"--lr must be above 0, got {self.lr:g}")
         if self.crop is not None and min(self.crop) < 32:

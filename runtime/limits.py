@@ -42,6 +42,13 @@ def check_tensor_bytes(shape: tuple[int, ...] | list[int], itemsize: int, what: 
                           f"{MAX_TENSOR_BYTES / 2**30:g} GiB a tensor may take (runtime.limits.MAX_TENSOR_BYTES)")
 
 
+def check_at_least(*checks: tuple[str, int | None, int]) -> None:
+    """OffsegError for the first ``(flag, value, least)`` whose value is below ``least`` (None: not given)."""
+    for flag, value, least in checks:
+        if value is not None and value < least:
+            raise OffsegError(f"{flag} must be at least {least}, got {value}")
+
+
 def check_input_size(height: int, width: int, what: str = "--input-size") -> None:
     """OffsegError unless ``height`` x ``width`` is a model input size: positive multiples of 32 within the pixel
     limit."""

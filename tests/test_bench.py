@@ -44,9 +44,28 @@ def test_a_backends_memory_does_not_depend_on_what_ran_before(tmp_path, monkeypa
     assert report["results"]["torch-cuda"]["peak_extra_mib"] == 0.0  # a GPU row: its warm-up's in-process figure
 
 
-def test_bench_rejects_unknown_backends(tmp_path, capsys):
-    assert bench_main(["--backends", "torch,tpu", "--work-dir", str(tmp_path)]) == 2
-    assert "unknown backend(s) tpu" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--backends", "torch,tpu"], "unknown backend(s) tpu; choose from torch,"),
+    (["--backends", ","], "--backends is empty; choose from"),
+    (["--num-classes", "0"], "--num-classes must be at least 1, got 0"),
+    (["--iters", "0"], "--iters must be at least 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+    (["--pipeline", "--pipeline-frames", "0"], "--pipeline-frames must be at least 1, got 0"),
+    (["--pipeline-frames", "5"], "--pipeline-frames sets the length of the --pipeline video; add --pipeline"),
+])
+def test_bench_mistakes_are_one_sentence_before_any_work(tmp_path, capsys, argv, message):
+    assert bench_main([*argv, "--work-dir", str(tmp_path / "wd")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "wd").exists()
+
+
+def test_bench_backends_take_spaces_after_commas(tmp_path, monkeypatch):
+    import chain.cli
+    seen = []
+    monkeypatch.setattr(chain.cli, "run_bench", lambda args: seen.append(args.backends) or {})
+    monkeypatch.setattr(chain.cli, "format_report", lambda report: "")
+    assert bench_main(["--backends", "torch, onnx-fp32,", "--work-dir", str(tmp_path)]) == 0
+    assert seen == [["torch", "onnx-fp32"]]
 
 
 def _benchmark_script(name):

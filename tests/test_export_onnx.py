@@ -99,6 +99,7 @@ def test_labels_export_with_normalization_in_the_graph(tmp_path, capsys):
     (["--keep-fp32", ":Softmax"], "node-name prefix"),
     (["--opset", "17"], "opset 17 is too old"),
     (["--opset", "26"], "use 18-25"),
+    (["--num-classes", "0", "--output", "/tmp/offseg-test-0.onnx"], "--num-classes must be at least 1, got 0"),
     (["--output", "model.txt"], "name the ONNX file NAME.onnx"),
     (["--output", f"{__file__}/x.onnx"], "is a file, not a folder"),
     (["--format", "engine", "--max-size", "100", "100"], "multiples of 32"),
