@@ -11,8 +11,9 @@ from pathlib import Path
 
 from runtime.console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
 from runtime.errors import OffsegError
-from runtime.limits import check_at_least
+from runtime.limits import check_at_least, check_input_size
 from runtime.output_policy import add_input, add_output
+from runtime.progress import counted
 
 VALIDATION_FILES = ("report.json", "report.md", "sample_*.png")  # what offseg-validate writes in --report
 FP16_FILES = ("fp16_safety.json", "fp16_safety.md")  # what offseg-fp16-check writes in --report
@@ -20,16 +21,14 @@ FP16_FILES = ("fp16_safety.json", "fp16_safety.md")  # what offseg-fp16-check wr
 def _calibrate(args: argparse.Namespace) -> int:
     import onnx
 
-    from .files import check_onnx_name, load_onnx, model_info, read_metadata
-    from .precision import DEFAULT_PINS, check_user_rules
-    from .trt_support import unsupported
-
-    from runtime.progress import counted
     from runtime.sinks import write_file
 
+    from .files import check_onnx_name, load_onnx, model_info, read_metadata
+    from .precision import DEFAULT_PINS, check_user_rules
     from .quantize import QuantOptions, input_size_for_calibration, quantize_file
     from .sensitivity import sweep, worst_layers
     from .sources import calibration_inputs, data_key
+    from .trt_support import unsupported
 
     check_onnx_name(args.output, "Q/DQ ONNX file")
     check_at_least(("--calib-images", args.calib_images, 1), ("--sensitivity-images", args.sensitivity_images, 1),
@@ -151,7 +150,7 @@ def _validate(args: argparse.Namespace) -> int:
                           precision=info.precision, model=name, dataset=args.dataset, bound=bound,
                           backend=backend.description)
     summary = report["summary"]
-    print(f"{name} on {args.dataset} {args.split} ({result.images} images, {how}"
+    print(f"{name} on {args.dataset} {args.split} ({counted(result.images, 'image')}, {how}"
           f"{', labels compared' if result.labels_only else ''}): PyTorch mIoU {summary['reference_miou']:.2f}, "
           f"{artifact.name} ({info.precision}) {summary['engine_miou']:.2f}, delta {summary['miou_delta']:+.2f}, "
           f"pixel agreement {summary['pixel_agreement']:.3f}%"
@@ -214,9 +213,6 @@ def _fp16_check(args: argparse.Namespace) -> int:
     from offseg.checkpoint import build_from_checkpoint
     from offseg.names import freqfusion_form_for
     from runtime.sinks import write_file
-
-    from runtime.limits import check_input_size
-    from runtime.progress import counted
 
     from .fp16_safety import DEFAULT_TOLERANCE, check_fp16, describe_whole, markdown
     from .sources import calibration_inputs

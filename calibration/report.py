@@ -13,6 +13,7 @@ from runtime.draw import fit_text, palette_for
 from runtime.errors import OffsegError
 from runtime.metrics import IGNORE_INDEX
 from runtime.palettes import colorize
+from runtime.progress import counted
 from runtime.sinks import write_file, write_image
 
 from .validate import Comparison
@@ -109,7 +110,8 @@ def write_report(folder: Path, result: Comparison, classes: tuple[str, ...], pal
     pictures = [write_image(folder / f"sample_{i}.png", side_by_side(*sample, palette, classes, engine_title)).name
                 for i, sample in enumerate(result.samples)]
     lines = [f"# Validation: {about.get('engine')} ({about.get('precision')}) vs PyTorch", "",
-             f"Model {about.get('model')}, dataset {about.get('dataset')}, {result.images} images, {result.mode} "
+             f"Model {about.get('model')}, dataset {about.get('dataset')}, {counted(result.images, 'image')}, "
+             f"{result.mode} "
              f"inference{' (labels or probabilities out: labels compared)' if result.labels_only else ''}, "
              f"backend {about.get('backend')}.", "",
              "| | mIoU | aAcc | s/image |", "|---|---|---|---|",

@@ -34,7 +34,7 @@ from runtime.sinks import DISK_FULL, disk_full_message, write_file
 from .checkpoint import extract_state_dict, load_state, read_file, serialize
 from .compiling import check_compile_backend
 from .data import synthetic
-from .data.datasets import LAYOUTS, SegmentationDataset
+from .data.datasets import LAYOUTS, SegmentationDataset, check_data_root
 from .data.transforms import TrainTransform, pad_batch
 from .evaluate import evaluate, mean_accuracy
 from .head_init import init_head_like_official
@@ -92,6 +92,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises OffsegError for a setting no run can use (call after ``recipes.with_recipe``)."""
+        check_data_root(self.dataset, self.data_root)
         check_at_least(("--iters", self.iters, 1), ("--batch-size", self.batch_size, 1), ("--lr-end", self.lr_end, 1))
         if not self.lr > 0:
             raise OffsegError(f"--lr must be above 0, got {self.lr:g}")

@@ -178,5 +178,7 @@ def test_a_validation_gate_that_measured_nothing_fails(onnx_model, tmp_path, cap
     common = ["--engine", str(onnx_path), "--checkpoint", str(checkpoint), "--report", str(tmp_path / "r")]
     assert validate_main([*common, "--eval-images", "0"]) == 2
     assert "--eval-images must be at least 1" in capsys.readouterr().err
+    assert validate_main([*common, "--data-root", str(root)]) == 2  # --dataset left at synthetic
+    assert "is given but --dataset is synthetic" in capsys.readouterr().err
     assert validate_main([*common, "--dataset", "folder", "--data-root", str(root)]) == 2
     assert "nothing to score" in capsys.readouterr().err

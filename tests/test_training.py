@@ -297,10 +297,13 @@ def test_train_refuses_a_compile_backend_or_carafe_form_it_cannot_run(tmp_path, 
     (["--seed", "-1"], "--seed must be from 0 to 2**32 - 1, got -1"),
     (["--iters", "0"], "--iters must be at least 1, got 0"),
     (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--data-root", "DATA"], "is given but --dataset is synthetic (built-in scenes, no files): add --dataset (ade20k,"),
+    (["--dataset", "cityscapes"], "--data-root is required for cityscapes"),
 ])
 def test_bad_training_settings_are_one_sentence_before_anything_starts(tmp_path, capsys, argv, message):
     """They used to start a run (--lr 0: 160,000 iterations), or fail in it with a traceback (--lr -1, --crop 0 512,
     --workers -1, --seed -1)."""
+    argv = [str(tmp_path) if a == "DATA" else a for a in argv]
     assert train_main(["--work-dir", str(tmp_path / "w"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "w").exists()

@@ -154,6 +154,16 @@ class LabelsOutOfRange(OffsegError):
         super().__init__(message.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1])
 
 
+def check_data_root(name: str, root) -> None:
+    """OffsegError for a dataset on disk without ``--data-root``, or a root given for the built-in synthetic scenes
+    (``--dataset`` left at its default: the run would not read the folder)."""
+    if name == "synthetic" and root is not None:
+        raise OffsegError(f"--data-root {root} is given but --dataset is synthetic (built-in scenes, no files): add "
+                          f"--dataset ({', '.join(n for n in LAYOUTS if n != 'synthetic')}), or drop --data-root")
+    if name != "synthetic" and root is None:
+        raise OffsegError(f"--data-root is required for {name}")
+
+
 class SegmentationDataset:
     """Image/label pairs of one split; ``transform(image, labels)`` is applied on access.
 
@@ -176,13 +186,12 @@ class SegmentationDataset:
         if name != "folder" and split not in self.layout.splits:
             raise OffsegError(f"{name} has no split {split!r} (splits: {', '.join(self.layout.splits)})")
         self.lut = _train_id_lut(self.layout)
+        check_data_root(name, root)
         if name == "synthetic":
             self.pairs, self.classes = [], synthetic.CLASSES
             self.length, self.size = length, size
             self.seed_base = 0 if split == "train" else 1_000_000
             return
-        if root is None:
-            raise OffsegError(f"--data-root is required for {name}")
         root = _require_dir(Path(root), f"{name} root")
         self.pairs = PAIRS[name](root, split)
         self.classes = folder_classes(root) if name == "folder" else DATASET_CLASSES[name]
