@@ -224,7 +224,10 @@ def reproduce(config: ReproduceConfig, dry_run: bool = False) -> ReproduceReport
     """Run (or with ``dry_run`` print) the sequence; writes report.md and report.json; returns the report."""
     if config.gpus < 1:
         raise OffsegError(f"--gpus must be at least 1, got {config.gpus}")
-    if config.dataset != "synthetic" and not config.data_root:
+    if config.dataset == "synthetic":
+        from offseg.data.datasets import check_data_root
+        check_data_root(config.dataset, config.data_root)
+    elif not config.data_root:
         if not dry_run:
             raise OffsegError(f"--data-root is required for {config.dataset}")
         print(f"note: the commands below say DATA_ROOT where the run needs --data-root (the {config.dataset} folder)",

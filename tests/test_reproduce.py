@@ -47,7 +47,9 @@ def test_dry_run_prints_the_sequence_on_n_gpus(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [(["--gpus", "0"], "--gpus must be at least 1"),
                                            (["--dataset", "ade20k"], "--data-root is required for ade20k"),
                                            (["--train-args", '--iters 5 "'], "No closing quotation"),
-                                           (["--eval-images", "0", "--dry-run"], "--eval-images must be at least 1")])
+                                           (["--eval-images", "0", "--dry-run"], "--eval-images must be at least 1"),
+                                           (["--dataset", "synthetic", "--data-root", ".", "--dry-run"],
+                                            "--data-root . is given but --dataset is synthetic")])
 def test_reproduce_mistakes_give_one_clear_line(tmp_path, capsys, argv, message):
     assert reproduce_main(["--work-dir", str(tmp_path)] + argv) == 2
     err = capsys.readouterr().err
