@@ -23,6 +23,9 @@ from offseg.names import FREQFUSION_CHOICES, MODEL_NAMES, freqfusion_form_for
 
 from .opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
+BUILD_ONLY = ("workspace", "dla_core", "opt_level", "timing_cache", "version_compatible", "hardware_compatible", "tf32",
+              "min_size", "opt_size", "max_size", "trt_module")  # destinations of the TensorRT builder's options
+
 
 def _size(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.1f} MB"
@@ -125,6 +128,33 @@ def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path, calib_key:
         return
     print(f"wrote {_shown(args, path)} ({_size(path)}): Q/DQ INT8 for TensorRT, {stats}")
     _report_support(path)
+
+
+def _check_unused_options(args: argparse.Namespace) -> None:
+    """An option that the chosen output would ignore: one sentence naming it and what it applies to."""
+    def given(dest: str) -> bool:
+        value, default = getattr(args, dest), args.defaults[dest]
+        return (tuple(value) if isinstance(value, list) else value) != default
+
+    tensorrt = args.format == "engine" or (args.format == "triton" and args.triton_backend == "tensorrt")
+    unused = [f"--{dest.replace('_', '-')}" for dest in BUILD_ONLY if not tensorrt and given(dest)]
+    if unused:
+        raise OffsegError(f"{', '.join(unused)} set{'' if len(unused) > 1 else 's'} how a TensorRT engine is built, "
+                          f"and --format {args.format} builds none: add --format engine (or --format triton "
+                          "--triton-backend tensorrt), or drop " + ("them" if len(unused) > 1 else "it"))
+    if given("max_batch") and args.format not in ("engine", "triton"):
+        raise OffsegError(f"--max-batch sets a TensorRT engine's or a Triton model's batch; --format {args.format} "
+                          "takes none (an ONNX file's batch is fixed, or free with --dynamic): drop it")
+    if (args.calib_data is not None or given("calib_images")) and not args.int8:
+        raise OffsegError("--calib-data and --calib-images calibrate an --int8 build; add --int8, or drop them")
+    if args.int8 and args.format == "deepstream":
+        raise OffsegError("--format deepstream packages an FP32 or --fp16 model (nvinfer's network-mode 0 or 2); for "
+                          "INT8 build an engine with --format engine --int8 and point the package's model-engine-file "
+                          "at it")
+    if (args.fp16 or args.int8) and args.format == "triton" and args.triton_backend != "tensorrt":
+        raise OffsegError(f"--triton-backend {args.triton_backend} serves the FP32 ONNX model; for "
+                          f"{'--fp16' if args.fp16 else '--int8'} use --triton-backend tensorrt (built on the GPU host "
+                          "that serves it)")
 
 
 def _check_inputs(args: argparse.Namespace) -> str | None:
@@ -256,6 +286,7 @@ def _export(args: argparse.Namespace) -> int:
     from calibration.precision import check_user_rules
 
     check_at_least(("--num-classes", args.num_classes, 1))
+    _check_unused_options(args)
     if args.triton_backend != "onnxruntime" and args.format != "triton":
         raise OffsegError(f"--triton-backend {args.triton_backend} chooses what serves a --format triton repository; "
                           "add --format triton")
@@ -413,4 +444,6 @@ def main(argv: list[str] | None = None) -> int:
                           "only TensorRT-RTX's own runtime runs, not offseg-run; it builds on a CPU-only machine)")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--calib-samples": "--calib-images"})
+    parser.set_defaults(defaults={dest: parser.get_default(dest)
+                                  for dest in (*BUILD_ONLY, "max_batch", "calib_images")})
     return run(_export, parser, argv, outputs=_outputs)

@@ -110,6 +110,29 @@ def test_user_mistakes_give_one_clear_line(capsys, argv, message):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--workspace", "512"], "--workspace sets how a TensorRT engine is built, and --format onnx builds none"),
+    (["--tf32", "--opt-size", "256", "256"], "--tf32, --opt-size set how a TensorRT engine is built"),
+    (["--format", "deepstream", "--dla-core", "0"], "--format deepstream builds none"),
+    (["--format", "triton", "--trt-module", "tensorrt_rtx"], "--trt-module sets how a TensorRT engine is built"),
+    (["--max-batch", "4"], "--max-batch sets a TensorRT engine's or a Triton model's batch; --format onnx takes none"),
+    (["--calib-data", "synthetic"], "--calib-data and --calib-images calibrate an --int8 build; add --int8"),
+    (["--calib-images", "8"], "--calib-data and --calib-images calibrate an --int8 build"),
+    (["--format", "deepstream", "--int8", "--calib-data", "synthetic"], "--format deepstream packages an FP32 or"),
+    (["--format", "triton", "--fp16"], "--triton-backend onnxruntime serves the FP32 ONNX model; for --fp16 use"),
+    (["--format", "triton", "--triton-backend", "python", "--int8", "--calib-data", "synthetic"],
+     "--triton-backend python serves the FP32 ONNX model; for --int8 use --triton-backend tensorrt"),
+])
+def test_an_option_the_output_would_ignore_is_refused_before_the_export(tmp_path, capsys, monkeypatch, argv, message):
+    """They used to be ignored: e.g. --workspace with an ONNX output, --fp16 with a Triton ONNX Runtime repository
+    (it served FP32), --int8 with a DeepStream package."""
+    import export.cli
+    monkeypatch.setattr(export.cli, "_export_torch", lambda *_: pytest.fail("exported before the check"))
+    assert export_main([*argv, "--output", str(tmp_path / ("out" if "--format" in argv else "m.onnx"))]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_a_tensorrt_triton_repository_without_tensorrt_fails_before_the_export(tmp_path, capsys, monkeypatch):
     import export.cli
     monkeypatch.setattr(export.cli, "module_installed", lambda name: False)
