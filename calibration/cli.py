@@ -218,12 +218,14 @@ def _fp16_check(args: argparse.Namespace) -> int:
     from .sources import calibration_inputs
 
     check_at_least(("--calib-images", args.calib_images, 1))
+    if args.tolerance is not None and not 0 < args.tolerance < math.inf:
+        raise OffsegError(f"--tolerance must be a relative error above 0, e.g. 0.001, got {args.tolerance:g}")
     height, width = args.input_size
     check_input_size(height, width)
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     inputs = calibration_inputs(args.calib_data, args.calib_images, (height, width))
     form = freqfusion_form_for(args.freqfusion_form, "engine")  # auto: what engines get
-    report = check_fp16(model, inputs, args.tolerance or DEFAULT_TOLERANCE, progress=not args.debug,
+    report = check_fp16(model, inputs, DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance, progress=not args.debug,
                         freqfusion_form=form)
     args.report.mkdir(parents=True, exist_ok=True)
     for file, text in (("fp16_safety.json", json.dumps(report.to_json(), indent=2)),

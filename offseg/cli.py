@@ -126,9 +126,12 @@ def _eval(args: argparse.Namespace) -> int:
     # before the checkpoint and the dataset are read
     check_at_least(("--window-batch", args.window_batch, 1), ("--eval-images", args.eval_images, 1))
     protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
+    if args.window_batch != WINDOW_BATCH and protocol.mode != "slide":
+        raise OffsegError(f"--window-batch batches the windows of slide inference, and {args.dataset}'s test runs "
+                          f"{protocol.mode} images: add --mode slide, or drop --window-batch")
     device = torch_device(args.device)
-    model, name = build_from_checkpoint(args.checkpoint, args.model)
     dataset = SegmentationDataset(args.dataset, args.data_root, args.split)
+    model, name = build_from_checkpoint(args.checkpoint, args.model)
     if dataset.num_classes != model.num_classes:
         raise OffsegError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.dataset} has "
                           f"{dataset.num_classes}")

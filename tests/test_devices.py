@@ -50,6 +50,10 @@ def test_eval_prints_its_device_and_refuses_an_unknown_one(checkpoint, tmp_path,
     assert err.startswith("error: --device 'tpu'") and len(err.strip().splitlines()) == 1
     assert eval_main(["--checkpoint", str(checkpoint), "--device", "cpu", "--window-batch", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --window-batch must be at least 1, got 0"
+    assert eval_main(["--checkpoint", str(checkpoint), "--device", "cpu", "--window-batch", "2"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --window-batch batches the windows of slide inference, and "
+                                               "synthetic's test runs whole images: add --mode slide, or drop "
+                                               "--window-batch")
     assert eval_main(["--checkpoint", str(checkpoint), "--device", "cpu", "--cuda-graphs"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --cuda-graphs needs a CUDA device; this run is on cpu (")

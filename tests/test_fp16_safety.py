@@ -224,6 +224,9 @@ def test_cli_writes_the_report_and_suggests_flags(checkpoint, tmp_path, capsys):
     (["--input-size", "100", "100"], "positive multiples of 32"),
     (["--calib-images", "0"], "--calib-images must be at least 1"),
     (["--calib-data", "missing-folder"], "does not exist"),
+    (["--tolerance", "-1"], "--tolerance must be a relative error above 0, e.g. 0.001, got -1"),
+    (["--tolerance", "nan"], "--tolerance must be a relative error above 0, e.g. 0.001, got nan"),
+    (["--tolerance", "0"], "--tolerance must be a relative error above 0, e.g. 0.001, got 0"),
 ])
 def test_user_mistakes_give_one_clear_line(checkpoint, capsys, argv, message):
     assert fp16_check_main(["--checkpoint", str(checkpoint), *argv]) == 2
