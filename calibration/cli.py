@@ -225,8 +225,8 @@ def _fp16_check(args: argparse.Namespace) -> int:
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     inputs = calibration_inputs(args.calib_data, args.calib_images, (height, width))
     form = freqfusion_form_for(args.freqfusion_form, "engine")  # auto: what engines get
-    report = check_fp16(model, inputs, DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance, progress=not args.debug,
-                        freqfusion_form=form)
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    report = check_fp16(model, inputs, tolerance, progress=not args.debug, freqfusion_form=form)
     args.report.mkdir(parents=True, exist_ok=True)
     for file, text in (("fp16_safety.json", json.dumps(report.to_json(), indent=2)),
                        ("fp16_safety.md", markdown(report, name))):

@@ -297,7 +297,7 @@ def test_train_refuses_a_compile_backend_or_carafe_form_it_cannot_run(tmp_path, 
     (["--seed", "-1"], "--seed must be from 0 to 2**32 - 1, got -1"),
     (["--iters", "0"], "--iters must be at least 1, got 0"),
     (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    (["--data-root", "DATA"], "is given but --dataset is synthetic (built-in scenes, no files): add --dataset (ade20k,"),
+    (["--data-root", "DATA"], "is given but --dataset is synthetic (built-in scenes, no files): add --dataset"),
     (["--dataset", "cityscapes"], "--data-root is required for cityscapes"),
 ])
 def test_bad_training_settings_are_one_sentence_before_anything_starts(tmp_path, capsys, argv, message):

@@ -25,9 +25,9 @@ def choose_providers(available: list[str], requested: list[str] | None = None) -
 
 
 # ONNX Runtime 1.32 on a Q/DQ model of opset 21 or newer: QDQPropagationTransformer writes QuantizeLinear nodes with
-# output_dtype INT8, QDQS8ToU8Transformer then gives them a UINT8 zero point, and the session fails to load ("output_dtype
-# INT8 does not match y_zero_point type UINT8"; microsoft/onnxruntime#25526 is the same check). Without the propagation
-# it loads with the same labels and, measured on OffSeg-T 256x256 INT8 on the CPU, at the same speed.
+# output_dtype INT8, QDQS8ToU8Transformer then gives them a UINT8 zero point, and the session fails to load
+# ("output_dtype INT8 does not match y_zero_point type UINT8"; microsoft/onnxruntime#25526 is the same check). Without
+# the propagation it loads with the same labels and, measured on OffSeg-T 256x256 INT8 on the CPU, at the same speed.
 ORT_QDQ_WORKAROUND = ["QDQPropagationTransformer"]
 
 
