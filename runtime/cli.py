@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 ROS_NAMESPACE = "/offseg"
 ROS_NAME = re.compile(r"(/?[A-Za-z_][A-Za-z0-9_]*)(/[A-Za-z_][A-Za-z0-9_]*)*|/?")  # a namespace; "" or "/": the root
 MAX_CAMERAS = 256  # V4L2 video device numbers (/dev/videoN) stop at 255 (the Linux kernel's VIDEO_NUM_DEVICES)
+ALPHA = 0.5  # --alpha default
 RECONNECTS = 5  # --reconnects and --stall-timeout defaults
 STALL_SECONDS = 5.0
 BACKEND_OPTIONS = (  # flag, attribute, default, the model suffixes it applies to, what they are
@@ -44,6 +45,7 @@ def _check_arguments(args: argparse.Namespace):
         parse_url(args.triton)
     _check_backend_options(args)
     _check_live_options(args)
+    _check_drawing_options(args)
     if args.fps is not None and not args.fps > 0:
         raise OffsegError(f"--fps must be above 0, got {args.fps:g}")
     if not 0 <= args.alpha <= 1:
@@ -104,6 +106,21 @@ def _check_live_options(args: argparse.Namespace) -> None:
         if value != default and not live:
             raise OffsegError(f"{flag} applies to a camera or stream (--camera, --stream, --gst, --csi-camera), "
                               f"which can drop; a file, folder or bag cannot: remove {flag}")
+
+
+def _check_drawing_options(args: argparse.Namespace) -> None:
+    """Options of the annotated frames, given for a run that writes or shows none."""
+    drawn = bool(args.output or args.show)
+    frames, add = "the --output video and --show window", "--output VIDEO or --show"
+    for flag, given, used, where, needed in (
+            ("--legend", args.legend, drawn, frames, add),
+            ("--no-overlay-text", args.no_overlay_text, drawn, frames, add),
+            ("--alpha", args.alpha != ALPHA, drawn or bool(args.rosbag_out),
+             "the --output video, --show window and --rosbag-out overlays", add),
+            ("--fps", args.fps is not None, bool(args.output), "the --output video", "--output VIDEO")):
+        if given and not used:
+            raise OffsegError(f"{flag} only changes {where}, and this run writes or shows none: drop {flag}, or add "
+                              f"{needed}")
 
 
 def _reads_gstreamer(args: argparse.Namespace) -> bool:
@@ -310,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                         "batch)")
     parser.add_argument("--resize", choices=RESIZE_POLICIES, default="letterbox",
                         help="fitting frames to a fixed-size model (default letterbox: keeps the aspect ratio)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    parser.add_argument("--alpha", type=float, default=ALPHA, help="overlay opacity (default 0.5)")
     parser.add_argument("--legend", action="store_true", help="draw the classes present in each frame")
     parser.add_argument("--no-overlay-text", action="store_true", help="no FPS/latency text on the frames")
     parser.add_argument("--fps", type=float, help="output fps when the input does not say (default 30)")

@@ -148,6 +148,11 @@ def test_interrupt_finalizes_the_video(models, video, tmp_path):
     (["--video", "VIDEO", "--cuda", "pycuda"], "--cuda applies to a TensorRT engine (.plan), not to"),
     (["--engine", "m.pth", "--video", "VIDEO", "--providers", "CPUExecutionProvider"],
      "--providers applies to an .onnx model (ONNX Runtime), not to m.pth: remove --providers"),
+    (["--video", "VIDEO", "--legend", "--summary", "s.json"],
+     "--legend only changes the --output video and --show window, and this run writes or shows none: drop --legend"),
+    (["--video", "VIDEO", "--no-overlay-text"], "--no-overlay-text only changes the --output video and --show"),
+    (["--video", "VIDEO", "--alpha", "0.8", "--save-masks", "FOLDER"], "--show window and --rosbag-out overlays, and"),
+    (["--video", "VIDEO", "--fps", "10", "--save-masks", "FOLDER"], "--fps only changes the --output video, and this"),
 ])
 def test_user_mistakes_give_one_clear_line(models, video, tmp_path, capsys, argv, message):
     image = tmp_path / "one.png"
