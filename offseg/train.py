@@ -321,11 +321,15 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
                                   size=config.synthetic_size, strict_labels=True)
     model = build_model(config.model, dataset.num_classes)
     init_head_like_official(model.head)
-    if config.init_checkpoint:
+    starting = config.init_checkpoint or config.pretrained_backbone
+    if config.resume and starting:  # latest.pth holds the run's weights, which started from these
+        if run.main:
+            log.info("resuming from %s: its weights replace %s, which is not read again", latest, starting)
+    elif config.init_checkpoint:
         reset = init_from_checkpoint(model, config.init_checkpoint)
         if reset and run.main:
             log.info("fine-tuning to %d classes: re-initialised %s", dataset.num_classes, ", ".join(reset))
-    if config.pretrained_backbone:
+    elif config.pretrained_backbone:
         load_pretrained_backbone(model, config.pretrained_backbone)
     steps = accumulation_steps(config, run.world)
     amp = config.amp and run.device.type == "cuda"

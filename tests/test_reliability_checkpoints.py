@@ -55,6 +55,20 @@ def test_resume_without_a_checkpoint_is_one_sentence_and_makes_no_folder(tmp_pat
     assert not (tmp_path / "typo").exists()
 
 
+def test_resume_keeps_latest_pth_and_does_not_read_the_starting_weights_again(tmp_path, caplog):
+    """--resume with --checkpoint (or --pretrained-backbone, as offseg-reproduce passes it on every re-run): the run's
+    own weights are in latest.pth; the starting file is not loaded again (here it is no longer a checkpoint)."""
+    import logging
+    start = tmp_path / "start.pth"
+    save_checkpoint(build_model("offseg-t", 9), start, "offseg-t")
+    assert train_main([*TRAIN, "--work-dir", str(tmp_path / "w"), "--checkpoint", str(start)]) == 0
+    start.write_bytes(b"replaced since")
+    with caplog.at_level(logging.INFO):
+        assert train_main([*TRAIN[:1], "2", *TRAIN[2:], "--work-dir", str(tmp_path / "w"), "--resume",
+                           "--checkpoint", str(start)]) == 0
+    assert f"its weights replace {start}, which is not read again" in caplog.text
+
+
 def test_a_planted_latest_pth_never_runs_in_the_demo(tmp_path, capsys):
     marker = tmp_path / "pwned"
     plant(tmp_path / "demo" / "train" / "latest.pth", marker)
