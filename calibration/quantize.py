@@ -195,7 +195,7 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
     excluded = pinned_nodes(flat, options.exclude) + list(options.extra_exclude_nodes)
     cached = options.cache is not None and Path(options.cache).is_file()
     input_size = input_size_for_calibration(meta, flat)
-    key = ranges_key(source, options.method, options.op_types, input_size)
+    key = ranges_key(source, options.method, options.op_types, input_size, data_key(calib_data, options.samples))
     if cached:
         check_ranges(options.cache, key)
     info = model_info(flat, source)

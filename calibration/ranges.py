@@ -1,5 +1,6 @@
 """The calibration ranges cache (``offseg-calibrate --cache``): ONNX Runtime's ranges file with a record of what
-the ranges were computed for (the FP32 source file, method, calibrated op types, input size). A cache is reused only
+the ranges were computed for (the FP32 source file, method, calibrated op types, input size, calibration images). A
+cache is reused only
 when that record matches and its ranges have ONNX Runtime's shape; anything else is one sentence, never a silent
 reuse or a traceback from deep inside the quantizer."""
 from __future__ import annotations
@@ -16,10 +17,12 @@ CACHE_FORMAT = "offseg-calibration-ranges/1"
 RANGE_FIELDS = {"avg", "std", "lowest", "highest", "hist", "hist_edges", "bins", "CLS"}  # ORT's TensorData
 
 
-def ranges_key(source: Path, method: str, op_types: tuple[str, ...], input_size: tuple[int, int]) -> dict:
-    """What a cache records and must match: the ranges of ``source`` (by content) for this calibration."""
+def ranges_key(source: Path, method: str, op_types: tuple[str, ...], input_size: tuple[int, int],
+               images: str) -> dict:
+    """What a cache records and must match: the ranges of ``source`` (by content) for this calibration (``images``:
+    ``sources.data_key`` of the calibration images)."""
     return {"format": CACHE_FORMAT, "source_onnx_sha256": file_sha256(source), "method": method,
-            "op_types": list(op_types), "input_size": list(input_size)}
+            "op_types": list(op_types), "input_size": list(input_size), "images": images}
 
 
 def write_ranges(ort_ranges: Path, cache: Path, key: dict) -> None:
@@ -49,6 +52,9 @@ def check_ranges(cache: Path, key: dict) -> None:
         if recorded.get(field) != key[field]:
             raise OffsegError(f"calibration cache {cache} was made with {what} {_shown(recorded.get(field))}, this "
                               f"calibration uses {_shown(key[field])}: {redo}")
+    if recorded.get("images") != key["images"]:
+        raise OffsegError(f"calibration cache {cache} was made from other calibration images (another --calib-data "
+                          f"or --calib-images, or the files changed since): {redo}")
     data = content.get("data")
     if not isinstance(data, dict) or not data or not all(
             isinstance(name, str) and isinstance(ranges, dict) and set(ranges) <= RANGE_FIELDS

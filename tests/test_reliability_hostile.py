@@ -2,6 +2,8 @@
 is checked where it is read, and sizes taken from files are bounded before anything is allocated."""
 import json
 
+import cv2
+import numpy as np
 import pytest
 
 from runtime.errors import OffsegError
@@ -155,6 +157,8 @@ def test_a_calibration_cache_of_the_same_model_and_method_is_reused(calibration_
     ("another model", r"holds the ranges of another model \(not of this ONNX file"),
     ("another method", r"was made with calibration method minmax, this calibration uses entropy"),
     ("another input size", r"was made with input size 64 64, this calibration uses 32 32"),
+    ("more images", r"was made from other calibration images \(another --calib-data or --calib-images"),
+    ("other images", r"was made from other calibration images"),
     ("ORT's own cache", r"was not written by offseg-calibrate"),
     ("a JSON list", r"was not written by offseg-calibrate"),
     ("not JSON", r"is not a ranges file of offseg-calibrate \(Expecting"),
@@ -176,9 +180,15 @@ def test_a_calibration_cache_of_the_wrong_kind_is_one_sentence(calibration_case,
         edits[case](content)
     cache.write_text({"a JSON list": "[1]", "not JSON": "{"}.get(case, json.dumps(content)))
     run_on = other if case == "another model" else source
-    run_options = replace(options, method="entropy") if case == "another method" else options
+    run_options = {"another method": replace(options, method="entropy"),
+                   "more images": replace(options, samples=3)}.get(case, options)
+    data = "synthetic"
+    if case == "other images":  # a folder of calibration images instead of the synthetic scenes
+        data = source.parent / "images"
+        data.mkdir()
+        cv2.imwrite(str(data / "a.png"), np.full((32, 32, 3), 90, np.uint8))
     with pytest.raises(OffsegError, match=message):
-        quantize_file(run_on, run_on.with_name("out.onnx"), "synthetic", run_options)
+        quantize_file(run_on, run_on.with_name("out.onnx"), data, run_options)
     assert not run_on.with_name("out.onnx").exists()
 
 
