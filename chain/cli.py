@@ -16,6 +16,8 @@ from runtime.output_policy import add_input, add_output
 from .bench import BACKENDS, BENCH_DESCRIPTION, format_report, run_bench
 
 PIPELINE_FRAMES = 60  # offseg-bench --pipeline-frames default
+# offseg-train flags offseg-reproduce sets itself: the later steps read what they name
+REPRODUCE_OWNS = ("--model", "--dataset", "--data-root", "--work-dir", "--pretrained-backbone", "--resume")
 
 BENCH_FILES = ("*.onnx", "*.plan", "*.plan.json", "bench-*")  # what offseg-bench writes in --work-dir
 
@@ -59,7 +61,17 @@ def _reproduce(args: argparse.Namespace) -> int:
         train_args = tuple(shlex.split(args.train_args))
     except ValueError as error:  # an unclosed quote
         raise OffsegError(f"--train-args {args.train_args!r}: {error} (quote it as a shell would)") from None
+    for token in train_args:
+        name = token.split("=", 1)[0]
+        owned = [flag for flag in REPRODUCE_OWNS if name.startswith("--") and len(name) > 2 and flag.startswith(name)]
+        if owned:
+            raise OffsegError(f"--train-args {token}: offseg-reproduce sets {owned[0]} itself (the evaluation, export "
+                              f"and validation read what it names): give offseg-reproduce {owned[0]} instead"
+                              if owned[0] != "--resume" else f"--train-args {token}: a re-run of offseg-reproduce "
+                              "resumes its training by itself")
     check_at_least(("--eval-images", args.eval_images, 1))
+    if args.input_size:
+        check_input_size(*args.input_size)
     config = ReproduceConfig(dataset=args.dataset, model=args.model, data_root=args.data_root, work_dir=args.work_dir,
                              gpus=args.gpus, pretrained_backbone=args.pretrained_backbone,
                              train_args=train_args, eval_images=args.eval_images,
@@ -92,7 +104,17 @@ def reproduce_main(argv: list[str] | None = None) -> int:
                         "(default the dataset's crop, the sliding window)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     add_common_options(parser)
-    return run(_reproduce, parser, argv)
+    return run(_reproduce, parser, _train_args_joined(sys.argv[1:] if argv is None else argv))
+
+
+def _train_args_joined(argv: list[str]) -> list[str]:
+    """``--train-args X`` as ``--train-args=X``: argparse takes a value that looks like one flag (``--amp``) for an
+    option of its own and says "expected one argument"."""
+    joined, rest = [], iter(argv)
+    for token in rest:
+        following = next(rest, None) if token == "--train-args" else None
+        joined.append(token if following is None else f"--train-args={following}")
+    return joined
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -44,12 +44,28 @@ def test_dry_run_prints_the_sequence_on_n_gpus(tmp_path, capsys):
     assert "DATA_ROOT" in printed.err
 
 
+def test_train_args_may_be_one_flag(tmp_path, capsys):
+    """argparse took a lone flag after --train-args for an option of offseg-reproduce ("expected one argument")."""
+    assert reproduce_main(["--dataset", "synthetic", "--dry-run", "--work-dir", str(tmp_path), "--train-args",
+                           "--amp"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("--work-dir " + str(tmp_path / "train") + " --amp")
+
+
 @pytest.mark.parametrize("argv, message", [(["--gpus", "0"], "--gpus must be at least 1"),
                                            (["--dataset", "ade20k"], "--data-root is required for ade20k"),
                                            (["--train-args", '--iters 5 "'], "No closing quotation"),
                                            (["--eval-images", "0", "--dry-run"], "--eval-images must be at least 1"),
                                            (["--dataset", "synthetic", "--data-root", ".", "--dry-run"],
-                                            "--data-root . is given but --dataset is synthetic")])
+                                            "--data-root . is given but --dataset is synthetic"),
+                                           (["--dataset", "synthetic", "--dry-run", "--train-args",
+                                             "--iters 5 --dataset=cityscapes"],
+                                            "--train-args --dataset=cityscapes: offseg-reproduce sets --dataset itself"),
+                                           (["--dataset", "synthetic", "--dry-run", "--train-args", "--work=x"],
+                                            "--train-args --work=x: offseg-reproduce sets --work-dir itself"),
+                                           (["--dataset", "synthetic", "--dry-run", "--train-args", "--resume"],
+                                            "resumes its training by itself"),
+                                           (["--dataset", "synthetic", "--dry-run", "--input-size", "100", "100"],
+                                            "--input-size 100 100: both sides must be positive multiples of 32")])
 def test_reproduce_mistakes_give_one_clear_line(tmp_path, capsys, argv, message):
     assert reproduce_main(["--work-dir", str(tmp_path)] + argv) == 2
     err = capsys.readouterr().err
