@@ -25,6 +25,8 @@ from .opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 BUILD_ONLY = ("workspace", "dla_core", "opt_level", "timing_cache", "version_compatible", "hardware_compatible", "tf32",
               "min_size", "opt_size", "max_size", "trt_module")  # destinations of the TensorRT builder's options
+TRACE_ONLY = ("num_classes", "input_size", "dynamic", "opset", "input_format", "input_layout", "output_kind",
+              "label_dtype", "layout", "inline_head", "unfused_head", "freqfusion_form", "no_check")  # of the tracing
 
 
 def _size(path: Path) -> str:
@@ -136,6 +138,11 @@ def _check_unused_options(args: argparse.Namespace) -> None:
         value, default = getattr(args, dest), args.defaults[dest]
         return (tuple(value) if isinstance(value, list) else value) != default
 
+    traced = [f"--{dest.replace('_', '-')}" for dest in TRACE_ONLY if args.onnx and given(dest)]
+    if traced:
+        raise OffsegError(f"{', '.join(traced)} appl{'y' if len(traced) > 1 else 'ies'} when exporting from PyTorch; "
+                          f"the file given with --onnx keeps its own (its metadata says which): drop "
+                          f"{'them' if len(traced) > 1 else 'it'}, or export anew from --checkpoint")
     tensorrt = args.format == "engine" or (args.format == "triton" and args.triton_backend == "tensorrt")
     unused = [f"--{dest.replace('_', '-')}" for dest in BUILD_ONLY if not tensorrt and given(dest)]
     if unused:
@@ -306,9 +313,6 @@ def _export(args: argparse.Namespace) -> int:
     if args.onnx:
         if args.checkpoint or args.model:
             raise OffsegError("--onnx builds from an exported file: drop --model/--checkpoint")
-        if args.freqfusion_form != "auto":
-            raise OffsegError("--freqfusion-form applies when exporting from PyTorch; the file given with --onnx "
-                              "keeps its form (offseg.freqfusion_form in its metadata)")
         fp32_path = args.onnx
         graph = load_onnx(fp32_path)
         meta = read_metadata(graph)
@@ -445,5 +449,5 @@ def main(argv: list[str] | None = None) -> int:
     add_common_options(parser)
     add_hidden_aliases(parser, {"--calib-samples": "--calib-images"})
     parser.set_defaults(defaults={dest: parser.get_default(dest)
-                                  for dest in (*BUILD_ONLY, "max_batch", "calib_images")})
+                                  for dest in (*BUILD_ONLY, *TRACE_ONLY, "max_batch", "calib_images")})
     return run(_export, parser, argv, outputs=_outputs)

@@ -122,6 +122,10 @@ def test_user_mistakes_give_one_clear_line(capsys, argv, message):
     (["--format", "triton", "--fp16"], "--triton-backend onnxruntime serves the FP32 ONNX model; for --fp16 use"),
     (["--format", "triton", "--triton-backend", "python", "--int8", "--calib-data", "synthetic"],
      "--triton-backend python serves the FP32 ONNX model; for --int8 use --triton-backend tensorrt"),
+    (["--onnx", "m.onnx", "--format", "engine", "--dynamic"], "--dynamic applies when exporting from PyTorch; the "
+     "file given with --onnx keeps its own (its metadata says which): drop it, or export anew from --checkpoint"),
+    (["--onnx", "m.onnx", "--fp16", "--input-size", "128", "128", "--opset", "18"],
+     "--input-size, --opset apply when exporting from PyTorch"),
 ])
 def test_an_option_the_output_would_ignore_is_refused_before_the_export(tmp_path, capsys, monkeypatch, argv, message):
     """They used to be ignored: e.g. --workspace with an ONNX output, --fp16 with a Triton ONNX Runtime repository
