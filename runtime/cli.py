@@ -14,7 +14,7 @@ from .errors import OffsegError
 from .interrupts import exit_code, take
 from .output_policy import add_input, add_output
 from .preprocess import RESIZE_POLICIES
-from .progress import Progress
+from .progress import Progress, counted
 
 log = logging.getLogger(__name__)
 ROS_NAMESPACE = "/offseg"
@@ -266,9 +266,9 @@ def _run(args: argparse.Namespace) -> int:
             window.close()
     print(stats.table())
     if video:
-        print(f"wrote {video.path} ({video.frames} frames)")
+        print(f"wrote {video.path} ({counted(video.frames, 'frame')})")
     if masks:
-        print(f"wrote {masks.written} label PNGs to {masks.folder}")
+        print(f"wrote {counted(masks.written, 'label PNG')} to {masks.folder}")
     if bag:
         print(f"wrote {bag.path} ({bag.frames} frames, {source.storage})")
     if args.summary:

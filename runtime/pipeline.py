@@ -66,7 +66,7 @@ class RunStats:
 
     def table(self) -> str:
         lines = [f"{counted(self.frames, 'frame')} in {self.seconds:.1f} s: {self.fps:.1f} FPS"
-                 + (f", {self.skipped} unreadable, too small or too large frames skipped" if self.skipped else "")
+                 + (f", {self.skipped} skipped (unreadable, too small or too large)" if self.skipped else "")
                  + (f"; stopped: {self.stop_reason}" if self.stop_reason else ""),
                  f"{'stage':<12} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8}"]
         rows = [(s, self.stage_ms.get(s)) for s in STAGES] + [("end-to-end", self.latency_ms)]

@@ -260,7 +260,7 @@ def test_a_folder_run_skips_an_image_above_the_limit_and_counts_it(tiny_dynamic,
                      "--summary", str(tmp_path / "s.json"), "--no-progress"]) == 0
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["a.png"]
     assert json.loads((tmp_path / "s.json").read_text())["skipped"] == 1
-    assert "1 unreadable, too small or too large frames skipped" in capsys.readouterr().out
+    assert "1 skipped (unreadable, too small or too large)" in capsys.readouterr().out
     skips = [r.getMessage() for r in caplog.records if "b_bomb.png" in r.getMessage()]
     assert len(skips) == 1 and "is 12000x12000 (144 megapixels), above the limit" in skips[0]
     png_header_only(tmp_path / "alone.png", 12000, 12000)

@@ -296,7 +296,7 @@ def test_frames_too_small_to_fit_are_skipped_and_counted(onnx_model, tmp_path, c
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["a.png"]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["frames"] == 1 and summary["skipped"] == 2
-    assert "2 unreadable, too small or too large frames skipped" in capsys.readouterr().out
+    assert "2 skipped (unreadable, too small or too large)" in capsys.readouterr().out
 
 
 @pytest.mark.slow
