@@ -160,7 +160,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{int(result.engine.missed.sum())} labelled pixels got no class (nvinfer's -1: no score above "
               "segmentation-threshold), counted as wrong")
     if dataset.out_of_range_pixels:
-        print(f"{dataset.out_of_range_pixels} pixels with labels above the class count were left out")
+        print(f"{counted(dataset.out_of_range_pixels, 'pixel')} with labels above the class count were left out")
     if not math.isfinite(summary["miou_delta"]) or -summary["miou_delta"] > bound:  # NaN is never within bound
         print(f"FAIL: the mIoU drop {-summary['miou_delta']:.2f} exceeds --max-miou-drop {bound}")
         return 1

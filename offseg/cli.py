@@ -8,6 +8,7 @@ from runtime.console import add_common_options, add_hidden_aliases, run
 from runtime.errors import OffsegError
 from runtime.limits import check_at_least
 from runtime.output_policy import add_input, add_output
+from runtime.progress import counted
 
 from .names import CARAFE_FORMS, DATASET_NAMES, DEVICE_HELP, MODEL_NAMES, WINDOW_BATCH
 
@@ -150,7 +151,7 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{name} on {args.dataset} {args.split} ({protocol.describe()}): mIoU {result['mIoU']:.2f}, "
           f"mAcc {result['mAcc']:.2f}, aAcc {result['aAcc']:.2f}")
     if dataset.out_of_range_pixels:
-        print(f"{dataset.out_of_range_pixels} pixels with labels above the class count were left out")
+        print(f"{counted(dataset.out_of_range_pixels, 'pixel')} with labels above the class count were left out")
     for cls, iou in result["IoU"].items():
         print(f"  {cls:>20}: {'-' if iou is None else f'{iou:.2f}'}")
     if args.json:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from runtime.errors import OffsegError
+from runtime.progress import counted
 
 from .names import DATASET_NAMES, MODEL_NAMES
 
@@ -105,7 +106,7 @@ def run_line(config, world: int, steps: int) -> str:
     official = recipe(config.model, config.dataset)
     total = config.batch_size * world * steps
     line = (f"effective batch {total} = {config.batch_size} per step x {world} process(es) x {steps} accumulated "
-            f"step(s), {'AMP (float16)' if config.amp else 'FP32'}, {config.iters} iterations, PolyLR end "
+            f"step(s), {'AMP (float16)' if config.amp else 'FP32'}, {counted(config.iters, 'iteration')}, PolyLR end "
             f"{config.lr_end}")
     if config.carafe != "taps":
         line += f", CARAFE {config.carafe} form"

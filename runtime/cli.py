@@ -270,7 +270,7 @@ def _run(args: argparse.Namespace) -> int:
     if masks:
         print(f"wrote {counted(masks.written, 'label PNG')} to {masks.folder}")
     if bag:
-        print(f"wrote {bag.path} ({bag.frames} frames, {source.storage})")
+        print(f"wrote {bag.path} ({counted(bag.frames, 'frame')}, {source.storage})")
     if args.summary:
         write_file(args.summary, json.dumps(stats.summary(), indent=2) + "\n")
     if _saves_nothing(args):

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from runtime.console import add_common_options, run
+    from runtime.progress import counted
     from runtime.sinks import VideoSink
 
     parser = argparse.ArgumentParser(prog="python -m offseg.data.synthetic", description="Render a video of "
@@ -200,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             raise OffsegError("--frames must be at least 1 and --size at least 32 32")
         VideoSink.check_target(args.output, args.fps)
         write_video(args.output, args.seed, args.frames, *args.size, fps=args.fps)
-        print(f"wrote {args.output} ({args.frames} frames of {args.size[0]}x{args.size[1]} at {args.fps:g} fps)")
+        print(f"wrote {args.output} ({counted(args.frames, 'frame')} of {args.size[0]}x{args.size[1]} at "
+              f"{args.fps:g} fps)")
         return 0
 
     return run(render, parser, argv)
