@@ -27,6 +27,7 @@ BUILD_ONLY = ("workspace", "dla_core", "opt_level", "timing_cache", "version_com
               "min_size", "opt_size", "max_size", "trt_module")  # destinations of the TensorRT builder's options
 TRACE_ONLY = ("num_classes", "input_size", "dynamic", "opset", "input_format", "input_layout", "output_kind",
               "label_dtype", "layout", "inline_head", "unfused_head", "freqfusion_form", "no_check")  # of the tracing
+PROFILE = ("max_batch", "min_size", "opt_size", "max_size")  # a dynamic model's optimization profile
 
 
 def _size(path: Path) -> str:
@@ -132,19 +133,35 @@ def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path, calib_key:
     _report_support(path)
 
 
+def _given(args: argparse.Namespace, dests: tuple[str, ...]) -> list[str]:
+    """The flags of ``dests`` set to something other than their default."""
+    def changed(dest: str) -> bool:
+        value, default = getattr(args, dest), args.defaults[dest]
+        return (tuple(value) if isinstance(value, list) else value) != default
+    return [f"--{dest.replace('_', '-')}" for dest in dests if changed(dest)]
+
+
+def _check_profile(args: argparse.Namespace, dynamic: bool, what: str) -> None:
+    """OffsegError for optimization-profile options given for a static model (they would be ignored)."""
+    profile = _given(args, PROFILE)
+    if profile and not dynamic:
+        raise OffsegError(f"{', '.join(profile)} set{'' if len(profile) > 1 else 's'} the batch and sizes a dynamic "
+                          f"model is built for, and {what} is static: export with --dynamic, or drop "
+                          + ("them" if len(profile) > 1 else "it"))
+
+
 def _check_unused_options(args: argparse.Namespace) -> None:
     """An option that the chosen output would ignore: one sentence naming it and what it applies to."""
     def given(dest: str) -> bool:
-        value, default = getattr(args, dest), args.defaults[dest]
-        return (tuple(value) if isinstance(value, list) else value) != default
+        return bool(_given(args, (dest,)))
 
-    traced = [f"--{dest.replace('_', '-')}" for dest in TRACE_ONLY if args.onnx and given(dest)]
+    traced = _given(args, TRACE_ONLY) if args.onnx else []
     if traced:
         raise OffsegError(f"{', '.join(traced)} appl{'y' if len(traced) > 1 else 'ies'} when exporting from PyTorch; "
                           f"the file given with --onnx keeps its own (its metadata says which): drop "
                           f"{'them' if len(traced) > 1 else 'it'}, or export anew from --checkpoint")
     tensorrt = args.format == "engine" or (args.format == "triton" and args.triton_backend == "tensorrt")
-    unused = [f"--{dest.replace('_', '-')}" for dest in BUILD_ONLY if not tensorrt and given(dest)]
+    unused = [] if tensorrt else _given(args, BUILD_ONLY)
     if unused:
         raise OffsegError(f"{', '.join(unused)} set{'' if len(unused) > 1 else 's'} how a TensorRT engine is built, "
                           f"and --format {args.format} builds none: add --format engine (or --format triton "
@@ -152,6 +169,8 @@ def _check_unused_options(args: argparse.Namespace) -> None:
     if given("max_batch") and args.format not in ("engine", "triton"):
         raise OffsegError(f"--max-batch sets a TensorRT engine's or a Triton model's batch; --format {args.format} "
                           "takes none (an ONNX file's batch is fixed, or free with --dynamic): drop it")
+    if not args.onnx:
+        _check_profile(args, args.dynamic, "this export")
     if (args.calib_data is not None or given("calib_images")) and not args.int8:
         raise OffsegError("--calib-data and --calib-images calibrate an --int8 build; add --int8, or drop them")
     if args.int8 and args.format == "deepstream":
@@ -316,6 +335,8 @@ def _export(args: argparse.Namespace) -> int:
         fp32_path = args.onnx
         graph = load_onnx(fp32_path)
         meta = read_metadata(graph)
+        _check_profile(args, meta.get("offseg.input_size") == "dynamic", f"{fp32_path.name} (input "
+                       f"{meta.get('offseg.input_size')})")
     else:
         fp32_path = files["fp32"]
         meta = _export_torch(args, fp32_path)

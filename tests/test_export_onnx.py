@@ -102,7 +102,7 @@ def test_labels_export_with_normalization_in_the_graph(tmp_path, capsys):
     (["--num-classes", "0", "--output", "/tmp/offseg-test-0.onnx"], "--num-classes must be at least 1, got 0"),
     (["--output", "model.txt"], "name the ONNX file NAME.onnx"),
     (["--output", f"{__file__}/x.onnx"], "is a file, not a folder"),
-    (["--format", "engine", "--max-size", "100", "100"], "multiples of 32"),
+    (["--format", "engine", "--dynamic", "--max-size", "100", "100"], "multiples of 32"),
 ])
 def test_user_mistakes_give_one_clear_line(capsys, argv, message):
     assert export_main(argv) == 2
@@ -126,6 +126,10 @@ def test_user_mistakes_give_one_clear_line(capsys, argv, message):
      "file given with --onnx keeps its own (its metadata says which): drop it, or export anew from --checkpoint"),
     (["--onnx", "m.onnx", "--fp16", "--input-size", "128", "128", "--opset", "18"],
      "--input-size, --opset apply when exporting from PyTorch"),
+    (["--format", "engine", "--max-batch", "4"], "--max-batch sets the batch and sizes a dynamic model is built for, "
+     "and this export is static: export with --dynamic, or drop it"),
+    (["--format", "triton", "--triton-backend", "tensorrt", "--max-batch", "4", "--opt-size", "256", "256"],
+     "--max-batch, --opt-size set the batch"),
 ])
 def test_an_option_the_output_would_ignore_is_refused_before_the_export(tmp_path, capsys, monkeypatch, argv, message):
     """They used to be ignored: e.g. --workspace with an ONNX output, --fp16 with a Triton ONNX Runtime repository
@@ -135,6 +139,15 @@ def test_an_option_the_output_would_ignore_is_refused_before_the_export(tmp_path
     assert export_main([*argv, "--output", str(tmp_path / ("out" if "--format" in argv else "m.onnx"))]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_profile_options_for_a_static_onnx_file_are_refused(tmp_path, capsys):
+    from tiny_onnx import write_tiny_onnx
+    static = write_tiny_onnx(tmp_path / "static.onnx", dynamic=False)
+    assert export_main(["--onnx", str(static), "--format", "engine", "--max-batch", "2"]) == 2
+    assert ("--max-batch sets the batch and sizes a dynamic model is built for, and static.onnx (input 64 64) is "
+            "static") in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [static]
 
 
 def test_a_tensorrt_triton_repository_without_tensorrt_fails_before_the_export(tmp_path, capsys, monkeypatch):
