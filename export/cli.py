@@ -171,6 +171,16 @@ def _check_unused_options(args: argparse.Namespace) -> None:
                           "takes none (an ONNX file's batch is fixed, or free with --dynamic): drop it")
     if not args.onnx:
         _check_profile(args, args.dynamic, "this export")
+    pins = [flag for flag, value in (("--keep-fp32", args.keep_fp32), ("--no-default-pins", args.no_default_pins))
+            if value]
+    if pins and not (args.fp16 or args.int8):
+        raise OffsegError(f"{' and '.join(pins)} choose{'' if len(pins) > 1 else 's'} what stays FP32 in an --fp16 or "
+                          "--int8 build, and this one is FP32 throughout: add --fp16 or --int8, or drop "
+                          + ("them" if len(pins) > 1 else "it"))
+    if pins and args.format == "deepstream":
+        raise OffsegError(f"{' and '.join(pins)}: nvinfer builds a DeepStream package's engine itself, without pins; "
+                          "build the engine with offseg-export --onnx MODEL.onnx --format engine --fp16 and the same "
+                          "flags, and name it in the config's model-engine-file")
     if (args.calib_data is not None or given("calib_images")) and not args.int8:
         raise OffsegError("--calib-data and --calib-images calibrate an --int8 build; add --int8, or drop them")
     if args.int8 and args.format == "deepstream":

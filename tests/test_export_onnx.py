@@ -96,7 +96,7 @@ def test_labels_export_with_normalization_in_the_graph(tmp_path, capsys):
     (["--onnx", __file__], "not a readable ONNX model"),
     (["--int8", "--input-size", "64", "64", "--no-check", "--output", "/tmp/offseg-test-int8.onnx"],
      "--int8 needs calibration images"),
-    (["--keep-fp32", ":Softmax"], "node-name prefix"),
+    (["--fp16", "--keep-fp32", ":Softmax"], "node-name prefix"),
     (["--opset", "17"], "opset 17 is too old"),
     (["--opset", "26"], "use 18-25"),
     (["--num-classes", "0", "--output", "/tmp/offseg-test-0.onnx"], "--num-classes must be at least 1, got 0"),
@@ -126,6 +126,10 @@ def test_user_mistakes_give_one_clear_line(capsys, argv, message):
      "file given with --onnx keeps its own (its metadata says which): drop it, or export anew from --checkpoint"),
     (["--onnx", "m.onnx", "--fp16", "--input-size", "128", "128", "--opset", "18"],
      "--input-size, --opset apply when exporting from PyTorch"),
+    (["--keep-fp32", "FreqFusion0"], "--keep-fp32 chooses what stays FP32 in an --fp16 or --int8 build, and this one "
+     "is FP32 throughout: add --fp16 or --int8, or drop it"),
+    (["--format", "deepstream", "--fp16", "--no-default-pins"], "--no-default-pins: nvinfer builds a DeepStream "
+     "package's engine itself, without pins"),
     (["--format", "engine", "--max-batch", "4"], "--max-batch sets the batch and sizes a dynamic model is built for, "
      "and this export is static: export with --dynamic, or drop it"),
     (["--format", "triton", "--triton-backend", "tensorrt", "--max-batch", "4", "--opt-size", "256", "256"],
