@@ -64,11 +64,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     for token in train_args:
         name = token.split("=", 1)[0]
         owned = [flag for flag in REPRODUCE_OWNS if name.startswith("--") and len(name) > 2 and flag.startswith(name)]
+        if owned == ["--resume"]:
+            raise OffsegError(f"--train-args {token}: a re-run of offseg-reproduce resumes its training by itself")
         if owned:
             raise OffsegError(f"--train-args {token}: offseg-reproduce sets {owned[0]} itself (the evaluation, export "
-                              f"and validation read what it names): give offseg-reproduce {owned[0]} instead"
-                              if owned[0] != "--resume" else f"--train-args {token}: a re-run of offseg-reproduce "
-                              "resumes its training by itself")
+                              f"and validation read what it names): give offseg-reproduce {owned[0]} instead")
     check_at_least(("--eval-images", args.eval_images, 1))
     if args.input_size:
         check_input_size(*args.input_size)

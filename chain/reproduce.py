@@ -224,15 +224,12 @@ def reproduce(config: ReproduceConfig, dry_run: bool = False) -> ReproduceReport
     """Run (or with ``dry_run`` print) the sequence; writes report.md and report.json; returns the report."""
     if config.gpus < 1:
         raise OffsegError(f"--gpus must be at least 1, got {config.gpus}")
-    if config.dataset == "synthetic":
-        from offseg.data.datasets import check_data_root
-        check_data_root(config.dataset, config.data_root)
-    elif not config.data_root:
-        if not dry_run:
-            raise OffsegError(f"--data-root is required for {config.dataset}")
+    from offseg.data.datasets import check_data_root
+    if dry_run and config.dataset != "synthetic" and not config.data_root:
         print(f"note: the commands below say DATA_ROOT where the run needs --data-root (the {config.dataset} folder)",
               file=sys.stderr, flush=True)
         config = replace(config, data_root="DATA_ROOT")
+    check_data_root(config.dataset, config.data_root)
     if config.dataset not in ("synthetic", "folder") and not config.pretrained_backbone:
         print("note: without --pretrained-backbone the backbone starts from scratch, while the paper starts from the "
               "EfficientFormerV2 ImageNet weights (eformer_s1/s2/l_450.pth for T/B/L): the mIoU will not be comparable",

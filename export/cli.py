@@ -152,9 +152,6 @@ def _check_profile(args: argparse.Namespace, dynamic: bool, what: str) -> None:
 
 def _check_unused_options(args: argparse.Namespace) -> None:
     """An option that the chosen output would ignore: one sentence naming it and what it applies to."""
-    def given(dest: str) -> bool:
-        return bool(_given(args, (dest,)))
-
     traced = _given(args, TRACE_ONLY) if args.onnx else []
     if traced:
         raise OffsegError(f"{', '.join(traced)} appl{'y' if len(traced) > 1 else 'ies'} when exporting from PyTorch; "
@@ -166,7 +163,7 @@ def _check_unused_options(args: argparse.Namespace) -> None:
         raise OffsegError(f"{', '.join(unused)} set{'' if len(unused) > 1 else 's'} how a TensorRT engine is built, "
                           f"and --format {args.format} builds none: add --format engine (or --format triton "
                           "--triton-backend tensorrt), or drop " + ("them" if len(unused) > 1 else "it"))
-    if given("max_batch") and args.format not in ("engine", "triton"):
+    if _given(args, ("max_batch",)) and args.format not in ("engine", "triton"):
         raise OffsegError(f"--max-batch sets a TensorRT engine's or a Triton model's batch; --format {args.format} "
                           "takes none (an ONNX file's batch is fixed, or free with --dynamic): drop it")
     if not args.onnx:
@@ -181,7 +178,7 @@ def _check_unused_options(args: argparse.Namespace) -> None:
         raise OffsegError(f"{' and '.join(pins)}: nvinfer builds a DeepStream package's engine itself, without pins; "
                           "build the engine with offseg-export --onnx MODEL.onnx --format engine --fp16 and the same "
                           "flags, and name it in the config's model-engine-file")
-    if (args.calib_data is not None or given("calib_images")) and not args.int8:
+    if (args.calib_data is not None or _given(args, ("calib_images",))) and not args.int8:
         raise OffsegError("--calib-data and --calib-images calibrate an --int8 build; add --int8, or drop them")
     if args.int8 and args.format == "deepstream":
         raise OffsegError("--format deepstream packages an FP32 or --fp16 model (nvinfer's network-mode 0 or 2); for "

@@ -120,6 +120,7 @@ def _example(default) -> str:
 
 def check_parameters(params: dict) -> str:
     """The model path, or OffsegError naming the first parameter that cannot work, before the model loads."""
+    from .limits import check_at_least
     from .preprocess import RESIZE_POLICIES
     from .ros_images import COLOUR_ENCODINGS
 
@@ -132,8 +133,7 @@ def check_parameters(params: dict) -> str:
             raise OffsegError(f"parameter {name} must be {' or '.join(allowed)}, got {params[name]!r}")
     if not 0 <= params["alpha"] <= 1:
         raise OffsegError(f"parameter alpha (the overlay opacity) must be between 0 and 1, got {params['alpha']:g}")
-    if params["batch_size"] < 1:
-        raise OffsegError(f"parameter batch_size must be at least 1, got {params['batch_size']}")
+    check_at_least(("parameter batch_size", params["batch_size"], 1))
     if not params["color_palette"]:  # rclpy gives None for an empty list
         raise OffsegError("parameter color_palette takes one 0xRRGGBB colour per class, or [0] for the model's "
                           "palette")
