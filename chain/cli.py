@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 from offseg.names import DATASET_NAMES, MODEL_NAMES
-from runtime.console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
+from runtime.console import add_common_options, add_engine_host_code_option, add_hidden_aliases, given, run
 from runtime.errors import OffsegError
 from runtime.limits import check_at_least, check_input_size
 from runtime.output_policy import add_input, add_output
 
 from .bench import BACKENDS, BENCH_DESCRIPTION, format_report, run_bench
 
-PIPELINE_FRAMES = 60  # offseg-bench --pipeline-frames default
 # offseg-train flags offseg-reproduce sets itself: the later steps read what they name
 REPRODUCE_OWNS = ("--model", "--dataset", "--data-root", "--work-dir", "--pretrained-backbone", "--resume")
 
@@ -121,7 +120,7 @@ def _bench(args: argparse.Namespace) -> int:
     check_at_least(("--num-classes", args.num_classes, 1), ("--iters", args.iters, 1),
                    ("--batch-size", args.batch_size, 1), ("--warmup", args.warmup, 0),
                    ("--pipeline-frames", args.pipeline_frames, 1))
-    if args.pipeline_frames != PIPELINE_FRAMES and not args.pipeline:
+    if given(args, ("pipeline_frames",)) and not args.pipeline:
         raise OffsegError("--pipeline-frames sets the length of the --pipeline video; add --pipeline")
     check_input_size(*args.input_size)
     if not args.backends:
@@ -152,7 +151,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per backend (they measure its memory)")
     parser.add_argument("--iters", type=int, default=20, help="timed rounds (each backend once per round)")
     parser.add_argument("--pipeline", action="store_true", help="also offseg-run FPS vs bare inference FPS")
-    parser.add_argument("--pipeline-frames", type=int, default=PIPELINE_FRAMES, help="frames of the --pipeline video")
+    parser.add_argument("--pipeline-frames", type=int, default=60, help="frames of the --pipeline video")
     add_output(parser, "--work-dir", folder=True, names=BENCH_FILES, default=Path("offseg-bench"),
                         help="cached exports (default ./offseg-bench)")
     add_output(parser, "--json", help="write the figures as JSON")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from runtime.backends import LABEL_DTYPES, LAYOUTS, OUTPUT_KINDS
-from runtime.console import add_common_options, add_hidden_aliases, run
+from runtime.console import add_common_options, add_hidden_aliases, given, run
 from runtime.device import module_installed
 from runtime.errors import OffsegError
 from runtime.limits import check_at_least
@@ -133,17 +133,9 @@ def _int8_onnx(args: argparse.Namespace, fp32_path: Path, path: Path, calib_key:
     _report_support(path)
 
 
-def _given(args: argparse.Namespace, dests: tuple[str, ...]) -> list[str]:
-    """The flags of ``dests`` set to something other than their default."""
-    def changed(dest: str) -> bool:
-        value, default = getattr(args, dest), args.defaults[dest]
-        return (tuple(value) if isinstance(value, list) else value) != default
-    return [f"--{dest.replace('_', '-')}" for dest in dests if changed(dest)]
-
-
 def _check_profile(args: argparse.Namespace, dynamic: bool, what: str) -> None:
     """OffsegError for optimization-profile options given for a static model (they would be ignored)."""
-    profile = _given(args, PROFILE)
+    profile = given(args, PROFILE)
     if profile and not dynamic:
         raise OffsegError(f"{', '.join(profile)} set{'' if len(profile) > 1 else 's'} the batch and sizes a dynamic "
                           f"model is built for, and {what} is static: export with --dynamic, or drop "
@@ -152,18 +144,18 @@ def _check_profile(args: argparse.Namespace, dynamic: bool, what: str) -> None:
 
 def _check_unused_options(args: argparse.Namespace) -> None:
     """An option that the chosen output would ignore: one sentence naming it and what it applies to."""
-    traced = _given(args, TRACE_ONLY) if args.onnx else []
+    traced = given(args, TRACE_ONLY) if args.onnx else []
     if traced:
         raise OffsegError(f"{', '.join(traced)} appl{'y' if len(traced) > 1 else 'ies'} when exporting from PyTorch; "
                           f"the file given with --onnx keeps its own (its metadata says which): drop "
                           f"{'them' if len(traced) > 1 else 'it'}, or export anew from --checkpoint")
     tensorrt = args.format == "engine" or (args.format == "triton" and args.triton_backend == "tensorrt")
-    unused = [] if tensorrt else _given(args, BUILD_ONLY)
+    unused = [] if tensorrt else given(args, BUILD_ONLY)
     if unused:
         raise OffsegError(f"{', '.join(unused)} set{'' if len(unused) > 1 else 's'} how a TensorRT engine is built, "
                           f"and --format {args.format} builds none: add --format engine (or --format triton "
                           "--triton-backend tensorrt), or drop " + ("them" if len(unused) > 1 else "it"))
-    if _given(args, ("max_batch",)) and args.format not in ("engine", "triton"):
+    if given(args, ("max_batch",)) and args.format not in ("engine", "triton"):
         raise OffsegError(f"--max-batch sets a TensorRT engine's or a Triton model's batch; --format {args.format} "
                           "takes none (an ONNX file's batch is fixed, or free with --dynamic): drop it")
     if not args.onnx:
@@ -178,7 +170,7 @@ def _check_unused_options(args: argparse.Namespace) -> None:
         raise OffsegError(f"{' and '.join(pins)}: nvinfer builds a DeepStream package's engine itself, without pins; "
                           "build the engine with offseg-export --onnx MODEL.onnx --format engine --fp16 and the same "
                           "flags, and name it in the config's model-engine-file")
-    if (args.calib_data is not None or _given(args, ("calib_images",))) and not args.int8:
+    if (args.calib_data is not None or given(args, ("calib_images",))) and not args.int8:
         raise OffsegError("--calib-data and --calib-images calibrate an --int8 build; add --int8, or drop them")
     if args.int8 and args.format == "deepstream":
         raise OffsegError("--format deepstream packages an FP32 or --fp16 model (nvinfer's network-mode 0 or 2); for "
@@ -476,6 +468,4 @@ def main(argv: list[str] | None = None) -> int:
                           "only TensorRT-RTX's own runtime runs, not offseg-run; it builds on a CPU-only machine)")
     add_common_options(parser)
     add_hidden_aliases(parser, {"--calib-samples": "--calib-images"})
-    parser.set_defaults(defaults={dest: parser.get_default(dest)
-                                  for dest in (*BUILD_ONLY, *TRACE_ONLY, "max_batch", "calib_images")})
     return run(_export, parser, argv, outputs=_outputs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runtime.console import add_common_options, add_hidden_aliases, run
+from runtime.console import add_common_options, add_hidden_aliases, given, run
 from runtime.errors import OffsegError
 from runtime.limits import check_at_least
 from runtime.output_policy import add_input, add_output
@@ -127,7 +127,7 @@ def _eval(args: argparse.Namespace) -> int:
     # before the checkpoint and the dataset are read
     check_at_least(("--window-batch", args.window_batch, 1), ("--eval-images", args.eval_images, 1))
     protocol = TestProtocol.for_layout(LAYOUTS[args.dataset], args.mode)
-    if args.window_batch != WINDOW_BATCH and protocol.mode != "slide":
+    if given(args, ("window_batch",)) and protocol.mode != "slide":
         raise OffsegError(f"--window-batch batches the windows of slide inference, and {args.dataset}'s test runs "
                           f"{protocol.mode} images: add --mode slide, or drop --window-batch")
     device = torch_device(args.device)

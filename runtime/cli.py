@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .console import add_common_options, add_engine_host_code_option, add_hidden_aliases, run
+from .console import add_common_options, add_engine_host_code_option, add_hidden_aliases, given, run
 from .errors import OffsegError
 from .interrupts import exit_code, take
 from .output_policy import add_input, add_output
@@ -20,14 +20,11 @@ log = logging.getLogger(__name__)
 ROS_NAMESPACE = "/offseg"
 ROS_NAME = re.compile(r"(/?[A-Za-z_][A-Za-z0-9_]*)(/[A-Za-z_][A-Za-z0-9_]*)*|/?")  # a namespace; "" or "/": the root
 MAX_CAMERAS = 256  # V4L2 video device numbers (/dev/videoN) stop at 255 (the Linux kernel's VIDEO_NUM_DEVICES)
-ALPHA = 0.5  # --alpha default
-RECONNECTS = 5  # --reconnects and --stall-timeout defaults
-STALL_SECONDS = 5.0
-BACKEND_OPTIONS = (  # flag, attribute, default, the model suffixes it applies to, what they are
-    ("--providers", "providers", None, (".onnx",), "an .onnx model (ONNX Runtime)"),
-    ("--cuda", "cuda", "auto", (".plan", ".engine", ".trt"), "a TensorRT engine (.plan)"),
-    ("--device", "device", "auto", (".pth", ".pt"), "a .pth checkpoint (PyTorch)"),
-)
+BACKEND_OPTIONS = {  # option: the model suffixes it applies to, what they are
+    "providers": ((".onnx",), "an .onnx model (ONNX Runtime)"),
+    "cuda": ((".plan", ".engine", ".trt"), "a TensorRT engine (.plan)"),
+    "device": ((".pth", ".pt"), "a .pth checkpoint (PyTorch)"),
+}
 
 
 def _check_arguments(args: argparse.Namespace):
@@ -70,7 +67,7 @@ def _check_arguments(args: argparse.Namespace):
         WindowSink.check_gui()
     _check_input_kind(args)
     writer = _video_writer(args) if args.output else None
-    if args.ros_namespace != ROS_NAMESPACE and not args.rosbag_out:
+    if given(args, ("ros_namespace",)) and not args.rosbag_out:
         raise OffsegError("--ros-namespace names the topics of a --rosbag-out bag; add --rosbag-out BAG")
     if args.rosbag_out:
         if args.rosbag is None:
@@ -85,14 +82,13 @@ def _check_arguments(args: argparse.Namespace):
 
 def _check_backend_options(args: argparse.Namespace) -> None:
     """An option of one backend given for a model another backend runs (or a Triton server runs itself)."""
-    for flag, name, default, suffixes, kind in BACKEND_OPTIONS:
-        if getattr(args, name) == default:
-            continue
-        if args.triton is not None:
-            raise OffsegError(f"{flag} applies to {kind} run here; a --triton server chooses how it runs its "
-                              f"models: remove {flag}")
-        if args.engine.suffix.lower() not in suffixes:
-            raise OffsegError(f"{flag} applies to {kind}, not to {args.engine.name}: remove {flag}")
+    for dest, (suffixes, kind) in BACKEND_OPTIONS.items():
+        for flag in given(args, (dest,)):
+            if args.triton is not None:
+                raise OffsegError(f"{flag} applies to {kind} run here; a --triton server chooses how it runs its "
+                                  f"models: remove {flag}")
+            if args.engine.suffix.lower() not in suffixes:
+                raise OffsegError(f"{flag} applies to {kind}, not to {args.engine.name}: remove {flag}")
 
 
 def _check_live_options(args: argparse.Namespace) -> None:
@@ -101,9 +97,8 @@ def _check_live_options(args: argparse.Namespace) -> None:
 
     check_live_settings(args.reconnects, args.stall_timeout)
     live = any(value is not None for value in (args.camera, args.stream, args.gst, args.csi_camera))
-    for flag, value, default in (("--reconnects", args.reconnects, RECONNECTS),
-                                 ("--stall-timeout", args.stall_timeout, STALL_SECONDS)):
-        if value != default and not live:
+    for flag in given(args, ("reconnects", "stall_timeout")):
+        if not live:
             raise OffsegError(f"{flag} applies to a camera or stream (--camera, --stream, --gst, --csi-camera), "
                               f"which can drop; a file, folder or bag cannot: remove {flag}")
 
@@ -112,13 +107,15 @@ def _check_drawing_options(args: argparse.Namespace) -> None:
     """Options of the annotated frames, given for a run that writes or shows none."""
     drawn = bool(args.output or args.show)
     frames, add = "the --output video and --show window", "--output VIDEO or --show"
-    for flag, given, used, where, needed in (
-            ("--legend", args.legend, drawn, frames, add),
-            ("--no-overlay-text", args.no_overlay_text, drawn, frames, add),
-            ("--alpha", args.alpha != ALPHA, drawn or bool(args.rosbag_out),
-             "the --output video, --show window and --rosbag-out overlays", add),
-            ("--fps", args.fps is not None, bool(args.output), "the --output video", "--output VIDEO")):
-        if given and not used:
+    uses = {  # option: (does this run use it, what it changes, what to add)
+        "legend": (drawn, frames, add),
+        "no_overlay_text": (drawn, frames, add),
+        "alpha": (drawn or bool(args.rosbag_out), "the --output video, --show window and --rosbag-out overlays", add),
+        "fps": (bool(args.output), "the --output video", "--output VIDEO")}
+    for dest, (used, where, needed) in uses.items():
+        if used:
+            continue
+        for flag in given(args, (dest,)):
             raise OffsegError(f"{flag} only changes {where}, and this run writes or shows none: drop {flag}, or add "
                               f"{needed}")
 
@@ -327,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                         "batch)")
     parser.add_argument("--resize", choices=RESIZE_POLICIES, default="letterbox",
                         help="fitting frames to a fixed-size model (default letterbox: keeps the aspect ratio)")
-    parser.add_argument("--alpha", type=float, default=ALPHA, help="overlay opacity (default 0.5)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     parser.add_argument("--legend", action="store_true", help="draw the classes present in each frame")
     parser.add_argument("--no-overlay-text", action="store_true", help="no FPS/latency text on the frames")
     parser.add_argument("--fps", type=float, help="output fps when the input does not say (default 30)")
@@ -337,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="CUDA binding for TensorRT engines (default auto: cuda-python, else pycuda)")
     parser.add_argument("--device", default="auto", help="torch device of a .pth model: auto (the GPU when torch "
                         "sees one), cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--reconnects", type=int, default=RECONNECTS, help="reconnects of a camera/stream allowed "
+    parser.add_argument("--reconnects", type=int, default=5, help="reconnects of a camera/stream allowed "
                         "within any 60 s (default 5); more stalls than that end the run")
-    parser.add_argument("--stall-timeout", type=float, default=STALL_SECONDS, metavar="SECONDS", help="a camera or "
+    parser.add_argument("--stall-timeout", type=float, default=5.0, metavar="SECONDS", help="a camera or "
                         "stream that delivers no frame for this long counts as a drop")
     add_output(parser, "--summary", help="write the run summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (or, in a log, no progress "

@@ -38,6 +38,27 @@ def add_hidden_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str])
                 setattr(alias, mark, getattr(action, mark))
 
 
+OPTION_DEFAULTS = "option_defaults"  # the namespace attribute ``run`` records each option's flag and default in
+
+
+def _record_defaults(parser: argparse.ArgumentParser) -> None:
+    """Keep each option's longest flag and default in the parsed namespace, for ``given``."""
+    options = {}
+    for action in parser._actions:
+        if action.option_strings and action.default is not argparse.SUPPRESS and action.dest not in options:
+            options[action.dest] = (max(action.option_strings, key=len), action.default)
+    parser.set_defaults(**{OPTION_DEFAULTS: options})
+
+
+def given(args: argparse.Namespace, dests: tuple[str, ...]) -> list[str]:
+    """The flags of the options ``dests`` that the command line set to something other than their default (a
+    parser run by ``run``)."""
+    def plain(value):
+        return tuple(value) if isinstance(value, list) else value
+    options = getattr(args, OPTION_DEFAULTS)
+    return [options[dest][0] for dest in dests if plain(getattr(args, dest)) != plain(options[dest][1])]
+
+
 def _document_defaults(parser: argparse.ArgumentParser) -> None:
     """Append ``(default X)`` to every option help that does not state its default already."""
     for action in parser._actions:
@@ -86,6 +107,7 @@ def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPars
     whose files follow from several options. Ctrl-C and SIGTERM interrupt ``main`` once (its clean-up runs; see
     ``interrupts``) and return 130 / 143."""
     _document_defaults(parser)
+    _record_defaults(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
     if not args.debug:

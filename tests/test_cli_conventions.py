@@ -111,3 +111,30 @@ def test_known_library_noise_is_hidden_unless_debug():
             warnings.simplefilter("always")
             assert run(noisy, parser, argv) == 0
         assert any("LeafSpec" in str(w.message) for w in caught) == shown
+
+
+def test_given_names_the_options_set_away_from_their_defaults():
+    """``console.given``, which every "this option would be ignored" check asks: list defaults, flags, an old
+    name (whose hidden default must not count), a value equal to the default (not given)."""
+    from runtime.console import add_hidden_aliases, given, run
+
+    def parser():
+        made = argparse.ArgumentParser()
+        made.add_argument("--keep", action="append", default=[])
+        made.add_argument("--size", type=int, nargs=2, default=(64, 64))
+        made.add_argument("--count", type=int)
+        made.add_argument("--flag", action="store_true")
+        made.add_argument("--debug", action="store_true")
+        add_hidden_aliases(made, {"--old-count": "--count"})
+        return made
+
+    seen = {}
+
+    def main(args):
+        seen["given"] = given(args, ("keep", "size", "count", "flag"))
+        return 0
+
+    for argv, expected in (([], []), (["--size", "64", "64"], []), (["--size", "64", "96"], ["--size"]),
+                           (["--keep", "A", "--flag"], ["--keep", "--flag"]), (["--old-count", "3"], ["--count"])):
+        assert run(main, parser(), argv) == 0
+        assert seen["given"] == expected, argv
