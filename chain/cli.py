@@ -28,9 +28,9 @@ def _demo(args: argparse.Namespace) -> int:
         DemoConfig(workdir=args.work_dir, **overrides)
     try:
         rows = run_demo(config)
-    except KeyboardInterrupt:
-        print(f"offseg-demo stopped: {RESUME_HINT} (finished steps are reused, training resumes from its last "
-              "checkpoint)", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as interrupt:
+        interrupt.add_note(f"offseg-demo stopped: {RESUME_HINT} (finished steps are reused, training resumes from "
+                           "its last checkpoint)")
         raise
     print(format_table(rows))
     print(miou_note(config))

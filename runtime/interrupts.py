@@ -74,7 +74,9 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
 
 
 def describe(interrupt: KeyboardInterrupt) -> str:
-    return "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted (Ctrl-C)"
+    """"terminated (SIGTERM)" or "interrupted (Ctrl-C)", then the notes added on the way out (``add_note``)."""
+    said = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted (Ctrl-C)"
+    return "; ".join([said, *getattr(interrupt, "__notes__", ())])
 
 
 def _ignore_repeat(signum: int, frame) -> None:

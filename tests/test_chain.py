@@ -154,6 +154,8 @@ def test_an_interrupted_demo_gives_advice_it_accepts(tmp_path):
     text = log.read_text()
     assert "Traceback" not in text and "--resume" not in text
     assert "run the same offseg-demo command again to continue" in text
+    last = text.rstrip().splitlines()[-1]  # the stop and the advice in one closing line
+    assert last.startswith("interrupted (Ctrl-C); offseg-demo stopped: run the same offseg-demo command again"), last
     saved = int(re.search(r"saved \S+latest.pth at iteration (\d+)", text).group(1))
     with log.open("w") as stream:
         child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
