@@ -36,6 +36,10 @@ HEAD_RENAMES = {
 }
 
 
+ZIP_START = b"PK"  # how torch.save's files start: a zip archive,
+PICKLE_START = b"\x80"  # or (its older format) a pickle of protocol 2 or later
+
+
 class InertObject:
     """Stands in for an object of a class that is not installed; keeps its constructor args and state as data."""
 
@@ -53,7 +57,14 @@ def read_file(path: str | os.PathLike) -> dict:
         raise OffsegError(f"checkpoint {path} does not exist or is not a file")
     try:
         with path.open("rb") as stream:
+            start = stream.read(len(ZIP_START))
             zipped = zipfile.is_zipfile(stream)
+    except OSError as error:
+        raise OffsegError(f"cannot read checkpoint {path}: {error.strerror or error}") from error
+    if start and start != ZIP_START and not start.startswith(PICKLE_START):  # empty or cut short: torch says so
+        raise OffsegError(f"cannot read checkpoint {path}: it is not a PyTorch file of weights (neither torch.save's "
+                          "zip archive nor its older pickle format)")
+    try:
         # legacy (non-zip) files are read by the same weights-only unpickler, without the placeholder scan
         unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path) if zipped else []
         placeholders = [(type(name.rsplit(".", 1)[-1], (InertObject,), {}), name) for name in unknown]

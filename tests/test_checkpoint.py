@@ -103,6 +103,9 @@ def test_weights_that_are_not_tensors_are_refused(tmp_path, official_state):
 
 @pytest.mark.parametrize("content, reason", [(b"", "ends early"), (b"not a checkpoint at all", "not a PyTorch file"),
                                              (b"\x00\x00\x00\x18ftypisom", "not a PyTorch file"),
+                                             (b"hi\n", "not a PyTorch file"),  # torch: KeyError(104)
+                                             (b"\x08\x08\x12\x07pytorch", "not a PyTorch file"),  # an ONNX file
+                                             (serialize({"a": 1})[:200], "zip archive"),  # cut short
                                              (pickle.dumps([1, 2, 3]), "not a PyTorch file"),
                                              (serialize([1, 2, 3]), "holds a list")])
 def test_unreadable_files_give_a_clear_error(tmp_path, content, reason):
