@@ -82,15 +82,16 @@ OUR_PACKAGES = ("offseg", "export", "runtime", "calibration", "chain")
 
 
 def _quiet_opencv() -> None:
-    """OpenCV's warnings ("[ WARN:0@0.2] global cap_v4l.cpp ...") and FFmpeg's notices through it ("[tcp @ 0x..]
-    Connection refused"): a failed capture is our one sentence. OpenCV reads its level when imported, FFmpeg's
-    level is read at the first capture. Levels the user set in the environment stay."""
+    """OpenCV's warnings and errors ("[ WARN:0@0.2] global cap_v4l.cpp ...", "[ERROR:0@0.1] ... Failed to initialize
+    VideoWriter") and FFmpeg's notices through it ("[tcp @ 0x..] Connection refused"): a failed capture or writer is
+    our one sentence. OpenCV reads its level when imported, FFmpeg's level at the first capture. Levels the user set
+    in the environment stay."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     if "OPENCV_LOG_LEVEL" not in os.environ:
-        os.environ["OPENCV_LOG_LEVEL"] = "ERROR"
+        os.environ["OPENCV_LOG_LEVEL"] = "SILENT"
         if "cv2" in sys.modules:
             cv2 = sys.modules["cv2"]
-            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def _ours_or_errors(record: logging.LogRecord) -> bool:

@@ -72,7 +72,7 @@ def declared_paths(parser: argparse.ArgumentParser, args: argparse.Namespace
         role, value = getattr(action, ROLE, None), getattr(args, action.dest, None)
         if role is None or value is None or action.help == argparse.SUPPRESS:
             continue
-        option = max(action.option_strings, key=len)
+        option = max(action.option_strings, key=len) if action.option_strings else action.dest  # or a positional
         if role == "input":
             inputs.append((option, Path(value)))
         else:

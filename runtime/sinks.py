@@ -163,7 +163,8 @@ class VideoSink:
         (checked before a run starts, so the codec error is left for what it really means)."""
         fourcc = FOURCC.get(path.suffix.lower())
         if fourcc is None:
-            raise OffsegError(f"unsupported video format {path.suffix!r}; use one of {', '.join(FOURCC)}")
+            what = f"unsupported video format {path.suffix!r}" if path.suffix else f"{path} names no video format"
+            raise OffsegError(f"{what}; name a video file ending in one of {', '.join(FOURCC)}")
         check_video_target(path, fps)
         return fourcc
 

@@ -113,6 +113,29 @@ def test_known_library_noise_is_hidden_unless_debug():
         assert any("LeafSpec" in str(w.message) for w in caught) == shown
 
 
+def test_opencv_errors_are_left_to_our_sentence_unless_debug(tmp_path):
+    """OpenCV logs a writer it cannot open ("[ERROR:0@0.1] ... Failed to initialize VideoWriter") where the command
+    says so in its own words: hidden unless --debug (a fresh process: OpenCV reads its level when imported)."""
+    script = f"""
+import argparse, sys
+from runtime.console import add_common_options, run
+def main(args):
+    import cv2
+    writer = cv2.VideoWriter({str(tmp_path / "v.mp4")!r}, cv2.VideoWriter_fourcc(*"mp4v"), 15, (100000, 100000))
+    print("opened", writer.isOpened())
+    return 0
+parser = argparse.ArgumentParser()
+add_common_options(parser)
+sys.exit(run(main, parser, sys.argv[1:]))
+"""
+    env = {key: value for key, value in __import__("os").environ.items() if not key.startswith("OPENCV_")}
+    for argv, shown in (([], False), (["--debug"], True)):
+        done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env,
+                              cwd=Path(__file__).parents[1], timeout=120)
+        assert "opened False" in done.stdout, done.stderr
+        assert ("VideoWriter" in done.stderr) == shown, done.stderr
+
+
 def test_given_names_the_options_set_away_from_their_defaults():
     """``console.given``, which every "this option would be ignored" check asks: list defaults, flags, an old
     name (whose hidden default must not count), a value equal to the default (not given)."""

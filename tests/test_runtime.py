@@ -348,3 +348,14 @@ def test_a_test_video_is_one_command(tmp_path, capsys):
     assert len(frames) == 6 and frames[0].shape == (96, 160, 3) and fps == pytest.approx(10)
     assert render_main([str(tmp_path / "missing" / "x.mp4")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    for argv, said in ((["--frames", "0"], "--frames must be at least 1, got 0"),
+                       (["--size", "0", "10"], "--size 0 10: both sides must be at least 32"),
+                       (["--size", "100000", "100000"], "above the limit of 100 megapixels"),
+                       (["--fps", "0"], "--fps must be above 0, got 0")):
+        assert render_main([str(tmp_path / "refused.mp4"), *argv]) == 2
+        assert said in capsys.readouterr().err
+    assert render_main([str(tmp_path)]) == 2  # an existing folder: the output policy
+    assert "is a folder; give a file name" in capsys.readouterr().err
+    assert render_main([str(tmp_path / "clip")]) == 2  # no suffix: the message says a video file is wanted
+    assert "clip names no video format; name a video file ending in one of .mp4" in capsys.readouterr().err
+    assert not (tmp_path / "refused.mp4").exists()

@@ -17,6 +17,7 @@ PALETTE = np.array([(70, 130, 180), (70, 70, 70), (107, 142, 35), (152, 251, 152
                     (220, 20, 60), (153, 153, 153), (220, 220, 0)], np.uint8)
 LABEL = {name: i for i, name in enumerate(CLASSES)}
 SCENE_SIZE = (256, 384)  # H W of the synthetic dataset's scenes unless asked otherwise
+MIN_FRAME_SIDE = 32  # of a rendered video (python -m offseg.data.synthetic --size)
 
 
 def _noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
@@ -183,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from runtime.console import add_common_options, run
+    from runtime.limits import check_at_least, check_image_pixels
+    from runtime.output_policy import add_output
     from runtime.progress import counted
     from runtime.sinks import VideoSink
 
     parser = argparse.ArgumentParser(prog="python -m offseg.data.synthetic", description="Render a video of "
                                      "synthetic street scenes (a camera panning over one scene) to try offseg-run on.")
-    parser.add_argument("output", type=Path, help="video file (.mp4, .avi or .mkv)")
+    add_output(parser, "output", help="video file (.mp4, .avi or .mkv)")
     parser.add_argument("--frames", type=int, default=60, help="frames to render")
     parser.add_argument("--size", type=int, nargs=2, default=(360, 640), metavar=("H", "W"), help="frame size")
     parser.add_argument("--fps", type=float, default=15.0, help="frames per second")
@@ -197,8 +200,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def render(args) -> int:
         from runtime.errors import OffsegError
-        if args.frames < 1 or min(args.size) < 32:
-            raise OffsegError("--frames must be at least 1 and --size at least 32 32")
+        check_at_least(("--frames", args.frames, 1))
+        if min(args.size) < MIN_FRAME_SIDE:
+            raise OffsegError(f"--size {args.size[0]} {args.size[1]}: both sides must be at least {MIN_FRAME_SIDE}")
+        check_image_pixels(*args.size, f"--size {args.size[0]} {args.size[1]}")
+        if not args.fps > 0:
+            raise OffsegError(f"--fps must be above 0, got {args.fps:g}")
         VideoSink.check_target(args.output, args.fps)
         write_video(args.output, args.seed, args.frames, *args.size, fps=args.fps)
         print(f"wrote {args.output} ({counted(args.frames, 'frame')} of {args.size[0]}x{args.size[1]} at "
