@@ -50,11 +50,26 @@ def _shown(args: argparse.Namespace, path: Path) -> Path:
     return staged[1] / path.relative_to(staged[0]) if staged and path.is_relative_to(staged[0]) else path
 
 
-def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
-    """PyTorch -> ONNX, plus the parity check against PyTorch; returns the ONNX metadata."""
+def _torch_model(args: argparse.Namespace):
+    """The model to export and its name: from --checkpoint, else fresh weights (with a warning)."""
     from offseg import build_model
     from offseg.checkpoint import build_from_checkpoint
 
+    if args.checkpoint:
+        model, name = build_from_checkpoint(args.checkpoint, args.model)
+        if args.num_classes is not None and args.num_classes != model.num_classes:
+            raise OffsegError(f"--num-classes {args.num_classes} does not match the checkpoint "
+                              f"({model.num_classes} classes); drop the option or use another checkpoint")
+        return model, name
+    name = args.model or "offseg-t"
+    print(f"WARNING: no --checkpoint given: exporting {name} with RANDOM, UNTRAINED weights. Its predictions "
+          "are noise; the files are for speed tests only (the metadata says so too). Pass --checkpoint PATH "
+          "for a real model.", file=sys.stderr, flush=True)
+    return build_model(name, 150 if args.num_classes is None else args.num_classes).eval(), name
+
+
+def _export_torch(args: argparse.Namespace, model, name: str, onnx_path: Path) -> dict[str, str]:
+    """PyTorch -> ONNX, plus the parity check against PyTorch; returns the ONNX metadata."""
     from .onnx import OnnxOptions, export_onnx
     from .parity import onnx_parity
 
@@ -65,17 +80,6 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
                           fused_head=not args.unfused_head, head_as_function=not args.inline_head,
                           freqfusion_form=freqfusion_form_for(args.freqfusion_form, _target(args)))
     options.validate()
-    if args.checkpoint:
-        model, name = build_from_checkpoint(args.checkpoint, args.model)
-        if args.num_classes is not None and args.num_classes != model.num_classes:
-            raise OffsegError(f"--num-classes {args.num_classes} does not match the checkpoint "
-                              f"({model.num_classes} classes); drop the option or use another checkpoint")
-    else:
-        name = args.model or "offseg-t"
-        model = build_model(name, 150 if args.num_classes is None else args.num_classes).eval()
-        print(f"WARNING: no --checkpoint given: exporting {name} with RANDOM, UNTRAINED weights. Its predictions "
-              "are noise; the files are for speed tests only (the metadata says so too). Pass --checkpoint PATH "
-              "for a real model.", file=sys.stderr, flush=True)
     start = time.perf_counter()
     result = export_onnx(model, name, onnx_path, options, args.checkpoint)
     print(f"wrote {_shown(args, result.path)} ({_size(result.path)}) in {time.perf_counter() - start:.0f} s: input "
@@ -88,6 +92,42 @@ def _export_torch(args: argparse.Namespace, onnx_path: Path) -> dict[str, str]:
               f"{onnx_parity(model, onnx_path, options)}")
     _report_support(onnx_path)
     return result.metadata
+
+
+def _read_onnx_source(args: argparse.Namespace):
+    """The --onnx file (checked: an offseg export), with its metadata; OffsegError beside --model/--checkpoint."""
+    from calibration.files import load_onnx, read_metadata
+
+    if args.checkpoint or args.model:
+        raise OffsegError("--onnx builds from an exported file: drop --model/--checkpoint")
+    graph = load_onnx(args.onnx)
+    meta = read_metadata(graph)
+    _check_profile(args, meta.get("offseg.input_size") == "dynamic", f"{args.onnx.name} (input "
+                   f"{meta.get('offseg.input_size')})")
+    return graph, meta
+
+
+def _package_model(args: argparse.Namespace, place, check=None) -> tuple[dict[str, str], Path]:
+    """The FP32 ONNX model of a --format deepstream / triton package, written where ``place(model name)`` says:
+    exported from PyTorch, or the --onnx file copied in (once ``check(its metadata)`` passes); returns its
+    metadata and path."""
+    if not args.onnx:
+        model, name = _torch_model(args)
+        path = place(name)
+        return _export_torch(args, model, name, path), path
+    graph, meta = _read_onnx_source(args)
+    precision = meta.get("offseg.precision", "fp32")
+    if precision != "fp32":
+        raise OffsegError(f"--onnx {args.onnx} is the {precision.upper()} model; a --format {args.format} package "
+                          "starts from the FP32 ONNX file (its precision is chosen with --fp16 / --int8): give the "
+                          "file it was made from")
+    if check is not None:
+        check(meta)
+    path = place(meta["offseg.model"])
+    path.write_bytes(graph.SerializeToString())  # external data, if any, now inside the package's one file
+    print(f"copied {args.onnx} into the package ({meta.get('offseg.model')}, {meta.get('offseg.num_classes')} "
+          f"classes, input {meta.get('offseg.input_size', '').replace(' ', 'x')}, {meta.get('offseg.input_format')})")
+    return meta, path
 
 
 def _target(args: argparse.Namespace) -> str:
@@ -233,30 +273,37 @@ def _outputs(args: argparse.Namespace) -> list[Output]:
 
 
 def _package_folder(args: argparse.Namespace) -> Path:
-    name = args.model or "offseg-t"
+    name = args.model or (args.onnx.stem if args.onnx else "offseg-t")
     return args.output or Path(f"{name}-deepstream" if args.format == "deepstream" else "model_repository")
 
 
 def _deepstream(args: argparse.Namespace) -> int:
-    """``--format deepstream``: the ONNX export and the nvinfer package, written to a folder renamed when done."""
+    """``--format deepstream``: the ONNX model (exported, or --onnx) and the nvinfer package, written to a folder
+    renamed when done."""
     from runtime.backends import ModelInfo
     from runtime.sinks import atomic_folder
 
     from .deepstream import check_model, write_package
 
-    if args.onnx:
-        raise OffsegError("--format deepstream exports from PyTorch: drop --onnx (give --checkpoint)")
-    name = args.model or "offseg-t"
+    if not args.onnx:
+        check_model(ModelInfo(args.model or "offseg-t", 1, tuple(args.input_size) if not args.dynamic else None,
+                              args.input_format, args.output_kind, input_layout=args.input_layout))
     folder = _package_folder(args)
-    check_model(ModelInfo(name, 1, tuple(args.input_size) if not args.dynamic else None, args.input_format,
-                          args.output_kind, input_layout=args.input_layout))
     with atomic_folder(folder) as tmp:
         args.staged = (tmp, folder)
-        meta = _export_torch(args, tmp / f"{name}.onnx")
-        written = write_package(tmp, ModelInfo.from_metadata(meta), f"{name}.onnx", args.fp16)
-    print(f"wrote {folder}/: {name}.onnx, {', '.join(written)}; on the device: cd {folder} && sh pipeline.sh "
+        meta, onnx_path = _package_model(args, lambda name: tmp / f"{name}.onnx",
+                                         check=lambda meta: check_model(ModelInfo.from_metadata(meta), args.onnx))
+        written = write_package(tmp, ModelInfo.from_metadata(meta), onnx_path.name, args.fp16)
+    print(f"wrote {folder}/: {onnx_path.name}, {', '.join(written)}; on the device: cd {folder} && sh pipeline.sh "
           "VIDEO.mp4")
     return 0
+
+
+def _version_folder(repository: Path, name: str) -> Path:
+    """A Triton repository's ``NAME/1/``, made."""
+    version = repository / name / "1"
+    version.mkdir(parents=True)
+    return version
 
 
 def _triton(args: argparse.Namespace) -> int:
@@ -270,9 +317,6 @@ def _triton(args: argparse.Namespace) -> int:
 
     from .triton import BACKENDS, config_text
 
-    if args.onnx:
-        raise OffsegError("--format triton exports from PyTorch: drop --onnx (give --checkpoint)")
-    name = args.model or "offseg-t"
     repository = _package_folder(args)
     backend = args.triton_backend
     if backend == "tensorrt" and not module_installed(args.trt_module or "tensorrt"):
@@ -284,10 +328,8 @@ def _triton(args: argparse.Namespace) -> int:
     calib_key = _check_inputs(args)
     with atomic_folder(repository) as tmp:
         args.staged = (tmp, repository)
-        version = tmp / name / "1"
-        version.mkdir(parents=True)
-        onnx_path = version / "model.onnx"
-        meta = _export_torch(args, onnx_path)
+        meta, onnx_path = _package_model(args, lambda name: _version_folder(tmp, name) / "model.onnx")
+        name, version = meta["offseg.model"], onnx_path.parent
         graph = load_onnx(onnx_path)
         check_user_rules(graph, args.keep_fp32, str(_shown(args, onnx_path)))
         if backend == "python":
@@ -329,16 +371,11 @@ def _export(args: argparse.Namespace) -> int:
     files = _artifacts(args)
     calib_key = _check_inputs(args)
     if args.onnx:
-        if args.checkpoint or args.model:
-            raise OffsegError("--onnx builds from an exported file: drop --model/--checkpoint")
         fp32_path = args.onnx
-        graph = load_onnx(fp32_path)
-        meta = read_metadata(graph)
-        _check_profile(args, meta.get("offseg.input_size") == "dynamic", f"{fp32_path.name} (input "
-                       f"{meta.get('offseg.input_size')})")
+        graph, meta = _read_onnx_source(args)
     else:
         fp32_path = files["fp32"]
-        meta = _export_torch(args, fp32_path)
+        meta = _export_torch(args, *_torch_model(args), fp32_path)
         graph = load_onnx(fp32_path) if args.keep_fp32 else None
     if args.keep_fp32:
         check_user_rules(graph, args.keep_fp32, str(fp32_path))

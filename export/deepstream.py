@@ -26,15 +26,21 @@ HEADER = """# nvinfer config written by offseg-export for {model} ({classes} cla
 """
 
 
-def check_model(info: ModelInfo) -> None:
-    """OffsegError unless nvinfer can feed and parse the export described by ``info``."""
-    if info.input_format != "float-rgb-0-255":
-        raise OffsegError("DeepStream's nvinfer feeds float RGB 0-255: export with --input-format float-rgb-0-255")
-    if info.output_kind == "logits":
-        raise OffsegError("nvinfer's segmentation parser starts each pixel at -1 and drops negative logits: use "
-                          "--output-kind probs (or labels for an application that reads tensor meta)")
-    if info.input_size is None:
-        raise OffsegError("nvinfer needs a fixed input size: export without --dynamic (--input-size H W)")
+def check_model(info: ModelInfo, source: Path | None = None) -> None:
+    """OffsegError unless nvinfer can feed and parse the export described by ``info`` (``source``: the ONNX file it
+    describes, when one was given, which cannot change; else the export's flags can)."""
+    for wrong, problem, flags in (
+            (info.input_format != "float-rgb-0-255", "DeepStream's nvinfer feeds float RGB 0-255",
+             "--input-format float-rgb-0-255"),
+            (info.output_kind == "logits", "nvinfer's segmentation parser starts each pixel at -1 and drops negative "
+             "logits", "--output-kind probs (or labels for an application that reads tensor meta)"),
+            (info.input_size is None, "nvinfer needs a fixed input size", "--input-size H W, without --dynamic")):
+        if wrong and source is None:
+            raise OffsegError(f"{problem}: export with {flags}")
+        if wrong:
+            raise OffsegError(f"{problem}, and {source} was exported otherwise: export the package from the "
+                              f"checkpoint instead (offseg-export --checkpoint CHECKPOINT --format deepstream; its "
+                              f"defaults are what nvinfer needs)")
 
 
 def nvinfer_properties(info: ModelInfo, onnx_name: str, fp16: bool) -> dict[str, str]:

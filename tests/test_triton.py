@@ -59,6 +59,28 @@ def test_repository_config_parses_with_tritons_schema_and_matches_the_onnx(tmp_p
     assert (info.num_classes, info.output_kind, info.output_layout) == (9, "labels", "nhwc")
 
 
+@pytest.mark.slow
+def test_a_repository_from_an_exported_file_is_the_repository_from_its_checkpoint(tmp_path, capsys):
+    """``--onnx FILE --format triton``: the file copied in, named by its metadata, the same config; a derived
+    (FP16) file is refused, the FP32 file it came from is what a package starts from."""
+    from calibration.files import derive_fp16
+
+    checkpoint, onnx_path = export_small_model(tmp_path, input_size=SIZE)  # the ONNX format's FreqFusion form
+    assert export_main(["--checkpoint", str(checkpoint), "--input-size", *map(str, SIZE), "--freqfusion-form",
+                        "gather", "--format", "triton", "--output", str(tmp_path / "a"), "--no-check"]) == 0
+    capsys.readouterr()
+    assert export_main(["--onnx", str(onnx_path), "--format", "triton", "--output", str(tmp_path / "b")]) == 0
+    assert f"copied {onnx_path} into the package (offseg-t, 9 classes, input 64x96" in capsys.readouterr().out
+    one, other = tmp_path / "a" / "offseg-t", tmp_path / "b" / "offseg-t"
+    assert (one / "config.pbtxt").read_text() == (other / "config.pbtxt").read_text()
+    assert (one / "1" / "model.onnx").read_bytes() == (other / "1" / "model.onnx").read_bytes()
+    derive_fp16(onnx_path, tmp_path / "t.fp16.onnx")
+    assert export_main(["--onnx", str(tmp_path / "t.fp16.onnx"), "--format", "triton", "--output",
+                        str(tmp_path / "refused")]) == 2
+    assert "is the FP16 model; a --format triton package starts from the FP32 ONNX file" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
 @pytest.mark.parametrize("backend, runner, kind", [("onnxruntime", "onnxruntime_onnx", "KIND_GPU"),
                                                    ("tensorrt", "tensorrt_plan", "KIND_GPU"),
                                                    ("python", "", "KIND_CPU")])
