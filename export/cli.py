@@ -349,7 +349,7 @@ def _triton(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from calibration.files import check_onnx_name, load_onnx, read_metadata
+    from calibration.files import check_onnx_name, load_onnx
     from calibration.precision import check_user_rules
 
     check_at_least(("--num-classes", args.num_classes, 1))
