@@ -7,7 +7,6 @@ import logging
 import re
 import sys
 import time
-from pathlib import Path
 
 from .console import add_common_options, add_engine_host_code_option, add_hidden_aliases, given, run
 from .errors import OffsegError

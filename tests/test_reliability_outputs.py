@@ -13,7 +13,6 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from runtime.errors import OffsegError
 from runtime.output_policy import ROLE, add_input, add_output
 from runtime.sinks import MaskSink
 

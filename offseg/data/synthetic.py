@@ -181,7 +181,6 @@ def write_video(path, seed: int = 0, frames: int = 60, height: int = 360, width:
 def main(argv: list[str] | None = None) -> int:
     """``python -m offseg.data.synthetic OUT.mp4``: a rendered street video to try ``offseg-run`` on."""
     import argparse
-    from pathlib import Path
 
     from runtime.console import add_common_options, run
     from runtime.limits import check_at_least, check_image_pixels
