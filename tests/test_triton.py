@@ -36,11 +36,14 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_repository_config_parses_with_tritons_schema_and_matches_the_onnx(tmp_path, tritonclient):
+def test_repository_config_parses_with_tritons_schema_and_matches_the_onnx_also_from_an_exported_file(
+        tmp_path, tritonclient):
     model_config_pb2 = tritonclient
     from google.protobuf import text_format
 
-    checkpoint, _ = export_small_model(tmp_path, input_size=SIZE)
+    from calibration.files import derive_fp16
+
+    checkpoint, onnx_path = export_small_model(tmp_path, input_size=SIZE)
     repository = tmp_path / "repo"
     assert export_main(["--checkpoint", str(checkpoint), "--input-size", *map(str, SIZE), "--format", "triton",
                         "--output", str(repository), "--output-kind", "labels", "--label-dtype", "int32",
@@ -57,27 +60,17 @@ def test_repository_config_parses_with_tritons_schema_and_matches_the_onnx(tmp_p
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     info = ModelInfo.from_metadata({k: v.string_value for k, v in config.parameters.items()})
     assert (info.num_classes, info.output_kind, info.output_layout) == (9, "labels", "nhwc")
-
-
-@pytest.mark.slow
-def test_a_repository_from_an_exported_file_is_the_repository_from_its_checkpoint(tmp_path, capsys):
-    """``--onnx FILE --format triton``: the file copied in, named by its metadata, the same config; a derived
-    (FP16) file is refused, the FP32 file it came from is what a package starts from."""
-    from calibration.files import derive_fp16
-
-    checkpoint, onnx_path = export_small_model(tmp_path, input_size=SIZE)  # the ONNX format's FreqFusion form
-    assert export_main(["--checkpoint", str(checkpoint), "--input-size", *map(str, SIZE), "--freqfusion-form",
-                        "gather", "--format", "triton", "--output", str(tmp_path / "a"), "--no-check"]) == 0
-    capsys.readouterr()
-    assert export_main(["--onnx", str(onnx_path), "--format", "triton", "--output", str(tmp_path / "b")]) == 0
-    assert f"copied {onnx_path} into the package (offseg-t, 9 classes, input 64x96" in capsys.readouterr().out
-    one, other = tmp_path / "a" / "offseg-t", tmp_path / "b" / "offseg-t"
-    assert (one / "config.pbtxt").read_text() == (other / "config.pbtxt").read_text()
-    assert (one / "1" / "model.onnx").read_bytes() == (other / "1" / "model.onnx").read_bytes()
-    derive_fp16(onnx_path, tmp_path / "t.fp16.onnx")
-    assert export_main(["--onnx", str(tmp_path / "t.fp16.onnx"), "--format", "triton", "--output",
-                        str(tmp_path / "refused")]) == 2
-    assert "is the FP16 model; a --format triton package starts from the FP32 ONNX file" in capsys.readouterr().err
+    packaged = tmp_path / "from-onnx"  # --onnx: the exported file copied in, named by its metadata
+    assert export_main(["--onnx", str(onnx_path), "--format", "triton", "--output", str(packaged)]) == 0
+    assert (packaged / "offseg-t" / "1" / "model.onnx").read_bytes() == onnx_path.read_bytes()
+    config = text_format.Parse((packaged / "offseg-t" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == "offseg-t" and list(config.input[0].dims) == [1, 3, *SIZE]
+    assert config.output[0].name == "logits" and list(config.output[0].dims) == [1, 9, SIZE[0] // 4, SIZE[1] // 4]
+    derive_fp16(onnx_path, tmp_path / "t.fp16.onnx")  # a derived file: the package starts from its FP32 source
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert export_main(["--onnx", str(tmp_path / "t.fp16.onnx"), "--format", "triton", "--output",
+                            str(tmp_path / "refused")]) == 2
+    assert "is the FP16 model; a --format triton package starts from the FP32 ONNX file" in err.getvalue()
     assert not (tmp_path / "refused").exists()
 
 
