@@ -189,6 +189,14 @@ def _check_unused_options(args: argparse.Namespace) -> None:
         raise OffsegError(f"{', '.join(traced)} appl{'y' if len(traced) > 1 else 'ies'} when exporting from PyTorch; "
                           f"the file given with --onnx keeps its own (its metadata says which): drop "
                           f"{'them' if len(traced) > 1 else 'it'}, or export anew from --checkpoint")
+    derived = [flag for flag, wanted in (("--fp16", args.fp16), ("--int8", args.int8)) if wanted]
+    if args.onnx and args.format == "onnx" and not derived:
+        raise OffsegError(f"--onnx {args.onnx} with --format onnx (the default) has nothing to make: add --fp16 or "
+                          "--int8 for its FP16 / INT8 version, or --format engine, deepstream or triton")
+    if args.onnx and args.format == "onnx" and args.output and len(derived) > 1:
+        stem = args.onnx.with_suffix("")
+        raise OffsegError(f"--output names one file, and --fp16 --int8 make two ({stem}.fp16.onnx and "
+                          f"{stem}.int8.onnx, named after --onnx): drop --output, or make one at a time")
     tensorrt = args.format == "engine" or (args.format == "triton" and args.triton_backend == "tensorrt")
     unused = [] if tensorrt else given(args, BUILD_ONLY)
     if unused:
@@ -254,6 +262,8 @@ def _artifacts(args: argparse.Namespace) -> dict[str, Path]:
     for kind, wanted in (("fp16", args.fp16 and not (args.format == "engine" and args.int8)), ("int8", args.int8)):
         if wanted:
             files[kind] = stem.with_name(f"{stem.name}.{kind}.onnx")
+    if args.onnx and args.format == "onnx" and args.output and len(files) == 1:  # --output names the one made
+        files = {kind: args.output for kind in files}
     if args.format == "engine":
         precision = _engine_options(args).precision
         files["engine"] = args.output if args.output and args.output.suffix == ".plan" else \

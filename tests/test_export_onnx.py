@@ -91,9 +91,9 @@ def test_labels_export_with_normalization_in_the_graph(tmp_path, capsys):
     (["--input-size", "250", "256"], "multiples of 32"),
     (["--output", "/nonexistent-folder/x.onnx", "--input-size", "64", "64"], "does not exist"),
     (["--checkpoint", "missing.pth"], "missing.pth does not exist"),
-    (["--onnx", "missing.onnx"], "--onnx missing.onnx does not exist"),
+    (["--onnx", "missing.onnx", "--fp16"], "--onnx missing.onnx does not exist"),
     (["--onnx", __file__, "--freqfusion-form", "taps"], "applies when exporting from PyTorch"),
-    (["--onnx", __file__], "not a readable ONNX model"),
+    (["--onnx", __file__, "--fp16"], "not a readable ONNX model"),
     (["--int8", "--input-size", "64", "64", "--no-check", "--output", "/tmp/offseg-test-int8.onnx"],
      "--int8 needs calibration images"),
     (["--fp16", "--keep-fp32", ":Softmax"], "node-name prefix"),
@@ -134,6 +134,9 @@ def test_user_mistakes_give_one_clear_line(capsys, argv, message):
      "and this export is static: export with --dynamic, or drop it"),
     (["--format", "triton", "--triton-backend", "tensorrt", "--max-batch", "4", "--opt-size", "256", "256"],
      "--max-batch, --opt-size set the batch"),
+    (["--onnx", "m.onnx"], "--onnx m.onnx with --format onnx (the default) has nothing to make: add --fp16 or --int8"),
+    (["--onnx", "m.onnx", "--fp16", "--int8", "--calib-data", "synthetic"], "--output names one file, and --fp16 "
+     "--int8 make two (m.fp16.onnx and m.int8.onnx, named after --onnx)"),
 ])
 def test_an_option_the_output_would_ignore_is_refused_before_the_export(tmp_path, capsys, monkeypatch, argv, message):
     """They used to be ignored: e.g. --workspace with an ONNX output, --fp16 with a Triton ONNX Runtime repository
@@ -152,6 +155,15 @@ def test_profile_options_for_a_static_onnx_file_are_refused(tmp_path, capsys):
     assert ("--max-batch sets the batch and sizes a dynamic model is built for, and static.onnx (input 64 64) is "
             "static") in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [static]
+
+
+def test_output_names_the_one_file_made_from_an_onnx_file(tmp_path, capsys):
+    """``--onnx M --fp16 --output F``: F is the FP16 file (--output was ignored: M.fp16.onnx was written)."""
+    from tiny_onnx import write_tiny_onnx
+    source = write_tiny_onnx(tmp_path / "m.onnx", dynamic=False)
+    assert export_main(["--onnx", str(source), "--fp16", "--output", str(tmp_path / "half.onnx")]) == 0
+    assert f"wrote {tmp_path / 'half.onnx'}" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half.onnx", "m.onnx"]
 
 
 def test_a_tensorrt_triton_repository_without_tensorrt_fails_before_the_export(tmp_path, capsys, monkeypatch):
