@@ -446,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                           "model repository")
     add_output(out, "--output", help="main output (.onnx, .plan with --format engine, a new folder "
                      "with --format deepstream / triton; default ./<model>.onnx / .plan / <model>-deepstream / "
-                     "model_repository); other files share its stem")
+                     "model_repository); other files share its stem; with --onnx and --fp16 or --int8: that file "
+                     "(default named after --onnx, M.fp16.onnx)")
     out.add_argument("--triton-backend", choices=("onnxruntime", "tensorrt", "python"), default="onnxruntime",
                      help="what serves a --format triton repository: onnxruntime (model.onnx), tensorrt (model.plan, "
                           "built here: needs TensorRT and this machine's GPU) or python (model.py running ONNX "
