@@ -164,6 +164,25 @@ def test_user_mistakes_give_one_clear_line(models, video, tmp_path, capsys, argv
     assert message in err and "Traceback" not in err
 
 
+def test_a_package_folder_given_as_the_model_points_at_its_model_file(tmp_path):
+    """--engine FOLDER where FOLDER is what offseg-export --format triton / deepstream writes (its file names)."""
+    from runtime.backends import open_backend
+    from runtime.errors import OffsegError
+
+    version = tmp_path / "repo" / "offseg-t" / "1"
+    version.mkdir(parents=True)
+    (version / "model.onnx").touch()
+    package = tmp_path / "package"
+    package.mkdir()
+    for name in ("offseg-t.onnx", "config_infer_primary_offseg.txt"):
+        (package / name).touch()
+    for folder, said in ((tmp_path / "repo", f"it is a Triton model repository; its model file is {version}/model.onnx"),
+                         (package, f"it is a DeepStream package; its model file is {package}/offseg-t.onnx")):
+        with pytest.raises(OffsegError, match="is a folder, not a model file") as error:
+            open_backend(folder)
+        assert said in str(error.value)
+
+
 @pytest.mark.parametrize("source", [["--stream", "rtsp://127.0.0.1:1/live"], ["--camera", "7"]])
 def test_a_source_that_does_not_open_is_our_sentence_alone(models, tmp_path, source):
     """OpenCV's warnings and FFmpeg's notices ("[tcp @ 0x..] Connection refused") go to the process's stderr from C:
