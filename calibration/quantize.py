@@ -206,9 +206,11 @@ def quantize_file(source: Path, path: Path, calib_data, options: QuantOptions = 
     with tempfile.TemporaryDirectory(prefix="offseg-int8-") as folder:
         flat_path, out_path = Path(folder) / "flat.onnx", Path(folder) / "int8.onnx"
         onnx.save(flat, flat_path)
-        log.info("calibrating on %s (%s, %s)",
+        short = f"; {calib_data} gives only {len(inputs)} of the {options.samples} asked for" \
+            if not cached and len(inputs) < options.samples else ""
+        log.info("calibrating on %s (%s, %s)%s",
                  f"cached ranges {options.cache}" if cached else counted(len(inputs), "image"), options.method,
-                 options.target)
+                 options.target, short)
         cache = Path(options.cache) if options.cache is not None else Path(folder) / "ranges.json"
         if not cached:
             calibrate_ranges(flat_path, inputs, options.method, options.op_types, cache, key)

@@ -146,6 +146,23 @@ def test_a_keep_fp32_rule_that_matches_no_node_is_one_sentence(tmp_path, capsys)
     assert not (tmp_path / "m.int8.onnx").exists()
 
 
+def test_fewer_calibration_images_than_asked_are_said(tmp_path, caplog):
+    """A folder (or video) with fewer images than --calib-images: all of them are used, and the log says so."""
+    import logging
+
+    import cv2
+    from tiny_onnx import write_tiny_onnx
+
+    tiny = write_tiny_onnx(tmp_path / "m.onnx")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(images / f"{i}.png"), np.full((40, 40, 3), 60 * i, np.uint8))
+    with caplog.at_level(logging.INFO, logger="calibration"):
+        quantize_file(tiny, tmp_path / "q.onnx", images, QuantOptions(target="tensorrt", samples=5))
+    assert f"calibrating on 2 images (minmax, tensorrt); {images} gives only 2 of the 5 asked for" in caplog.text
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--output", "OUT/q.txt"], "name the Q/DQ ONNX file NAME.onnx"),
     (["--sensitivity", "--sensitivity-images", "0"], "--sensitivity-images must be at least 1, got 0"),
