@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from offseg.names import DATASET_NAMES, MODEL_NAMES
+from offseg.train_options import train_args_given
 from runtime.console import add_common_options, add_engine_host_code_option, add_hidden_aliases, given, run
 from runtime.errors import OffsegError
 from runtime.limits import check_at_least, check_input_size
@@ -15,8 +16,8 @@ from runtime.output_policy import add_input, add_output
 
 from .bench import BACKENDS, BENCH_DESCRIPTION, format_report, run_bench
 
-# offseg-train flags offseg-reproduce sets itself: the later steps read what they name
-REPRODUCE_OWNS = ("--model", "--dataset", "--data-root", "--work-dir", "--pretrained-backbone", "--resume")
+# offseg-train options offseg-reproduce sets itself (the later steps read what they name), by destination
+REPRODUCE_OWNS = ("model", "dataset", "data_root", "work_dir", "pretrained_backbone", "resume")
 
 BENCH_FILES = ("*.onnx", "*.plan", "*.plan.json", "bench-*")  # what offseg-bench writes in --work-dir
 
@@ -60,14 +61,14 @@ def _reproduce(args: argparse.Namespace) -> int:
         train_args = tuple(shlex.split(args.train_args))
     except ValueError as error:  # an unclosed quote
         raise OffsegError(f"--train-args {args.train_args!r}: {error} (quote it as a shell would)") from None
-    for token in train_args:
-        name = token.split("=", 1)[0]
-        owned = [flag for flag in REPRODUCE_OWNS if name.startswith("--") and len(name) > 2 and flag.startswith(name)]
-        if owned == ["--resume"]:
-            raise OffsegError(f"--train-args {token}: a re-run of offseg-reproduce resumes its training by itself")
-        if owned:
-            raise OffsegError(f"--train-args {token}: offseg-reproduce sets {owned[0]} itself (the evaluation, export "
-                              f"and validation read what it names): give offseg-reproduce {owned[0]} instead")
+    given = train_args_given(train_args)
+    for dest in REPRODUCE_OWNS:
+        flag = "--" + dest.replace("_", "-")
+        if dest in given and dest == "resume":
+            raise OffsegError(f"--train-args {flag}: a re-run of offseg-reproduce resumes its training by itself")
+        if dest in given:
+            raise OffsegError(f"--train-args {flag}: offseg-reproduce sets {flag} itself (the evaluation, export and "
+                              f"validation read what it names): give offseg-reproduce {flag} instead")
     check_at_least(("--eval-images", args.eval_images, 1))
     if args.input_size:
         check_input_size(*args.input_size)
