@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import OffsegError
+from runtime.progress import counted
 
 from .commands import build_engine, run_command, tensorrt_unavailable
 
@@ -146,11 +147,26 @@ def _announce(config: DemoConfig, engines: bool) -> None:
           "command continues where it stopped.", flush=True)
 
 
+def _check_classes(checkpoint: Path) -> None:
+    """OffsegError unless ``checkpoint`` predicts the synthetic scenes' classes (the demo validates on them)."""
+    from offseg.checkpoint import checkpoint_num_classes, extract_state_dict, read_file
+    from offseg.data.synthetic import CLASSES
+
+    if not checkpoint.is_file():
+        raise OffsegError(f"checkpoint {checkpoint} does not exist")
+    classes = checkpoint_num_classes(extract_state_dict(read_file(checkpoint)))
+    if classes != len(CLASSES):
+        raise OffsegError(f"{checkpoint} predicts {counted(classes, 'class')}, and the demo validates every artifact on "
+                          f"the synthetic scenes' {len(CLASSES)} ({', '.join(CLASSES)}): give a checkpoint trained on "
+                          "them (offseg-demo without --checkpoint trains one), or use offseg-export, offseg-run and "
+                          "offseg-validate on your own data")
+
+
 def run_demo(config: DemoConfig) -> list[dict]:
     """Run every step; returns the table rows (also written to report.md / report.json)."""
     from offseg.data.synthetic import write_video
-    if config.checkpoint is not None and not Path(config.checkpoint).is_file():
-        raise OffsegError(f"checkpoint {config.checkpoint} does not exist")
+    if config.checkpoint is not None:
+        _check_classes(Path(config.checkpoint))
     try:
         config.workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -28,8 +28,10 @@ def format_duration(seconds: float) -> str:
 
 
 def counted(count: int, noun: str) -> str:
-    """``1 image``, ``4 images``."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+    """``1 image``, ``4 images``, ``5 classes``."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
 
 
 class Progress:

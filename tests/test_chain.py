@@ -140,6 +140,18 @@ def test_validate_reports_and_enforces_the_bound(demo, tmp_path, capsys):
     assert "--max-miou-drop must be a number of at least 0" in capsys.readouterr().err
 
 
+def test_a_checkpoint_of_other_classes_is_refused_before_the_demo_writes_anything(tmp_path, capsys):
+    """It ran export, calibration and offseg-run before offseg-validate said "synthetic has 9 classes"."""
+    from offseg import build_model
+    from offseg.checkpoint import save_checkpoint
+
+    checkpoint = save_checkpoint(build_model("offseg-t", 5), tmp_path / "five.pth", "offseg-t")
+    assert demo_main(["--quick", "--checkpoint", str(checkpoint), "--work-dir", str(tmp_path / "d")]) == 2
+    assert "five.pth predicts 5 classes, and the demo validates every artifact on the synthetic scenes' 9 (sky" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_an_interrupted_demo_gives_advice_it_accepts(tmp_path):
     """Ctrl-C during training saves the iteration and says to run the same command again, which continues there."""
     command = [str(Path(sys.executable).with_name("offseg-demo")), "--quick", "--work-dir", str(tmp_path / "d")]

@@ -1,7 +1,7 @@
 """Progress reads well in a log file (plain lines, an early estimate, ETA) and stays a bar on a terminal."""
 import io
 
-from runtime.progress import Progress, format_duration, progress
+from runtime.progress import Progress, counted, format_duration, progress
 
 
 class Terminal(io.StringIO):
@@ -44,3 +44,8 @@ def test_terminal_gets_a_bar_and_disabled_prints_nothing():
 
 def test_durations_read_like_a_person_writes_them():
     assert [format_duration(s) for s in (42, 390, 3720)] == ["42 s", "6 min 30 s", "1 h 02 min"]
+
+
+def test_counts_read_like_a_person_writes_them():
+    assert [counted(1, "class"), counted(5, "class"), counted(0, "image"), counted(1, "frame")] == [
+        "1 class", "5 classes", "0 images", "1 frame"]
