@@ -93,22 +93,17 @@ class TrainConfig:
     def validate(self) -> None:
         """Raises OffsegError for a setting no run can use (call after ``recipes.with_recipe``)."""
         check_data_root(self.dataset, self.data_root)
-        check_at_least(("--iters", self.iters, 1), ("--batch-size", self.batch_size, 1), ("--lr-end", self.lr_end, 1))
+        check_at_least(("--iters", self.iters, 1), ("--batch-size", self.batch_size, 1), ("--lr-end", self.lr_end, 1),
+                       ("--warmup-iters", self.warmup_iters, 0), ("--workers", self.workers, 0),
+                       ("--checkpoint-interval", self.checkpoint_interval, 1),
+                       ("--eval-interval", self.eval_interval, 1), ("--keep-checkpoints", self.keep_checkpoints, 0),
+                       ("--eval-images", self.eval_images, 1))
         if not self.lr > 0:
             raise OffsegError(f"--lr must be above 0, got {self.lr:g}")
         if self.crop is not None and min(self.crop) < 32:
             raise OffsegError(f"--crop must be at least 32x32 (the model's stride), got {self.crop[0]} {self.crop[1]}")
-        if self.warmup_iters < 0 or self.workers < 0:
-            raise OffsegError(f"--warmup-iters and --workers must be 0 or more, got {self.warmup_iters} and "
-                              f"{self.workers}")
         if not 0 <= self.seed < 2 ** 32:
             raise OffsegError(f"--seed must be from 0 to 2**32 - 1, got {self.seed}")
-        if min(self.checkpoint_interval, self.eval_interval) < 1:
-            raise OffsegError("--checkpoint-interval and --eval-interval must be at least 1")
-        if self.keep_checkpoints < 0:
-            raise OffsegError(f"--keep-checkpoints must be 0 or more, got {self.keep_checkpoints}")
-        if self.eval_images is not None and self.eval_images < 1:
-            raise OffsegError(f"--eval-images must be at least 1, got {self.eval_images}")
         if self.accumulate is not None and self.accumulate < 1:
             raise OffsegError(f"--accumulate must be at least 1 or 'auto', got {self.accumulate}")
         if self.carafe not in CARAFE_FORMS:

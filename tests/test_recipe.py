@@ -468,7 +468,7 @@ def test_head_starts_from_the_official_initialisation():
 @pytest.mark.parametrize("argv, message", [
     (["--accumulate", "0"], "--accumulate must be at least 1 or 'auto'"),
     (["--eval-interval", "0"], "--eval-interval must be at least 1"),  # 0 once meant the recipe's, silently
-    (["--checkpoint-interval", "0"], "--checkpoint-interval and --eval-interval must be at least 1"),
+    (["--checkpoint-interval", "0"], "--checkpoint-interval must be at least 1, got 0"),
     (["--pretrained-backbone", "missing.pth"], "missing.pth does not exist"),
 ])
 def test_training_mistakes_give_one_clear_line(tmp_path, capsys, argv, message):
