@@ -61,14 +61,14 @@ def _reproduce(args: argparse.Namespace) -> int:
         train_args = tuple(shlex.split(args.train_args))
     except ValueError as error:  # an unclosed quote
         raise OffsegError(f"--train-args {args.train_args!r}: {error} (quote it as a shell would)") from None
-    given = train_args_given(train_args)
-    for dest in REPRODUCE_OWNS:
-        flag = "--" + dest.replace("_", "-")
-        if dest in given and dest == "resume":
-            raise OffsegError(f"--train-args {flag}: a re-run of offseg-reproduce resumes its training by itself")
-        if dest in given:
-            raise OffsegError(f"--train-args {flag}: offseg-reproduce sets {flag} itself (the evaluation, export and "
-                              f"validation read what it names): give offseg-reproduce {flag} instead")
+    set_there = train_args_given(train_args)
+    owned = [dest for dest in REPRODUCE_OWNS if dest in set_there]
+    if owned == ["resume"]:
+        raise OffsegError("--train-args --resume: a re-run of offseg-reproduce resumes its training by itself")
+    if owned:
+        flag = "--" + owned[0].replace("_", "-")
+        raise OffsegError(f"--train-args {flag}: offseg-reproduce sets {flag} itself (the evaluation, export and "
+                          f"validation read what it names): give offseg-reproduce {flag} instead")
     check_at_least(("--eval-images", args.eval_images, 1))
     if args.input_size:
         check_input_size(*args.input_size)

@@ -12,6 +12,7 @@ from runtime.progress import counted
 from .names import CARAFE_FORMS, DATASET_NAMES, DEVICE_HELP, MODEL_NAMES, WINDOW_BATCH
 from .train_options import train_parser
 
+
 def _info(args: argparse.Namespace) -> int:
     from runtime.limits import check_input_size
 
