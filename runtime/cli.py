@@ -104,12 +104,13 @@ def _check_live_options(args: argparse.Namespace) -> None:
 
 def _check_drawing_options(args: argparse.Namespace) -> None:
     """Options of the annotated frames, given for a run that writes or shows none."""
-    drawn = bool(args.output or args.show)
-    frames, add = "the --output video and --show window", "--output VIDEO or --show"
+    drawn = bool(args.output or args.show or args.save_overlays)
+    frames = "the --output video, --save-overlays pictures and --show window"
+    add = "--output VIDEO, --save-overlays DIR or --show"
     uses = {  # option: (does this run use it, what it changes, what to add)
         "legend": (drawn, frames, add),
         "no_overlay_text": (drawn, frames, add),
-        "alpha": (drawn or bool(args.rosbag_out), "the --output video, --show window and --rosbag-out overlays", add),
+        "alpha": (drawn or bool(args.rosbag_out), f"{frames} and the --rosbag-out overlays", add),
         "fps": (bool(args.output), "the --output video", "--output VIDEO")}
     for dest, (used, where, needed) in uses.items():
         if used:
@@ -149,6 +150,8 @@ def _check_input_kind(args: argparse.Namespace) -> None:
 
     if args.video is not None and args.video.is_dir():
         raise OffsegError(f"--video {args.video} is a folder; for a folder of images use --images {args.video}")
+    if args.video is not None and args.video.is_file() and args.video.suffix.lower() in IMAGE_SUFFIXES:
+        raise OffsegError(f"--video {args.video} is an image; use --image {args.video}")
     if args.image is not None and args.image.is_dir():
         raise OffsegError(f"--image {args.image} is a folder; for a folder of images use --images {args.image}")
     if args.images is not None and args.images.is_file():
@@ -172,11 +175,12 @@ def _open_source(args: argparse.Namespace):
 
 
 def _saves_nothing(args: argparse.Namespace) -> bool:
-    """No video, masks, summary or window: the run only measures speed."""
-    return not (args.output or args.save_masks or args.summary or args.show or args.rosbag_out)
+    """No video, masks, overlays, bag, summary or window: the run only measures speed."""
+    return not (args.output or args.save_masks or args.save_overlays or args.summary or args.show or args.rosbag_out)
 
 
-NOTHING_SAVED = "saves nothing: give --output, --save-masks, --rosbag-out or --summary to keep the results"
+NOTHING_SAVED = ("saves nothing: give --output, --save-masks, --save-overlays, --rosbag-out or --summary to keep the "
+                 "results")
 
 
 def _open_model(args: argparse.Namespace):
@@ -191,7 +195,7 @@ def _open_model(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     from .draw import annotate, class_names, palette_for
     from .pipeline import Pipeline, RunStats
-    from .sinks import MaskSink, WindowSink, write_file
+    from .sinks import MaskSink, OverlaySink, WindowSink, write_file
 
     writer = _check_arguments(args)
     backend = _open_model(args)
@@ -212,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"WARNING: {model} was exported without a checkpoint: its weights are RANDOM and its labels are noise "
               "(for speed tests only)", file=sys.stderr, flush=True)
     masks = MaskSink(args.save_masks) if args.save_masks else None
+    overlays = OverlaySink(args.save_overlays) if args.save_overlays else None
     window = WindowSink() if args.show else None
     video = None
     bag = None
@@ -228,15 +233,18 @@ def _run(args: argparse.Namespace) -> int:
                 from .rosbag_io import RosbagSink
                 bag = RosbagSink(args.rosbag_out, source.storage, info, args.ros_namespace, args.alpha)
             bag.write(result)
-        if not (args.output or window):
+        if not (args.output or window or overlays):
             bar.update(1)
             return True
         now = time.perf_counter()
         recent.append(now)
         del recent[:-30]
         fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
+        timing = f"{fps:.1f} FPS  model {result.compute_ms:.0f} ms" if fps else f"model {result.compute_ms:.0f} ms"
         image = annotate(result.frame.image, result.labels, palette, args.alpha,
-                         None if args.no_overlay_text else f"{fps:.1f} FPS  model {result.compute_ms:.0f} ms", names)
+                         None if args.no_overlay_text else timing, names)
+        if overlays:
+            overlays.write(result.frame.name, image)
         if args.output:
             if video is None:
                 video = writer[1](args.output, args.fps or source.fps or 30.0, image.shape[:2])
@@ -265,6 +273,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {video.path} ({counted(video.frames, 'frame')})")
     if masks:
         print(f"wrote {counted(masks.written, 'label PNG')} to {masks.folder}")
+    if overlays:
+        print(f"wrote {counted(overlays.written, 'annotated JPEG')} to {overlays.folder}")
     if bag:
         print(f"wrote {bag.path} ({counted(bag.frames, 'frame')}, {source.storage})")
     if args.summary:
@@ -317,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                         "segmentation, overlay and label_info")
     add_output(parser, "--save-masks", folder=True, names=("*.png",), metavar="DIR",
                help="write one label PNG per frame")
+    add_output(parser, "--save-overlays", folder=True, names=("*.jpg",), metavar="DIR",
+               help="write one annotated JPEG per frame (the --output video's pictures), named like --save-masks")
     parser.add_argument("--show", action="store_true", help="show a window ('q' to stop)")
     parser.add_argument("--no-display", action="store_true", help=argparse.SUPPRESS)  # the default; old scripts
     parser.add_argument("--batch-size", type=int, default=1, help="frames per inference (models with a dynamic "

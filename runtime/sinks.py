@@ -223,14 +223,17 @@ def check_video(path: Path, frames: int, target: Path) -> None:
                       "this); the previous file, if any, is unchanged")
 
 
-class MaskSink:
-    """One label PNG per frame (uint8, or uint16 beyond 256 classes) in a folder."""
+class FrameFolderSink:
+    """One image file per frame in a folder, named after the frame; ``suffix`` chooses the format."""
+
+    suffix = ".png"
+    option = "--save-masks"
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
-            raise OffsegError(f"--save-masks {self.folder} is a file; give a folder")
-        check_writable_folder(self.folder, f"--save-masks {self.folder}")
+            raise OffsegError(f"{self.option} {self.folder} is a file; give a folder")
+        check_writable_folder(self.folder, f"{self.option} {self.folder}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -238,19 +241,33 @@ class MaskSink:
         self.written = 0
         self.names: set[str] = set()  # case-folded: x.PNG and x.png are one file on some disks
 
-    def write(self, name: str, labels: np.ndarray) -> None:
-        """Write ``name``.png; a name taken earlier in this run (in any case) gets ``~2``, ``~3``, ... so that no
-        mask replaces another and ``written`` counts files."""
+    def write(self, name: str, image: np.ndarray) -> None:
+        """Write ``name`` + ``suffix``; a name taken earlier in this run (in any case) gets ``~2``, ``~3``, ... so
+        that no file replaces another and ``written`` counts files."""
         unique, number = name, 1
-        while f"{unique}.png".casefold() in self.names:
+        while f"{unique}{self.suffix}".casefold() in self.names:
             number += 1
             unique = f"{name}~{number}"
         if unique != name:
-            log.warning("mask %s.png is taken in this run: writing %s.png", name, unique)
-        dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
-        write_image(self.folder / f"{unique}.png", labels.astype(dtype))
-        self.names.add(f"{unique}.png".casefold())
+            log.warning("%s: %s%s is taken in this run: writing %s%s", self.option, name, self.suffix, unique,
+                        self.suffix)
+        write_image(self.folder / f"{unique}{self.suffix}", image)
+        self.names.add(f"{unique}{self.suffix}".casefold())
         self.written += 1
+
+
+class MaskSink(FrameFolderSink):
+    """One label PNG per frame (uint8, or uint16 beyond 256 classes) in a folder."""
+
+    def write(self, name: str, labels: np.ndarray) -> None:
+        super().write(name, labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
+
+
+class OverlaySink(FrameFolderSink):
+    """One annotated frame per frame, as JPEG, in a folder (the pictures of the --output video)."""
+
+    suffix = ".jpg"
+    option = "--save-overlays"
 
 
 class WindowSink:

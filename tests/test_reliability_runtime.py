@@ -285,6 +285,29 @@ def test_images_with_one_stem_keep_every_mask_and_the_count_is_true(onnx_model, 
     assert "wrote 3 label PNGs" in capsys.readouterr().out
 
 
+def test_overlays_are_the_annotated_frames_named_like_the_masks(onnx_model, tmp_path, capsys):
+    from runtime.draw import annotate, palette_for
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, name in enumerate(("x.jpg", "x.png", "y.png")):  # smooth pictures: JPEG keeps them close
+        ramp = np.linspace(0, 255, 60, dtype=np.uint8)[None, :, None]
+        cv2.imwrite(str(images / name), np.broadcast_to(ramp, (40, 60, 3)) // (index + 1))
+    assert run_main(["--engine", str(onnx_model), "--images", str(images), "--save-masks", str(tmp_path / "m"),
+                     "--save-overlays", str(tmp_path / "o"), "--no-overlay-text", "--alpha", "0.7",
+                     "--no-progress"]) == 0
+    assert "wrote 3 annotated JPEGs" in capsys.readouterr().out
+    masks = sorted(p.stem for p in (tmp_path / "m").iterdir())
+    assert sorted(p.stem for p in (tmp_path / "o").iterdir()) == masks == ["x.jpg", "x.png", "y"]
+    palette = palette_for(open_backend(onnx_model).info)
+    for stem, image in (("x.jpg", "x.jpg"), ("x.png", "x.png"), ("y", "y.png")):
+        labels = cv2.imread(str(tmp_path / "m" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        expected = annotate(cv2.imread(str(images / image)), labels, palette, 0.7)
+        saved = cv2.imread(str(tmp_path / "o" / f"{stem}.jpg")).astype(int)
+        other = annotate(cv2.imread(str(images / image)), (labels + 1) % 9, palette, 0.7)  # other labels
+        assert saved.shape == expected.shape
+        assert np.abs(saved - expected).mean() < min(10, np.abs(saved - other).mean() / 3), stem  # JPEG's loss
+
+
 def test_frames_too_small_to_fit_are_skipped_and_counted(onnx_model, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()

@@ -140,6 +140,7 @@ def test_interrupt_finalizes_the_video(models, video, tmp_path):
     (["--image", "FOLDER"], "is a folder; for a folder of images use --images"),
     (["--images", "VIDEO"], "is a file, not a folder; use --video"),
     (["--images", "IMAGE"], "is a file, not a folder; use --image"),
+    (["--video", "IMAGE"], "one.png is an image; use --image"),
     (["--video", "VIDEO", "--reconnects", "2"], "--reconnects applies to a camera or stream"),
     (["--images", "FOLDER", "--stall-timeout", "9"], "a file, folder or bag cannot: remove --stall-timeout"),
     (["--stream", "rtsp://camera.local/live", "--reconnects", "-1"], "--reconnects must be 0 or more, got -1"),
@@ -149,9 +150,10 @@ def test_interrupt_finalizes_the_video(models, video, tmp_path):
     (["--engine", "m.pth", "--video", "VIDEO", "--providers", "CPUExecutionProvider"],
      "--providers applies to an .onnx model (ONNX Runtime), not to m.pth: remove --providers"),
     (["--video", "VIDEO", "--legend", "--summary", "s.json"],
-     "--legend only changes the --output video and --show window, and this run writes or shows none: drop --legend"),
-    (["--video", "VIDEO", "--no-overlay-text"], "--no-overlay-text only changes the --output video and --show"),
-    (["--video", "VIDEO", "--alpha", "0.8", "--save-masks", "FOLDER"], "--show window and --rosbag-out overlays, and"),
+     "--legend only changes the --output video, --save-overlays pictures and --show window, and this run writes or "
+     "shows none: drop --legend, or add --output VIDEO, --save-overlays DIR or --show"),
+    (["--video", "VIDEO", "--no-overlay-text"], "--no-overlay-text only changes the --output video, --save-overlays"),
+    (["--video", "VIDEO", "--alpha", "0.8", "--save-masks", "FOLDER"], "--show window and the --rosbag-out overlays, "),
     (["--video", "VIDEO", "--fps", "10", "--save-masks", "FOLDER"], "--fps only changes the --output video, and this"),
 ])
 def test_user_mistakes_give_one_clear_line(models, video, tmp_path, capsys, argv, message):
