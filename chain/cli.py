@@ -1,4 +1,4 @@
-"""Console entry points of the chain orchestrators: ``offseg-demo``, ``offseg-reproduce`` and ``offseg-bench``."""
+"""Console entry points of the chain: ``offseg-info``, ``offseg-demo``, ``offseg-reproduce`` and ``offseg-bench``."""
 from __future__ import annotations
 
 import argparse
@@ -115,6 +115,34 @@ def _train_args_joined(argv: list[str]) -> list[str]:
         following = next(rest, None) if token == "--train-args" else None
         joined.append(token if following is None else f"--train-args={following}")
     return joined
+
+
+def _info(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        from .describe import describe_file
+        for flag in given(args, ("model", "num_classes", "input_size")):
+            raise OffsegError(f"{flag} chooses a model to count; {args.file} is described as it is: drop {flag}")
+        print("\n".join(describe_file(args.file)))
+        return 0
+    from offseg.info import format_info, model_info
+    check_input_size(*args.input_size)
+    check_at_least(("--num-classes", args.num_classes, 1))
+    print(format_info(model_info(args.model, args.num_classes, tuple(args.input_size))))
+    return 0
+
+
+def info_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="offseg-info", description="What a model file is (a .pth checkpoint, an "
+                                     ".onnx model or a .plan engine: model, classes, precision, input, weights, "
+                                     "training), or without a file the parameters and MACs of an OffSeg model next to "
+                                     "the paper's figures.")
+    add_input(parser, "file", nargs="?", metavar="FILE", help="a .pth, .onnx or .plan file to describe")
+    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to count (default offseg-t)")
+    parser.add_argument("--num-classes", type=int, default=150, help="number of classes (default 150, ADE20K)")
+    parser.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
+                        help="input size for the MAC count (default 512 512)")
+    add_common_options(parser)
+    return run(_info, parser, argv)
 
 
 def _bench(args: argparse.Namespace) -> int:

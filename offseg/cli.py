@@ -1,4 +1,4 @@
-"""Console entry points of the PyTorch side: ``offseg-info``, ``offseg-train``, ``offseg-eval``."""
+"""Console entry points of the PyTorch side: ``offseg-train``, ``offseg-eval``."""
 from __future__ import annotations
 
 import argparse
@@ -11,27 +11,6 @@ from runtime.progress import counted
 
 from .names import CARAFE_FORMS, DATASET_NAMES, DEVICE_HELP, MODEL_NAMES, WINDOW_BATCH
 from .train_options import train_parser
-
-
-def _info(args: argparse.Namespace) -> int:
-    from runtime.limits import check_input_size
-
-    from .info import format_info, model_info
-    check_input_size(*args.input_size)
-    check_at_least(("--num-classes", args.num_classes, 1))
-    print(format_info(model_info(args.model, args.num_classes, tuple(args.input_size))))
-    return 0
-
-
-def info_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="offseg-info", description="Parameters and MACs of an OffSeg model, "
-                                     "next to the paper's figures.")
-    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model name (default offseg-t)")
-    parser.add_argument("--num-classes", type=int, default=150, help="number of classes (default 150, ADE20K)")
-    parser.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
-                        help="input size for the MAC count (default 512 512)")
-    add_common_options(parser)
-    return run(_info, parser, argv)
 
 
 def _train(args: argparse.Namespace) -> int:

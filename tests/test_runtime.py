@@ -380,3 +380,66 @@ def test_a_test_video_is_one_command(tmp_path, capsys):
     assert render_main([str(tmp_path / "clip")]) == 2  # no suffix: the message says a video file is wanted
     assert "clip names no video format; name a video file ending in one of .mp4" in capsys.readouterr().err
     assert not (tmp_path / "refused.mp4").exists()
+
+
+def test_offseg_info_says_what_an_onnx_model_is(models, capsys):
+    from calibration.files import file_sha256
+    from chain.cli import info_main
+    from offseg import __version__
+    checkpoint, onnx_path = models
+    assert info_main([str(onnx_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{onnx_path}: ONNX model of offseg-t, 9 classes, fp32; exported by offseg-export "
+                               f"{__version__} (opset "), lines
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in lines[1:]}
+    assert rows["weights"] == f"trained (checkpoint sha256 {file_sha256(checkpoint)[:16]}...)"
+    assert rows["input"].startswith("batch 1, 128x192, float32 normalized RGB NCHW (mean 123.675 116.28 103.53")
+    assert rows["output"] == "logits (N, 9, h, w)" and rows["classes"] == "9 classes, no names (numbered 0-8)"
+    assert rows["run"] == f"offseg-run --engine {onnx_path} --video IN.mp4 --output OUT.mp4"
+
+
+def test_offseg_info_says_what_a_checkpoint_is(models, tmp_path, capsys):
+    import reference
+    from chain.cli import info_main
+    checkpoint = models[0]
+    assert info_main([str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    values = sum(t.numel() for t in torch.load(checkpoint, weights_only=True)["state_dict"].values()
+                 if t.is_floating_point())
+    assert out.startswith(f"{checkpoint}: offseg checkpoint of offseg-t, 9 classes, ") and \
+        f"weights  {values / 1e6:.2f} M values, float32" in out, out
+    training = tmp_path / "latest.pth"  # what offseg-train writes, in brief
+    torch.save({**torch.load(checkpoint, weights_only=True), "optimizer": {}, "iteration": 4000,
+                "config": {"iters": 160000, "dataset": "ade20k"}, "meta": {"miou": 0.4123}}, training)
+    assert info_main([str(training)]) == 0
+    out = capsys.readouterr().out
+    assert "offseg-train training checkpoint (resumable) of offseg-t" in out
+    assert "4,000 of 160,000 iterations on ade20k" in out and "mIoU     41.23 (recorded by offseg-train" in out
+    names = [f"class{i}" for i in range(150)]
+    official = tmp_path / "official.pth"
+    torch.save({"meta": {"dataset_meta": {"classes": names, "palette": [[i, i, i] for i in range(150)]}},
+                "state_dict": reference.official_state_dict("offseg-b")}, official)
+    assert info_main([str(official)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{official}: mmseg checkpoint (official format) of offseg-b, 150 classes")
+    assert "class0, class1, class2, class3, class4, class5, class6, class7, class8, class9, class10, class11 ... and " \
+        "138 more; with colours" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["FOLDER"], "is a folder, not a model file"),
+    (["IMAGE"], "cannot tell what one.png is from its suffix: offseg-info describes .pth checkpoints"),
+    (["missing.onnx"], "missing.onnx does not exist"),
+    (["MODEL", "--model", "offseg-b"], "--model chooses a model to count; MODEL is described as it is: drop --model"),
+    (["IMAGE.onnx"], "is not a readable ONNX model"),
+])
+def test_offseg_info_mistakes_are_one_line(models, tmp_path, capsys, argv, message):
+    from chain.cli import info_main
+    image = tmp_path / "one.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "one.onnx").write_bytes(image.read_bytes())
+    named = {"FOLDER": str(tmp_path), "IMAGE": str(image), "MODEL": str(models[1]),
+             "IMAGE.onnx": str(tmp_path / "one.onnx"), "missing.onnx": str(tmp_path / "missing.onnx")}
+    assert info_main([named.get(a, a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("MODEL", str(models[1])) in err and err.count("\n") == 1 and "Traceback" not in err, err

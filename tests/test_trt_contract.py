@@ -328,3 +328,21 @@ def test_dynamic_offseg_export_pins_no_integer_or_shape_tensor_layer(dynamic_onn
     machine(monkeypatch, "10.3.0", RTX)
     sidecar = build(dynamic_onnx, "--fp16")  # fails with "no implementation" if an integer layer is forced to FP32
     assert set(sidecar["pinned_layers"]) == pinned
+
+
+def test_offseg_info_says_what_an_engine_is_and_whether_it_runs_here(monkeypatch, tiny, capsys):
+    from chain.cli import info_main
+    machine(monkeypatch, "10.3.0", ORIN)
+    build(tiny, "--fp16", "--max-batch", "4")
+    capsys.readouterr()
+    engine = tiny.with_name("tiny.fp16.plan")
+    assert info_main([str(engine)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{engine}: TensorRT engine of offseg-t, {NUM_CLASSES} classes, fp16; built by TensorRT "
+                          "10.3.0 for Orin (compute capability 8.7)"), out
+    assert "batch 1-4 (profile), 256x256 to 1024x2048 (profile, tuned for 512x512)" in out, out
+    assert "runs here (TensorRT and GPU match)" in out
+    machine(monkeypatch, "10.3.0", RTX)  # the same TensorRT on another GPU
+    assert info_main([str(engine)]) == 0
+    assert ("cannot run here: it was built for Orin (compute capability 8.7), this GPU is RTX 4090"
+            in capsys.readouterr().out)

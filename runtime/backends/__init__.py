@@ -205,7 +205,7 @@ def _how_to_make(suffix: str) -> str:
     return "give an .onnx model, a TensorRT .plan or a .pth checkpoint"
 
 
-def _model_in_folder(folder: Path) -> str | None:
+def model_in_folder(folder: Path) -> str | None:
     """Where the model of an offseg-export package is (``--format deepstream`` / ``triton``), for a user who gave
     the folder; None for any other folder."""
     models = sorted(folder.glob("*/[0-9]*/model.onnx")) + sorted(folder.glob("*/[0-9]*/model.plan"))
@@ -228,7 +228,7 @@ def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str
     the file, run in this process); the user's decision (``--allow-engine-host-code``), never the sidecar's."""
     path = Path(path)
     if path.is_dir():
-        raise OffsegError(f"{path} is a folder, not a model file: {_model_in_folder(path) or _how_to_make('')}")
+        raise OffsegError(f"{path} is a folder, not a model file: {model_in_folder(path) or _how_to_make('')}")
     if not path.is_file():
         raise OffsegError(f"model file not found: {path}; {_how_to_make(path.suffix.lower())}")
     suffix = path.suffix.lower()
