@@ -95,7 +95,8 @@ def test_coco_stuff_pascal_context_and_folder_layouts(tmp_path):
 @pytest.mark.parametrize("setup, message", [
     (lambda root: None, "ADE20K val images not found"),
     (lambda root: _write(root / "images" / "validation" / "a.jpg", _image())
-     or (root / "annotations" / "validation").mkdir(parents=True), r"label file\(s\) missing"),
+     or (root / "annotations" / "validation").mkdir(parents=True),
+     "1 image of 1 has no label file: images/validation/a.jpg needs annotations/validation/a.png"),
 ])
 def test_dataset_mistakes_are_explained(tmp_path, setup, message):
     setup(tmp_path)
@@ -103,6 +104,23 @@ def test_dataset_mistakes_are_explained(tmp_path, setup, message):
         SegmentationDataset("ade20k", tmp_path, "val")
     with pytest.raises(OffsegError, match="no split"):
         SegmentationDataset("ade20k", tmp_path, "test")
+
+
+@pytest.mark.parametrize("files, message", [
+    (["images/a.png", "labels/a.png"], "images/val not found; a folder dataset holds its images in ROOT/images/SPLIT/, "
+     "one label PNG per image, of the same name, in ROOT/labels/SPLIT/ and its class names, one per line, in "
+     "ROOT/classes.txt: move the files of TMP/images into TMP/images/val"),
+    (["images/val/a.png", "labels/a.png"], "move the files of TMP/labels into TMP/labels/val"),
+    (["a.png"], "images/val not found; a folder dataset holds .*: is --data-root the dataset's root folder"),
+    (["images/val/a.png", "images/val/b.png", "images/val/c.png", "labels/val/b.png"],
+     "2 images of 3 have no label file: images/val/a.png needs labels/val/a.png"),
+])
+def test_folder_dataset_mistakes_say_the_layout(tmp_path, files, message):
+    for name in files:
+        _write(tmp_path / name, _image() if "labels" not in name else np.ones((20, 30), np.uint8))
+    with pytest.raises(OffsegError) as error:
+        SegmentationDataset("folder", tmp_path, "val")
+    assert re.search(message.replace("TMP", str(tmp_path)), str(error.value)), str(error.value)
 
 
 def test_augmentations_follow_mmseg_semantics():

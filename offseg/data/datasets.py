@@ -16,6 +16,7 @@ import numpy as np
 from runtime.errors import OffsegError
 from runtime.metrics import IGNORE_INDEX
 from runtime.limits import check_image_file
+from runtime.progress import counted
 from runtime.class_names import DATASET_CLASSES
 from runtime.sources import IMAGE_SUFFIXES, read_image
 
@@ -73,9 +74,11 @@ def _images(folder: Path) -> list[Path]:
 
 def _pairs_by_stem(images: list[Path], label_for: Callable[[Path], Path], root: Path) -> list[tuple[Path, Path]]:
     pairs = [(image, label_for(image)) for image in images]
-    missing = [str(label.relative_to(root)) for _, label in pairs if not label.is_file()]
+    missing = [(image, label) for image, label in pairs if not label.is_file()]
     if missing:
-        raise OffsegError(f"{len(missing)} label file(s) missing, e.g. {missing[0]}")
+        image, label = (path.relative_to(root) for path in missing[0])
+        raise OffsegError(f"{counted(len(missing), 'image')} of {len(pairs)} {'has' if len(missing) == 1 else 'have'} "
+                          f"no label file: {image} needs {label}")
     if not pairs:
         raise OffsegError(f"no images found under {root}")
     return pairs
@@ -119,9 +122,19 @@ def pascal_context_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return _pairs_by_stem([images / f"{n}.jpg" for n in names], lambda p: labels / f"{p.stem}.png", base)
 
 
+FOLDER_LAYOUT = ("a folder dataset holds its images in ROOT/images/SPLIT/, one label PNG per image, of the same name, "
+                 "in ROOT/labels/SPLIT/ and its class names, one per line, in ROOT/classes.txt")
+
+
 def folder_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
-    images = _require_dir(root / "images" / split, f"images/{split}")
-    labels = _require_dir(root / "labels" / split, f"labels/{split}")
+    images, labels = root / "images" / split, root / "labels" / split
+    for folder in (images, labels):
+        if folder.is_dir():
+            continue
+        flat = folder.parent.is_dir() and any(p.is_file() for p in folder.parent.iterdir())
+        advice = f"move the files of {folder.parent} into {folder}" if flat else \
+            "is --data-root the dataset's root folder?"
+        raise OffsegError(f"{folder} not found; {FOLDER_LAYOUT}: {advice}")
     return _pairs_by_stem(_images(images), lambda p: labels / p.relative_to(images).with_suffix(".png"), root)
 
 
