@@ -134,7 +134,8 @@ def _validate(args: argparse.Namespace) -> int:
         raise OffsegError(f"{artifact} predicts {info.num_classes} classes, the checkpoint {model.num_classes}")
     dataset = SegmentationDataset(args.dataset, args.data_root, args.split, length=args.eval_images or 50)
     if dataset.num_classes != model.num_classes:
-        raise OffsegError(f"{args.dataset} has {dataset.num_classes} classes, the checkpoint {model.num_classes}")
+        raise OffsegError(f"{args.checkpoint} predicts {counted(model.num_classes, 'class')}, but "
+                          f"{dataset.class_count()}")
     print(f"PyTorch reference on {describe(device)}; engine: {backend.description}", flush=True)
     if args.deepstream is not None:
         how, result = "frames through nvinfer, masks mapped back", _nvinfer_comparison(args, model, backend, dataset)

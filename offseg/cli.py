@@ -51,8 +51,8 @@ def _eval(args: argparse.Namespace) -> int:
     dataset = SegmentationDataset(args.dataset, args.data_root, args.split)
     model, name = build_from_checkpoint(args.checkpoint, args.model)
     if dataset.num_classes != model.num_classes:
-        raise OffsegError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.dataset} has "
-                          f"{dataset.num_classes}")
+        raise OffsegError(f"{args.checkpoint} predicts {counted(model.num_classes, 'class')}, but "
+                          f"{dataset.class_count()}")
     if args.cuda_graphs and device.type != "cuda":
         raise OffsegError(f"--cuda-graphs needs a CUDA device; this run is on {describe(device)}")
     check_carafe_form(args.carafe, device)

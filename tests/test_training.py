@@ -325,3 +325,14 @@ def test_bad_training_settings_are_one_sentence_before_anything_starts(tmp_path,
     assert train_main(["--work-dir", str(tmp_path / "w"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "w").exists()
+
+
+def test_a_class_count_mismatch_names_the_file_that_counts(tmp_path, capsys):
+    from offseg import save_checkpoint
+    _write(tmp_path / "images" / "val" / "a.png", _image())
+    _write(tmp_path / "labels" / "val" / "a.png", np.ones((20, 30), np.uint8))
+    (tmp_path / "classes.txt").write_text("floor\nobstacle\n")
+    checkpoint = save_checkpoint(build_model("offseg-t", 9), tmp_path / "nine.pth", "offseg-t")
+    assert eval_main(["--checkpoint", str(checkpoint), "--dataset", "folder", "--data-root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: {checkpoint} predicts 9 classes, but {tmp_path / 'classes.txt'} names "
+                                       "2 classes\n")

@@ -192,6 +192,7 @@ class SegmentationDataset:
                  transform: Callable | None = None, length: int = 200, size: tuple[int, int] = synthetic.SCENE_SIZE,
                  strict_labels: bool = False):
         self.strict_labels, self.out_of_range_pixels = strict_labels, 0
+        self.classes_from: Path | None = None  # the file that names the classes (a folder dataset's classes.txt)
         self._count_lock = threading.Lock()  # loads run on several threads (offseg.evaluate.prefetched)
         if name not in LAYOUTS:
             raise OffsegError(f"unknown dataset {name!r}; choose from {', '.join(LAYOUTS)}")
@@ -209,10 +210,17 @@ class SegmentationDataset:
         self.pairs = PAIRS[name](root, split)
         self.classes = folder_classes(root) if name == "folder" else DATASET_CLASSES[name]
         self.length = len(self.pairs)
+        if name == "folder":
+            self.classes_from = root / "classes.txt"
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def class_count(self) -> str:
+        """Whose class count this is, for a mismatch message: ``ade20k has 150 classes``."""
+        where = f"{self.classes_from} names" if self.classes_from else f"{self.layout.name} has"
+        return f"{where} {counted(self.num_classes, 'class')}"
 
     def __len__(self) -> int:
         return self.length
