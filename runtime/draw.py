@@ -12,6 +12,7 @@ from .palettes import CITYSCAPES, generated_palette
 from .postprocess import overlay
 
 LEGEND_MARGIN = 6
+TEXT_MARGIN = 10
 
 
 def palette_for(info: ModelInfo) -> np.ndarray:
@@ -59,7 +60,7 @@ def legend_layout(labels: np.ndarray, palette: np.ndarray, names: tuple[str, ...
     counts = np.bincount(labels.ravel(), minlength=len(names))[:len(names)]
     present = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
     height, width = frame
-    scale = float(np.clip(height / 1200, 0.35, 0.8))
+    scale = text_scale(height)
     row = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][1] + 8
     fits = max((height - 2 * LEGEND_MARGIN) // row, 1)
     shown = present if len(present) <= fits else present[:fits - 1]
@@ -72,11 +73,17 @@ def legend_layout(labels: np.ndarray, palette: np.ndarray, names: tuple[str, ...
                   min(2 * LEGEND_MARGIN + row * len(lines), height), row, scale)
 
 
-def draw_legend(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, names: tuple[str, ...]) -> None:
-    """The classes present in the frame, top-right on a darkened box (``legend_layout``)."""
+def text_scale(height: int) -> float:
+    """OpenCV font scale of the text drawn on a frame ``height`` pixels high (the legend's rows, the timing)."""
+    return float(np.clip(height / 1200, 0.35, 0.8))
+
+
+def draw_legend(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, names: tuple[str, ...]) -> int:
+    """The classes present in the frame, top-right on a darkened box (``legend_layout``); returns the box's left
+    edge (the image's width when nothing was drawn)."""
     legend = legend_layout(labels, palette, names, image.shape[:2])
     if not legend.lines:
-        return
+        return image.shape[1]
     image[:legend.bottom, legend.left:] = (image[:legend.bottom, legend.left:] * 0.35).astype(np.uint8)
     swatch = legend.row - 6
     for index, line in enumerate(legend.lines):
@@ -85,14 +92,26 @@ def draw_legend(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, name
             cv2.rectangle(image, (x, y + 2), (x + swatch, y + 2 + swatch), legend.colours[index], -1)
         cv2.putText(image, line, (x + swatch + 6, y + swatch), cv2.FONT_HERSHEY_SIMPLEX, legend.scale,
                     (255, 255, 255), 1, cv2.LINE_AA)
+    return legend.left
+
+
+def draw_text(image: np.ndarray, text: str, right: int) -> None:
+    """``text`` top-left, white outlined in black, at the legend's size, made smaller (to 0.3) if it would reach
+    ``right`` (the legend's left edge)."""
+    scale = text_scale(image.shape[0])
+    room = right - 2 * TEXT_MARGIN
+    width = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    if width > room:
+        scale = max(scale * room / width, 0.3)
+    origin = (TEXT_MARGIN, TEXT_MARGIN + cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][1])
+    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def annotate(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
              text: str | None = None, names: tuple[str, ...] | None = None) -> np.ndarray:
     image = overlay(frame, labels, palette, alpha)
-    if names:
-        draw_legend(image, labels, palette, names)
+    right = draw_legend(image, labels, palette, names) if names else image.shape[1]
     if text:
-        cv2.putText(image, text, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(image, text, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+        draw_text(image, text, right)
     return image

@@ -4,7 +4,7 @@ import numpy as np
 
 from calibration.report import side_by_side
 from runtime.class_names import known_classes
-from runtime.draw import LEGEND_MARGIN, draw_legend, legend_layout
+from runtime.draw import LEGEND_MARGIN, annotate, draw_legend, legend_layout
 from runtime.metrics import IGNORE_INDEX
 from runtime.palettes import generated_palette
 
@@ -78,3 +78,18 @@ def test_an_empty_disagreement_panel_says_so_and_a_real_one_is_red():
     changed = side_by_side(image, truth, truth, engine, generated_palette(4), CLASSES)
     red = (_panels(changed, 80)[4][22:22 + 60] == (0, 0, 255)).all(axis=2)
     assert red.sum() == 25
+
+
+def test_the_timing_text_stays_left_of_the_legend_at_any_frame_size():
+    names = known_classes(150)
+    palette = generated_palette(150)
+    text = "29.6 FPS  model 135 ms"
+    for height, width in ((144, 256), (360, 640), (1080, 1920)):
+        labels = np.repeat(np.arange(6, dtype=np.uint8), width // 6 + 1)[:width][None].repeat(height, 0)
+        frame = np.full((height, width, 3), 90, np.uint8)
+        plain = annotate(frame, labels, palette, 0.5, None, names)
+        timed = annotate(frame, labels, palette, 0.5, text, names)
+        columns = np.nonzero((plain != timed).any(axis=(0, 2)))[0]
+        assert columns.size and columns.max() < legend_layout(labels, palette, names, (height, width)).left, height
+        rows = np.nonzero((plain != timed).any(axis=(1, 2)))[0]
+        assert rows.max() < 0.2 * height + 20  # at the top
