@@ -2,7 +2,7 @@
 import pytest
 
 from chain.cli import demo_main
-from offseg.cli import info_main
+from chain.cli import info_main
 
 
 @pytest.mark.parametrize("name,params", [("offseg-t", "6.22"), ("offseg-b", "12.96"), ("offseg-l", "26.41")])

@@ -107,7 +107,7 @@ PAPER_TABLE_2 = {
 
 @pytest.mark.parametrize("name", MODELS)
 def test_the_paper_figures_are_registered_and_printed(name, capsys):
-    from offseg.cli import info_main
+    from chain.cli import info_main
     params, figures = PAPER_TABLE_2[name]
     spec = get_spec(name)
     assert spec.paper_params_m == params

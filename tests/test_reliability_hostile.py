@@ -300,7 +300,7 @@ def test_a_batch_above_the_tensor_limit_is_one_sentence_before_it_is_built(tiny_
 
 @pytest.mark.parametrize("size", [("0", "0"), ("100000", "100000"), ("100", "100")])
 def test_offseg_info_with_an_impossible_input_size_is_one_sentence(size, capsys):
-    from offseg.cli import info_main
+    from chain.cli import info_main
     assert info_main(["--input-size", *size]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: --input-size {size[0]} {size[1]}")
