@@ -44,7 +44,7 @@ def _class_list(names: tuple[str, ...] | list[str] | None, count: int) -> str:
     return shown + (f" ... and {len(names) - SHOWN_CLASSES} more" if len(names) > SHOWN_CLASSES else "")
 
 
-def _megabytes(path: Path) -> str:
+def _file_size(path: Path) -> str:
     size = path.stat().st_size
     return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size:,} bytes"
 
@@ -89,7 +89,7 @@ def _onnx(path: Path) -> list[str]:
     opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
     head = (f"{path}: ONNX model of {info.name}, {counted(info.num_classes, 'class')}, {info.precision}; exported by "
             f"offseg-export {meta.get('offseg.version', '?')} (opset {opsets.get('ai.onnx', '?')}), "
-            f"{_megabytes(path)}")
+            f"{_file_size(path)}")
     rows = _model_rows(info, meta, batch)
     rows.append(("run", f"offseg-run --engine {path} --video IN.mp4 --output OUT.mp4"))
     if info.precision == "fp32":
@@ -106,11 +106,14 @@ def _engine(path: Path) -> list[str]:
     build = sidecar.get("build") if isinstance(sidecar.get("build"), dict) else {}
     most = build.get("max_batch") if isinstance(build.get("max_batch"), int) else 1
     batch = f"batch 1-{most} (profile)" if most > 1 else "batch 1"
-    low, opt, high = (build.get("profile_shapes") or [None] * 3)[:3]
-    sizes = f"{_hw(low)} to {_hw(high)} (profile, tuned for {_hw(opt)})" if low else "any height and width"
+    shapes = build.get("profile_shapes")
+    sizes = "any height and width"
+    if isinstance(shapes, list) and len(shapes) == 3 and all(  # (min, opt, max) of (H, W); the sidecar is untrusted
+            isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) for v in shape) for shape in shapes):
+        sizes = f"{_hw(shapes[0])} to {_hw(shapes[2])} (profile, tuned for {_hw(shapes[1])})"
     where = f" on DLA core {sidecar['dla_core']}" if sidecar.get("dla_core") is not None else ""
     head = (f"{path}: TensorRT engine of {info.name}, {counted(info.num_classes, 'class')}, {sidecar.get('precision')}"
-            f"{where}; {describe_build(sidecar)}, {_megabytes(path)}")
+            f"{where}; {describe_build(sidecar)}, {_file_size(path)}")
     rows = _model_rows(info, meta, batch, sizes)
     if meta.get("file_sha256"):
         rows.append(("from ONNX", f"sha256 {str(meta['file_sha256'])[:16]}..."))
@@ -133,8 +136,8 @@ def _engine_here(sidecar: dict) -> str:
 
 
 def _checkpoint(path: Path) -> list[str]:
-    from offseg.checkpoint import (FORMAT, checkpoint_labels, checkpoint_model_name, checkpoint_num_classes,
-                                   extract_state_dict, read_file)
+    from offseg.checkpoint import (FORMAT, TRAINING_KEYS, checkpoint_labels, checkpoint_model_name,
+                                   checkpoint_num_classes, extract_state_dict, read_file)
 
     content = read_file(path)
     state = extract_state_dict(content)
@@ -143,12 +146,12 @@ def _checkpoint(path: Path) -> list[str]:
     names, palette = checkpoint_labels(content, classes, f"checkpoint {path}")
     meta = content.get("meta") if isinstance(content.get("meta"), dict) else {}
     ours = content.get("format") == FORMAT
-    kind = ("offseg-train training checkpoint (resumable)" if ours and "optimizer" in content
+    kind = ("offseg-train training checkpoint (resumable)" if ours and all(key in content for key in TRAINING_KEYS)
             else "offseg checkpoint" if ours else "mmseg checkpoint (official format)")
     parameters = sum(tensor.numel() for tensor in state.values() if tensor.is_floating_point())
     dtypes = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in state.values()
                      if tensor.is_floating_point()})
-    head = f"{path}: {kind} of {name}, {counted(classes, 'class')}, {_megabytes(path)}"
+    head = f"{path}: {kind} of {name}, {counted(classes, 'class')}, {_file_size(path)}"
     rows = [("classes", _class_list(names, classes) + ("; with colours" if palette else "")),
             ("weights", f"{parameters / 1e6:.2f} M values, {', '.join(dtypes)} (parameters and BatchNorm statistics)")]
     rows += _training_rows(content, meta)

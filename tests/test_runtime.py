@@ -14,7 +14,7 @@ import torch
 
 from exported import export_small_model
 from offseg.data.synthetic import write_video
-from offseg.checkpoint import build_from_checkpoint
+from offseg.checkpoint import build_from_checkpoint, read_file
 from runtime.backends import open_backend
 from runtime.preprocess import fit_frame, logits_to_labels, to_model_input
 from runtime.cli import main as run_main
@@ -404,12 +404,11 @@ def test_offseg_info_says_what_a_checkpoint_is(models, tmp_path, capsys):
     checkpoint = models[0]
     assert info_main([str(checkpoint)]) == 0
     out = capsys.readouterr().out
-    values = sum(t.numel() for t in torch.load(checkpoint, weights_only=True)["state_dict"].values()
-                 if t.is_floating_point())
+    values = sum(t.numel() for t in read_file(checkpoint)["state_dict"].values() if t.is_floating_point())
     assert out.startswith(f"{checkpoint}: offseg checkpoint of offseg-t, 9 classes, ") and \
         f"weights  {values / 1e6:.2f} M values, float32" in out, out
     training = tmp_path / "latest.pth"  # what offseg-train writes, in brief
-    torch.save({**torch.load(checkpoint, weights_only=True), "optimizer": {}, "iteration": 4000,
+    torch.save({**read_file(checkpoint), "optimizer": {}, "scheduler": {}, "rng": {}, "iteration": 4000,
                 "config": {"iters": 160000, "dataset": "ade20k"}, "meta": {"miou": 0.4123}}, training)
     assert info_main([str(training)]) == 0
     out = capsys.readouterr().out

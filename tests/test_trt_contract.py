@@ -346,3 +346,7 @@ def test_offseg_info_says_what_an_engine_is_and_whether_it_runs_here(monkeypatch
     assert info_main([str(engine)]) == 0
     assert ("cannot run here: it was built for Orin (compute capability 8.7), this GPU is RTX 4090"
             in capsys.readouterr().out)
+    sidecar = engine.with_name(engine.name + ".json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "build": {"profile_shapes": [5, "x"]}}))
+    assert info_main([str(engine)]) == 0  # a damaged profile in the sidecar is not described, not a traceback
+    assert "batch 1, any height and width, float32" in capsys.readouterr().out
