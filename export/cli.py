@@ -7,6 +7,7 @@ TensorRT writes the ONNX files and says how to build on the device (``--onnx NAM
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,20 @@ def _shown(args: argparse.Namespace, path: Path) -> Path:
     folder and the output) at its place in the output."""
     staged = getattr(args, "staged", None)
     return staged[1] / path.relative_to(staged[0]) if staged and path.is_relative_to(staged[0]) else path
+
+
+@functools.lru_cache(maxsize=2)
+def _checkpoint_model(path: Path) -> str:
+    """The model a checkpoint was made for (read once per run: the output names need it before the export)."""
+    from offseg.checkpoint import checkpoint_model_name, extract_state_dict, read_file
+
+    content = read_file(path)
+    return checkpoint_model_name(content, extract_state_dict(content))
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    """The name default file and folder names take: --model, else --checkpoint's model, else offseg-t."""
+    return args.model or (_checkpoint_model(args.checkpoint) if args.checkpoint else "offseg-t")
 
 
 def _torch_model(args: argparse.Namespace):
@@ -255,7 +270,7 @@ def _artifacts(args: argparse.Namespace) -> dict[str, Path]:
     its sidecar."""
     from runtime.engine_meta import sidecar_path
 
-    name = args.model or "offseg-t"
+    name = _model_name(args)
     main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
     stem = args.onnx.with_suffix("") if args.onnx else main.with_suffix("")
     files = {} if args.onnx else {"fp32": main if args.format == "onnx" else stem.with_suffix(".onnx")}
@@ -283,7 +298,7 @@ def _outputs(args: argparse.Namespace) -> list[Output]:
 
 
 def _package_folder(args: argparse.Namespace) -> Path:
-    name = args.model or (args.onnx.stem if args.onnx else "offseg-t")
+    name = args.onnx.stem if args.onnx else _model_name(args)
     return args.output or Path(f"{name}-deepstream" if args.format == "deepstream" else "model_repository")
 
 
@@ -296,7 +311,7 @@ def _deepstream(args: argparse.Namespace) -> int:
     from .deepstream import check_model, write_package
 
     if not args.onnx:
-        check_model(ModelInfo(args.model or "offseg-t", 1, tuple(args.input_size) if not args.dynamic else None,
+        check_model(ModelInfo(_model_name(args), 1, tuple(args.input_size) if not args.dynamic else None,
                               args.input_format, args.output_kind, input_layout=args.input_layout))
     folder = _package_folder(args)
     with atomic_folder(folder) as tmp:

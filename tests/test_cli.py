@@ -1,8 +1,7 @@
 """The PyTorch-side command lines, run in-process like a user would."""
 import pytest
 
-from chain.cli import demo_main
-from chain.cli import info_main
+from chain.cli import demo_main, info_main
 
 
 @pytest.mark.parametrize("name,params", [("offseg-t", "6.22"), ("offseg-b", "12.96"), ("offseg-l", "26.41")])
@@ -32,3 +31,23 @@ def test_demo_unwritable_workdir(tmp_path, capsys):
     assert demo_main(["--work-dir", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], ["offseg-b.onnx", "offseg-b.fp16.onnx"]),
+    (["--model", "offseg-b"], ["offseg-b.onnx", "offseg-b.fp16.onnx"]),
+    (["--format", "deepstream"], ["offseg-b-deepstream"]),
+])
+def test_default_export_names_follow_the_checkpoints_model(tmp_path, monkeypatch, argv, expected):
+    """An offseg-b checkpoint without --model was written to offseg-t.onnx (and offseg-t-deepstream/)."""
+    from unittest import mock
+
+    import export.cli as export_cli
+    from offseg import build_model, save_checkpoint
+    checkpoint = save_checkpoint(build_model("offseg-b", 9), tmp_path / "b.pth", "offseg-b")
+    monkeypatch.chdir(tmp_path)
+    exported = []
+    with mock.patch.object(export_cli, "_export", lambda args: exported.append(args) or 0):
+        assert export_cli.main(["--checkpoint", str(checkpoint), "--fp16", *argv]) == 0
+    outputs = [str(output.path) for output in export_cli._outputs(exported[0])]
+    assert outputs == expected
