@@ -24,6 +24,9 @@ BENCH_FILES = ("*.onnx", "*.plan", "*.plan.json", "bench-*")  # what offseg-benc
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import RESUME_HINT, DemoConfig, format_table, miou_note, run_demo
+    if args.checkpoint and args.model:
+        raise OffsegError(f"--model chooses the model the demo trains, and with --checkpoint it trains none (the "
+                          f"checkpoint's own model is exported): drop --model {args.model}")
     overrides = {"model": args.model or "offseg-t", "checkpoint": args.checkpoint}
     config = DemoConfig.quick(args.work_dir, **overrides) if args.quick else \
         DemoConfig(workdir=args.work_dir, **overrides)

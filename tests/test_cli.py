@@ -18,9 +18,13 @@ def test_info_reports_params_and_macs_next_to_the_paper(capsys, name, params):
 
 @pytest.mark.parametrize("argv,message", [
     (["--checkpoint", "missing.pth"], "missing.pth does not exist"),
+    (["--checkpoint", "CHECKPOINT", "--model", "offseg-b"], "--model chooses the model the demo trains, and with "
+     "--checkpoint it trains none (the checkpoint's own model is exported): drop --model offseg-b"),
 ])
 def test_demo_user_mistakes_give_one_clear_line(tmp_path, capsys, argv, message):
-    assert demo_main(["--work-dir", str(tmp_path)] + argv) == 2
+    (tmp_path / "t.pth").write_bytes(b"")  # refused before it is read
+    argv = [str(tmp_path / "t.pth") if a == "CHECKPOINT" else a for a in argv]
+    assert demo_main(["--work-dir", str(tmp_path / "demo")] + argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
