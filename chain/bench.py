@@ -76,18 +76,23 @@ def _stats(times: list[float], batch_size: int) -> dict:
             "images_per_s": batch_size * 1000 / mean}
 
 
-def _onnx(workdir: Path, model, name: str, size, batch: int, fused: bool, form: str) -> Path:
+def _onnx(workdir: Path, model, name: str, size, batch: int, fused: bool, form: str,
+          checkpoint: Path | None) -> Path:
+    """The export of ``model`` (from ``checkpoint``, or fresh weights) in the work folder, reused only when its
+    metadata is what this export would write: same head, FreqFusion form, opset, classes and weights."""
     from calibration.files import load_onnx, read_metadata
-    from export.onnx import OnnxOptions, export_onnx
-    from export.opsets import DEFAULT_OPSET
+    from export.onnx import OnnxOptions, export_onnx, metadata
     path = workdir / f"{name}-{size[0]}x{size[1]}-b{batch}{'' if fused else '-unfused'}-{form}.onnx"
-    wanted = {"offseg.fused_head": str(fused).lower(), "offseg.freqfusion_form": form,
-              "offseg.opset": str(DEFAULT_OPSET)}
-    if not path.is_file() or any(read_metadata(load_onnx(path)).get(k) != v for k, v in wanted.items()):
+    options = OnnxOptions(input_size=tuple(size), fused_head=fused, batch=batch, freqfusion_form=form)
+    expected = metadata(name, model.num_classes, options, checkpoint)
+    if not path.is_file() or any(read_metadata(load_onnx(path)).get(key) != expected[key] for key in CACHE_KEYS):
         print(f"exporting {path.name} ...", flush=True)
-        export_onnx(model, name, path, OnnxOptions(input_size=tuple(size), fused_head=fused, batch=batch,
-                                                   freqfusion_form=form))
+        export_onnx(model, name, path, options, checkpoint)
     return path
+
+
+CACHE_KEYS = ("offseg.fused_head", "offseg.freqfusion_form", "offseg.opset", "offseg.num_classes",
+              "offseg.checkpoint_sha256")
 
 
 def _int8(fp32: Path, target: str) -> Path:
@@ -147,7 +152,8 @@ def _engine(fp32: Path, precision: str) -> Path:
     return build_engine(fp32, fp32.with_name(f"{fp32.stem}.{precision}.plan"), precision)
 
 
-def _open(backend: str, workdir: Path, model, name: str, size, batch: int, allow_engine_host_code: bool):
+def _open(backend: str, workdir: Path, model, name: str, size, batch: int, checkpoint: Path | None,
+          allow_engine_host_code: bool):
     """infer(x) of a non-torch backend, exporting, calibrating or building what it needs first."""
     import torch
 
@@ -157,7 +163,8 @@ def _open(backend: str, workdir: Path, model, name: str, size, batch: int, allow
         form = form or "taps"
     else:
         form = "taps" if backend.endswith("-taps") else "gather"
-    fp32 = _onnx(workdir, model, name, size, batch, fused=backend != "onnx-fp32-unfused", form=form)
+    fp32 = _onnx(workdir, model, name, size, batch, fused=backend != "onnx-fp32-unfused", form=form,
+                 checkpoint=checkpoint)
     if backend.startswith("openvino"):
         return _openvino(fp32, torch.get_num_threads())
     if backend in INT8_TARGETS:
@@ -176,7 +183,8 @@ def _model(args: argparse.Namespace):
         return build_from_checkpoint(args.checkpoint, args.model)
     from offseg.zoo import build_model
     torch.manual_seed(0)
-    return build_model(args.model, args.num_classes).eval(), args.model
+    name = args.model or "offseg-t"
+    return build_model(name, args.num_classes).eval(), name
 
 
 def _infer(backend: str, args: argparse.Namespace, model, name: str):
@@ -191,7 +199,7 @@ def _infer(backend: str, args: argparse.Namespace, model, name: str):
     if backend.startswith("torch-"):
         return _torch_gpu(model, backend)
     return _open(backend, args.work_dir, model, name, tuple(args.input_size), args.batch_size,
-                 args.allow_engine_host_code)
+                 Path(args.checkpoint) if args.checkpoint else None, args.allow_engine_host_code)
 
 
 def _images(args: argparse.Namespace) -> np.ndarray:
@@ -249,8 +257,9 @@ def run_bench(args: argparse.Namespace) -> dict:
     report = {"model": name, "size": list(args.input_size), "batch": args.batch_size,
               "threads": torch.get_num_threads(), "results": results, "skipped": skipped}
     if args.pipeline and "onnx-fp32" in results:
-        report["pipeline"] = _pipeline(args.work_dir, _onnx(args.work_dir, model, name, tuple(args.input_size), 1,
-                                                            True, "gather"), args)
+        fp32 = _onnx(args.work_dir, model, name, tuple(args.input_size), 1, True, "gather",
+                     Path(args.checkpoint) if args.checkpoint else None)
+        report["pipeline"] = _pipeline(args.work_dir, fp32, args)
     return report
 
 

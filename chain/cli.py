@@ -149,6 +149,9 @@ def info_main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.checkpoint and given(args, ("num_classes",)):
+        raise OffsegError(f"--num-classes sets the classes of fresh weights; {args.checkpoint} has its own: drop "
+                          "--num-classes")
     check_at_least(("--num-classes", args.num_classes, 1), ("--iters", args.iters, 1),
                    ("--batch-size", args.batch_size, 1), ("--warmup", args.warmup, 0),
                    ("--pipeline-frames", args.pipeline_frames, 1))
@@ -170,10 +173,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 def bench_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-bench", description=BENCH_DESCRIPTION)
-    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to time")
+    parser.add_argument("--model", choices=MODEL_NAMES, help="model to time (default the checkpoint's, else "
+                        "offseg-t)")
     add_input(parser, "--checkpoint", help="weights to time (default fresh weights; the speed is the "
                         "same)")
-    parser.add_argument("--num-classes", type=int, default=150, help="classes of the fresh weights")
+    parser.add_argument("--num-classes", type=int, default=150, help="classes of the fresh weights (a checkpoint "
+                        "has its own)")
     parser.add_argument("--backends", type=lambda s: [b.strip() for b in s.split(",") if b.strip()],
                         default=["torch", "onnx-fp32", "onnx-int8"],
                         help=f"comma-separated, from {','.join(BACKENDS)} (default torch,onnx-fp32,onnx-int8)")

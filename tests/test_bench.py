@@ -52,8 +52,11 @@ def test_a_backends_memory_does_not_depend_on_what_ran_before(tmp_path, monkeypa
     (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
     (["--pipeline", "--pipeline-frames", "0"], "--pipeline-frames must be at least 1, got 0"),
     (["--pipeline-frames", "5"], "--pipeline-frames sets the length of the --pipeline video; add --pipeline"),
+    (["--checkpoint", "CKPT", "--num-classes", "19"], "--num-classes sets the classes of fresh weights; "),
 ])
 def test_bench_mistakes_are_one_sentence_before_any_work(tmp_path, capsys, argv, message):
+    (tmp_path / "t.pth").write_bytes(b"")  # refused before it is read
+    argv = [str(tmp_path / "t.pth") if a == "CKPT" else a for a in argv]
     assert bench_main([*argv, "--work-dir", str(tmp_path / "wd")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "wd").exists()
@@ -116,3 +119,32 @@ def test_bench_table_rows_merge_and_plot(tmp_path):
     run_all.plot_latency(rows, tmp_path / "latency.png")
     image = cv2.imread(str(tmp_path / "latency.png"))
     assert image is not None and image.shape[1] > image.shape[0]  # two panels side by side
+
+
+def test_a_cached_export_is_reused_only_for_the_same_weights_and_classes(tmp_path, monkeypatch):
+    """The work folder's ONNX file was reused for any class count or checkpoint of the same model and size."""
+    from types import SimpleNamespace
+
+    import onnx
+
+    import chain.bench as bench
+    import export.onnx as export_onnx
+    from offseg import build_model, save_checkpoint
+    from tiny_onnx import write_tiny_onnx
+
+    exports = []
+
+    def export(model, name, path, options, checkpoint=None):  # a tiny graph with the real exporter's metadata
+        exports.append((model.num_classes, checkpoint))
+        write_tiny_onnx(path, dynamic=False, size=options.input_size)
+        graph = onnx.load(str(path))
+        onnx.helper.set_model_props(graph, export_onnx.metadata(name, model.num_classes, options, checkpoint))
+        onnx.save(graph, str(path))
+
+    monkeypatch.setattr(export_onnx, "export_onnx", export)
+    first, second = (save_checkpoint(build_model("offseg-t", 9), tmp_path / f"{n}.pth", "offseg-t") for n in "ab")
+    runs = [(9, None), (9, None), (19, None), (9, first), (9, first), (9, second)]
+    for classes, checkpoint in runs:
+        bench._onnx(tmp_path, SimpleNamespace(num_classes=classes), "offseg-t", (64, 64), 1, True, "gather",
+                    checkpoint)
+    assert exports == [(9, None), (19, None), (9, first), (9, second)]
