@@ -54,10 +54,9 @@ def _shown(args: argparse.Namespace, path: Path) -> Path:
 @functools.lru_cache(maxsize=2)
 def _checkpoint_model(path: Path) -> str:
     """The model a checkpoint was made for (read once per run: the output names need it before the export)."""
-    from offseg.checkpoint import checkpoint_model_name, extract_state_dict, read_file
+    from offseg.checkpoint import checkpoint_model
 
-    content = read_file(path)
-    return checkpoint_model_name(content, extract_state_dict(content))
+    return checkpoint_model(path)
 
 
 def _model_name(args: argparse.Namespace) -> str:

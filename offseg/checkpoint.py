@@ -263,6 +263,12 @@ def checkpoint_model_name(content: dict, state: dict[str, torch.Tensor]) -> str:
     raise OffsegError("cannot tell which OffSeg model this checkpoint is for; pass the model name explicitly")
 
 
+def checkpoint_model(path: str | os.PathLike) -> str:
+    """The registry name of the model the checkpoint file ``path`` was made for (``checkpoint_model_name``)."""
+    content = read_file(path)
+    return checkpoint_model_name(content, extract_state_dict(content))
+
+
 def build_from_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> tuple[nn.Module, str]:
     """Build the right model for a checkpoint (name and class count from the file), load it, switch to eval.
 

@@ -13,9 +13,19 @@ from .names import CARAFE_FORMS, DATASET_NAMES, DEVICE_HELP, MODEL_NAMES, WINDOW
 from .train_options import train_parser
 
 
+def _model_to_train(args: argparse.Namespace) -> str:
+    """--model, else the model of the run --resume continues, else of the --checkpoint fine-tuned, else offseg-t."""
+    from .checkpoint import checkpoint_model
+
+    latest = args.work_dir / "latest.pth"
+    if args.model is None and args.resume and latest.is_file():
+        return checkpoint_model(latest)
+    return args.model or (checkpoint_model(args.checkpoint) if args.checkpoint else "offseg-t")
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
-    config = TrainConfig(model=args.model, dataset=args.dataset, data_root=args.data_root, work_dir=str(args.work_dir),
+    config = TrainConfig(model=_model_to_train(args), dataset=args.dataset, data_root=args.data_root, work_dir=str(args.work_dir),
                          iters=args.iters, batch_size=args.batch_size, lr_end=args.lr_end,
                          crop=tuple(args.crop) if args.crop else None, lr=args.lr, warmup_iters=args.warmup_iters,
                          checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,

@@ -27,7 +27,8 @@ def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="offseg-train", description="Train or fine-tune OffSeg with the "
                                      "dataset's official recipe (printed at start; every flag overrides it); "
                                      "multi-GPU: torchrun --nproc-per-node N --no-python offseg-train ...")
-    parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to train")
+    parser.add_argument("--model", choices=MODEL_NAMES, help="model to train (default the --checkpoint's, on "
+                        "--resume the run's, else offseg-t)")
     parser.add_argument("--dataset", default="synthetic", choices=DATASET_NAMES,
                         help="dataset layout (default built-in synthetic scenes, no files needed)")
     add_input(parser, "--data-root", type=str, help="dataset root folder (mmseg layout)")

@@ -336,3 +336,24 @@ def test_a_class_count_mismatch_names_the_file_that_counts(tmp_path, capsys):
     assert eval_main(["--checkpoint", str(checkpoint), "--dataset", "folder", "--data-root", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (f"error: {checkpoint} predicts 9 classes, but {tmp_path / 'classes.txt'} names "
                                        "2 classes\n")
+
+
+def test_the_model_to_train_follows_the_checkpoint_or_the_resumed_run(tmp_path):
+    """offseg-train --checkpoint B.pth (fine-tuning) without --model built offseg-t and failed to load offseg-b's
+    weights, saying 'pass --model offseg-b, or leave --model out' to a user who had left it out; --resume of an
+    offseg-b run likewise."""
+    from offseg import save_checkpoint
+    from offseg.cli import _model_to_train
+    from offseg.train_options import train_parser
+    base = save_checkpoint(build_model("offseg-b", 9), tmp_path / "b.pth", "offseg-b")
+    work = tmp_path / "run"
+    work.mkdir()
+    save_checkpoint(build_model("offseg-l", 9), work / "latest.pth", "offseg-l")  # the run --resume continues
+
+    def model(*argv):
+        return _model_to_train(train_parser().parse_args(["--work-dir", str(work), *argv]))
+
+    assert model() == "offseg-t" and model("--model", "offseg-l") == "offseg-l"
+    assert model("--checkpoint", str(base)) == "offseg-b"
+    assert model("--resume") == model("--resume", "--checkpoint", str(base)) == "offseg-l"
+    assert model("--resume", "--model", "offseg-t") == "offseg-t"  # said: a mismatch is load_state's sentence
