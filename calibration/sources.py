@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 from runtime.errors import OffsegError
 from runtime.preprocess import MEAN_RGB, STD_RGB, to_model_input
 from runtime.sources import IMAGE_SUFFIXES, read_image
+
+log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 RESIZE = "bilinear to the graph input, BGR->RGB"  # the preprocessing below; part of the data key
@@ -91,7 +94,12 @@ def calibration_images(source: str | Path, count: int, seed: int = 0) -> Iterato
     files = _sampled_files(source, count)
     if Path(source).is_dir():
         for file in files:
-            yield read_image(file)
+            try:
+                image = read_image(file)
+            except OffsegError as error:  # as offseg-run: one bad file among many is skipped and said
+                log.warning("skipping: %s", error)
+                continue
+            yield image
     else:
         yield from _video_frames(files[0], count)
 

@@ -163,6 +163,28 @@ def test_fewer_calibration_images_than_asked_are_said(tmp_path, caplog):
     assert f"calibrating on 2 images (minmax, tensorrt); {images} gives only 2 of the 5 asked for" in caplog.text
 
 
+def test_an_unreadable_calibration_image_is_skipped_and_said(tmp_path, caplog):
+    """One corrupt file among a folder's images failed the whole calibration; offseg-run skips such files too."""
+    import logging
+
+    import cv2
+    from calibration.sources import calibration_inputs
+    from runtime.errors import OffsegError
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.png"), np.full((40, 40, 3), 60 * i, np.uint8))
+    (images / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    with caplog.at_level(logging.WARNING, logger="calibration"):
+        inputs = calibration_inputs(images, 3, (32, 32))
+    assert len(inputs) == 2 and f"skipping: {images / '1.png'}" in caplog.text
+    for i in range(3):
+        (images / f"{i}.png").write_bytes(b"not an image")
+    with pytest.raises(OffsegError, match="no calibration images could be read from"):
+        calibration_inputs(images, 3, (32, 32))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--output", "OUT/q.txt"], "name the Q/DQ ONNX file NAME.onnx"),
     (["--sensitivity", "--sensitivity-images", "0"], "--sensitivity-images must be at least 1, got 0"),
