@@ -250,5 +250,23 @@ def open_source(video: Path | None = None, camera: int | None = None, stream: st
         folder = Path(images)
         if not folder.is_dir():
             raise OffsegError(f"image folder {folder} does not exist")
-        return ImageFiles(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), str(folder))
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            _no_images_here(folder)
+        return ImageFiles(paths, str(folder))
     raise OffsegError("no input: give --video, --camera, --stream, --image or --images")
+
+
+def _no_images_here(folder: Path) -> None:
+    """OffsegError for an --images folder without images of its own, naming the subfolders that hold some (the
+    folder is read one level deep: masks and overlays are named after the images)."""
+    def has_images(sub: Path) -> bool:
+        try:
+            return sub.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in sub.iterdir())
+        except OSError:  # a subfolder this user cannot list
+            return False
+
+    holding = sorted(sub.name for sub in folder.iterdir() if has_images(sub))
+    where = f"; its subfolders {', '.join(holding[:5])}{' ...' if len(holding) > 5 else ''} hold some: give one " \
+        f"of them, e.g. --images {folder / holding[0]}" if holding else ""
+    raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}{where}")
