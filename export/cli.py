@@ -52,16 +52,20 @@ def _shown(args: argparse.Namespace, path: Path) -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def _checkpoint_model(path: Path) -> str:
-    """The model a checkpoint was made for (read once per run: the output names need it before the export)."""
+def _checkpoint_model(path: Path) -> str | None:
+    """The model a checkpoint was made for (read once per run: the output names need it before the export); None
+    when it cannot be read, which the export itself then says, after the output policy has checked the paths."""
     from offseg.checkpoint import checkpoint_model
 
-    return checkpoint_model(path)
+    try:
+        return checkpoint_model(path)
+    except OffsegError:
+        return None
 
 
 def _model_name(args: argparse.Namespace) -> str:
     """The name default file and folder names take: --model, else --checkpoint's model, else offseg-t."""
-    return args.model or (_checkpoint_model(args.checkpoint) if args.checkpoint else "offseg-t")
+    return args.model or (args.checkpoint and _checkpoint_model(args.checkpoint)) or "offseg-t"
 
 
 def _torch_model(args: argparse.Namespace):
@@ -269,8 +273,7 @@ def _artifacts(args: argparse.Namespace) -> dict[str, Path]:
     its sidecar."""
     from runtime.engine_meta import sidecar_path
 
-    name = _model_name(args)
-    main = args.output or Path(f"{name}.onnx" if args.format == "onnx" else f"{name}.plan")
+    main = args.output or Path(f"{_model_name(args)}.{'onnx' if args.format == 'onnx' else 'plan'}")
     stem = args.onnx.with_suffix("") if args.onnx else main.with_suffix("")
     files = {} if args.onnx else {"fp32": main if args.format == "onnx" else stem.with_suffix(".onnx")}
     for kind, wanted in (("fp16", args.fp16 and not (args.format == "engine" and args.int8)), ("int8", args.int8)):
@@ -297,8 +300,9 @@ def _outputs(args: argparse.Namespace) -> list[Output]:
 
 
 def _package_folder(args: argparse.Namespace) -> Path:
-    name = args.onnx.stem if args.onnx else _model_name(args)
-    return args.output or Path(f"{name}-deepstream" if args.format == "deepstream" else "model_repository")
+    if args.output or args.format != "deepstream":
+        return args.output or Path("model_repository")
+    return Path(f"{args.onnx.stem if args.onnx else _model_name(args)}-deepstream")
 
 
 def _deepstream(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import OffsegError
 from .gstreamer import load_gst, quoted
-from .sinks import check_video_target, finish_video, unique_temp
+from .sinks import check_video_target, finish_video, fitted_to_video, unique_temp
 
 HARDWARE_ENCODER = "nvv4l2h264enc"
 SOFTWARE_ENCODER = "x264enc"
@@ -104,8 +104,7 @@ class GstVideoSink:
 
     def write(self, image: np.ndarray) -> None:
         Gst = self.Gst
-        if image.shape[:2] != self.size:
-            image = cv2.resize(image, self.size[::-1], interpolation=cv2.INTER_AREA)
+        image = fitted_to_video(image, self.size)
         pad_h, pad_w = self.coded_size[0] - self.size[0], self.coded_size[1] - self.size[1]
         if pad_h or pad_w:
             image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)

@@ -169,9 +169,7 @@ class VideoSink:
         return fourcc
 
     def write(self, image: np.ndarray) -> None:
-        if image.shape[:2] != self.size:
-            image = cv2.resize(image, self.size[::-1], interpolation=cv2.INTER_AREA)
-        self.writer.write(image)
+        self.writer.write(fitted_to_video(image, self.size))
         self.frames += 1
 
     def close(self) -> None:
@@ -179,6 +177,20 @@ class VideoSink:
         OffsegError (a full disk: the folder and the bytes free) and the previous file is kept."""
         self.writer.release()
         finish_video(self.tmp, self.frames, self.path)
+
+
+def fitted_to_video(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` as a frame of a video of (h, w) ``size`` (its first frame's): itself when it has that size, else
+    scaled to fit with its aspect ratio kept and centred on black (the images of a folder differ in shape)."""
+    h, w = image.shape[:2]
+    if (h, w) == tuple(size):
+        return image
+    scale = min(size[0] / h, size[1] / w)
+    content = (max(min(round(h * scale), size[0]), 1), max(min(round(w * scale), size[1]), 1))
+    resized = cv2.resize(image, content[::-1], interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    top, left = (size[0] - content[0]) // 2, (size[1] - content[1]) // 2
+    return cv2.copyMakeBorder(resized, top, size[0] - content[0] - top, left, size[1] - content[1] - left,
+                              cv2.BORDER_CONSTANT, value=0)
 
 
 def check_video_target(path: Path, fps: float | None) -> None:

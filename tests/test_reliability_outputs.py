@@ -223,3 +223,24 @@ def test_the_policy_runs_before_the_command(inputs, capsys):
     protected = str(inputs / "IN" / "t.pth")
     assert run(lambda args: called.append(args) or 0, parser, ["--checkpoint", protected, "--json", protected]) == 2
     assert called == [] and "the input would be overwritten" in capsys.readouterr().err
+
+
+def test_frames_of_another_shape_keep_their_aspect_in_the_video(tmp_path):
+    """An image folder's portrait photo in a landscape video was stretched to the first frame's size."""
+    import cv2
+    from runtime.sinks import VideoSink, fitted_to_video
+
+    first = np.full((120, 240, 3), 40, np.uint8)
+    portrait = np.full((240, 120, 3), 220, np.uint8)
+    fitted = fitted_to_video(portrait, (120, 240))
+    assert fitted.shape == (120, 240, 3) and fitted is not portrait and fitted_to_video(first, (120, 240)) is first
+    assert (fitted[:, 90:150] == 220).all() and (fitted[:, :90] == 0).all() and (fitted[:, 150:] == 0).all()
+    sink = VideoSink(tmp_path / "v.avi", 10, first.shape[:2])
+    for frame in (first, portrait):
+        sink.write(frame)
+    sink.close()
+    capture = cv2.VideoCapture(str(tmp_path / "v.avi"))
+    frames = [capture.read()[1] for _ in range(2)]
+    capture.release()
+    second = frames[1].astype(int)
+    assert second[:, 100:140].mean() > 200 and second[:, :80].mean() < 20 and second[:, 160:].mean() < 20
