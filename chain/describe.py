@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.backends import ModelInfo, model_in_folder
+from runtime.backends import ModelInfo, package_models
 from runtime.errors import OffsegError
 from runtime.progress import counted
 
@@ -17,8 +17,7 @@ def describe_file(path: str | os.PathLike) -> list[str]:
     """Lines saying what ``path`` holds and how to use it; OffsegError for what no offseg command reads."""
     path = Path(path)
     if path.is_dir():
-        inside = model_in_folder(path) or "give a .pth, .onnx or .plan file"
-        raise OffsegError(f"{path} is a folder, not a model file: {inside}")
+        return _package(path)
     if not path.exists():
         raise OffsegError(f"{path} does not exist")
     suffix = path.suffix.lower()
@@ -30,6 +29,21 @@ def describe_file(path: str | os.PathLike) -> list[str]:
         return _checkpoint(path)
     raise OffsegError(f"cannot tell what {path.name} is from its suffix: offseg-info describes .pth checkpoints, .onnx "
                       "models and .plan engines")
+
+
+def _package(folder: Path) -> list[str]:
+    """An offseg-export package folder: what it is, then each model file in it, described."""
+    package = package_models(folder)
+    if package is None:
+        raise OffsegError(f"{folder} is a folder, not a model file: give a .pth, .onnx or .plan file (or a Triton "
+                          "repository or DeepStream package folder from offseg-export)")
+    kind, models = package
+    use = (f"serve it: tritonserver --model-repository {folder}, then offseg-run --triton http://HOST:8000"
+           if kind == "Triton model repository" else f"on the device: cd {folder} && sh pipeline.sh VIDEO.mp4")
+    lines = [f"{folder}: {kind} holding {counted(len(models), 'model')}; {use}"]
+    for model in models:
+        lines += describe_file(model)
+    return lines
 
 
 def _rows(pairs: list[tuple[str, str]]) -> list[str]:

@@ -429,6 +429,19 @@ def test_offseg_info_says_what_a_checkpoint_is(models, tmp_path, capsys):
         "138 more; with colours" in out
 
 
+def test_offseg_info_describes_a_triton_repository(models, tmp_path, capsys):
+    from chain.cli import info_main
+    from export.cli import main as export_main
+    repository = tmp_path / "repo"
+    assert export_main(["--onnx", str(models[1]), "--format", "triton", "--output", str(repository)]) == 0
+    capsys.readouterr()
+    assert info_main([str(repository)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{repository}: Triton model repository holding 1 model; serve it: tritonserver " \
+        f"--model-repository {repository}, then offseg-run --triton http://HOST:8000"
+    assert lines[1].startswith(f"{repository / 'offseg-t' / '1' / 'model.onnx'}: ONNX model of offseg-t, 9 classes")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["FOLDER"], "is a folder, not a model file"),
     (["IMAGE"], "cannot tell what one.png is from its suffix: offseg-info describes .pth checkpoints"),

@@ -205,18 +205,27 @@ def _how_to_make(suffix: str) -> str:
     return "give an .onnx model, a TensorRT .plan or a .pth checkpoint"
 
 
-def model_in_folder(folder: Path) -> str | None:
-    """Where the model of an offseg-export package is (``--format deepstream`` / ``triton``), for a user who gave
-    the folder; None for any other folder."""
+def package_models(folder: Path) -> tuple[str, list[Path]] | None:
+    """What offseg-export package ``folder`` is (``--format triton`` / ``deepstream``) and its model files; None
+    for any other folder."""
     models = sorted(folder.glob("*/[0-9]*/model.onnx")) + sorted(folder.glob("*/[0-9]*/model.plan"))
     if models:
-        return f"it is a Triton model repository; its model file{'s are' if len(models) > 1 else ' is'} " + \
-            ", ".join(map(str, models)) + " (a server runs the repository itself: offseg-run --triton URL)"
+        return "Triton model repository", models
     models = sorted(folder.glob("*.onnx")) if (folder / "config_infer_primary_offseg.txt").is_file() else []
-    if models:
+    return ("DeepStream package", models[:1]) if models else None
+
+
+def _model_in_folder(folder: Path) -> str | None:
+    """Where the model of an offseg-export package is, for a user who gave the folder; None for any other folder."""
+    package = package_models(folder)
+    if package is None:
+        return None
+    kind, models = package
+    if kind == "DeepStream package":
         return f"it is a DeepStream package; its model file is {models[0]} (offseg-validate --deepstream {folder} " \
             "checks the package as nvinfer runs it)"
-    return None
+    return f"it is a Triton model repository; its model file{'s are' if len(models) > 1 else ' is'} " + \
+        ", ".join(map(str, models)) + " (a server runs the repository itself: offseg-run --triton URL)"
 
 
 def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str = "auto",
@@ -228,7 +237,7 @@ def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str
     the file, run in this process); the user's decision (``--allow-engine-host-code``), never the sidecar's."""
     path = Path(path)
     if path.is_dir():
-        raise OffsegError(f"{path} is a folder, not a model file: {model_in_folder(path) or _how_to_make('')}")
+        raise OffsegError(f"{path} is a folder, not a model file: {_model_in_folder(path) or _how_to_make('')}")
     if not path.is_file():
         raise OffsegError(f"model file not found: {path}; {_how_to_make(path.suffix.lower())}")
     suffix = path.suffix.lower()
