@@ -187,6 +187,11 @@ def _model(args: argparse.Namespace):
     return build_model(name, args.num_classes).eval(), name
 
 
+def _checkpoint(args: argparse.Namespace) -> Path | None:
+    """--checkpoint as a path (the memory-measuring child gets it as text)."""
+    return Path(args.checkpoint) if args.checkpoint else None
+
+
 def _infer(backend: str, args: argparse.Namespace, model, name: str):
     """infer(x) of ``backend``, exporting, calibrating or building what it needs first (cached in the work folder)."""
     import torch
@@ -198,8 +203,8 @@ def _infer(backend: str, args: argparse.Namespace, model, name: str):
         return infer
     if backend.startswith("torch-"):
         return _torch_gpu(model, backend)
-    return _open(backend, args.work_dir, model, name, tuple(args.input_size), args.batch_size,
-                 Path(args.checkpoint) if args.checkpoint else None, args.allow_engine_host_code)
+    return _open(backend, args.work_dir, model, name, tuple(args.input_size), args.batch_size, _checkpoint(args),
+                 args.allow_engine_host_code)
 
 
 def _images(args: argparse.Namespace) -> np.ndarray:
@@ -257,8 +262,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     report = {"model": name, "size": list(args.input_size), "batch": args.batch_size,
               "threads": torch.get_num_threads(), "results": results, "skipped": skipped}
     if args.pipeline and "onnx-fp32" in results:
-        fp32 = _onnx(args.work_dir, model, name, tuple(args.input_size), 1, True, "gather",
-                     Path(args.checkpoint) if args.checkpoint else None)
+        fp32 = _onnx(args.work_dir, model, name, tuple(args.input_size), 1, True, "gather", _checkpoint(args))
         report["pipeline"] = _pipeline(args.work_dir, fp32, args)
     return report
 

@@ -136,10 +136,11 @@ def _info(args: argparse.Namespace) -> int:
 
 def info_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="offseg-info", description="What a model file is (a .pth checkpoint, an "
-                                     ".onnx model or a .plan engine: model, classes, precision, input, weights, "
-                                     "training), or without a file the parameters and MACs of an OffSeg model next to "
-                                     "the paper's figures.")
-    add_input(parser, "file", nargs="?", metavar="FILE", help="a .pth, .onnx or .plan file to describe")
+                                     ".onnx model, a .plan engine, or offseg-export's Triton repository or DeepStream "
+                                     "package: model, classes, precision, input, weights, training), or without a file "
+                                     "the parameters and MACs of an OffSeg model next to the paper's figures.")
+    add_input(parser, "file", nargs="?", metavar="FILE", help="a .pth, .onnx or .plan file, or a Triton repository or "
+              "DeepStream package folder, to describe")
     parser.add_argument("--model", default="offseg-t", choices=MODEL_NAMES, help="model to count (default offseg-t)")
     parser.add_argument("--num-classes", type=int, default=150, help="number of classes (default 150, ADE20K)")
     parser.add_argument("--input-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
