@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.backends import ModelInfo, package_models
+from runtime.backends import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ModelInfo, package_models
 from runtime.errors import OffsegError
 from runtime.progress import counted
 
-ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 SHOWN_CLASSES = 12  # names listed before "... and N more"
 
 
@@ -25,7 +24,7 @@ def describe_file(path: str | os.PathLike) -> list[str]:
         return _onnx(path)
     if suffix in ENGINE_SUFFIXES:
         return _engine(path)
-    if suffix in (".pth", ".pt"):
+    if suffix in CHECKPOINT_SUFFIXES:
         return _checkpoint(path)
     raise OffsegError(f"cannot tell what {path.name} is from its suffix: offseg-info describes .pth checkpoints, .onnx "
                       "models and .plan engines")

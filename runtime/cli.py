@@ -8,6 +8,7 @@ import re
 import sys
 import time
 
+from .backends import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES
 from .console import add_common_options, add_engine_host_code_option, add_hidden_aliases, given, run
 from .errors import OffsegError
 from .interrupts import exit_code, take
@@ -21,8 +22,8 @@ ROS_NAME = re.compile(r"(/?[A-Za-z_][A-Za-z0-9_]*)(/[A-Za-z_][A-Za-z0-9_]*)*|/?"
 MAX_CAMERAS = 256  # V4L2 video device numbers (/dev/videoN) stop at 255 (the Linux kernel's VIDEO_NUM_DEVICES)
 BACKEND_OPTIONS = {  # option: the model suffixes it applies to, what they are
     "providers": ((".onnx",), "an .onnx model (ONNX Runtime)"),
-    "cuda": ((".plan", ".engine", ".trt"), "a TensorRT engine (.plan)"),
-    "device": ((".pth", ".pt"), "a .pth checkpoint (PyTorch)"),
+    "cuda": (ENGINE_SUFFIXES, "a TensorRT engine (.plan)"),
+    "device": (CHECKPOINT_SUFFIXES, "a .pth checkpoint (PyTorch)"),
 }
 
 

@@ -13,6 +13,8 @@ from ..errors import OffsegError
 from ..limits import check_tensor_bytes
 from ..preprocess import INPUT_FORMATS, INPUT_LAYOUTS, input_format_text
 
+ENGINE_SUFFIXES = (".plan", ".engine", ".trt")  # TensorRT engines
+CHECKPOINT_SUFFIXES = (".pth", ".pt")  # PyTorch checkpoints
 OUTPUT_KINDS = ("logits", "labels", "probs")  # probs: softmax of the logits, same shape
 LABEL_DTYPES = ("uint8", "int32")
 LAYOUTS = ("nchw", "nhwc")  # of the output: (N, K, h, w) / (N, H, W), or (N, h, w, K) / (N, H, W, 1)
@@ -194,7 +196,7 @@ class Backend(Protocol):
 def _how_to_make(suffix: str) -> str:
     """Advice for a missing model file that this machine can follow."""
     from ..device import module_installed
-    if suffix in (".plan", ".engine", ".trt"):
+    if suffix in ENGINE_SUFFIXES:
         if not module_installed("tensorrt"):
             return ("this machine has no TensorRT, so it cannot run engines: run the ONNX model here (offseg-run "
                     "--engine MODEL.onnx), and build the engine on the device that will run it (there: offseg-export "
@@ -244,10 +246,10 @@ def open_backend(path: str | Path, providers: list[str] | None = None, cuda: str
     if suffix == ".onnx":
         from .ort_backend import OnnxRuntimeBackend
         return OnnxRuntimeBackend(path, providers)
-    if suffix in (".plan", ".engine", ".trt"):
+    if suffix in ENGINE_SUFFIXES:
         from .trt_backend import TensorRTBackend
         return TensorRTBackend(path, cuda, allow_engine_host_code)
-    if suffix in (".pth", ".pt"):
+    if suffix in CHECKPOINT_SUFFIXES:
         from .torch_backend import TorchBackend
         return TorchBackend(path, device)
     raise OffsegError(f"cannot tell the backend from {path.name}: use .onnx, .plan/.engine or .pth")
