@@ -156,9 +156,9 @@ def _check_classes(checkpoint: Path) -> None:
         raise OffsegError(f"checkpoint {checkpoint} does not exist")
     classes = checkpoint_num_classes(extract_state_dict(read_file(checkpoint)))
     if classes != len(CLASSES):
-        raise OffsegError(f"{checkpoint} predicts {counted(classes, 'class')}, and the demo validates every artifact on "
-                          f"the synthetic scenes' {len(CLASSES)} ({', '.join(CLASSES)}): give a checkpoint trained on "
-                          "them (offseg-demo without --checkpoint trains one), or use offseg-export, offseg-run and "
+        raise OffsegError(f"{checkpoint} predicts {counted(classes, 'class')}, and the demo validates every artifact "
+                          f"on the synthetic scenes' {len(CLASSES)} ({', '.join(CLASSES)}): give a checkpoint trained "
+                          "on them (offseg-demo without --checkpoint trains one), or use offseg-export, offseg-run and "
                           "offseg-validate on your own data")
 
 

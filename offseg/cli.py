@@ -25,8 +25,8 @@ def _model_to_train(args: argparse.Namespace) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
-    config = TrainConfig(model=_model_to_train(args), dataset=args.dataset, data_root=args.data_root, work_dir=str(args.work_dir),
-                         iters=args.iters, batch_size=args.batch_size, lr_end=args.lr_end,
+    config = TrainConfig(model=_model_to_train(args), dataset=args.dataset, data_root=args.data_root,
+                         work_dir=str(args.work_dir), iters=args.iters, batch_size=args.batch_size, lr_end=args.lr_end,
                          crop=tuple(args.crop) if args.crop else None, lr=args.lr, warmup_iters=args.warmup_iters,
                          checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,
                          eval_interval=args.eval_interval, eval_images=args.eval_images,

@@ -236,10 +236,11 @@ def check_video(path: Path, frames: int, target: Path) -> None:
 
 
 class FrameFolderSink:
-    """One image file per frame in a folder, named after the frame; ``suffix`` chooses the format."""
+    """One image file per frame in a folder, named after the frame; a subclass sets ``suffix`` (the format) and
+    ``option`` (the flag its messages name)."""
 
-    suffix = ".png"
-    option = "--save-masks"
+    suffix: str
+    option: str
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -270,6 +271,9 @@ class FrameFolderSink:
 
 class MaskSink(FrameFolderSink):
     """One label PNG per frame (uint8, or uint16 beyond 256 classes) in a folder."""
+
+    suffix = ".png"
+    option = "--save-masks"
 
     def write(self, name: str, labels: np.ndarray) -> None:
         super().write(name, labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))

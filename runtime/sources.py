@@ -214,10 +214,10 @@ class LiveSource(Source):
 
 
 class ImageFiles(Source):
+    """One image, or a folder's images (``open_source`` refuses a folder without any, saying where they are)."""
+
     def __init__(self, paths: list[Path], description: str):
         super().__init__()
-        if not paths:
-            raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {description}")
         self.paths, self.length, self.description = paths, len(paths), description
         stems = Counter(path.stem for path in paths)  # x.jpg and x.png both keep their masks: x.jpg.png, x.png.png
         self.names = [path.stem if stems[path.stem] == 1 else path.name for path in paths]

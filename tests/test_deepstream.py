@@ -97,7 +97,7 @@ def test_offseg_info_describes_the_package_and_its_model(package, capsys):
     _, package = package
     assert info_main([str(package)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"{package}: DeepStream package holding 1 model; on the device: cd {package} && sh pipeline.sh " \
-        "VIDEO.mp4"
+    assert lines[0] == f"{package}: DeepStream package holding 1 model; on the device: cd {package} && sh " \
+        "pipeline.sh VIDEO.mp4"
     assert lines[1].startswith(f"{package / 'offseg-t.onnx'}: ONNX model of offseg-t, 9 classes, fp32")
     assert "  input    batch 1, 64x96, float32 RGB 0-255 NCHW" in lines and "  output   probs (N, 9, h, w)" in lines
