@@ -78,9 +78,7 @@ def _model_rows(info: ModelInfo, meta: dict, batch: str, sizes: str = "any heigh
     size = sizes if info.input_size is None else "%dx%d" % info.input_size
     normalization = (f" (mean {value('mean_rgb')}, std {value('std_rgb')})"
                      if info.input_format == "normalized" and value("mean_rgb") else "")
-    shape = {"labels": "labels (N, H, W)" if info.output_layout == "nchw" else "labels (N, H, W, 1)"}.get(
-        info.output_kind, f"{info.output_kind} " + ("(N, %d, h, w)" if info.output_layout == "nchw"
-                                                    else "(N, h, w, %d)") % info.num_classes)
+    shape = f"{info.output_kind} {info.output_shape(str(info.num_classes))}"
     rows = [("classes", _class_list(info.classes, info.num_classes)), ("weights", weights),
             ("input", f"{batch}, {size}, {value('input_format')}{normalization}"), ("output", shape)]
     if value("int8_method"):

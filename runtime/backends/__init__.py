@@ -75,8 +75,7 @@ class ModelInfo:
         if self.input_size is None and graph_size is not None:
             raise OffsegError(f"{source} says its input size is dynamic but its graph takes {_hw(graph_size)}")
         labels, nhwc = self.output_kind == "labels", self.output_layout == "nhwc"
-        wanted = {(False, False): "(N, K, h, w)", (False, True): "(N, h, w, K)", (True, False): "(N, H, W)",
-                  (True, True): "(N, H, W, 1)"}[labels, nhwc]
+        wanted = self.output_shape()
         if len(output_shape) != wanted.count(",") + 1 or (labels and nhwc and output_shape[3] != 1):
             raise OffsegError(f"{source} says its output is {self.output_kind} ({self.output_layout}) but its graph "
                               f"outputs {len(output_shape)}-D {list(output_shape)}, not {wanted}")
@@ -89,6 +88,12 @@ class ModelInfo:
             check_tensor_bytes((batch, 3, *size), 1 if self.input_format == "uint8-rgb" else 4, f"{source}'s input")
         if all(isinstance(d, int) and d > 0 for d in output_shape[1:]):
             check_tensor_bytes((batch, *output_shape[1:]), 4, f"{source}'s output")
+
+    def output_shape(self, classes: str = "K") -> str:
+        """The output's dimensions as text: ``(N, K, h, w)`` scores or ``(N, H, W)`` labels, in its layout."""
+        if self.output_kind == "labels":
+            return "(N, H, W, 1)" if self.output_layout == "nhwc" else "(N, H, W)"
+        return f"(N, h, w, {classes})" if self.output_layout == "nhwc" else f"(N, {classes}, h, w)"
 
     def planar(self, outputs: np.ndarray) -> np.ndarray:
         """A backend's output in our layout: (N, K, h, w) scores (logits or probabilities) or (N, H, W) labels."""
