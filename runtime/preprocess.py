@@ -67,6 +67,12 @@ class FrameTooSmall(OffsegError):
     """A frame that shrinks to nothing when fitted to the model input (e.g. 1x5000 into 512x512)."""
 
 
+def fitted_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of ``size`` scaled to fit inside ``target`` with its aspect ratio kept (a side may round to 0)."""
+    scale = min(target[0] / size[0], target[1] / size[1])
+    return min(round(size[0] * scale), target[0]), min(round(size[1] * scale), target[1])
+
+
 def fit_frame(image: np.ndarray, input_size: tuple[int, int] | None, policy: str = "letterbox"):
     """Fit a BGR frame to the model input: (fitted BGR image, Geometry).
 
@@ -83,8 +89,7 @@ def fit_frame(image: np.ndarray, input_size: tuple[int, int] | None, policy: str
         if policy == "stretch":
             content = target
         elif policy == "letterbox":
-            scale = min(target[0] / h, target[1] / w)
-            content = (min(round(h * scale), target[0]), min(round(w * scale), target[1]))
+            content = fitted_size((h, w), target)
         else:
             raise OffsegError(f"resize policy must be one of {', '.join(RESIZE_POLICIES)}, not {policy!r}")
         if min(content) < 1:

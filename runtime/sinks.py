@@ -21,6 +21,7 @@ import numpy as np
 from .errors import OffsegError
 from .interrupts import raise_pending
 from .output_policy import check_writable_folder
+from .preprocess import fitted_size
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +186,9 @@ def fitted_to_video(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == tuple(size):
         return image
-    scale = min(size[0] / h, size[1] / w)
-    content = (max(min(round(h * scale), size[0]), 1), max(min(round(w * scale), size[1]), 1))
-    resized = cv2.resize(image, content[::-1], interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    content = tuple(max(side, 1) for side in fitted_size((h, w), size))
+    shrunk = size[0] < h or size[1] < w  # the scale is below 1
+    resized = cv2.resize(image, content[::-1], interpolation=cv2.INTER_AREA if shrunk else cv2.INTER_LINEAR)
     top, left = (size[0] - content[0]) // 2, (size[1] - content[1]) // 2
     return cv2.copyMakeBorder(resized, top, size[0] - content[0] - top, left, size[1] - content[1] - left,
                               cv2.BORDER_CONSTANT, value=0)
