@@ -66,6 +66,7 @@ def _check_arguments(args: argparse.Namespace):
     if args.show:
         WindowSink.check_gui()
     _check_input_kind(args)
+    _check_recursive(args)
     writer = _video_writer(args) if args.output else None
     if given(args, ("ros_namespace",)) and not args.rosbag_out:
         raise OffsegError("--ros-namespace names the topics of a --rosbag-out bag; add --rosbag-out BAG")
@@ -160,6 +161,35 @@ def _check_input_kind(args: argparse.Namespace) -> None:
         raise OffsegError(f"--images {args.images} is a file, not a folder; use {option} {args.images}")
 
 
+def _check_recursive(args: argparse.Namespace) -> None:
+    """--recursive only with --images, and then no folder output inside the input tree or holding it: the masks
+    and overlays mirror its subfolders, so a later run would read them as images, or they could land on one."""
+    if not args.recursive:
+        return
+    if args.images is None:
+        raise OffsegError("--recursive reads the subfolders of an --images folder; give --images FOLDER")
+    tree = args.images.resolve()
+    for option, folder in (("--save-masks", args.save_masks), ("--save-overlays", args.save_overlays)):
+        if folder is None:
+            continue
+        resolved = folder.resolve()
+        if resolved == tree or tree in resolved.parents or resolved in tree.parents:
+            where = "around" if resolved in tree.parents else "inside"
+            raise OffsegError(f"{option} {folder} is {where} the --images {args.images} tree read with --recursive: "
+                              "its files would mix with the images; choose a folder outside it")
+
+
+def _note_unread_subfolders(folder) -> None:
+    """A note when an --images folder's subfolders hold images that this run, without --recursive, leaves out."""
+    from .sources import subfolders_with_images
+
+    holding = subfolders_with_images(folder)
+    if holding:
+        print(f"note: reading only the images directly in {folder}; its subfolder{'s' if len(holding) > 1 else ''} "
+              f"{', '.join(holding[:5])}{' ...' if len(holding) > 5 else ''} hold{'' if len(holding) > 1 else 's'} "
+              "images too: add --recursive to read them", file=sys.stderr, flush=True)
+
+
 def _open_source(args: argparse.Namespace):
     if args.rosbag is not None:
         from .rosbag_io import RosbagSource
@@ -172,7 +202,7 @@ def _open_source(args: argparse.Namespace):
                                 args.reconnects, args.stall_timeout)
     from .sources import open_source
     return open_source(args.video, args.camera, args.stream, args.image, args.images, args.reconnects,
-                       args.stall_timeout)
+                       args.stall_timeout, args.recursive)
 
 
 def _saves_nothing(args: argparse.Namespace) -> bool:
@@ -210,6 +240,8 @@ def _run(args: argparse.Namespace) -> int:
           f"reading {source.description}")
     if writer:
         print(f"writing {args.output.name} with {writer[0]}")
+    if args.images is not None and not args.recursive:
+        _note_unread_subfolders(args.images)
     if _saves_nothing(args):
         print(f"note: this run only prints the timing table and {NOTHING_SAVED}", file=sys.stderr, flush=True)
     if not info.trained:
@@ -310,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     add_input(inputs, "--images", help="a folder of images")
     add_input(inputs, "--rosbag", help="a rosbag2 (sqlite3 or mcap) with sensor_msgs/Image or "
                         "CompressedImage messages (needs the [ros] extra)")
+    parser.add_argument("--recursive", action="store_true", help="--images: read the folder's subfolders too "
+                        "(links to folders followed); --save-masks and --save-overlays mirror them")
     parser.add_argument("--csi-mode", metavar="WxH@FPS", help="--csi-camera capture mode, e.g. 1920x1080@30 "
                         "(default the camera's own)")
     parser.add_argument("--capture", choices=("opencv", "gstreamer"), default="opencv",

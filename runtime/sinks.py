@@ -237,8 +237,8 @@ def check_video(path: Path, frames: int, target: Path) -> None:
 
 
 class FrameFolderSink:
-    """One image file per frame in a folder, named after the frame; a subclass sets ``suffix`` (the format) and
-    ``option`` (the flag its messages name)."""
+    """One image file per frame in a folder, named after the frame (a name with ``/`` in a subfolder); a subclass
+    sets ``suffix`` (the format) and ``option`` (the flag its messages name)."""
 
     suffix: str
     option: str
@@ -265,7 +265,13 @@ class FrameFolderSink:
         if unique != name:
             log.warning("%s: %s%s is taken in this run: writing %s%s", self.option, name, self.suffix, unique,
                         self.suffix)
-        write_image(self.folder / f"{unique}{self.suffix}", image)
+        target = self.folder / f"{unique}{self.suffix}"
+        if target.parent != self.folder:  # a frame of an --images subfolder (--recursive) goes to the same subfolder
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise OffsegError(f"cannot create {target.parent}: {error.strerror}") from None
+        write_image(target, image)
         self.names.add(f"{unique}{self.suffix}".casefold())
         self.written += 1
 

@@ -214,13 +214,17 @@ class LiveSource(Source):
 
 
 class ImageFiles(Source):
-    """One image, or a folder's images (``open_source`` refuses a folder without any, saying where they are)."""
+    """One image, or a folder's images (``open_source`` refuses a folder without any, saying where they are). Each
+    frame is named after its path below ``root`` without the suffix (``day1/photo`` for ``root/day1/photo.jpg``),
+    the suffix kept where two images of one folder share a stem: masks and overlays are named after the frames."""
 
-    def __init__(self, paths: list[Path], description: str):
+    def __init__(self, paths: list[Path], description: str, root: Path):
         super().__init__()
         self.paths, self.length, self.description = paths, len(paths), description
-        stems = Counter(path.stem for path in paths)  # x.jpg and x.png both keep their masks: x.jpg.png, x.png.png
-        self.names = [path.stem if stems[path.stem] == 1 else path.name for path in paths]
+        relative = [path.relative_to(root) for path in paths]
+        stems = Counter(name.with_suffix("").as_posix() for name in relative)  # x.jpg and x.png: x.jpg.png, x.png.png
+        self.names = [name.with_suffix("").as_posix() if stems[name.with_suffix("").as_posix()] == 1
+                      else name.as_posix() for name in relative]
 
     def frames(self) -> Iterator[Frame]:
         for index, (path, name) in enumerate(zip(self.paths, self.names)):
@@ -235,8 +239,9 @@ class ImageFiles(Source):
 
 def open_source(video: Path | None = None, camera: int | None = None, stream: str | None = None,
                 image: Path | None = None, images: Path | None = None, reconnects: int = 5,
-                stall_seconds: float = 5.0) -> Source:
-    """The one source given (the CLI makes them mutually exclusive)."""
+                stall_seconds: float = 5.0, recursive: bool = False) -> Source:
+    """The one source given (the CLI makes them mutually exclusive); ``recursive``: the ``images`` folder's
+    subfolders too."""
     if video is not None:
         return VideoFile(Path(video))
     if camera is not None:
@@ -245,28 +250,57 @@ def open_source(video: Path | None = None, camera: int | None = None, stream: st
         return LiveSource(stream, reconnects, stall_seconds=stall_seconds)
     if image is not None:
         read_image(image)  # a clear error for a missing or unreadable file
-        return ImageFiles([Path(image)], f"image {Path(image).name}")
+        return ImageFiles([Path(image)], f"image {Path(image).name}", Path(image).parent)
     if images is not None:
         folder = Path(images)
         if not folder.is_dir():
             raise OffsegError(f"image folder {folder} does not exist")
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = image_paths(folder, recursive)
         if not paths:
-            _no_images_here(folder)
-        return ImageFiles(paths, str(folder))
+            _no_images_here(folder, recursive)
+        return ImageFiles(paths, f"{folder} and its subfolders" if recursive else str(folder), folder)
     raise OffsegError("no input: give --video, --camera, --stream, --image or --images")
 
 
-def _no_images_here(folder: Path) -> None:
-    """OffsegError for an --images folder without images of its own, naming the subfolders that hold some (the
-    folder is read one level deep: masks and overlays are named after the images)."""
+def image_paths(folder: Path, recursive: bool = False) -> list[Path]:
+    """The images in ``folder`` (with ``recursive``, in its subfolders too, following links to folders but never
+    into one twice), sorted by their path below ``folder``. A subfolder that cannot be read is skipped with a
+    warning."""
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    found, seen = [], set()
+
+    def unreadable(error: OSError) -> None:
+        log.warning("skipping folder %s: %s", error.filename, error.strerror)
+
+    for top, subfolders, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders.sort()  # walked in order: of two ways to one folder, the first in sorted order names its images
+        found += [Path(top, name) for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found, key=lambda path: path.relative_to(folder).parts)
+
+
+def subfolders_with_images(folder: Path) -> list[str]:
+    """The names of ``folder``'s subfolders that hold images of their own, sorted (unlistable ones left out)."""
     def has_images(sub: Path) -> bool:
         try:
             return sub.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in sub.iterdir())
         except OSError:  # a subfolder this user cannot list
             return False
 
-    holding = sorted(sub.name for sub in folder.iterdir() if has_images(sub))
+    return sorted(sub.name for sub in folder.iterdir() if has_images(sub))
+
+
+def _no_images_here(folder: Path, recursive: bool) -> None:
+    """OffsegError for an --images folder without images, naming (when its subfolders are not read) the subfolders
+    that hold some."""
+    if recursive:
+        raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder} or its subfolders")
+    holding = subfolders_with_images(folder)
     where = f"; its subfolders {', '.join(holding[:5])}{' ...' if len(holding) > 5 else ''} hold some: give one " \
-        f"of them, e.g. --images {folder / holding[0]}" if holding else ""
+        f"of them, e.g. --images {folder / holding[0]}, or add --recursive to read them all" if holding else ""
     raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}{where}")

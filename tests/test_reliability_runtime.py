@@ -308,6 +308,70 @@ def test_overlays_are_the_annotated_frames_named_like_the_masks(onnx_model, tmp_
         assert np.abs(saved - expected).mean() < min(10, np.abs(saved - other).mean() / 3), stem  # JPEG's loss
 
 
+def test_recursive_images_mirror_their_folders_in_masks_and_overlays(onnx_model, tmp_path, capsys, caplog,
+                                                                     monkeypatch):
+    """--recursive: every image below the folder once (a link back up and a second link to a folder are not
+    walked again; an unreadable subfolder is skipped with a warning), masks and overlays in the same subfolders,
+    each mask what a run on that image's own folder gives."""
+    photos = tmp_path / "photos"
+    for index, name in enumerate(("top.png", "day1/a.jpg", "day1/a.png", "day2/sub/c.png", "locked/z.png")):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(photos / name), np.random.default_rng(index).integers(0, 255, (40, 60, 3), np.uint8))
+    (photos / "day2" / "sub" / "up").symlink_to("../..")  # a loop
+    (photos / "day2" / "also_day1").symlink_to("../day1")  # day1 again, after day1 in sorted order
+    scandir = os.scandir
+
+    def locked(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", locked)
+    out = tmp_path / "out"
+    assert run_main(["--engine", str(onnx_model), "--images", str(photos), "--recursive", "--save-masks",
+                     str(out / "m"), "--save-overlays", str(out / "o"), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "reading " + f"{photos} and its subfolders" in captured.out and "wrote 4 label PNGs" in captured.out
+    assert f"skipping folder {photos / 'locked'}: Permission denied" in caplog.text
+    names = ["day1/a.jpg", "day1/a.png", "day2/sub/c", "top"]
+    assert sorted(p.relative_to(out / "m").as_posix() for p in (out / "m").rglob("*.png")) == \
+        [f"{name}.png" for name in names]
+    assert sorted(p.relative_to(out / "o").as_posix() for p in (out / "o").rglob("*.jpg")) == \
+        [f"{name}.jpg" for name in names]
+    for folder, prefix in ((photos, ""), (photos / "day1", "day1/"), (photos / "day2" / "sub", "day2/sub/")):
+        single = tmp_path / "single" / prefix
+        assert run_main(["--engine", str(onnx_model), "--images", str(folder), "--save-masks", str(single),
+                         "--no-progress"]) == 0
+        for mask in single.glob("*.png"):
+            assert np.array_equal(cv2.imread(str(mask), cv2.IMREAD_UNCHANGED),
+                                  cv2.imread(str(out / "m" / prefix / mask.name), cv2.IMREAD_UNCHANGED)), mask
+    assert "note: reading only the images directly in" in capsys.readouterr().err  # the run on photos alone
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--images", "PHOTOS", "--recursive", "--save-masks", "PHOTOS/masks"],
+     "--save-masks PHOTOS/masks is inside the --images PHOTOS tree read with --recursive: its files would mix"),
+    (["--images", "PHOTOS/day1", "--recursive", "--save-overlays", "PHOTOS"],
+     "--save-overlays PHOTOS is around the --images PHOTOS/day1 tree read with --recursive"),
+    (["--image", "PHOTOS/day1/a.png", "--recursive"], "--recursive reads the subfolders of an --images folder; give "
+     "--images FOLDER"),
+    (["--images", "PHOTOS/empty", "--recursive"], "no images (.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp) in "
+     "PHOTOS/empty or its subfolders"),
+    (["--images", "PHOTOS"], "photos; its subfolders day1 hold some: give one of them, e.g. --images PHOTOS/day1, or "
+     "add --recursive to read them all"),
+])
+def test_recursive_mistakes_are_one_sentence(onnx_model, tmp_path, capsys, argv, message):
+    photos = tmp_path / "photos"
+    (photos / "day1").mkdir(parents=True)
+    (photos / "empty" / "deeper").mkdir(parents=True)
+    cv2.imwrite(str(photos / "day1" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    assert run_main(["--engine", str(onnx_model), "--no-progress",
+                     *(a.replace("PHOTOS", str(photos)) for a in argv)]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("PHOTOS", str(photos)) in err and "Traceback" not in err
+    assert not any(p.suffix == ".jpg" for p in photos.rglob("*"))  # nothing written into the tree
+
+
 def test_frames_too_small_to_fit_are_skipped_and_counted(onnx_model, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()

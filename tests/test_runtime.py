@@ -141,7 +141,6 @@ def test_interrupt_finalizes_the_video(models, video, tmp_path):
     (["--images", "VIDEO"], "is a file, not a folder; use --video"),
     (["--images", "IMAGE"], "is a file, not a folder; use --image"),
     (["--video", "IMAGE"], "one.png is an image; use --image"),
-    (["--images", "PARENT"], "photos; its subfolders day1 hold some: give one of them, e.g. --images "),
     (["--video", "VIDEO", "--reconnects", "2"], "--reconnects applies to a camera or stream"),
     (["--images", "FOLDER", "--stall-timeout", "9"], "a file, folder or bag cannot: remove --stall-timeout"),
     (["--stream", "rtsp://camera.local/live", "--reconnects", "-1"], "--reconnects must be 0 or more, got -1"),
@@ -160,10 +159,7 @@ def test_interrupt_finalizes_the_video(models, video, tmp_path):
 def test_user_mistakes_give_one_clear_line(models, video, tmp_path, capsys, argv, message):
     image = tmp_path / "one.png"
     cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
-    (tmp_path / "photos" / "day1").mkdir(parents=True)
-    cv2.imwrite(str(tmp_path / "photos" / "day1" / "a.png"), np.zeros((8, 8, 3), np.uint8))
-    named = {"VIDEO": str(video), "out.xyz": str(tmp_path / "out.xyz"), "FOLDER": str(tmp_path), "IMAGE": str(image),
-             "PARENT": str(tmp_path / "photos")}  # its images are one level down
+    named = {"VIDEO": str(video), "out.xyz": str(tmp_path / "out.xyz"), "FOLDER": str(tmp_path), "IMAGE": str(image)}
     argv = [named.get(a, a) for a in argv]
     assert run_main(["--engine", str(models[1]), "--no-progress", *argv]) == 2
     err = capsys.readouterr().err
