@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs.add_argument("--csi-camera", type=int, metavar="N", help="Jetson CSI camera with sensor id N "
                         "(GStreamer nvarguscamerasrc, converted by nvvidconv)")
     add_input(inputs, "--image", help="one image")
-    add_input(inputs, "--images", help="a folder of images")
+    add_input(inputs, "--images", metavar="DIR", help="a folder of images (with --recursive, its subfolders' too)")
     add_input(inputs, "--rosbag", help="a rosbag2 (sqlite3 or mcap) with sensor_msgs/Image or "
                         "CompressedImage messages (needs the [ros] extra)")
     parser.add_argument("--recursive", action="store_true", help="--images: read the folder's subfolders too "
