@@ -1,8 +1,12 @@
-"""An image's size from its file header, read before decoding (OpenCV has no header-only read): the size a
-decoder would allocate, so a decompression bomb (a 421 KB PNG of 12000x12000) is refused without decoding it.
+"""What an image file's structure says before decoding (OpenCV has no header-only read).
 
-PNG, JPEG, BMP, WebP and TIFF headers; None for anything else or a header that does not parse (the decoder then
-decides, and the decoded size is checked)."""
+Its size: what a decoder would allocate, so a decompression bomb (a 421 KB PNG of 12000x12000) is refused without
+decoding it. PNG, JPEG, BMP, WebP and TIFF headers; None for anything else or a header that does not parse (the
+decoder then decides, and the decoded size is checked).
+
+Whether a JPEG or PNG file ends early: libjpeg decodes a truncated JPEG with its missing part gray and says only
+"Premature end of JPEG file", libpng refuses a truncated PNG with "libpng error: Read Error"; neither names the
+file."""
 from __future__ import annotations
 
 import os
@@ -12,6 +16,9 @@ from pathlib import Path
 HEADER_BYTES = 64
 JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 MAX_JPEG_SEGMENTS = 1024  # metadata segments before the frame header; a real file has a handful
+JPEG_EOI = b"\xff\xd9"
+JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers without a length: TEM and the restarts
+JPEG_SOS = 0xDA
 
 
 def image_header_size(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -51,6 +58,69 @@ def _jpeg_size(stream) -> tuple[int, int] | None:
             return height, width
         stream.seek(length - 2, os.SEEK_CUR)
     return None
+
+
+def jpeg_ends_early(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a JPEG file that ends before its end-of-image marker (a cut-short copy or download).
+    False for other files, and for data after the marker (a motion photo's video, padding)."""
+    with open(Path(path), "rb") as stream:
+        if stream.read(2) != b"\xff\xd8":
+            return False
+        stream.seek(max(stream.seek(0, os.SEEK_END) - HEADER_BYTES, 0))
+        if stream.read().rstrip(b"\x00 \t\r\n").endswith(JPEG_EOI):  # nearly every file: no walk
+            return False
+        stream.seek(0)
+        return not _jpeg_reaches_end(stream.read())
+
+
+def png_ends_early(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PNG file that ends before its IEND chunk (chunk headers walked, data skipped)."""
+    with open(Path(path), "rb") as stream:
+        if stream.read(8) != b"\x89PNG\r\n\x1a\n":
+            return False
+        size = stream.seek(0, os.SEEK_END)
+        position = 8
+        while position + 8 <= size:
+            stream.seek(position)
+            length, kind = struct.unpack(">I4s", stream.read(8))
+            if kind == b"IEND":
+                return False
+            position += 12 + length  # length, type, data, CRC
+        return True
+
+
+def _jpeg_reaches_end(data: bytes) -> bool:
+    """Whether the markers of a JPEG file, walked from its start through each scan's coded data, reach the end of
+    image. A byte that is not a marker where one must be stops the walk with True: the decoder judges such a file."""
+    position = 2
+    while position + 1 < len(data):
+        if data[position] != 0xFF:
+            return True
+        marker = data[position + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            position += 1
+            continue
+        if marker == JPEG_EOI[1]:
+            return True
+        if marker in JPEG_STANDALONE:
+            position += 2
+            continue
+        if position + 4 > len(data):
+            return False
+        position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        if marker == JPEG_SOS:  # coded data up to the next marker; 0xFF 0x00 is a data byte, 0xFF 0xDn a restart
+            while True:
+                position = data.find(b"\xff", position)
+                if position < 0 or position + 1 >= len(data):
+                    return False
+                following = data[position + 1]
+                if following == 0xFF:
+                    position += 1
+                elif following == 0x00 or following in JPEG_STANDALONE:
+                    position += 2
+                else:
+                    break
+    return False
 
 
 def _webp_size(head: bytes) -> tuple[int, int] | None:

@@ -247,6 +247,56 @@ def test_the_header_size_of_each_image_format_is_read(tmp_path, suffix):
     assert image_header_size(path) == (37, 53)
 
 
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "restarts"])
+def test_a_cut_short_jpeg_is_told_from_a_whole_one_with_data_after_its_end(tmp_path, kind):
+    """Cut anywhere (the end marker alone included), with an EXIF thumbnail whose own end marker comes early; whole,
+    also with a motion photo's video or zero padding after the end marker."""
+    import cv2
+    import numpy as np
+
+    from runtime.image_header import jpeg_ends_early, png_ends_early
+    params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if kind == "progressive" else \
+        [cv2.IMWRITE_JPEG_RST_INTERVAL, 1] if kind == "restarts" else []
+    picture = np.random.default_rng(0).integers(0, 255, (120, 160, 3), np.uint8)
+    whole = cv2.imencode(".jpg", picture, params)[1].tobytes()
+    assert whole.count(b"\xff\xda") > (kind == "progressive") and (b"\xff\xd0" in whole) == (kind == "restarts")
+    thumbnail = cv2.imencode(".jpg", picture[::8, ::8])[1].tobytes()
+    app1 = b"Exif\x00\x00" + thumbnail
+    with_exif = whole[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + whole[2:]
+    path = tmp_path / "x.jpg"
+    for data, early in ((whole, False), (with_exif, False), (whole + b"\x00" * 300, False),
+                        (whole + b"....ftypmp42" + bytes(range(256)) * 40, False),
+                        *((whole[:int(len(whole) * share)], True) for share in (0.01, 0.3, 0.7, 0.99)),
+                        (whole[:-2], True), (with_exif[:len(with_exif) - len(whole) // 2], True)):
+        path.write_bytes(data)
+        assert jpeg_ends_early(path) is early and png_ends_early(path) is False, (len(data), early)
+
+
+def test_a_cut_short_png_is_one_sentence_and_a_cut_short_jpeg_a_warning_naming_it_once(tmp_path, caplog):
+    import cv2
+    import numpy as np
+
+    from runtime.errors import OffsegError
+    from runtime.image_header import jpeg_ends_early, png_ends_early
+    from runtime.sources import read_image
+    picture = np.random.default_rng(1).integers(0, 255, (90, 70, 3), np.uint8)
+    whole = cv2.imencode(".png", picture)[1].tobytes()
+    path = tmp_path / "x.png"
+    for data, early in ((whole, False), (whole[:-12], True), (whole[:len(whole) // 2], True), (whole[:20], True)):
+        path.write_bytes(data)
+        assert png_ends_early(path) is early and jpeg_ends_early(path) is False
+        if early:
+            with pytest.raises(OffsegError, match=f"image {path} is cut short: it ends before its last PNG chunk"):
+                read_image(path)
+    jpeg = tmp_path / "cut.jpg"
+    jpeg.write_bytes(cv2.imencode(".jpg", picture)[1].tobytes()[:-400])
+    first, again = read_image(jpeg), read_image(jpeg)
+    assert first.shape == again.shape == (90, 70, 3)
+    told = [r.getMessage() for r in caplog.records if "cut.jpg" in r.getMessage()]
+    assert told == [f"image {jpeg} ends before its end-of-image marker (a cut-short copy or download?): its missing "
+                    "part decodes as gray"]
+
+
 def test_a_folder_run_skips_an_image_above_the_limit_and_counts_it(tiny_dynamic, tmp_path, capsys, caplog):
     import cv2
     import numpy as np
