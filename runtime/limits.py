@@ -7,7 +7,7 @@ import math
 import os
 
 from .errors import OffsegError
-from .image_header import image_header_size
+from .image_header import image_header_size, png_ends_early
 from .preprocess import SIZE_DIVISOR
 
 MAX_IMAGE_PIXELS = 100_000_000  # per image or model input (a 10000x10000 photograph)
@@ -26,11 +26,15 @@ def check_image_pixels(height: int, width: int, what: str) -> None:
 
 
 def check_image_file(path: str | os.PathLike, what: str = "image") -> None:
-    """ImageTooLarge when the header of the image file ``path`` declares more pixels than the limit (checked
-    before decoding: decompression bombs); formats whose header is not read are checked once decoded."""
+    """Before decoding: ImageTooLarge when the header of the image file ``path`` declares more pixels than the limit
+    (decompression bombs; formats whose header is not read are checked once decoded), OffsegError for a PNG cut
+    short (libpng would refuse it saying only "Read Error")."""
     size = image_header_size(path)
     if size is not None:
         check_image_pixels(*size, f"{what} {path}")
+    if png_ends_early(path):
+        raise OffsegError(f"{what} {path} is cut short: it ends before its last PNG chunk (an interrupted copy or "
+                          "download?)")
 
 
 def check_tensor_bytes(shape: tuple[int, ...] | list[int], itemsize: int, what: str) -> None:

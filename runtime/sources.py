@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from .errors import OffsegError
-from .image_header import jpeg_ends_early, png_ends_early
+from .image_header import jpeg_ends_early
 from .limits import check_image_file, check_image_pixels
 from .progress import counted
 
@@ -49,16 +49,13 @@ def check_regular_file(path: Path, what: str) -> None:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """A uint8 BGR image from a file; raises OffsegError if missing, not a regular file or not an image, and
-    ImageTooLarge above ``limits.MAX_IMAGE_PIXELS`` (judged from the header before decoding where it can be read).
-    A cut-short PNG is an OffsegError; a cut-short JPEG is decoded as libjpeg does (its missing part gray), with a
-    warning naming it once a process."""
+    """A uint8 BGR image from a file; raises OffsegError if missing, not a regular file, not an image or a PNG cut
+    short, and ImageTooLarge above ``limits.MAX_IMAGE_PIXELS`` (judged from the header before decoding where it can
+    be read). A cut-short JPEG is decoded as libjpeg does (its missing part gray), with a warning
+    naming it once a process."""
     path = Path(path)
     check_regular_file(path, "image")
     check_image_file(path)
-    if png_ends_early(path):
-        raise OffsegError(f"image {path} is cut short: it ends before its last PNG chunk (an interrupted copy or "
-                          "download?)")
     if str(path) not in _TRUNCATED_WARNED and jpeg_ends_early(path):
         _TRUNCATED_WARNED.add(str(path))
         log.warning("image %s ends before its end-of-image marker (a cut-short copy or download?): its missing part "

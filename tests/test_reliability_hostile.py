@@ -251,9 +251,6 @@ def test_the_header_size_of_each_image_format_is_read(tmp_path, suffix):
 def test_a_cut_short_jpeg_is_told_from_a_whole_one_with_data_after_its_end(tmp_path, kind):
     """Cut anywhere (the end marker alone included), with an EXIF thumbnail whose own end marker comes early; whole,
     also with a motion photo's video or zero padding after the end marker."""
-    import cv2
-    import numpy as np
-
     from runtime.image_header import jpeg_ends_early, png_ends_early
     params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if kind == "progressive" else \
         [cv2.IMWRITE_JPEG_RST_INTERVAL, 1] if kind == "restarts" else []
@@ -273,10 +270,8 @@ def test_a_cut_short_jpeg_is_told_from_a_whole_one_with_data_after_its_end(tmp_p
 
 
 def test_a_cut_short_png_is_one_sentence_and_a_cut_short_jpeg_a_warning_naming_it_once(tmp_path, caplog):
-    import cv2
-    import numpy as np
-
-    from runtime.errors import OffsegError
+    """Images and label images alike."""
+    from offseg.data.datasets import SegmentationDataset
     from runtime.image_header import jpeg_ends_early, png_ends_early
     from runtime.sources import read_image
     picture = np.random.default_rng(1).integers(0, 255, (90, 70, 3), np.uint8)
@@ -288,6 +283,14 @@ def test_a_cut_short_png_is_one_sentence_and_a_cut_short_jpeg_a_warning_naming_i
         if early:
             with pytest.raises(OffsegError, match=f"image {path} is cut short: it ends before its last PNG chunk"):
                 read_image(path)
+    images, labels = tmp_path / "ds" / "images" / "val", tmp_path / "ds" / "labels" / "val"
+    for folder in images, labels:
+        folder.mkdir(parents=True)
+    (tmp_path / "ds" / "classes.txt").write_text("a\nb\n")
+    cv2.imwrite(str(images / "y.png"), picture)
+    (labels / "y.png").write_bytes(cv2.imencode(".png", np.ones((90, 70), np.uint8))[1].tobytes()[:-12])
+    with pytest.raises(OffsegError, match=f"label image {labels / 'y.png'} is cut short: it ends before its last"):
+        SegmentationDataset("folder", tmp_path / "ds", "val").load(0)
     jpeg = tmp_path / "cut.jpg"
     jpeg.write_bytes(cv2.imencode(".jpg", picture)[1].tobytes()[:-400])
     first, again = read_image(jpeg), read_image(jpeg)
