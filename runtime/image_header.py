@@ -17,6 +17,7 @@ HEADER_BYTES = 64
 JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 MAX_JPEG_SEGMENTS = 1024  # metadata segments before the frame header; a real file has a handful
 JPEG_EOI = b"\xff\xd9"
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk: no data, its CRC
 JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers without a length: TEM and the restarts
 JPEG_SOS = 0xDA
 
@@ -74,11 +75,15 @@ def jpeg_ends_early(path: str | os.PathLike) -> bool:
 
 
 def png_ends_early(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a PNG file that ends before its IEND chunk (chunk headers walked, data skipped)."""
+    """Whether ``path`` is a PNG file that ends before its IEND chunk (chunk headers walked, data skipped, unless
+    the file ends with IEND); data after IEND is allowed."""
     with open(Path(path), "rb") as stream:
         if stream.read(8) != b"\x89PNG\r\n\x1a\n":
             return False
         size = stream.seek(0, os.SEEK_END)
+        stream.seek(max(size - 12, 8))
+        if stream.read() == PNG_IEND:  # nearly every file: no walk
+            return False
         position = 8
         while position + 8 <= size:
             stream.seek(position)

@@ -277,7 +277,8 @@ def test_a_cut_short_png_is_one_sentence_and_a_cut_short_jpeg_a_warning_naming_i
     picture = np.random.default_rng(1).integers(0, 255, (90, 70, 3), np.uint8)
     whole = cv2.imencode(".png", picture)[1].tobytes()
     path = tmp_path / "x.png"
-    for data, early in ((whole, False), (whole[:-12], True), (whole[:len(whole) // 2], True), (whole[:20], True)):
+    for data, early in ((whole, False), (whole + b"data after IEND", False), (whole[:-12], True),
+                        (whole[:len(whole) // 2], True), (whole[:20], True)):
         path.write_bytes(data)
         assert png_ends_early(path) is early and jpeg_ends_early(path) is False
         if early:
