@@ -51,8 +51,8 @@ def check_regular_file(path: Path, what: str) -> None:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """A uint8 BGR image from a file; raises OffsegError if missing, not a regular file, not an image or a PNG cut
     short, and ImageTooLarge above ``limits.MAX_IMAGE_PIXELS`` (judged from the header before decoding where it can
-    be read). A cut-short JPEG is decoded as libjpeg does (its missing part gray), with a warning
-    naming it once a process."""
+    be read). A cut-short JPEG is decoded as libjpeg does (its missing part gray), with a warning naming it (once
+    per file and process)."""
     path = Path(path)
     check_regular_file(path, "image")
     check_image_file(path)
