@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,13 @@ def command_path(name: str) -> str:
 def run_command(name: str, argv: list[str]) -> int:
     """Run the console script ``name`` with ``argv`` (see ``run_child``); returns its exit code."""
     return run_child([command_path(name), *argv], name)
+
+
+def step_failed(what: str, name: str, argv: list[str] | tuple[str, ...], code: int) -> OffsegError:
+    """The error for a command run as a child that failed: what failed, its exit code (the child has printed why)
+    and the command line that runs that step alone."""
+    return OffsegError(f"{what} failed (exit code {code}; its own message is above); to run that step alone: "
+                       f"{shlex.join([name, *argv])}")
 
 
 def run_child(command: list[str], name: str, stop_seconds: float = CHILD_STOP_SECONDS) -> int:
@@ -86,8 +94,10 @@ def build_engine(onnx_path: Path, plan: Path, precision: str) -> Path:
     if _built_from(plan, onnx_path, precision):
         log.info("reusing %s (built from this %s)", plan, onnx_path.name)
         return plan
-    if run_command("offseg-export", engine_args(onnx_path, plan, precision)) != 0:
-        raise OffsegError(f"building the {precision} engine failed")
+    argv = engine_args(onnx_path, plan, precision)
+    code = run_command("offseg-export", argv)
+    if code != 0:
+        raise step_failed(f"building the {precision} engine", "offseg-export", argv, code)
     return plan
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from runtime.errors import OffsegError
 from runtime.sinks import write_file
 
-from .commands import command_path, engine_args, run_command, tensorrt_unavailable
+from .commands import command_path, engine_args, run_command, step_failed, tensorrt_unavailable
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def run_steps(config: ReproduceConfig, dry_run: bool = False) -> list[Step]:
         print(f"[{index}/{len(steps)}] {step.shell()}", flush=True)
         code = _run(step)
         if code == 2 or (code != 0 and step.name != "validate"):  # validate: 1 = drop above its bound, reported
-            raise OffsegError(f"the {step.name} step failed (exit code {code}): {step.shell()}")
+            raise step_failed(f"the {step.name} step", step.command, step.args, code)
         recorded[step.name] = key.shell()
         _record(paths, recorded)
     return steps

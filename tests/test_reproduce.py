@@ -114,6 +114,22 @@ def test_an_interrupt_is_forwarded_to_the_child(tmp_path, monkeypatch, sent, rai
     assert log.read_text() == received and time.monotonic() - started < 30
 
 
+def test_a_failed_step_names_its_exit_code_and_the_command_that_runs_it_alone(tmp_path, monkeypatch, capsys):
+    """The child (here Python itself, refusing the step's options with exit code 2) says why; the chain says which
+    step failed and how to run that step alone."""
+    from runtime.errors import OffsegError
+    monkeypatch.setattr(commands, "command_path", lambda name: sys.executable)
+    with pytest.raises(OffsegError) as error:
+        commands.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", "fp16")
+    assert str(error.value) == ("building the fp16 engine failed (exit code 2; its own message is above); to run that "
+                                f"step alone: offseg-export --onnx {tmp_path / 'm.onnx'} --format engine --output "
+                                f"{tmp_path / 'm.plan'} --fp16")
+    assert reproduce_main(["--dataset", "synthetic", "--model", "offseg-t", "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "error: the train step failed (exit code 2; its own message is above); to run that step alone: " \
+           "offseg-train --model offseg-t --dataset synthetic --work-dir " in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_reproduce_on_synthetic_scenes_resumes_runs_end_to_end_and_skips_what_is_current(tmp_path, capsys):
     work = tmp_path / "r"
