@@ -272,10 +272,10 @@ def open_source(video: Path | None = None, camera: int | None = None, stream: st
 
 def image_paths(folder: Path, recursive: bool = False) -> list[Path]:
     """The images in ``folder`` (with ``recursive``, in its subfolders too, following links to folders but never
-    into one twice), sorted by their path below ``folder``. A subfolder that cannot be read is skipped with a
-    warning."""
+    into one twice), sorted by their path below ``folder``; a folder named like an image is a subfolder. A
+    subfolder that cannot be read is skipped with a warning."""
     if not recursive:
-        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
     found, seen = [], set()
 
     def unreadable(error: OSError) -> None:

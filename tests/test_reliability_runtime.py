@@ -314,7 +314,8 @@ def test_recursive_images_mirror_their_folders_in_masks_and_overlays(onnx_model,
     walked again; an unreadable subfolder is skipped with a warning), masks and overlays in the same subfolders,
     each mask what a run on that image's own folder gives."""
     photos = tmp_path / "photos"
-    for index, name in enumerate(("top.png", "day1/a.jpg", "day1/a.png", "day2/sub/c.png", "locked/z.png")):
+    for index, name in enumerate(("top.png", "day1/a.jpg", "day1/a.png", "day2/sub/c.png", "locked/z.png",
+                                  "old.png/e.png")):  # a folder named like an image
         (photos / name).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(photos / name), np.random.default_rng(index).integers(0, 255, (40, 60, 3), np.uint8))
     (photos / "day2" / "sub" / "up").symlink_to("../..")  # a loop
@@ -331,21 +332,25 @@ def test_recursive_images_mirror_their_folders_in_masks_and_overlays(onnx_model,
     assert run_main(["--engine", str(onnx_model), "--images", str(photos), "--recursive", "--save-masks",
                      str(out / "m"), "--save-overlays", str(out / "o"), "--no-progress"]) == 0
     captured = capsys.readouterr()
-    assert "reading " + f"{photos} and its subfolders" in captured.out and "wrote 4 label PNGs" in captured.out
+    assert "reading " + f"{photos} and its subfolders" in captured.out and "wrote 5 label PNGs" in captured.out
     assert f"skipping folder {photos / 'locked'}: Permission denied" in caplog.text
-    names = ["day1/a.jpg", "day1/a.png", "day2/sub/c", "top"]
-    assert sorted(p.relative_to(out / "m").as_posix() for p in (out / "m").rglob("*.png")) == \
+    names = ["day1/a.jpg", "day1/a.png", "day2/sub/c", "old.png/e", "top"]
+    assert sorted(p.relative_to(out / "m").as_posix() for p in (out / "m").rglob("*") if p.is_file()) == \
         [f"{name}.png" for name in names]
-    assert sorted(p.relative_to(out / "o").as_posix() for p in (out / "o").rglob("*.jpg")) == \
+    assert sorted(p.relative_to(out / "o").as_posix() for p in (out / "o").rglob("*") if p.is_file()) == \
         [f"{name}.jpg" for name in names]
-    for folder, prefix in ((photos, ""), (photos / "day1", "day1/"), (photos / "day2" / "sub", "day2/sub/")):
+    for folder, prefix in ((photos, ""), (photos / "day1", "day1/"), (photos / "day2" / "sub", "day2/sub/"),
+                           (photos / "old.png", "old.png/")):
         single = tmp_path / "single" / prefix
         assert run_main(["--engine", str(onnx_model), "--images", str(folder), "--save-masks", str(single),
                          "--no-progress"]) == 0
         for mask in single.glob("*.png"):
             assert np.array_equal(cv2.imread(str(mask), cv2.IMREAD_UNCHANGED),
                                   cv2.imread(str(out / "m" / prefix / mask.name), cv2.IMREAD_UNCHANGED)), mask
-    assert "note: reading only the images directly in" in capsys.readouterr().err  # the run on photos alone
+    err = capsys.readouterr().err  # the run on photos alone: its one image, the subfolders named
+    assert "note: reading only the images directly in" in err and "old.png" in err
+    assert "skipping: image" not in caplog.text
+    assert sorted(p.name for p in (tmp_path / "single").iterdir() if p.is_file()) == ["top.png"]
 
 
 @pytest.mark.parametrize("argv, message", [
