@@ -17,6 +17,7 @@ import numpy as np
 from runtime.errors import OffsegError
 from runtime.preprocess import MEAN_RGB, STD_RGB, to_model_input
 from runtime.sources import IMAGE_SUFFIXES, read_image
+from runtime.video_header import mp4_problem
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ def _video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
     capture = cv2.VideoCapture(str(path))
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     if not capture.isOpened() or total <= 0:
-        raise OffsegError(f"cannot read video {path}")
+        problem = mp4_problem(path)
+        raise OffsegError(f"cannot read video {path}{f': {problem}' if problem else ''}")
     try:
         for index in _evenly(list(range(total)), count):
             capture.set(cv2.CAP_PROP_POS_FRAMES, index)

@@ -24,6 +24,7 @@ from .errors import OffsegError
 from .image_header import jpeg_ends_early
 from .limits import check_image_file, check_image_pixels
 from .progress import counted
+from .video_header import mp4_problem
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ class VideoFile(Source):
         check_regular_file(path, "video")
         self.capture = cv2.VideoCapture(str(path))
         if not self.capture.isOpened():
-            raise OffsegError(f"{path} is not a video OpenCV can open")
+            problem = mp4_problem(path)
+            raise OffsegError(f"{path} is not a video OpenCV can open{f': {problem}' if problem else ''}")
         size = int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         try:
             check_image_pixels(*size, f"the frames of video {path}")

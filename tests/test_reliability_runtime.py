@@ -391,6 +391,50 @@ def test_frames_too_small_to_fit_are_skipped_and_counted(onnx_model, tmp_path, c
     assert "2 skipped (unreadable, too small or too large)" in capsys.readouterr().out
 
 
+def _boxes(data: bytes) -> dict[bytes, tuple[int, int]]:
+    """The top-level boxes of an MP4: type -> (offset, length)."""
+    boxes, position = {}, 0
+    while position < len(data):
+        length, kind = int.from_bytes(data[position:position + 4], "big"), data[position + 4:position + 8]
+        boxes[kind] = (position, length)
+        position += length
+    return boxes
+
+
+def test_an_mp4_that_does_not_open_says_whether_it_is_cut_short_or_unfinished(onnx_model, video, tmp_path, capsys):
+    """A copy cut short (inside the frames or inside the index), a recording killed before it wrote its index (the
+    frames' box whole, or of size 0 as a recorder leaves it); a whole MP4 and an AVI have nothing to say."""
+    from calibration.sources import calibration_images
+    from runtime.errors import OffsegError
+    from runtime.video_header import mp4_problem
+    data = video.read_bytes()
+    boxes = _boxes(data)
+    assert list(boxes)[-2:] == [b"mdat", b"moov"]  # OpenCV's writer: index last
+    mdat, moov = boxes[b"mdat"], boxes[b"moov"]
+    killed = bytearray(data[:moov[0]])
+    killed[mdat[0]:mdat[0] + 4] = bytes(4)
+    cases = {"half.mp4": (data[:len(data) // 2], f"it ends inside its 'mdat' box (at byte {len(data) // 2:,} of "
+                                                 f"{moov[0]:,}) and has no index (the 'moov' box, which a recorder "
+                                                 "writes when it stops): a cut-short copy or an unfinished recording"),
+             "no_index.mp4": (data[:moov[0]], "it has no index (the 'moov' box, which a recorder writes when it "
+                                              "stops): an unfinished recording"),
+             "killed.mp4": (bytes(killed), "it has no index (the 'moov' box"),
+             "cut_index.mp4": (data[:-10], f"it ends inside its 'moov' box (at byte {len(data) - 10:,} of "
+                                           f"{len(data):,}): a cut-short copy")}
+    for name, (content, problem) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        assert problem in (mp4_problem(tmp_path / name) or ""), name
+    assert mp4_problem(video) is None
+    avi = tmp_path / "whole.avi"
+    write_video(avi, seed=1, frames=3, height=64, width=96, fps=5)
+    assert mp4_problem(avi) is None
+    assert run_main(["--engine", str(onnx_model), "--video", str(tmp_path / "half.mp4"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'half.mp4'} is not a video OpenCV can open: {cases['half.mp4'][1]}\n"
+    with pytest.raises(OffsegError, match=f"cannot read video {tmp_path / 'no_index.mp4'}: it has no index"):
+        list(calibration_images(tmp_path / "no_index.mp4", 4))
+
+
 @pytest.mark.slow
 def test_a_fifo_among_the_images_is_skipped_not_waited_for(onnx_model, tmp_path):
     """A FIFO named b.png used to block the folder run forever (OpenCV waits for a writer)."""
