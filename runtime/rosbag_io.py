@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ VISION_MSGS = {
     LABEL_INFO: "std_msgs/Header header\nvision_msgs/VisionClass[] class_map\nfloat32 threshold\n",
 }
 STORAGES = ("mcap", "sqlite3")
+MCAP_MAGIC = b"\x89MCAP0\r\n"  # at the start of an MCAP file and, once the writer closes it, at its end
 
 
 def _rosbags():
@@ -67,6 +69,21 @@ def storage_of(path: Path) -> str:
     return "mcap" if any(p.suffix == ".mcap" for p in files) else "sqlite3"
 
 
+def unfinished_mcap_files(path: Path) -> list[str]:
+    """The names of the MCAP files of a bag (folder or file) that start with the MCAP magic but do not end with it:
+    the footer a writer adds when it closes the file is missing."""
+    files = [path] if path.is_file() else sorted(path.glob("*.mcap"))
+    unfinished = []
+    for file in files:
+        with open(file, "rb") as stream:
+            if stream.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+                continue
+            stream.seek(max(stream.seek(0, os.SEEK_END) - len(MCAP_MAGIC), 0))
+            if stream.read() != MCAP_MAGIC:
+                unfinished.append(file.name)
+    return unfinished
+
+
 class RosbagSource(Source):
     """The frames of one image topic of a rosbag2 (sqlite3 or mcap): ``topic`` or else the bag's only one.
 
@@ -82,7 +99,12 @@ class RosbagSource(Source):
             self.reader = rosbag2.Reader(path)
             self.reader.open()
         except (rosbag2.ReaderError, FileNotFoundError, OSError) as error:
-            raise OffsegError(f"{path} is not a rosbag2 the rosbags library can read ({error})") from None
+            unfinished = unfinished_mcap_files(path)
+            verb = "ends" if len(unfinished) == 1 else "end"
+            hint = f"; {', '.join(unfinished)} {verb} without the MCAP footer, as a recording stopped abruptly or a " \
+                "cut-short copy leaves it: `mcap recover` (the MCAP command-line tool) writes a readable copy of " \
+                "what it holds" if unfinished else ""
+            raise OffsegError(f"{path} is not a rosbag2 the rosbags library can read ({error}){hint}") from None
         self.connection = self._image_connection(path, topic)
         self.storage = storage_of(path)
         self.length = self.connection.msgcount

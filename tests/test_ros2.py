@@ -173,6 +173,22 @@ def test_bag_mistakes_are_one_sentence(tmp_path, capsys, case, message):
     assert error.startswith("error: ") and message in error and "Traceback" not in error
 
 
+def test_an_mcap_bag_without_its_footer_says_how_to_recover_it(tmp_path, capsys):
+    """What a recording stopped abruptly leaves (here a cut-short copy): the MCAP file ends without its footer."""
+    model = _model(tmp_path / "m.onnx", 7)
+    _write_bag(tmp_path / "in", StoragePlugin.MCAP, frames=3)
+    (mcap,) = (tmp_path / "in").glob("*.mcap")
+    mcap.write_bytes(mcap.read_bytes()[:mcap.stat().st_size // 2])
+    assert run_main(["--engine", str(model), "--rosbag", str(tmp_path / "in"), "--rosbag-out", str(tmp_path / "out"),
+                     "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: {tmp_path / 'in'} is not a rosbag2 the rosbags library can read (") and \
+        error.endswith(f"; {mcap.name} ends without the MCAP footer, as a recording stopped abruptly or a cut-short "
+                       "copy leaves it: `mcap recover` (the MCAP command-line tool) writes a readable copy of what "
+                       "it holds")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_namespace_without_an_output_bag_is_refused(tmp_path, capsys):
     from runtime.cli import ROS_NAME
     assert all(ROS_NAME.fullmatch(n) for n in ("", "/", "/offseg", "robot_1/seg", "/a/b_2"))
