@@ -75,7 +75,7 @@ def unfinished_mcap_files(path: Path) -> list[str]:
     files = [path] if path.is_file() else sorted(path.glob("*.mcap"))
     unfinished = []
     for file in files:
-        with open(file, "rb") as stream:
+        with contextlib.suppress(OSError), open(file, "rb") as stream:  # one it cannot read: the reader said why
             if stream.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
                 continue
             stream.seek(max(stream.seek(0, os.SEEK_END) - len(MCAP_MAGIC), 0))

@@ -13,10 +13,12 @@ MAX_BOXES = 100_000  # top-level boxes walked; a fragmented MP4 has two per frag
 
 
 def mp4_problem(path: str | os.PathLike) -> str | None:
-    """What is wrong with the MP4/QuickTime file ``path``: cut short inside a box, or without its index. None when
-    its boxes are whole and indexed, or when it is not such a file."""
+    """What is wrong with the MP4/QuickTime file ``path``: empty, cut short inside a box, or without its index.
+    None when its boxes are whole and indexed, or when it is not such a file."""
     with open(Path(path), "rb") as stream:
         size = stream.seek(0, os.SEEK_END)
+        if size == 0:
+            return "it is empty (0 bytes)"
         position, kinds, cut = 0, set(), None
         for _ in range(MAX_BOXES):
             if position + 8 > size:

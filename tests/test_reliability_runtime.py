@@ -420,7 +420,8 @@ def test_an_mp4_that_does_not_open_says_whether_it_is_cut_short_or_unfinished(on
                                               "stops): an unfinished recording"),
              "killed.mp4": (bytes(killed), "it has no index (the 'moov' box"),
              "cut_index.mp4": (data[:-10], f"it ends inside its 'moov' box (at byte {len(data) - 10:,} of "
-                                           f"{len(data):,}): a cut-short copy")}
+                                           f"{len(data):,}): a cut-short copy"),
+             "empty.mp4": (b"", "it is empty (0 bytes)")}
     for name, (content, problem) in cases.items():
         (tmp_path / name).write_bytes(content)
         assert problem in (mp4_problem(tmp_path / name) or ""), name
@@ -428,6 +429,8 @@ def test_an_mp4_that_does_not_open_says_whether_it_is_cut_short_or_unfinished(on
     avi = tmp_path / "whole.avi"
     write_video(avi, seed=1, frames=3, height=64, width=96, fps=5)
     assert mp4_problem(avi) is None
+    (tmp_path / "text.mp4").write_text("not a video at all")
+    assert mp4_problem(tmp_path / "text.mp4") is None
     assert run_main(["--engine", str(onnx_model), "--video", str(tmp_path / "half.mp4"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {tmp_path / 'half.mp4'} is not a video OpenCV can open: {cases['half.mp4'][1]}\n"
