@@ -15,8 +15,8 @@ ENTRY_POINTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["
 REPO_FOLDERS = ("offseg", "export", "runtime", "calibration", "chain", "tests", "benchmarks", "docs", ".github", ".ci")
 
 
-def listed_options(command: str) -> set[str]:
-    """The options ``command --help`` lists (hidden aliases excluded)."""
+def listed_options(command: str, hidden: bool = False) -> set[str]:
+    """The options ``command --help`` lists (with ``hidden``, its hidden aliases too)."""
     module, function = ENTRY_POINTS[command].split(":")
     seen: list[argparse.ArgumentParser] = []
     original = argparse.ArgumentParser.print_help
@@ -26,7 +26,7 @@ def listed_options(command: str) -> set[str]:
             getattr(importlib.import_module(module), function)(["--help"])
     finally:
         argparse.ArgumentParser.print_help = original
-    return {option for action in seen[0]._actions if action.help != argparse.SUPPRESS
+    return {option for action in seen[0]._actions if hidden or action.help != argparse.SUPPRESS
             for option in action.option_strings}
 
 
@@ -85,6 +85,32 @@ def test_the_readme_shows_commands_and_options():
 @pytest.mark.parametrize("command,option", invocations() + table_options())
 def test_every_option_the_readme_shows_is_in_that_commands_help(command, option):
     assert option in OPTIONS[command], f"README shows `{command} ... {option}`, which --help does not list"
+
+
+FOREIGN_OPTIONS = {"--dist": "pytest", "--no-deps": "pip", "--system-site-packages": "python3 -m venv",
+                   "--nproc-per-node": "torchrun", "--standalone": "torchrun", "--no-python": "torchrun",
+                   "--model-repository": "tritonserver", "--layerPrecisions": "trtexec"}  # other tools' options
+EARLIER_NAMES = re.compile(r"[^.;]*\bearlier names?\b[^.;]*", re.I)  # the clauses that list old option names
+
+
+def code_options(text: str) -> set[str]:
+    """The ``--options`` in ``text``'s code blocks and inline code spans."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+    code = blocks + re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return {option for span in code for option in re.findall(r"(?<![\w-])(--[A-Za-z][A-Za-z0-9-]*)", span)}
+
+
+def test_every_option_the_readme_names_anywhere_is_a_current_one():
+    """Also in prose without its command (``--batch N`` had stayed in offseg-run's pipeline line after the option
+    became --batch-size): each option is listed by some command's --help or is another tool's; old names appear only
+    in the clauses that say they are old, and each is still accepted."""
+    listed = set().union(*OPTIONS.values())
+    current = code_options(EARLIER_NAMES.sub("", README))
+    assert len(current) > 80
+    assert sorted(current - listed - set(FOREIGN_OPTIONS)) == []
+    earlier = code_options("\n".join(EARLIER_NAMES.findall(README))) - listed
+    hidden = set().union(*(listed_options(command, hidden=True) for command in ENTRY_POINTS))
+    assert len(earlier) >= 8 and sorted(earlier - hidden) == []
 
 
 def repository_paths() -> list[str]:
