@@ -23,7 +23,7 @@ from .interrupts import describe, signals_held
 from .limits import check_tensor_bytes
 from .preprocess import FrameTooSmall, Geometry, fit_frame, logits_to_labels, to_model_input
 from .progress import counted
-from .sources import Frame, Source
+from .sources import MAX_LISTED_SKIPS, Frame, Source
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class RunStats:
     frames: int = 0
     skipped: int = 0  # unreadable (counted by the source) or too small to fit the model input
     too_small: int = 0
+    too_small_frames: list[dict] = field(default_factory=list)  # {"frame", "reason"}: the first MAX_LISTED_SKIPS
+    skips: list[dict] = field(default_factory=list)  # at the end: the source's listed skips, then the too small
     seconds: float = 0.0
     stop_reason: str = ""
     stage_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -59,7 +61,8 @@ class RunStats:
         def describe(values):
             return {"mean": float(np.mean(values)), "p50": float(np.percentile(values, 50)),
                     "p95": float(np.percentile(values, 95))} if values else None
-        return {"frames": self.frames, "skipped": self.skipped, "seconds": round(self.seconds, 3),
+        return {"frames": self.frames, "skipped": self.skipped, "skipped_frames": self.skips,
+                "seconds": round(self.seconds, 3),
                 "fps": round(self.fps, 2), "stop_reason": self.stop_reason,
                 "latency_ms": describe(self.latency_ms),
                 "stages_ms": {s: describe(self.stage_ms[s]) for s in STAGES if self.stage_ms.get(s)}}
@@ -110,6 +113,8 @@ class Pipeline:
             except FrameTooSmall as error:
                 log.warning("skipping frame %s: %s", frame.name, error)
                 stats.too_small += 1
+                if len(stats.too_small_frames) < MAX_LISTED_SKIPS:
+                    stats.too_small_frames.append({"frame": frame.name, "reason": str(error)})
                 continue
             kept.append((frame, started))
         return kept, fitted
@@ -244,6 +249,7 @@ class Pipeline:
                 log.warning("reading %s is blocked: stopping without it (the source stays open)", source.description)
             stats.seconds = time.perf_counter() - start
             stats.skipped = source.skipped + stats.too_small
+            stats.skips = (source.skips + stats.too_small_frames)[:MAX_LISTED_SKIPS]
             stats.stop_reason = stats.stop_reason or source.stop_reason
         if errors:
             raise errors[0]

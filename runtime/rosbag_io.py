@@ -142,9 +142,9 @@ class RosbagSource(Source):
             try:
                 msg = store.deserialize_cdr(raw, connection.msgtype)
             except Exception as error:  # a corrupt message is skipped, as a corrupt video frame is
-                log.warning("skipping message %d of %s: not a valid %s (%s)", index, connection.topic,
-                            connection.msgtype, error)
-                self.skipped += 1
+                reason = f"not a valid {connection.msgtype} ({error})"
+                log.warning("skipping message %d of %s: %s", index, connection.topic, reason)
+                self.skip(f"{index:06d}", reason)
                 continue
             try:
                 image = to_bgr(msg)

@@ -32,6 +32,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 RECONNECT_WINDOW_SECONDS = 60.0
+MAX_LISTED_SKIPS = 1000  # skipped frames named in a run's summary; the count goes on
 _TRUNCATED_WARNED: set[str] = set()  # cut-short JPEGs already named: a training epoch reads each image again
 
 
@@ -85,7 +86,14 @@ class Source:
 
     def __init__(self):
         self.skipped = 0
+        self.skips: list[dict] = []  # {"frame", "reason"} of the first MAX_LISTED_SKIPS skipped frames
         self.stop_reason = "end of input"
+
+    def skip(self, frame: str | None, reason: str) -> None:
+        """Count a frame that cannot be used, and name it with its reason in the run's summary."""
+        self.skipped += 1
+        if len(self.skips) < MAX_LISTED_SKIPS:
+            self.skips.append({"frame": frame, "reason": reason})
 
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -134,8 +142,9 @@ class VideoFile(Source):
                 if failures >= self.MAX_CONSECUTIVE_FAILURES:
                     self.stop_reason = f"{failures} unreadable frames in a row (truncated file?)"
                 return
-            failures += 1
-            self.skipped += 1  # a corrupt frame: skip it and try the next one
+            failures += 1  # a corrupt frame: skip it and try the next one
+            self.skip(None, f"not decodable (after frame {index - 1:06d})" if index else "not decodable (before the "
+                      "first frame)")
 
     def close(self) -> None:
         self.capture.release()
@@ -242,7 +251,7 @@ class ImageFiles(Source):
                 image = read_image(path)
             except OffsegError as error:
                 log.warning("skipping: %s", error)
-                self.skipped += 1
+                self.skip(name, str(error))
                 continue
             yield Frame(index, image, name)
 

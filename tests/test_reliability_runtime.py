@@ -388,7 +388,61 @@ def test_frames_too_small_to_fit_are_skipped_and_counted(onnx_model, tmp_path, c
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["a.png"]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["frames"] == 1 and summary["skipped"] == 2
+    assert summary["skipped_frames"] == [
+        {"frame": "c_broken", "reason": f"{images / 'c_broken.png'} is not an image OpenCV can read"},
+        {"frame": "b_thin", "reason": "a 1x5000 frame shrinks to nothing in the 64x96 model input"}]
     assert "2 skipped (unreadable, too small or too large)" in capsys.readouterr().out
+
+
+def test_the_summary_names_at_most_the_first_skipped_frames(onnx_model, tmp_path, monkeypatch):
+    """A camera of frames too small, or a folder of broken files, runs on: the count goes on, the list stops."""
+    import runtime.pipeline
+    import runtime.sources
+    for module in runtime.sources, runtime.pipeline:
+        monkeypatch.setattr(module, "MAX_LISTED_SKIPS", 3)
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(3):
+        (images / f"a{index}.png").write_bytes(b"not an image")
+        cv2.imwrite(str(images / f"b{index}_thin.png"), np.full((1, 5000, 3), 90, np.uint8))
+    cv2.imwrite(str(images / "c.png"), np.full((40, 60, 3), 90, np.uint8))
+    assert run_main(["--engine", str(onnx_model), "--images", str(images), "--summary", str(tmp_path / "s.json"),
+                     "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["frames"] == 1 and summary["skipped"] == 6
+    assert [skip["frame"] for skip in summary["skipped_frames"]] == ["a0", "a1", "a2"]
+
+
+class BrokenCapture:
+    """A 40-frame video whose frames 3 and 4 do not decode and which ends in a broken run from frame 10 on."""
+
+    def __init__(self, path):
+        self.position = 0
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FRAME_COUNT: 40, cv2.CAP_PROP_FPS: 25, cv2.CAP_PROP_POS_FRAMES: self.position}.get(prop, 0)
+
+    def read(self):
+        self.position += 1
+        good = self.position - 1 not in (3, 4) and self.position <= 10
+        return (True, np.zeros((8, 8, 3), np.uint8)) if good else (False, None)
+
+    def release(self):
+        pass
+
+
+def test_a_videos_undecodable_frames_are_skipped_named_and_a_broken_end_stops_the_run(video, monkeypatch):
+    monkeypatch.setattr(cv2, "VideoCapture", BrokenCapture)
+    source = VideoFile(video)
+    names = [frame.name for frame in source.frames()]
+    assert names == [f"{index:06d}" for index in range(8)]  # frames 3 and 4 and the broken run do not come
+    assert source.skipped == 2 + VideoFile.MAX_CONSECUTIVE_FAILURES
+    assert source.skips[:3] == [{"frame": None, "reason": "not decodable (after frame 000002)"}] * 2 + \
+        [{"frame": None, "reason": "not decodable (after frame 000007)"}]
+    assert source.stop_reason == f"{VideoFile.MAX_CONSECUTIVE_FAILURES} unreadable frames in a row (truncated file?)"
 
 
 def _boxes(data: bytes) -> dict[bytes, tuple[int, int]]:
