@@ -1,6 +1,7 @@
 """The rosbag2 twin of offseg-ros2: a bag of camera frames in, a bag of label images, overlays and LabelInfo out,
 with the input's headers and the labels ``offseg-run --images`` gives on the same frames."""
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -171,6 +172,27 @@ def test_bag_mistakes_are_one_sentence(tmp_path, capsys, case, message):
                      "--no-progress", *extra]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and message in error and "Traceback" not in error
+
+
+def test_a_corrupt_message_is_skipped_and_named_in_the_summary(tmp_path):
+    model = _model(tmp_path / "m.onnx", 7)
+    store = rosbag_io.typestore()
+    types = store.types
+    with Writer(tmp_path / "in", version=9) as writer:
+        connection = writer.add_connection("/camera/image", "sensor_msgs/msg/Image", typestore=store)
+        for index in range(3):
+            header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=index, nanosec=0),
+                                                  frame_id="camera")
+            msg = _raw_image(types, header, np.full((HEIGHT, WIDTH, 3), 40 * index, np.uint8), "bgr8")
+            raw = store.serialize_cdr(msg, "sensor_msgs/msg/Image")
+            writer.write(connection, index + 1, raw[:7] if index == 1 else raw)  # message 1 cut short
+    assert run_main(["--engine", str(model), "--rosbag", str(tmp_path / "in"), "--rosbag-out", str(tmp_path / "out"),
+                     "--summary", str(tmp_path / "s.json"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["frames"] == 2 and summary["skipped"] == 1
+    (skip,) = summary["skipped_frames"]
+    assert skip["frame"] == "000001" and skip["reason"].startswith("not a valid sensor_msgs/msg/Image (")
+    assert len(_read_bag(tmp_path / "out")["/offseg/segmentation"]) == 2
 
 
 def test_an_mcap_bag_without_its_footer_says_how_to_recover_it(tmp_path, capsys):
