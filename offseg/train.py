@@ -188,6 +188,19 @@ class SampleStream(torch.utils.data.Sampler):
             position += self.world
 
 
+def _from_worker(error: OffsegError) -> OffsegError:
+    """``error`` as its sentence alone: raised in a DataLoader worker, it comes back with the worker's traceback in
+    its message ("Caught OffsegError in DataLoader worker process 0. Original Traceback ... OffsegError: sentence")."""
+    text = str(error)
+    if not text.startswith(f"Caught {type(error).__name__} in DataLoader worker"):
+        return error
+    sentence = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    try:
+        return type(error)(sentence)
+    except TypeError:  # a subclass that takes other arguments
+        return OffsegError(sentence)
+
+
 class AugmentedStream(torch.utils.data.Dataset):
     """``dataset[index]`` augmented with a generator seeded by (seed, stream position)."""
 
@@ -396,7 +409,14 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
             batches = iter(loader)
         while iteration < config.iters:
             fetched = time.perf_counter()
-            micro_batches = [next(batches) for _ in range(steps)]
+            try:
+                micro_batches = [next(batches) for _ in range(steps)]
+            except OffsegError as error:  # a dataset file that cannot be used: stop at this whole iteration
+                if run.main and iteration > start:
+                    save(iteration)
+                    log.info("saved %s at iteration %d (%s once the data is fixed)", latest, iteration,
+                             config.resume_hint)
+                raise _from_worker(error) from None
             began = time.perf_counter()
             with signals_held():  # a step runs whole: the checkpoint of iteration N holds nothing of step N + 1
                 stepping = True
@@ -434,10 +454,12 @@ def _train(config: TrainConfig, run: Distributed, progress: bool) -> Path:
         bar.close()
         # the workers ignore SIGTERM: end them now (the iterator's last reference), not at interpreter exit, where
         # multiprocessing would terminate them with SIGTERM and wait for them forever. An error raised through the
-        # loader (a worker's, re-raised here) holds it too, in the finished frames of its traceback: cleared
+        # loader (a worker's, re-raised here) holds it too, in the finished frames of its traceback, and so does the
+        # error it was turned into (its context): all cleared
         error = sys.exc_info()[1]
-        if error is not None:
+        while error is not None:
             traceback.clear_frames(error.__traceback__)
+            error = error.__context__
         batches = None
     if run.main:
         final = _log_eval(core, config, scalars, iteration)

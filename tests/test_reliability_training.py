@@ -152,3 +152,42 @@ def test_sigterm_to_the_process_group_saves_latest_and_exits_143(tmp_path):
     assert stderr.rstrip().endswith("terminated (SIGTERM)")
     with pytest.raises(ProcessLookupError):  # no worker outlives the command
         os.killpg(process.pid, 0)
+
+
+def test_a_dataset_file_that_fails_in_a_worker_is_one_sentence_after_saving_the_last_whole_iteration(tmp_path):
+    """A cut-short label met by a DataLoader worker at iteration 2: the worker's traceback used to be the message
+    (and, once turned into a sentence, the run hung on its workers at exit). Now: the sentence alone, latest.pth
+    of iteration 1, exit 2; once the file is fixed, --resume goes on."""
+    import cv2
+    import numpy as np
+
+    from offseg.cli import train_main
+    from offseg.train import SampleStream
+    root, rng = tmp_path / "ds", np.random.default_rng(0)
+    for split in ("train", "val"):
+        for index in range(6):
+            for kind, picture in (("images", rng.integers(0, 255, (64, 64, 3), np.uint8)),
+                                  ("labels", rng.integers(0, 3, (64, 64), np.uint8))):
+                (root / kind / split).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(root / kind / split / f"{index}{'.jpg' if kind == 'images' else '.png'}"), picture)
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    order = [index for _, (_, index) in zip(range(4), SampleStream(6, 0, 0))]
+    label = root / "labels" / "train" / f"{order[2]}.png"  # read for iteration 2 (batch 2), not before
+    whole = label.read_bytes()
+    label.write_bytes(whole[:len(whole) // 2])
+    work = tmp_path / "work"
+    argv = ["--model", "offseg-t", "--dataset", "folder", "--data-root", str(root), "--work-dir", str(work),
+            "--iters", "3", "--batch-size", "2", "--crop", "64", "64", "--seed", "0", "--eval-images", "1",
+            "--checkpoint-interval", "100"]
+    process = subprocess.run([str(Path(sys.executable).with_name("offseg-train")), *argv, "--workers", "2"],
+                             capture_output=True, text=True, timeout=300)
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert process.stderr.strip().splitlines()[-1] == f"error: label image {label} is cut short: it ends before its " \
+        "last PNG chunk (an interrupted copy or download?)"
+    assert "Traceback" not in process.stderr and "DataLoader worker" not in process.stderr
+    assert f"saved {work / 'latest.pth'} at iteration 1 (continue with --resume once the data is fixed)" in \
+        process.stdout + process.stderr
+    assert read_training_state(work / "latest.pth")["iteration"] == 1
+    label.write_bytes(whole)
+    assert train_main([*argv, "--workers", "0", "--resume"]) == 0
+    assert read_training_state(work / "latest.pth")["iteration"] == 3

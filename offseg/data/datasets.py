@@ -158,15 +158,6 @@ def _train_id_lut(layout: Layout) -> np.ndarray | None:
     return None
 
 
-class LabelsOutOfRange(OffsegError):
-    """Label values at or above the class count (other than the ignore index) in a training label file.
-
-    Keeps its one sentence when a DataLoader worker re-raises it with the worker's traceback as the message."""
-
-    def __init__(self, message: str):
-        super().__init__(message.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1])
-
-
 def check_data_root(name: str, root) -> None:
     """OffsegError for a dataset on disk without ``--data-root``, or a root given for the built-in synthetic scenes
     (``--dataset`` left at its default: the run would not read the folder)."""
@@ -180,7 +171,7 @@ def check_data_root(name: str, root) -> None:
 class SegmentationDataset:
     """Image/label pairs of one split; ``transform(image, labels)`` is applied on access.
 
-    Label values at or above the class count (other than 255, ignored) raise ``LabelsOutOfRange`` naming the file
+    Label values at or above the class count (other than 255, ignored) raise OffsegError naming the file
     when ``strict_labels`` (training); otherwise they become 255, are counted in ``out_of_range_pixels`` and the
     first file read (evaluation reads on several threads) is named in a warning, so evaluation leaves those
     pixels out. mmseg does not: its IoUMetric keeps them, counting their predictions in the predicted class's union
@@ -250,7 +241,7 @@ class SegmentationDataset:
         return image, self._check_range(labels, label_path).astype(np.uint8)
 
     def _check_range(self, labels: np.ndarray, path: Path) -> np.ndarray:
-        """``labels`` with out-of-range values set to the ignore index (or LabelsOutOfRange when strict)."""
+        """``labels`` with out-of-range values set to the ignore index (or OffsegError when strict)."""
         outside = (labels != IGNORE_INDEX) & (labels >= self.num_classes)
         if not outside.any():
             return labels
@@ -258,7 +249,7 @@ class SegmentationDataset:
         sentence = (f"{path} has label values {values}, outside the {self.num_classes} classes of {self.layout.name} "
                     f"(0-{self.num_classes - 1}) and not the ignore index {IGNORE_INDEX}")
         if self.strict_labels:
-            raise LabelsOutOfRange(f"{sentence}: fix the labels or choose the dataset they were made for")
+            raise OffsegError(f"{sentence}: fix the labels or choose the dataset they were made for")
         with self._count_lock:
             first = not self.out_of_range_pixels
             self.out_of_range_pixels += int(outside.sum())
