@@ -29,7 +29,7 @@ import numpy as np
 
 from runtime.errors import OffsegError
 
-from .commands import build_engine, run_command, step_failed, tensorrt_unavailable
+from .commands import build_engine, run_step, tensorrt_unavailable
 
 BENCH_DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
 BACKENDS = ("torch", "torch-cuda", "torch-cuda-fp16", "torch-cuda-graph", "torch-compile", "onnx-fp32",
@@ -275,11 +275,9 @@ def _pipeline(workdir: Path, onnx_path: Path, args) -> dict:
     if not video.is_file():
         write_video(video, seed=1, frames=args.pipeline_frames, height=args.input_size[0], width=args.input_size[1])
     summary = workdir / "bench-run.json"
-    argv = ["--engine", str(onnx_path), "--video", str(video), "--output", str(workdir / "bench-out.mp4"),
-            "--summary", str(summary), "--no-progress"]
-    code = run_command("offseg-run", argv)
-    if code != 0:
-        raise step_failed("offseg-run on the pipeline video", "offseg-run", argv, code)
+    run_step("offseg-run on the pipeline video", "offseg-run",
+             ["--engine", str(onnx_path), "--video", str(video), "--output", str(workdir / "bench-out.mp4"),
+              "--summary", str(summary), "--no-progress"])
     pipeline_fps = json.loads(summary.read_text())["fps"]
     backend = open_backend(onnx_path)
     x = np.random.default_rng(0).standard_normal((1, 3, *args.input_size), dtype=np.float32)

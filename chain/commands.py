@@ -35,6 +35,15 @@ def run_command(name: str, argv: list[str]) -> int:
     return run_child([command_path(name), *argv], name)
 
 
+def run_step(what: str, name: str, argv: list[str], accepted: tuple[int, ...] = (0,)) -> int:
+    """Run the console script ``name`` with ``argv`` as one step of a chain: its exit code, or ``step_failed``'s
+    error for a code not ``accepted``."""
+    code = run_command(name, argv)
+    if code not in accepted:
+        raise step_failed(what, name, argv, code)
+    return code
+
+
 def step_failed(what: str, name: str, argv: list[str] | tuple[str, ...], code: int) -> OffsegError:
     """The error for a command run as a child that failed: what failed, its exit code (the child has printed why)
     and the command line that runs that step alone."""
@@ -94,10 +103,7 @@ def build_engine(onnx_path: Path, plan: Path, precision: str) -> Path:
     if _built_from(plan, onnx_path, precision):
         log.info("reusing %s (built from this %s)", plan, onnx_path.name)
         return plan
-    argv = engine_args(onnx_path, plan, precision)
-    code = run_command("offseg-export", argv)
-    if code != 0:
-        raise step_failed(f"building the {precision} engine", "offseg-export", argv, code)
+    run_step(f"building the {precision} engine", "offseg-export", engine_args(onnx_path, plan, precision))
     return plan
 
 

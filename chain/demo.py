@@ -14,7 +14,7 @@ from pathlib import Path
 from runtime.errors import OffsegError
 from runtime.progress import counted
 
-from .commands import build_engine, run_command, step_failed, tensorrt_unavailable
+from .commands import build_engine, run_step, tensorrt_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -196,18 +196,15 @@ def run_demo(config: DemoConfig) -> list[dict]:
         stem = artifact.path.name.replace(".onnx", "").replace(".plan", "")
         out, summary = config.workdir / f"{stem}.mp4", config.workdir / f"{stem}.run.json"
         steps.start(f"offseg-run with {artifact.name}: {video.name} -> {out}")
-        argv = ["--engine", str(artifact.path), "--video", str(video), "--output", str(out), "--legend", "--summary",
-                str(summary), "--no-progress"]
-        code = run_command("offseg-run", argv)
-        if code != 0:
-            raise step_failed(f"offseg-run on {artifact.path.name}", "offseg-run", argv, code)
+        run_step(f"offseg-run on {artifact.path.name}", "offseg-run",
+                 ["--engine", str(artifact.path), "--video", str(video), "--output", str(out), "--legend", "--summary",
+                  str(summary), "--no-progress"])
         report = config.workdir / f"validation-{stem}"
         steps.start(f"offseg-validate {artifact.name} on {config.val_images} synthetic validation scenes")
-        argv = ["--engine", str(artifact.path), "--checkpoint", str(checkpoint), "--dataset", "synthetic",
-                "--eval-images", str(config.val_images), "--report", str(report)]
-        code = run_command("offseg-validate", argv)
-        if code not in (0, 1):  # 1: a drop above the bound, in the table
-            raise step_failed(f"offseg-validate of {artifact.path.name}", "offseg-validate", argv, code)
+        code = run_step(f"offseg-validate of {artifact.path.name}", "offseg-validate",
+                        ["--engine", str(artifact.path), "--checkpoint", str(checkpoint), "--dataset", "synthetic",
+                         "--eval-images", str(config.val_images), "--report", str(report)],
+                        accepted=(0, 1))  # 1: a drop above the bound, in the table
         figures = json.loads((report / "report.json").read_text())["summary"]
         rows.append({"artifact": artifact.name, "file": artifact.path.name, "precision": artifact.precision,
                      "runtime": artifact.runtime, "miou": figures["engine_miou"],
