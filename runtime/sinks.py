@@ -248,10 +248,7 @@ class FrameFolderSink:
         if self.folder.exists() and not self.folder.is_dir():
             raise OffsegError(f"{self.option} {self.folder} is a file; give a folder")
         check_writable_folder(self.folder, f"{self.option} {self.folder}")
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OffsegError(f"cannot create {self.folder}: {error.strerror}") from None
+        _create_folder(self.folder)
         self.written = 0
         self.names: set[str] = set()  # case-folded: x.PNG and x.png are one file on some disks
 
@@ -267,13 +264,18 @@ class FrameFolderSink:
                         self.suffix)
         target = self.folder / f"{unique}{self.suffix}"
         if target.parent != self.folder:  # a frame of an --images subfolder (--recursive) goes to the same subfolder
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise OffsegError(f"cannot create {target.parent}: {error.strerror}") from None
+            _create_folder(target.parent)
         write_image(target, image)
         self.names.add(f"{unique}{self.suffix}".casefold())
         self.written += 1
+
+
+def _create_folder(folder: Path) -> None:
+    """``folder`` and its missing parents; OffsegError when they cannot be made."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OffsegError(f"cannot create {folder}: {error.strerror}") from None
 
 
 class MaskSink(FrameFolderSink):
