@@ -181,13 +181,13 @@ def _check_recursive(args: argparse.Namespace) -> None:
 
 def _note_unread_subfolders(folder) -> None:
     """A note when an --images folder's subfolders hold images that this run, without --recursive, leaves out."""
-    from .sources import subfolders_with_images
+    from .sources import shown_subfolders, subfolders_with_images
 
     holding = subfolders_with_images(folder)
     if holding:
         print(f"note: reading only the images directly in {folder}; its subfolder{'s' if len(holding) > 1 else ''} "
-              f"{', '.join(holding[:5])}{' ...' if len(holding) > 5 else ''} hold{'' if len(holding) > 1 else 's'} "
-              "images too: add --recursive to read them", file=sys.stderr, flush=True)
+              f"{shown_subfolders(holding)} hold{'' if len(holding) > 1 else 's'} images too: add --recursive to "
+              "read them", file=sys.stderr, flush=True)
 
 
 def _open_source(args: argparse.Namespace):

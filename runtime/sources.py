@@ -32,6 +32,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 RECONNECT_WINDOW_SECONDS = 60.0
+SHOWN_SUBFOLDERS = 5  # subfolder names a message lists before " ..."
 MAX_LISTED_SKIPS = 1000  # skipped frames named in a run's summary; the count goes on
 _TRUNCATED_WARNED: set[str] = set()  # cut-short JPEGs already named: a training epoch reads each image again
 
@@ -241,9 +242,9 @@ class ImageFiles(Source):
         super().__init__()
         self.paths, self.length, self.description = paths, len(paths), description
         relative = [path.relative_to(root) for path in paths]
-        stems = Counter(name.with_suffix("").as_posix() for name in relative)  # x.jpg and x.png: x.jpg.png, x.png.png
-        self.names = [name.with_suffix("").as_posix() if stems[name.with_suffix("").as_posix()] == 1
-                      else name.as_posix() for name in relative]
+        stems = [name.with_suffix("").as_posix() for name in relative]
+        counts = Counter(stems)  # x.jpg and x.png both keep their masks: x.jpg.png, x.png.png
+        self.names = [stem if counts[stem] == 1 else name.as_posix() for stem, name in zip(stems, relative)]
 
     def frames(self) -> Iterator[Frame]:
         for index, (path, name) in enumerate(zip(self.paths, self.names)):
@@ -314,12 +315,17 @@ def subfolders_with_images(folder: Path) -> list[str]:
     return sorted(sub.name for sub in folder.iterdir() if has_images(sub))
 
 
+def shown_subfolders(names: list[str]) -> str:
+    """The first SHOWN_SUBFOLDERS of ``names``, joined, and `` ...`` when there are more."""
+    return ", ".join(names[:SHOWN_SUBFOLDERS]) + (" ..." if len(names) > SHOWN_SUBFOLDERS else "")
+
+
 def _no_images_here(folder: Path, recursive: bool) -> None:
     """OffsegError for an --images folder without images, naming (when its subfolders are not read) the subfolders
     that hold some."""
     if recursive:
         raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder} or its subfolders")
     holding = subfolders_with_images(folder)
-    where = f"; its subfolders {', '.join(holding[:5])}{' ...' if len(holding) > 5 else ''} hold some: give one " \
-        f"of them, e.g. --images {folder / holding[0]}, or add --recursive to read them all" if holding else ""
+    where = f"; its subfolders {shown_subfolders(holding)} hold some: give one of them, e.g. --images " \
+        f"{folder / holding[0]}, or add --recursive to read them all" if holding else ""
     raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}{where}")
