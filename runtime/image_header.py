@@ -4,6 +4,8 @@ Its size: what a decoder would allocate, so a decompression bomb (a 421 KB PNG o
 decoding it. PNG, JPEG, BMP, WebP and TIFF headers; None for anything else or a header that does not parse (the
 decoder then decides, and the decoded size is checked).
 
+A PNG's colour type: a palette PNG's pixels are indices, which label images use (OpenCV expands them to colours).
+
 Whether a JPEG or PNG file ends early: libjpeg decodes a truncated JPEG with its missing part gray and says only
 "Premature end of JPEG file", libpng refuses a truncated PNG with "libpng error: Read Error"; neither names the
 file."""
@@ -17,7 +19,9 @@ HEADER_BYTES = 64
 JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 MAX_JPEG_SEGMENTS = 1024  # metadata segments before the frame header; a real file has a handful
 JPEG_EOI = b"\xff\xd9"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk: no data, its CRC
+PNG_PALETTE = 3  # IHDR colour type of an indexed-colour PNG
 JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers without a length: TEM and the restarts
 JPEG_SOS = 0xDA
 
@@ -27,7 +31,7 @@ def image_header_size(path: str | os.PathLike) -> tuple[int, int] | None:
     with open(Path(path), "rb") as stream:
         head = stream.read(HEADER_BYTES)
         try:
-            if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+            if head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR":
                 width, height = struct.unpack(">II", head[16:24])
                 return height, width
             if head.startswith(b"\xff\xd8"):
@@ -42,6 +46,14 @@ def image_header_size(path: str | os.PathLike) -> tuple[int, int] | None:
         except (struct.error, ValueError):
             return None
     return None
+
+
+def png_colour_type(path: str | os.PathLike) -> int | None:
+    """The IHDR colour type of the PNG file ``path`` (0 gray, 2 RGB, 3 palette, 4 gray + alpha, 6 RGBA); None for
+    another format."""
+    with open(Path(path), "rb") as stream:
+        head = stream.read(26)
+    return head[25] if len(head) == 26 and head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR" else None
 
 
 def _jpeg_size(stream) -> tuple[int, int] | None:
@@ -78,7 +90,7 @@ def png_ends_early(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a PNG file that ends before its IEND chunk (chunk headers walked, data skipped, unless
     the file ends with IEND); data after IEND is allowed."""
     with open(Path(path), "rb") as stream:
-        if stream.read(8) != b"\x89PNG\r\n\x1a\n":
+        if stream.read(8) != PNG_SIGNATURE:
             return False
         size = stream.seek(0, os.SEEK_END)
         stream.seek(max(size - 12, 8))

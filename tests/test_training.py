@@ -66,6 +66,27 @@ def test_ade20k_layout_reduces_the_zero_label(tmp_path):
     assert sorted(np.unique(labels)) == [0, 149, 255]
 
 
+def test_palette_png_labels_are_read_as_their_indices_and_colour_labels_are_one_sentence(tmp_path):
+    """Palette PNGs (Pascal VOC's style, many annotation tools' export) hold indices; OpenCV expands them to
+    colours, which was refused as 'not a single-channel label image'. mmseg reads the indices with Pillow."""
+    from PIL import Image
+
+    root = tmp_path / "ADEChallengeData2016"
+    _write(root / "images" / "validation" / "a.jpg", _image())
+    indices = np.array([[0, 1, 150, 255]] * 20, np.uint8).repeat([8, 8, 7, 7], 1)
+    picture = Image.fromarray(indices, "P")
+    picture.putpalette([value for index in range(256) for value in (index, 255 - index, 7 * index % 256)])
+    (root / "annotations" / "validation").mkdir(parents=True)
+    picture.save(root / "annotations" / "validation" / "a.png")
+    assert cv2.imread(str(root / "annotations" / "validation" / "a.png"), cv2.IMREAD_UNCHANGED).shape == (20, 30, 3)
+    labels = SegmentationDataset("ade20k", tmp_path, "val").load(0)[1]
+    assert np.array_equal(labels, np.array([[255, 0, 149, 255]] * 20, np.uint8).repeat([8, 8, 7, 7], 1))
+    _write(root / "annotations" / "validation" / "a.png", np.zeros((20, 30, 3), np.uint8))
+    with pytest.raises(OffsegError, match=r"a.png holds 3 channels: a label image holds one class index per pixel "
+                                          r"\(a gray or palette PNG\), not a colour picture of the classes"):
+        SegmentationDataset("ade20k", tmp_path, "val").load(0)
+
+
 def test_cityscapes_label_ids_become_train_ids(tmp_path):
     _write(tmp_path / "leftImg8bit" / "val" / "ulm" / "ulm_1_leftImg8bit.png", _image())
     _write(tmp_path / "gtFine" / "val" / "ulm" / "ulm_1_gtFine_labelIds.png",

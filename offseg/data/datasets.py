@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import OffsegError
+from runtime.image_header import PNG_PALETTE, png_colour_type
 from runtime.metrics import IGNORE_INDEX
 from runtime.limits import check_image_file
 from runtime.progress import counted
@@ -158,6 +159,30 @@ def _train_id_lut(layout: Layout) -> np.ndarray | None:
     return None
 
 
+def read_label_image(path: Path) -> np.ndarray:
+    """A label image's stored values (H, W): a gray image's pixels, or a palette PNG's indices (the colours are only
+    for viewing; mmseg reads them with Pillow too). OffsegError for an image with colour channels."""
+    check_image_file(path, "label image")
+    if png_colour_type(path) == PNG_PALETTE:
+        try:
+            from PIL import Image
+        except ImportError:
+            raise OffsegError(f"{path} is a palette PNG; reading its indices needs Pillow: pip install "
+                              "'offseg-deploy[torch]'") from None
+        try:
+            with Image.open(path) as picture:
+                return np.asarray(picture)
+        except (OSError, ValueError, SyntaxError) as error:  # Pillow's errors for a corrupt file
+            raise OffsegError(f"cannot read label image {path}: {error}") from error
+    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise OffsegError(f"cannot read label image {path}: not an image OpenCV can read")
+    if labels.ndim != 2:
+        raise OffsegError(f"{path} holds {labels.shape[2]} channels: a label image holds one class index per pixel "
+                          "(a gray or palette PNG), not a colour picture of the classes")
+    return labels
+
+
 def check_data_root(name: str, root) -> None:
     """OffsegError for a dataset on disk without ``--data-root``, or a root given for the built-in synthetic scenes
     (``--dataset`` left at its default: the run would not read the folder)."""
@@ -222,10 +247,7 @@ class SegmentationDataset:
             return synthetic.render_scene(self.seed_base + index, *self.size)
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
-        check_image_file(label_path, "label image")
-        labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
-        if labels is None or labels.ndim != 2:
-            raise OffsegError(f"{label_path} is not a single-channel label image")
+        labels = read_label_image(label_path)
         if labels.dtype != np.uint8:
             raise OffsegError(f"{label_path} holds {8 * labels.itemsize}-bit labels ({labels.dtype}); label images "
                               f"must be 8-bit (values 0-255, {IGNORE_INDEX} = ignore): convert it")
