@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from runtime.backends import ENGINE_SUFFIXES
 from runtime.errors import OffsegError
 from runtime.sinks import write_file
 
@@ -62,8 +63,7 @@ def read_file(path: str | os.PathLike) -> dict:
     except OSError as error:
         raise OffsegError(f"cannot read checkpoint {path}: {error.strerror or error}") from error
     if start and start != ZIP_START and not start.startswith(PICKLE_START):  # empty or cut short: torch says so
-        raise OffsegError(f"cannot read checkpoint {path}: it is not a PyTorch file of weights (neither torch.save's "
-                          "zip archive nor its older pickle format)")
+        raise OffsegError(f"cannot read checkpoint {path}: {_not_weights(path)}")
     try:
         # legacy (non-zip) files are read by the same weights-only unpickler, without the placeholder scan
         unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path) if zipped else []
@@ -75,6 +75,15 @@ def read_file(path: str | os.PathLike) -> dict:
     if not isinstance(content, dict):
         raise OffsegError(f"checkpoint {path} holds a {type(content).__name__}, not a dict of weights")
     return content
+
+
+def _not_weights(path: Path) -> str:
+    """Why a file that is not torch.save's is not read, pointing an exported model to the command that scores it."""
+    kind = {".onnx": "an ONNX model", **dict.fromkeys(ENGINE_SUFFIXES, "a TensorRT engine")}.get(path.suffix.lower())
+    if kind is None:
+        return "it is not a PyTorch file of weights (neither torch.save's zip archive nor its older pickle format)"
+    return (f"it is {kind}, not a PyTorch checkpoint: give the .pth it was exported from (offseg-validate --engine "
+            f"{path} --checkpoint CHECKPOINT scores it against that checkpoint)")
 
 
 def checkpoint_labels(content: dict, num_classes: int | None = None,

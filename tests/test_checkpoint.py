@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 import sys
 import types
 
@@ -114,6 +115,17 @@ def test_unreadable_files_give_a_clear_error(tmp_path, content, reason):
     with pytest.raises(OffsegError, match=f"checkpoint .*{reason}") as error:
         load_checkpoint(build_model("offseg-t"), path)
     assert "weights_only" not in str(error.value)  # torch's advice to unpickle the file unsafely is not passed on
+
+
+@pytest.mark.parametrize("name, kind", [("m.onnx", "an ONNX model"), ("m.plan", "a TensorRT engine"),
+                                        ("m.ENGINE", "a TensorRT engine")])
+def test_an_exported_model_given_as_a_checkpoint_points_to_offseg_validate(tmp_path, name, kind):
+    path = tmp_path / name
+    path.write_bytes(b"\x08\x08\x12\x07pytorch")
+    with pytest.raises(OffsegError, match=f"cannot read checkpoint {re.escape(str(path))}: it is {kind}, not a PyTorch "
+                                          r"checkpoint: give the .pth it was exported from \(offseg-validate --engine "
+                                          f"{re.escape(str(path))} --checkpoint CHECKPOINT scores it"):
+        read_file(path)
 
 
 def test_missing_file(tmp_path):
