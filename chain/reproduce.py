@@ -113,6 +113,19 @@ def _is_current(step: Step, recorded: dict[str, str], latest: Path) -> bool:
     return latest.is_file() and step.output.stat().st_mtime >= latest.stat().st_mtime
 
 
+def _iteration(checkpoint: Path) -> int | None:
+    """The training iteration an offseg-train checkpoint (latest.pth or best.pth) holds."""
+    from offseg.checkpoint import read_file
+    meta = read_file(checkpoint).get("meta")
+    return meta.get("iteration") if isinstance(meta, dict) else None
+
+
+def _best_is_latest(paths: Paths) -> bool:
+    """Whether best.pth was saved at latest.pth's iteration: the same weights, so the same scores."""
+    return paths.best.is_file() and _iteration(paths.best) is not None and \
+        _iteration(paths.best) == _iteration(paths.latest)
+
+
 def _run(step: Step) -> int:
     args = [command_path(a) if step.command == "torchrun" and a == "offseg-train" else a for a in step.args]
     return run_command(step.command, args)
@@ -139,6 +152,10 @@ def run_steps(config: ReproduceConfig, dry_run: bool = False) -> list[Step]:
             continue
         if step.name == "eval-best" and not paths.best.is_file():
             print(f"[{index}/{len(steps)}] {step.name}: skipped, training wrote no best.pth")
+            continue
+        if step.name == "eval-best" and _best_is_latest(paths):
+            print(f"[{index}/{len(steps)}] {step.name}: skipped, best.pth holds latest.pth's weights (iteration "
+                  f"{_iteration(paths.latest)}), scored above")
             continue
         print(f"[{index}/{len(steps)}] {step.shell()}", flush=True)
         code = _run(step)
@@ -172,12 +189,15 @@ class ReproduceReport:
 
 def build_report(config: ReproduceConfig, steps: list[Step]) -> ReproduceReport:
     """Read the steps' outputs into the report."""
-    from offseg.checkpoint import read_file, read_training_state
+    from offseg.checkpoint import read_training_state
     from offseg.recipes import recipe_line
     from offseg.zoo import get_spec
     paths = Paths(config)
     final = json.loads(paths.eval_latest.read_text())
-    best = json.loads(paths.eval_best.read_text()) if paths.eval_best.is_file() else None
+    if _best_is_latest(paths):
+        best = final
+    else:
+        best = json.loads(paths.eval_best.read_text()) if paths.eval_best.is_file() else None
     content = json.loads((paths.validation / "report.json").read_text())
     validation = content["summary"]
     paper = get_spec(config.model).paper.get(config.dataset)
@@ -185,7 +205,7 @@ def build_report(config: ReproduceConfig, steps: list[Step]) -> ReproduceReport:
     return ReproduceReport(
         model=config.model, dataset=config.dataset, paper_miou=paper.miou if paper else None,
         final_miou=final["mIoU"], best_miou=best["mIoU"] if best else None,
-        best_iteration=read_file(paths.best)["meta"].get("iteration") if best else None,
+        best_iteration=_iteration(paths.best) if best else None,
         iterations=read_training_state(paths.latest)["iteration"], protocol=final["protocol"],
         images=config.eval_images, exported=Path(exported).name, exported_miou=validation["engine_miou"],
         exported_pytorch_miou=validation["reference_miou"],
@@ -205,8 +225,9 @@ def format_report(report: ReproduceReport) -> str:
              "| checkpoint | mIoU | paper mIoU | delta |", "|---|---|---|---|",
              f"| latest.pth, iteration {report.iterations} (final: the paper-comparable figure) | "
              f"{_figure(report.final_miou)} | {paper} | {_figure(delta)} |",
-             f"| best.pth, iteration {report.best_iteration} (best validation mIoU; optimistic, chosen on the "
-             f"same split) | {_figure(report.best_miou)} | | |",
+             f"| best.pth, iteration {report.best_iteration} ("
+             + ("the same weights as latest.pth" if report.best_iteration == report.iterations else
+                "best validation mIoU; optimistic, chosen on the same split") + f") | {_figure(report.best_miou)} | | |",
              f"| {report.exported} (offseg-validate: the same protocol, windows at the exported size) | "
              f"{_figure(report.exported_miou)} | | "
              f"{_figure(report.exported_miou - report.exported_pytorch_miou)} vs PyTorch "

@@ -6,12 +6,13 @@ import threading
 import time
 
 import pytest
+import torch
 
 from chain import commands
 from chain.cli import reproduce_main
 from chain.commands import tensorrt_unavailable
 from chain.reproduce import ReproduceReport, format_report
-from offseg.checkpoint import read_training_state
+from offseg.checkpoint import read_file, read_training_state
 from offseg.cli import train_main
 from runtime.interrupts import Terminated, stop_signals
 
@@ -144,8 +145,21 @@ def test_reproduce_on_synthetic_scenes_resumes_runs_end_to_end_and_skips_what_is
     report = json.loads((work / "report.json").read_text())
     final = json.loads((work / "eval-latest.json").read_text())
     assert report["final_miou"] == final["mIoU"] and report["paper_miou"] is None and report["iterations"] == 2
-    assert report["best_miou"] == json.loads((work / "eval-best.json").read_text())["mIoU"]
+    same_weights = "[3/5] eval-best: skipped, best.pth holds latest.pth's weights (iteration 2), scored above"
+    assert same_weights.replace("/5", "/6" if tensorrt_unavailable() is None else "/5") in out
+    assert report["best_miou"] == final["mIoU"] and report["best_iteration"] == 2
+    assert not (work / "eval-best.json").exists()
     assert report["exported_within_bound"] is True  # FP32 ONNX vs PyTorch through the same protocol
-    assert "no figure in the paper" in (work / "report.md").read_text()
+    markdown = (work / "report.md").read_text()
+    assert "no figure in the paper" in markdown and "| best.pth, iteration 2 (the same weights as latest.pth) |" in \
+        markdown
     assert reproduce_main(argv) == 0
-    assert capsys.readouterr().out.count("current, skipped") == (6 if tensorrt_unavailable() is None else 5)
+    assert capsys.readouterr().out.count("current, skipped") == (5 if tensorrt_unavailable() is None else 4)
+    best = read_file(work / "train" / "best.pth")  # as if the best validation mIoU had come at iteration 1
+    torch.save({**best, "meta": {**best["meta"], "iteration": 1}}, work / "train" / "best.pth")
+    assert reproduce_main(argv) == 0
+    assert "offseg-eval --checkpoint " in capsys.readouterr().out
+    report = json.loads((work / "report.json").read_text())
+    assert report["best_iteration"] == 1
+    assert report["best_miou"] == json.loads((work / "eval-best.json").read_text())["mIoU"]
+    assert "| best.pth, iteration 1 (best validation mIoU; optimistic" in (work / "report.md").read_text()
