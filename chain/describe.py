@@ -105,6 +105,9 @@ def _onnx(path: Path) -> list[str]:
     rows.append(("run", f"offseg-run --engine {path} --video IN.mp4 --output OUT.mp4"))
     if info.precision == "fp32":
         rows.append(("engine", f"on the device: offseg-export --onnx {path} --format engine --fp16"))
+    elif meta.get("offseg.int8_target", "tensorrt") == "tensorrt":  # an FP16 or a TensorRT Q/DQ graph: as it is
+        rows.append(("engine", f"on the device: offseg-export --onnx {path} --format engine (an "
+                                 f"{info.precision.upper()} engine, as the file is)"))
     return [head, *_rows(rows)]
 
 

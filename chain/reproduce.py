@@ -227,7 +227,8 @@ def format_report(report: ReproduceReport) -> str:
              f"{_figure(report.final_miou)} | {paper} | {_figure(delta)} |",
              f"| best.pth, iteration {report.best_iteration} ("
              + ("the same weights as latest.pth" if report.best_iteration == report.iterations else
-                "best validation mIoU; optimistic, chosen on the same split") + f") | {_figure(report.best_miou)} | | |",
+                "best validation mIoU; optimistic, chosen on the same split")
+             + f") | {_figure(report.best_miou)} | | |",
              f"| {report.exported} (offseg-validate: the same protocol, windows at the exported size) | "
              f"{_figure(report.exported_miou)} | | "
              f"{_figure(report.exported_miou - report.exported_pytorch_miou)} vs PyTorch "

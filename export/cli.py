@@ -63,6 +63,24 @@ def _checkpoint_model(path: Path) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=2)
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    """The offseg metadata of an ONNX file, read once per run: the engine's name needs its precision before the
+    build; empty when the file cannot be read, which the build then says."""
+    from calibration.files import load_onnx, read_metadata
+    try:
+        return read_metadata(load_onnx(path))
+    except OffsegError:
+        return {}
+
+
+def _source_precision(args: argparse.Namespace) -> str:
+    """The precision of the graph an engine is built from as given: an FP16 or INT8 (Q/DQ) --onnx file keeps its
+    own; fp32 for the FP32 export, which --fp16 / --int8 derive from."""
+    return _onnx_metadata(args.onnx).get("offseg.precision", "fp32") if args.onnx and args.format == "engine" \
+        else "fp32"
+
+
 def _model_name(args: argparse.Namespace) -> str:
     """The name default file and folder names take: --model, else --checkpoint's model, else offseg-t."""
     return args.model or (args.checkpoint and _checkpoint_model(args.checkpoint)) or "offseg-t"
@@ -158,7 +176,9 @@ def _engine_options(args: argparse.Namespace):
     from .tensorrt import EngineOptions
 
     pins = (() if args.no_default_pins else DEFAULT_PINS) + tuple(PinRule.parse(t) for t in args.keep_fp32)
-    options = EngineOptions(fp16=args.fp16, int8=args.int8, workspace_mib=args.workspace, dla_core=args.dla_core,
+    source = _source_precision(args)
+    options = EngineOptions(fp16=args.fp16 or source == "fp16", int8=args.int8 or source == "int8",
+                            workspace_mib=args.workspace, dla_core=args.dla_core,
                             optimization_level=args.opt_level, timing_cache=args.timing_cache,
                             version_compatible=args.version_compatible, hardware_compatible=args.hardware_compatible,
                             tf32=args.tf32, max_batch=args.max_batch, pins=pins,
@@ -226,9 +246,20 @@ def _check_unused_options(args: argparse.Namespace) -> None:
                           "takes none (an ONNX file's batch is fixed, or free with --dynamic): drop it")
     if not args.onnx:
         _check_profile(args, args.dynamic, "this export")
+    source = _source_precision(args)
+    if source == "fp16" and args.int8:
+        raise OffsegError(f"--onnx {args.onnx} is the FP16 model, and --int8 calibrates the FP32 export: give the file "
+                          "it was made from")
+    if source == "int8" and _onnx_metadata(args.onnx).get("offseg.int8_target") == "onnxruntime":
+        raise OffsegError(f"--onnx {args.onnx} is quantized for ONNX Runtime (int32 biases through DequantizeLinear, "
+                          "which TensorRT's ONNX parser rejects): quantize the FP32 export for TensorRT "
+                          "(offseg-calibrate --target tensorrt, or offseg-export --int8)")
+    if source == "int8" and args.calib_data is not None:
+        raise OffsegError(f"--onnx {args.onnx} is already INT8 (calibrated Q/DQ), so its engine is built without "
+                          "calibration images: drop --calib-data")
     pins = [flag for flag, value in (("--keep-fp32", args.keep_fp32), ("--no-default-pins", args.no_default_pins))
             if value]
-    if pins and not (args.fp16 or args.int8):
+    if pins and not (args.fp16 or args.int8 or source != "fp32"):
         raise OffsegError(f"{' and '.join(pins)} choose{'' if len(pins) > 1 else 's'} what stays FP32 in an --fp16 or "
                           "--int8 build, and this one is FP32 throughout: add --fp16 or --int8, or drop "
                           + ("them" if len(pins) > 1 else "it"))
@@ -254,7 +285,7 @@ def _check_inputs(args: argparse.Namespace) -> str | None:
     from calibration.sources import data_key
 
     calib_key = None
-    if args.int8:
+    if args.int8 and _source_precision(args) != "int8":
         if args.calib_data is None:
             raise OffsegError("--int8 needs calibration images: --calib-data DIR (a folder of images or a video), "
                               "or --calib-data synthetic")
@@ -276,9 +307,12 @@ def _artifacts(args: argparse.Namespace) -> dict[str, Path]:
     main = args.output or Path(f"{_model_name(args)}.{'onnx' if args.format == 'onnx' else 'plan'}")
     stem = args.onnx.with_suffix("") if args.onnx else main.with_suffix("")
     files = {} if args.onnx else {"fp32": main if args.format == "onnx" else stem.with_suffix(".onnx")}
+    source = _source_precision(args)
     for kind, wanted in (("fp16", args.fp16 and not (args.format == "engine" and args.int8)), ("int8", args.int8)):
-        if wanted:
+        if wanted and kind != source:
             files[kind] = stem.with_name(f"{stem.name}.{kind}.onnx")
+    if stem.suffix == f".{source}":  # M.int8.onnx's engine: M.int8.plan
+        stem = stem.with_suffix("")
     if args.onnx and args.format == "onnx" and args.output and len(files) == 1:  # --output names the one made
         files = {kind: args.output for kind in files}
     if args.format == "engine":
@@ -418,8 +452,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _build(args, engine_options, meta: dict[str, str], fp32_path: Path, files: dict[str, Path],
            calib_key: str | None) -> int:
-    """Build ``files["engine"]`` from ``fp32_path``, through ``files["fp16"]`` or ``files["int8"]`` when the
-    plan says so."""
+    """Build ``files["engine"]`` from ``fp32_path`` (the FP32 export, or an --onnx file as given), through
+    ``files["fp16"]`` or ``files["int8"]`` when the plan needs a graph of a precision that file does not have."""
     from calibration.files import load_onnx, read_metadata
     from calibration.precision import pinned_nodes
     from .tensorrt import TrtBuilder
@@ -427,10 +461,10 @@ def _build(args, engine_options, meta: dict[str, str], fp32_path: Path, files: d
     builder = TrtBuilder(args.trt_module)
     plan = builder.plan(engine_options, dynamic=meta.get("offseg.input_size") == "dynamic")
     source = fp32_path
-    if plan.onnx_precision == "fp16":
+    if plan.onnx_precision == "fp16" != _source_precision(args):
         source = files["fp16"]
         _fp16_onnx(args, fp32_path, source, engine_options.pins)
-    elif plan.onnx_precision == "int8":
+    elif plan.onnx_precision == "int8" != _source_precision(args):
         source = files["int8"]
         _int8_onnx(args, fp32_path, source, calib_key)
     engine = files["engine"]

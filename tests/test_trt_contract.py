@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import fake_tensorrt
+from calibration.cli import calibrate_main
+from chain.cli import info_main
 from export.cli import main as export_main
 from fake_cuda import FakeGpu, install_cuda_python, install_pycuda
 from runtime.backends import open_backend
@@ -116,6 +118,58 @@ def test_tensorrt11_fp16_engine_from_the_autocast_graph(monkeypatch, tiny_static
     backend = open_backend(tiny_static.with_name("static.fp16.plan"))
     check_output(backend, np.ones((1, 3, 128, 128), np.float32))
     backend.close()
+
+
+@pytest.mark.parametrize("trt_version, flags", [("10.3.0", ["INT8", "OBEY_PRECISION_CONSTRAINTS"]), ("11.1.0", [])])
+def test_an_int8_or_fp16_onnx_file_builds_an_engine_of_its_own_precision(monkeypatch, tiny_static, trt_version, flags):
+    """The Q/DQ file of offseg-export --int8 or offseg-calibrate, carried to the device and built as given: an INT8
+    engine (TensorRT 10 takes Q/DQ layers with its INT8 flag; the engine was built without it and called fp32),
+    named after the file, with no calibration images and no ONNX file derived. Likewise an FP16 file."""
+    machine(monkeypatch, trt_version, ORIN if trt_version == "10.3.0" else RTX)
+    assert export_main(["--onnx", str(tiny_static), "--int8", "--calib-data", "synthetic", "--calib-images", "2"]) == 0
+    assert export_main(["--onnx", str(tiny_static), "--fp16"]) == 0
+    folder = tiny_static.parent
+    int8, fp16 = folder / "static.int8.onnx", folder / "static.fp16.onnx"
+    before = {path.name for path in folder.iterdir()}
+    assert export_main(["--onnx", str(int8), "--format", "engine"]) == 0
+    sidecar = json.loads((folder / "static.int8.plan.json").read_text())
+    assert sidecar["precision"] == "int8" and sidecar["build"]["flags"] == flags
+    assert sidecar["onnx"]["precision"] == "int8"
+    assert export_main(["--onnx", str(fp16), "--format", "engine"]) == 0
+    sidecar = json.loads((folder / "static.fp16.plan.json").read_text())
+    assert sidecar["precision"] == "fp16" and sidecar["onnx"]["precision"] == "fp16"
+    assert sidecar["build"]["flags"] == (["FP16", "OBEY_PRECISION_CONSTRAINTS"] if trt_version == "10.3.0" else [])
+    made = {path.name for path in folder.iterdir()} - before
+    assert made == {"static.int8.plan", "static.int8.plan.json", "static.fp16.plan", "static.fp16.plan.json"}
+
+
+def test_options_that_do_not_fit_the_precision_of_the_onnx_file_are_one_sentence(monkeypatch, tiny_static, capsys):
+    machine(monkeypatch, "10.3.0", ORIN)
+    assert export_main(["--onnx", str(tiny_static), "--int8", "--calib-data", "synthetic", "--calib-images", "2"]) == 0
+    assert export_main(["--onnx", str(tiny_static), "--fp16"]) == 0
+    int8, fp16 = tiny_static.with_name("static.int8.onnx"), tiny_static.with_name("static.fp16.onnx")
+    capsys.readouterr()
+    assert export_main(["--onnx", str(int8), "--format", "engine", "--int8", "--calib-data", "synthetic"]) == 2
+    assert capsys.readouterr().err == f"error: --onnx {int8} is already INT8 (calibrated Q/DQ), so its engine is " \
+                                      "built without calibration images: drop --calib-data\n"
+    assert export_main(["--onnx", str(fp16), "--format", "engine", "--int8", "--calib-data", "synthetic"]) == 2
+    assert capsys.readouterr().err == f"error: --onnx {fp16} is the FP16 model, and --int8 calibrates the FP32 " \
+                                      "export: give the file it was made from\n"
+    onnxruntime = tiny_static.with_name("ort.onnx")
+    assert calibrate_main(["--onnx", str(tiny_static), "--calib-data", "synthetic", "--calib-images", "2", "--target",
+                           "onnxruntime", "--output", str(onnxruntime)]) == 0
+    capsys.readouterr()
+    assert export_main(["--onnx", str(onnxruntime), "--format", "engine"]) == 2
+    assert capsys.readouterr().err == f"error: --onnx {onnxruntime} is quantized for ONNX Runtime (int32 biases " \
+                                      "through DequantizeLinear, which TensorRT's ONNX parser rejects): quantize the " \
+                                      "FP32 export for TensorRT (offseg-calibrate --target tensorrt, or " \
+                                      "offseg-export --int8)\n"
+    assert info_main([str(int8)]) == 0 and info_main([str(onnxruntime)]) == 0
+    described = capsys.readouterr().out
+    assert f"on the device: offseg-export --onnx {int8} --format engine (an INT8 engine, as the file is)" in described
+    assert f"--onnx {onnxruntime} --format engine" not in described
+    assert export_main(["--onnx", str(int8), "--format", "engine", "--int8"]) == 0  # the same precision: accepted
+    assert json.loads(int8.with_name("static.int8.plan.json").read_text())["precision"] == "int8"
 
 
 def test_pinned_and_device_buffers_are_freed_on_reshape_and_close(monkeypatch, tiny):
