@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.errors import OffsegError
 from runtime.preprocess import MEAN_RGB, STD_RGB, to_model_input
-from runtime.sources import IMAGE_SUFFIXES, read_image
+from runtime.sources import IMAGE_SUFFIXES, read_image, warn_if_cut_short
 from runtime.video_header import mp4_problem
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,15 @@ def _video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
     if not capture.isOpened() or total <= 0:
         problem = mp4_problem(path)
         raise OffsegError(f"cannot read video {path}{f': {problem}' if problem else ''}")
+    warn_if_cut_short(path)
+    previous = None
     try:
         for index in _evenly(list(range(total)), count):
             capture.set(cv2.CAP_PROP_POS_FRAMES, index)
             ok, frame = capture.read()
-            if ok:
+            # a seek past the cut of a cut-short file gives the last frame before it again: one copy is used
+            if ok and not (previous is not None and np.array_equal(frame, previous)):
+                previous = frame
                 yield frame
     finally:
         capture.release()

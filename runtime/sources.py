@@ -70,6 +70,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
+def warn_if_cut_short(path: Path) -> bool:
+    """After OpenCV opened the video ``path``: whether it is an MP4 that ends early (its index first, its frames
+    cut: it opens, and reads up to the cut), said in a warning naming it."""
+    problem = mp4_problem(path)
+    if problem:
+        log.warning("video %s is incomplete: %s; its frames after the cut cannot be read", path, problem)
+    return problem is not None
+
+
 @dataclass
 class Frame:
     index: int
@@ -128,6 +137,7 @@ class VideoFile(Source):
         count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.length = count if count > 0 else None
         self.description = f"video {path.name}"
+        self.cut_short = warn_if_cut_short(path)
 
     def frames(self) -> Iterator[Frame]:
         index, failures = 0, 0
@@ -141,7 +151,8 @@ class VideoFile(Source):
             position = int(self.capture.get(cv2.CAP_PROP_POS_FRAMES))
             if self.length is None or position >= self.length or failures >= self.MAX_CONSECUTIVE_FAILURES:
                 if failures >= self.MAX_CONSECUTIVE_FAILURES:
-                    self.stop_reason = f"{failures} unreadable frames in a row (truncated file?)"
+                    self.stop_reason = f"{failures} unreadable frames in a row " + \
+                        ("(the file is cut short)" if self.cut_short else "(truncated file?)")
                 return
             failures += 1  # a corrupt frame: skip it and try the next one
             self.skip(None, f"not decodable (after frame {index - 1:06d})" if index else "not decodable (before the "

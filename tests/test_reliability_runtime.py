@@ -492,6 +492,56 @@ def test_an_mp4_that_does_not_open_says_whether_it_is_cut_short_or_unfinished(on
         list(calibration_images(tmp_path / "no_index.mp4", 4))
 
 
+def _shift_chunk_offsets(data: bytearray, start: int, end: int, shift: int) -> None:
+    """Add ``shift`` to every chunk offset (``stco``) in the boxes of ``data[start:end]``, into their containers."""
+    position = start
+    while position < end:
+        length, kind = int.from_bytes(data[position:position + 4], "big"), bytes(data[position + 4:position + 8])
+        if kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl"):
+            _shift_chunk_offsets(data, position + 8, position + length, shift)
+        elif kind == b"stco":  # size, type, version and flags, entry count, 32-bit offsets
+            for entry in range(int.from_bytes(data[position + 12:position + 16], "big")):
+                at = position + 16 + 4 * entry
+                data[at:at + 4] = (int.from_bytes(data[at:at + 4], "big") + shift).to_bytes(4, "big")
+        position += length
+
+
+def _index_first(data: bytes) -> bytes:
+    """OpenCV's MP4 with its index moved before its frames, as a recorder told to (``-movflags faststart``) writes."""
+    boxes = _boxes(data)
+    (mdat, _), (moov, moov_length) = boxes[b"mdat"], boxes[b"moov"]
+    index = bytearray(data[moov:moov + moov_length])
+    _shift_chunk_offsets(index, 0, len(index), moov_length)
+    return data[:mdat] + bytes(index) + data[mdat:moov]
+
+
+def test_an_mp4_with_its_index_first_and_its_frames_cut_is_read_to_the_cut_and_said(tmp_path, caplog):
+    """It opens (its index is whole), so it used to be read with no word until 25 unreadable frames in a row,
+    "truncated file?"; calibration sampling past the cut got the last frame before it again at every seek."""
+    from calibration.sources import calibration_images
+    from runtime.video_header import mp4_problem
+    recorded = tmp_path / "recorded.mp4"
+    write_video(recorded, seed=2, frames=60, height=64, width=96, fps=10)
+    whole = _index_first(recorded.read_bytes())
+    (tmp_path / "whole.mp4").write_bytes(whole)
+    mdat = _boxes(whole)[b"mdat"]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole[:mdat[0] + mdat[1] // 2])
+    assert mp4_problem(tmp_path / "whole.mp4") is None
+    assert len(list(VideoFile(tmp_path / "whole.mp4").frames())) == 60 and not caplog.records
+    source = VideoFile(cut)
+    assert source.length == 60  # the index counts every frame
+    warning = f"video {cut} is incomplete: it ends inside its 'mdat' box (at byte {cut.stat().st_size:,} of " \
+              f"{len(whole):,}): a cut-short copy; its frames after the cut cannot be read"
+    assert [record.getMessage() for record in caplog.records] == [warning]
+    read = len(list(source.frames()))
+    assert 10 < read < 50 and source.stop_reason == f"{VideoFile.MAX_CONSECUTIVE_FAILURES} unreadable frames in a " \
+        "row (the file is cut short)"
+    sampled = list(calibration_images(cut, 40))
+    assert len(sampled) <= read + 1
+    assert not any(np.array_equal(a, b) for a, b in zip(sampled, sampled[1:]))
+
+
 @pytest.mark.slow
 def test_a_fifo_among_the_images_is_skipped_not_waited_for(onnx_model, tmp_path):
     """A FIFO named b.png used to block the folder run forever (OpenCV waits for a writer)."""
