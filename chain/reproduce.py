@@ -120,10 +120,10 @@ def _iteration(checkpoint: Path) -> int | None:
     return meta.get("iteration") if isinstance(meta, dict) else None
 
 
-def _best_is_latest(paths: Paths) -> bool:
-    """Whether best.pth was saved at latest.pth's iteration: the same weights, so the same scores."""
-    return paths.best.is_file() and _iteration(paths.best) is not None and \
-        _iteration(paths.best) == _iteration(paths.latest)
+def _best_saved_last(paths: Paths) -> int | None:
+    """latest.pth's iteration when best.pth was saved at it (the same weights, so the same scores), else None."""
+    best = _iteration(paths.best) if paths.best.is_file() else None
+    return best if best is not None and best == _iteration(paths.latest) else None
 
 
 def _run(step: Step) -> int:
@@ -153,9 +153,9 @@ def run_steps(config: ReproduceConfig, dry_run: bool = False) -> list[Step]:
         if step.name == "eval-best" and not paths.best.is_file():
             print(f"[{index}/{len(steps)}] {step.name}: skipped, training wrote no best.pth")
             continue
-        if step.name == "eval-best" and _best_is_latest(paths):
+        if step.name == "eval-best" and (last := _best_saved_last(paths)) is not None:
             print(f"[{index}/{len(steps)}] {step.name}: skipped, best.pth holds latest.pth's weights (iteration "
-                  f"{_iteration(paths.latest)}), scored above")
+                  f"{last}), scored above")
             continue
         print(f"[{index}/{len(steps)}] {step.shell()}", flush=True)
         code = _run(step)
@@ -194,7 +194,8 @@ def build_report(config: ReproduceConfig, steps: list[Step]) -> ReproduceReport:
     from offseg.zoo import get_spec
     paths = Paths(config)
     final = json.loads(paths.eval_latest.read_text())
-    if _best_is_latest(paths):
+    last = _best_saved_last(paths)
+    if last is not None:
         best = final
     else:
         best = json.loads(paths.eval_best.read_text()) if paths.eval_best.is_file() else None
@@ -205,7 +206,7 @@ def build_report(config: ReproduceConfig, steps: list[Step]) -> ReproduceReport:
     return ReproduceReport(
         model=config.model, dataset=config.dataset, paper_miou=paper.miou if paper else None,
         final_miou=final["mIoU"], best_miou=best["mIoU"] if best else None,
-        best_iteration=_iteration(paths.best) if best else None,
+        best_iteration=last if last is not None else _iteration(paths.best) if best else None,
         iterations=read_training_state(paths.latest)["iteration"], protocol=final["protocol"],
         images=config.eval_images, exported=Path(exported).name, exported_miou=validation["engine_miou"],
         exported_pytorch_miou=validation["reference_miou"],

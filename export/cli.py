@@ -460,11 +460,11 @@ def _build(args, engine_options, meta: dict[str, str], fp32_path: Path, files: d
 
     builder = TrtBuilder(args.trt_module)
     plan = builder.plan(engine_options, dynamic=meta.get("offseg.input_size") == "dynamic")
-    source = fp32_path
-    if plan.onnx_precision == "fp16" != _source_precision(args):
+    source, given = fp32_path, _source_precision(args)
+    if plan.onnx_precision == "fp16" and given != "fp16":
         source = files["fp16"]
         _fp16_onnx(args, fp32_path, source, engine_options.pins)
-    elif plan.onnx_precision == "int8" != _source_precision(args):
+    elif plan.onnx_precision == "int8" and given != "int8":
         source = files["int8"]
         _int8_onnx(args, fp32_path, source, calib_key)
     engine = files["engine"]
