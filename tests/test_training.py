@@ -144,6 +144,31 @@ def test_folder_dataset_mistakes_say_the_layout(tmp_path, files, message):
     assert re.search(message.replace("TMP", str(tmp_path)), str(error.value)), str(error.value)
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"road\ncar\n\nperson\n", "classes.txt line 3 is blank: line N names label N - 1, so a blank line between "
+                                 "names would move every later name to another label; name that label, or remove the "
+                                 "line"),
+    (b"road\nv\xe9hicule\n", r"classes.txt is not UTF-8 text \(byte 6 is 0xe9\): save it as UTF-8"),
+    (b"road\ncar\nroad\n", "classes.txt names 'road' on lines 1 and 3: each label needs a name of its own"),
+    (b"\n\n", "classes.txt names no class: write one class name per line, in label order"),
+])
+def test_a_classes_file_that_would_misname_labels_is_one_sentence(tmp_path, content, message):
+    """A blank line between names shifted every later name to another label without a word; a file in another
+    encoding was a UnicodeDecodeError traceback."""
+    _write(tmp_path / "images" / "val" / "a.png", _image())
+    _write(tmp_path / "labels" / "val" / "a.png", np.ones((20, 30), np.uint8))
+    (tmp_path / "classes.txt").write_bytes(content)
+    with pytest.raises(OffsegError, match=message):
+        SegmentationDataset("folder", tmp_path, "val")
+
+
+def test_a_classes_file_may_start_with_a_byte_order_mark_and_end_with_blank_lines(tmp_path):
+    _write(tmp_path / "images" / "val" / "a.png", _image())
+    _write(tmp_path / "labels" / "val" / "a.png", np.ones((20, 30), np.uint8))
+    (tmp_path / "classes.txt").write_bytes("\ufeffroad\r\nvéhicule\r\n\r\n\r\n".encode())
+    assert SegmentationDataset("folder", tmp_path, "val").classes == ("road", "véhicule")
+
+
 def test_augmentations_follow_mmseg_semantics():
     rng = np.random.default_rng(0)
     image, labels = np.zeros((100, 300, 3), np.uint8), np.zeros((100, 300), np.uint8)

@@ -140,10 +140,33 @@ def folder_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
 
 
 def folder_classes(root: Path) -> tuple[str, ...]:
+    """The class names of a folder dataset's classes.txt, line N naming label N - 1 (UTF-8, a byte-order mark
+    allowed); OffsegError for a file that names none, has a blank line between names or names a class twice."""
     path = root / "classes.txt"
     if not path.is_file():
         raise OffsegError(f"a folder dataset needs {path}: one class name per line, in label order")
-    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    except UnicodeDecodeError as error:
+        raise OffsegError(f"{path} is not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}): save "
+                          "it as UTF-8") from None
+    except OSError as error:
+        raise OffsegError(f"cannot read {path}: {error.strerror or error}") from None
+    while names and not names[-1]:
+        names.pop()
+    if not names:
+        raise OffsegError(f"{path} names no class: write one class name per line, in label order")
+    if "" in names:
+        raise OffsegError(f"{path} line {names.index('') + 1} is blank: line N names label N - 1, so a blank line "
+                          "between names would move every later name to another label; name that label, or remove "
+                          "the line")
+    first_line = {}
+    for number, name in enumerate(names, 1):
+        if name in first_line:
+            raise OffsegError(f"{path} names {name!r} on lines {first_line[name]} and {number}: each label needs a "
+                              "name of its own")
+        first_line[name] = number
+    return tuple(names)
 
 
 PAIRS = {"ade20k": ade20k_pairs, "cityscapes": cityscapes_pairs, "coco-stuff164k": coco_stuff_pairs,
