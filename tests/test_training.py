@@ -169,6 +169,27 @@ def test_a_classes_file_may_start_with_a_byte_order_mark_and_end_with_blank_line
     assert SegmentationDataset("folder", tmp_path, "val").classes == ("road", "véhicule")
 
 
+def test_an_image_turned_by_its_exif_orientation_names_the_tag_when_its_labels_do_not_fit(tmp_path):
+    """A phone photo stored landscape with an orientation tag: OpenCV decodes it upright (portrait), as mmseg does;
+    labels drawn on the stored pixels then differ in shape, which the sentence now explains."""
+    from PIL import Image
+
+    _write(tmp_path / "labels" / "val" / "a.png", np.ones((20, 30), np.uint8))
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to view
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(tmp_path / "images" / "val" / "a.jpg", exif=exif)
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    with pytest.raises(OffsegError, match=r"a.png is \(20, 30\), its image .*a.jpg is \(30, 20\) once turned upright "
+                                          r"by its EXIF orientation tag, as OpenCV \(and mmseg\) decode it, while the "
+                                          r"labels match its stored pixels: turn the label image the same way, or "
+                                          r"remove the tag from the image$"):
+        SegmentationDataset("folder", tmp_path, "val").load(0)
+    _write(tmp_path / "labels" / "val" / "a.png", np.ones((21, 30), np.uint8))  # another mismatch: no word of EXIF
+    with pytest.raises(OffsegError, match=r"a.png is \(21, 30\), its image .*a.jpg is \(30, 20\)$"):
+        SegmentationDataset("folder", tmp_path, "val").load(0)
+
+
 def test_augmentations_follow_mmseg_semantics():
     rng = np.random.default_rng(0)
     image, labels = np.zeros((100, 300, 3), np.uint8), np.zeros((100, 300), np.uint8)

@@ -206,6 +206,16 @@ def read_label_image(path: Path) -> np.ndarray:
     return labels
 
 
+def _turned_by_exif(image_path: Path, label_shape: tuple[int, int]) -> str:
+    """Why an image and its labels differ in shape when the image's EXIF orientation turned it (OpenCV decodes
+    images upright, as mmseg does, and labels as stored); empty otherwise."""
+    stored = cv2.imread(str(image_path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if stored is None or stored.shape[:2] != label_shape:
+        return ""
+    return (" once turned upright by its EXIF orientation tag, as OpenCV (and mmseg) decode it, while the labels "
+            "match its stored pixels: turn the label image the same way, or remove the tag from the image")
+
+
 def check_data_root(name: str, root) -> None:
     """OffsegError for a dataset on disk without ``--data-root``, or a root given for the built-in synthetic scenes
     (``--dataset`` left at its default: the run would not read the folder)."""
@@ -275,7 +285,8 @@ class SegmentationDataset:
             raise OffsegError(f"{label_path} holds {8 * labels.itemsize}-bit labels ({labels.dtype}); label images "
                               f"must be 8-bit (values 0-255, {IGNORE_INDEX} = ignore): convert it")
         if labels.shape != image.shape[:2]:
-            raise OffsegError(f"{label_path} is {labels.shape}, its image {image_path} is {image.shape[:2]}")
+            raise OffsegError(f"{label_path} is {labels.shape}, its image {image_path} is {image.shape[:2]}"
+                              + _turned_by_exif(image_path, labels.shape))
         if self.layout.name == "cityscapes" and label_path.name.endswith("_labelIds.png"):
             lut = np.full(256, IGNORE_INDEX, np.uint8)
             for label_id, train_id in CITYSCAPES_ID_TO_TRAIN.items():
