@@ -110,9 +110,12 @@ def run_line(config, world: int, steps: int) -> str:
             f"{config.lr_end}")
     if config.carafe != "taps":
         line += f", CARAFE {config.carafe} form"
+    from .data.datasets import LAYOUTS
+    crop = " ".join(map(str, config.crop or LAYOUTS[config.dataset].crop))
     differs = [f"{name} {ours} (recipe {theirs})" for name, ours, theirs in (
         ("batch", total, official.batch), ("iterations", config.iters, official.iters),
-        ("PolyLR end", config.lr_end, official.lr_end)) if ours != theirs]
+        ("PolyLR end", config.lr_end, official.lr_end),
+        ("crop", crop, " ".join(map(str, LAYOUTS[config.dataset].crop)))) if ours != theirs]
     if differs:
         line += "; differs from the recipe: " + ", ".join(differs)
     if steps > 1:
