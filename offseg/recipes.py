@@ -35,6 +35,7 @@ class Recipe:
     interval: int  # checkpoint and validation interval
     warmup_iters: int = 1500  # LinearLR's end
     note: str = ""
+    lr: float = 6e-5  # AdamW's (the head's parameters x10)
 
     @property
     def batch(self) -> int:
@@ -115,7 +116,8 @@ def run_line(config, world: int, steps: int) -> str:
     differs = [f"{name} {ours} (recipe {theirs})" for name, ours, theirs in (
         ("batch", total, official.batch), ("iterations", config.iters, official.iters),
         ("PolyLR end", config.lr_end, official.lr_end),
-        ("crop", crop, " ".join(map(str, LAYOUTS[config.dataset].crop)))) if ours != theirs]
+        ("crop", crop, " ".join(map(str, LAYOUTS[config.dataset].crop))), ("lr", f"{config.lr:g}", f"{official.lr:g}"),
+        ("warm-up", config.warmup_iters, official.warmup_iters)) if ours != theirs]
     if differs:
         line += "; differs from the recipe: " + ", ".join(differs)
     if steps > 1:

@@ -45,7 +45,7 @@ from .optim import lr_factor, parameter_groups
 from .pretrained import load_pretrained_backbone
 from .run_files import BestCheckpoint, disk_line, prune_checkpoints
 from .protocol import TestProtocol
-from .recipes import accumulation_steps, recipe_line, run_line, with_recipe
+from .recipes import Recipe, accumulation_steps, recipe_line, run_line, with_recipe
 from .train_state import loader_generator, resume, training_state
 from .zoo import build_model
 
@@ -66,13 +66,13 @@ class TrainConfig:
     lr_end: int | None = None  # PolyLR's end (learning rate 0 from there); None: the recipe's, at most iters
     crop: tuple[int, int] | None = None  # default: the dataset's official crop
     scale: tuple[int, int] | None = None  # default: the dataset's official resize scale
-    lr: float = 6e-5
+    lr: float = Recipe.lr
     weight_decay: float = 0.01
     accumulate: int | None = 1  # micro-batches per optimizer step; None: enough to reach the recipe's batch
     amp: bool = False  # the official runs are FP32
     compile: str | None = None  # a torch.compile backend ("inductor"): compiles the training forward and backward
     carafe: str = "taps"  # CARAFE form (offseg.names.CARAFE_FORMS): the same parameters and gradients, other kernels
-    warmup_iters: int = 1500
+    warmup_iters: int = Recipe.warmup_iters
     poly_power: float = 1.0
     checkpoint_interval: int | None = None
     keep_checkpoints: int = 0  # iter_N.pth files kept besides latest.pth (resume point) and best.pth (best mIoU)

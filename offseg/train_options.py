@@ -9,6 +9,7 @@ from runtime.console import add_common_options, add_hidden_aliases
 from runtime.output_policy import add_input, add_output
 
 from .names import CARAFE_FORMS, DATASET_NAMES, MODEL_NAMES
+from .recipes import Recipe
 
 TRAIN_FILES = ("*.pth", "scalars.jsonl", "tensorboard")  # what offseg-train writes in --work-dir
 
@@ -54,8 +55,10 @@ def train_parser() -> argparse.ArgumentParser:
                         "neighbour similarity, CUDA); the same gradients to rounding, the GPU forms opt-in until "
                         "benchmarks/gpu.py has measured them")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop size (default the dataset's)")
-    parser.add_argument("--lr", type=float, default=6e-5, help="AdamW learning rate (default 6e-5; head x10)")
-    parser.add_argument("--warmup-iters", type=int, default=1500, help="linear warm-up iterations (default 1500)")
+    parser.add_argument("--lr", type=float, default=Recipe.lr, help=f"AdamW learning rate (default {Recipe.lr:g}; "
+                        "head x10)")
+    parser.add_argument("--warmup-iters", type=int, default=Recipe.warmup_iters,
+                        help=f"linear warm-up iterations (default {Recipe.warmup_iters})")
     parser.add_argument("--checkpoint-interval", type=int, help="iterations between checkpoints "
                         "(WORK_DIR/latest.pth, the resume point; default the recipe's, 16000 or 8000)")
     parser.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",

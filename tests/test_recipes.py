@@ -73,7 +73,8 @@ def test_train_prints_the_recipe_and_decays_to_zero_at_lr_end(tmp_path, caplog):
                            "1", "--keep-checkpoints", "4", "--work-dir", str(work)]) == 0
     assert "recipe for offseg-t on synthetic" in caplog.text and "batch 16 (8 GPUs x 2)" in caplog.text
     assert ("differs from the recipe: batch 2 (recipe 16), iterations 4 (recipe 160000), PolyLR end 2 (recipe "
-            "160000), crop 64 64 (recipe 256 256)") in caplog.text  # the crop was left out of the list
+            "160000), crop 64 64 (recipe 256 256), warm-up 1 (recipe 1500)") in caplog.text  # crop and warm-up were
+    # left out of the list, as was the learning rate
     assert "final mIoU" in caplog.text and "paper-comparable" in caplog.text
     lrs = {i: read_training_state(work / f"iter_{i}.pth")["scheduler"]["_last_lr"] for i in (1, 2, 3)}
     assert all(lr > 0 for lr in lrs[1]) and all(lr == 0 for lr in lrs[2] + lrs[3])
