@@ -123,7 +123,7 @@ def test_tensorrt11_fp16_engine_from_the_autocast_graph(monkeypatch, tiny_static
 @pytest.mark.parametrize("trt_version, flags", [("10.3.0", ["INT8", "OBEY_PRECISION_CONSTRAINTS"]), ("11.1.0", [])])
 def test_an_int8_or_fp16_onnx_file_builds_an_engine_of_its_own_precision(monkeypatch, tiny_static, trt_version, flags):
     """The Q/DQ file of offseg-export --int8 or offseg-calibrate, carried to the device and built as given: an INT8
-    engine (TensorRT 10 takes Q/DQ layers with its INT8 flag; the engine was built without it and called fp32),
+    engine (on TensorRT 10 with the INT8 flag, as the --int8 build sets it; it was built without and called fp32),
     named after the file, with no calibration images and no ONNX file derived. Likewise an FP16 file."""
     machine(monkeypatch, trt_version, ORIN if trt_version == "10.3.0" else RTX)
     assert export_main(["--onnx", str(tiny_static), "--int8", "--calib-data", "synthetic", "--calib-images", "2"]) == 0
