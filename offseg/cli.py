@@ -72,10 +72,12 @@ def _eval(args: argparse.Namespace) -> int:
     with forced_form(args.carafe):
         scores = evaluate(model.to(device), dataset, protocol, args.eval_images, cuda_graphs=args.cuda_graphs,
                           window_batch=args.window_batch)
-    result = {"model": name, "dataset": args.dataset, "split": args.split, "mode": protocol.mode,
+    images = min(args.eval_images or len(dataset), len(dataset))
+    result = {"model": name, "dataset": args.dataset, "split": args.split, "images": images, "mode": protocol.mode,
               "device": str(device), "cuda_graphs": args.cuda_graphs, "carafe": args.carafe,
               "protocol": protocol.describe(), **scores.as_dict(dataset.classes), "mAcc": 100 * mean_accuracy(scores)}
-    print(f"{name} on {args.dataset} {args.split} ({protocol.describe()}): mIoU {result['mIoU']:.2f}, "
+    scored = counted(images, "image") + (f" of {len(dataset)}" if images < len(dataset) else "")
+    print(f"{name} on {args.dataset} {args.split} ({scored}, {protocol.describe()}): mIoU {result['mIoU']:.2f}, "
           f"mAcc {result['mAcc']:.2f}, aAcc {result['aAcc']:.2f}")
     if dataset.out_of_range_pixels:
         print(f"{counted(dataset.out_of_range_pixels, 'pixel')} with labels above the class count were left out")

@@ -45,6 +45,9 @@ def test_eval_prints_its_device_and_refuses_an_unknown_one(checkpoint, tmp_path,
                       str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out
     assert "evaluating offseg-t on cpu (" in out and '"device": "cpu"' in (tmp_path / "s.json").read_text()
+    # how many images the scores are of: a subset says of how many, and the JSON records the count
+    assert "offseg-t on synthetic val (1 image of 200, original size, whole): mIoU " in out
+    assert json.loads((tmp_path / "s.json").read_text())["images"] == 1
     assert eval_main(["--checkpoint", str(checkpoint), "--device", "tpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --device 'tpu'") and len(err.strip().splitlines()) == 1
