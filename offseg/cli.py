@@ -23,8 +23,27 @@ def _model_to_train(args: argparse.Namespace) -> str:
     return args.model or (checkpoint_model(args.checkpoint) if args.checkpoint else "offseg-t")
 
 
+def _check_fresh_work_dir(args: argparse.Namespace) -> None:
+    """OffsegError for a fresh run (no --resume) in a --work-dir that holds a run's latest.pth: the new run would
+    replace that run's resume point at its first checkpoint (a forgotten --resume after a stop cost the whole run)."""
+    from .checkpoint import read_training_state
+
+    latest = args.work_dir / "latest.pth"
+    if args.resume or not latest.is_file():
+        return
+    try:
+        state = read_training_state(latest)
+        held = (f"{state.get('model', 'a model')} at iteration {state['iteration']} of "
+                f"{state['config'].get('iters', '?')}")
+    except OffsegError:
+        held = "a file offseg-train cannot resume from"
+    raise OffsegError(f"--work-dir {args.work_dir} already holds a training run ({latest}: {held}), which this fresh "
+                      "run would overwrite: add --resume to continue it, or give another --work-dir to start afresh")
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
+    _check_fresh_work_dir(args)
     config = TrainConfig(model=_model_to_train(args), dataset=args.dataset, data_root=args.data_root,
                          work_dir=str(args.work_dir), iters=args.iters, batch_size=args.batch_size, lr_end=args.lr_end,
                          crop=tuple(args.crop) if args.crop else None, lr=args.lr, warmup_iters=args.warmup_iters,

@@ -238,6 +238,25 @@ TINY = dict(dataset="synthetic", batch_size=2, crop=(64, 64), scale=(96, 64), wa
 
 
 @pytest.mark.slow
+def test_a_fresh_run_in_a_work_dir_that_holds_a_run_is_refused_before_any_work(tmp_path, capsys):
+    """Without --resume, a second run in the same --work-dir replaced the first run's latest.pth at its first
+    checkpoint: a --resume forgotten after a stop cost the whole run."""
+    work = tmp_path / "w"
+    tiny = ["--batch-size", "2", "--crop", "64", "64", "--workers", "0", "--warmup-iters", "1", "--eval-images", "1",
+            "--work-dir", str(work)]
+    assert train_main(["--iters", "1", *tiny]) == 0
+    before = (work / "latest.pth").read_bytes()
+    capsys.readouterr()
+    assert train_main(["--iters", "2", *tiny]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --work-dir {work} already holds a training run ({work / 'latest.pth'}: offseg-t at iteration 1 of "
+        "1), which this fresh run would overwrite: add --resume to continue it, or give another --work-dir to start "
+        "afresh\n")
+    assert (work / "latest.pth").read_bytes() == before
+    assert train_main(["--iters", "2", "--resume", *tiny]) == 0
+    assert read_training_state(work / "latest.pth")["iteration"] == 2
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = train(TrainConfig(iters=4, checkpoint_interval=2, keep_checkpoints=2, work_dir=str(tmp_path / "a"),
                                  **TINY), progress=False)
