@@ -278,13 +278,15 @@ def checkpoint_model(path: str | os.PathLike) -> str:
     return checkpoint_model_name(content, extract_state_dict(content))
 
 
-def build_from_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> tuple[nn.Module, str]:
+def build_from_checkpoint(path: str | os.PathLike, model_name: str | None = None,
+                          content: dict | None = None) -> tuple[nn.Module, str]:
     """Build the right model for a checkpoint (name and class count from the file), load it, switch to eval.
+    ``content``: the file as ``read_file`` returned it, for a caller that reads more of it (not read again).
 
     Returns (model, model name).
     """
     from .zoo import build_model
-    content = read_file(path)
+    content = read_file(path) if content is None else content
     state = extract_state_dict(content)
     name = model_name or checkpoint_model_name(content, state)
     model = build_model(name, checkpoint_num_classes(state))

@@ -20,9 +20,9 @@ class TorchBackend:
         from offseg.models.fold import fold_batchnorm
         self.torch = torch
         self.device = torch_device(device)
-        model, name = build_from_checkpoint(path)
-        self.model = fold_batchnorm(model).to(self.device)
         content = read_file(path)
+        model, name = build_from_checkpoint(path, content=content)
+        self.model = fold_batchnorm(model).to(self.device)
         classes, palette = checkpoint_labels(content, self.model.num_classes, f"checkpoint {path}")
         self.info = ModelInfo(name=name, num_classes=self.model.num_classes, input_size=None, input_format="normalized",
                               output_kind="logits", classes=tuple(classes or ()),
