@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -162,6 +163,29 @@ class VideoFile(Source):
         self.capture.release()
 
 
+def camera_problem(index: int, dev: Path = Path("/dev")) -> str | None:
+    """Why V4L2 camera ``index`` (Linux: ``/dev/video<index>``) may not open: no such device (the ones there are
+    named), no permission, or open and still refused; None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    device = dev / f"video{index}"
+    if not device.exists():
+        present = sorted((p for p in dev.glob("video*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+        if not present:
+            return (f"there is no {device}: this machine shows no V4L2 camera (unplugged? in a container, pass it "
+                    f"in: docker run --device {device})")
+        return f"there is no {device}; cameras here: {', '.join(map(str, present))} (--camera {present[0].name[5:]})"
+    if not os.access(device, os.R_OK | os.W_OK):
+        try:
+            import grp
+            group = f" (group {grp.getgrgid(device.stat().st_gid).gr_name}: add your user to it and log in again)"
+        except (KeyError, OSError):
+            group = ""
+        return f"no permission to open {device}{group}"
+    return (f"{device} exists but did not open: another program may hold it, or it is a camera's metadata node (a "
+            "camera often shows two: try the next index)")
+
+
 def check_live_settings(reconnects: int, stall_seconds: float) -> None:
     """OffsegError for a negative ``--reconnects`` or a ``--stall-timeout`` that is not above 0."""
     if reconnects < 0:
@@ -201,6 +225,8 @@ class LiveSource(Source):
         if capture.isOpened():
             return capture
         capture.release()
+        if isinstance(self.target, int):
+            self.last_error = camera_problem(self.target)
         return None
 
     def _fps(self) -> float | None:

@@ -300,6 +300,25 @@ def flaky_stream(monkeypatch):
     return FlakyCapture
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="V4L2 device nodes are Linux's")
+def test_a_camera_that_does_not_open_says_why_from_its_device_node(tmp_path, monkeypatch):
+    """OpenCV says only that the camera did not open; the node under /dev says which of the usual causes it is."""
+    from runtime.sources import camera_problem
+    assert camera_problem(0, tmp_path) == (f"there is no {tmp_path / 'video0'}: this machine shows no V4L2 camera "
+                                           f"(unplugged? in a container, pass it in: docker run --device "
+                                           f"{tmp_path / 'video0'})")
+    for name in ("video10", "video2", "video3", "video-meta"):
+        (tmp_path / name).touch()
+    assert camera_problem(0, tmp_path) == (f"there is no {tmp_path / 'video0'}; cameras here: {tmp_path / 'video2'}, "
+                                           f"{tmp_path / 'video3'}, {tmp_path / 'video10'} (--camera 2)")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert camera_problem(2, tmp_path).startswith(f"no permission to open {tmp_path / 'video2'} (group ")
+    monkeypatch.undo()
+    assert camera_problem(2, tmp_path) == (f"{tmp_path / 'video2'} exists but did not open: another program may "
+                                           "hold it, or it is a camera's metadata node (a camera often shows two: "
+                                           "try the next index)")
+
+
 def test_a_dropped_stream_is_reopened_a_bounded_number_of_times(flaky_stream):
     from runtime.sources import LiveSource
     flaky_stream.sessions = [3, None, 2, 5]  # 3 frames, a failed reopen, 2 frames, then more than allowed
