@@ -88,6 +88,11 @@ def _number(value: float):
     return None if value is None or math.isnan(value) else round(float(value), 4)
 
 
+def _percent(value: float | None, sign: str = "") -> str:
+    """An IoU (or its change) in the markdown table: two decimals as the mIoU; "-" for a class absent from both."""
+    return "-" if value is None else f"{value:{sign}.2f}"
+
+
 def write_report(folder: Path, result: Comparison, classes: tuple[str, ...], palette_source, **about) -> dict:
     """Write report.json, report.md and sample_<i>.png under ``folder``; returns the JSON content."""
     try:
@@ -123,7 +128,8 @@ def write_report(folder: Path, result: Comparison, classes: tuple[str, ...], pal
              f"{summary['pixel_agreement']:.3f}%" + ("" if result.labels_only else
                                                       f", max |logit diff| {result.max_logit_diff:.2e}") + ".", "",
              "| class | PyTorch IoU | engine IoU | delta |", "|---|---|---|---|"]
-    lines += [f"| {c['class']} | {c['reference_iou']} | {c['engine_iou']} | {c['delta']} |" for c in per_class]
+    lines += [f"| {c['class']} | {_percent(c['reference_iou'])} | {_percent(c['engine_iou'])} | "
+              f"{_percent(c['delta'], '+')} |" for c in per_class]
     lines += ["", f"Pictures: image | ground truth | PyTorch | engine ({engine_title}) | disagreement (red); "
               f"{IGNORED_NOTE}", ""]
     lines += [f"![sample {i}]({name})" for i, name in enumerate(pictures)]

@@ -177,9 +177,14 @@ def test_offseg_validate_deepstream_is_within_0_1_miou_of_pytorch(letterbox_pack
     report = tmp_path / "report"
     assert validate_main(["--deepstream", str(package), "--checkpoint", str(checkpoint), "--eval-images", "3",
                           "--report", str(report)]) == 0
-    summary = json.loads((report / "report.json").read_text())["summary"]
+    content = json.loads((report / "report.json").read_text())
+    summary = content["summary"]
     assert summary["images"] == 3 and abs(summary["miou_delta"]) <= 0.1 and summary["pixel_agreement"] > 99
     assert "frames through nvinfer" in capsys.readouterr().out
+    # report.md shows each class's IoU as the mIoU (two decimals; it printed the JSON's 4-decimal floats)
+    first = content["per_class"][0]
+    assert (f"| {first['class']} | {first['reference_iou']:.2f} | {first['engine_iou']:.2f} | {first['delta']:+.2f} |"
+            in (report / "report.md").read_text())
 
 
 @pytest.mark.slow
