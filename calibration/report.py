@@ -11,7 +11,7 @@ import numpy as np
 
 from runtime.draw import fit_text, palette_for
 from runtime.errors import OffsegError
-from runtime.metrics import IGNORE_INDEX
+from runtime.metrics import IGNORE_INDEX, score_text
 from runtime.palettes import colorize
 from runtime.progress import counted
 from runtime.sinks import write_file, write_image
@@ -88,11 +88,6 @@ def _number(value: float):
     return None if value is None or math.isnan(value) else round(float(value), 4)
 
 
-def _percent(value: float | None, sign: str = "") -> str:
-    """An IoU (or its change) in the markdown table: two decimals as the mIoU; "-" for a class absent from both."""
-    return "-" if value is None else f"{value:{sign}.2f}"
-
-
 def write_report(folder: Path, result: Comparison, classes: tuple[str, ...], palette_source, **about) -> dict:
     """Write report.json, report.md and sample_<i>.png under ``folder``; returns the JSON content."""
     try:
@@ -128,8 +123,8 @@ def write_report(folder: Path, result: Comparison, classes: tuple[str, ...], pal
              f"{summary['pixel_agreement']:.3f}%" + ("" if result.labels_only else
                                                       f", max |logit diff| {result.max_logit_diff:.2e}") + ".", "",
              "| class | PyTorch IoU | engine IoU | delta |", "|---|---|---|---|"]
-    lines += [f"| {c['class']} | {_percent(c['reference_iou'])} | {_percent(c['engine_iou'])} | "
-              f"{_percent(c['delta'], '+')} |" for c in per_class]
+    lines += [f"| {c['class']} | {score_text(c['reference_iou'])} | {score_text(c['engine_iou'])} | "
+              f"{score_text(c['delta'], '+')} |" for c in per_class]
     lines += ["", f"Pictures: image | ground truth | PyTorch | engine ({engine_title}) | disagreement (red); "
               f"{IGNORED_NOTE}", ""]
     lines += [f"![sample {i}]({name})" for i, name in enumerate(pictures)]

@@ -9,13 +9,13 @@ output is there, no older than the checkpoint, and made by the same command (rec
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from runtime.errors import OffsegError
+from runtime.metrics import score_text
 from runtime.sinks import write_file
 
 from .commands import command_path, engine_args, run_command, step_failed, tensorrt_unavailable
@@ -214,10 +214,6 @@ def build_report(config: ReproduceConfig, steps: list[Step]) -> ReproduceReport:
         recipe=recipe_line(config.model, config.dataset), commands=[s.shell() for s in steps])
 
 
-def _figure(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
-
-
 def format_report(report: ReproduceReport) -> str:
     """The report as markdown: the mIoU table, what was measured how, the exact commands."""
     delta = None if report.paper_miou is None else report.final_miou - report.paper_miou
@@ -225,15 +221,15 @@ def format_report(report: ReproduceReport) -> str:
     lines = [f"# {report.model} on {report.dataset}: reproduction", "",
              "| checkpoint | mIoU | paper mIoU | delta |", "|---|---|---|---|",
              f"| latest.pth, iteration {report.iterations} (final: the paper-comparable figure) | "
-             f"{_figure(report.final_miou)} | {paper} | {_figure(delta)} |",
+             f"{score_text(report.final_miou)} | {paper} | {score_text(delta, '+')} |",
              f"| best.pth, iteration {report.best_iteration} ("
              + ("the same weights as latest.pth" if report.best_iteration == report.iterations else
                 "best validation mIoU; optimistic, chosen on the same split")
-             + f") | {_figure(report.best_miou)} | | |",
+             + f") | {score_text(report.best_miou)} | | |",
              f"| {report.exported} (offseg-validate: the same protocol, windows at the exported size) | "
-             f"{_figure(report.exported_miou)} | | "
-             f"{_figure(report.exported_miou - report.exported_pytorch_miou)} vs PyTorch "
-             f"{_figure(report.exported_pytorch_miou)}, {'within' if report.exported_within_bound else 'BEYOND'} "
+             f"{score_text(report.exported_miou)} | | "
+             f"{score_text(report.exported_miou - report.exported_pytorch_miou, '+')} vs PyTorch "
+             f"{score_text(report.exported_pytorch_miou)}, {'within' if report.exported_within_bound else 'BEYOND'} "
              "offseg-validate's bound |", "",
              f"Test protocol: {report.protocol}; "
              + ("every validation image." if report.images is None else f"the first {report.images} images only "

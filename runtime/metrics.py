@@ -7,6 +7,7 @@ intersection) and no other.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,3 +68,9 @@ class Scores:
         names = class_names or tuple(str(i) for i in range(len(self.iou)))
         return {"mIoU": 100 * self.miou, "aAcc": 100 * self.aacc,
                 "IoU": {n: None if np.isnan(v) else 100 * float(v) for n, v in zip(names, self.iou)}}
+
+
+def score_text(value: float | None, sign: str = "") -> str:
+    """A score in percent (mIoU, an IoU, their change; ``sign="+"`` signs it) as reports print it: two decimals,
+    "-" where there is none (None, NaN: a class absent from the images)."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:{sign}.2f}"

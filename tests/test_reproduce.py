@@ -90,6 +90,11 @@ def test_report_puts_the_final_miou_beside_the_papers():
     text = format_report(report)
     assert "| latest.pth, iteration 160000 (final: the paper-comparable figure) | 43.70 | 44.2 | -0.50 |" in text
     assert "best.pth, iteration 144000" in text and "every validation image" in text
+    assert "| offseg-t.fp16.plan (offseg-validate: the same protocol, windows at the exported size) | 43.65 | | -0.05 " \
+        "vs PyTorch 43.70, within offseg-validate's bound |" in text
+    text = format_report(ReproduceReport(**{**report.__dict__, "final_miou": 44.5, "exported_miou": 44.5,
+                                            "exported_pytorch_miou": 44.5}))
+    assert "| 44.50 | 44.2 | +0.30 |" in text and "| 44.50 | | +0.00 vs PyTorch 44.50" in text  # signed changes
 
 
 @pytest.mark.parametrize("sent, raised, received", [(signal.SIGTERM, Terminated, "SIGTERM"),
