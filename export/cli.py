@@ -63,22 +63,27 @@ def _checkpoint_model(path: Path) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=2)
-def _onnx_metadata(path: Path) -> dict[str, str]:
-    """The offseg metadata of an ONNX file, read once per run: the engine's name needs its precision before the
-    build; empty when the file cannot be read, which the build then says."""
+def _loaded_onnx(args: argparse.Namespace):
+    """The --onnx file's graph and offseg metadata, read once per run and kept on ``args``: the engine's name needs
+    its precision before the export starts, which uses the graph."""
     from calibration.files import load_onnx, read_metadata
-    try:
-        return read_metadata(load_onnx(path))
-    except OffsegError:
-        return {}
+
+    if getattr(args, "onnx_loaded", None) is None:
+        graph = load_onnx(args.onnx)
+        args.onnx_loaded = (graph, read_metadata(graph))
+    return args.onnx_loaded
 
 
 def _source_precision(args: argparse.Namespace) -> str:
     """The precision of the graph an engine is built from as given: an FP16 or INT8 (Q/DQ) --onnx file keeps its
-    own; fp32 for the FP32 export, which --fp16 / --int8 derive from."""
-    return _onnx_metadata(args.onnx).get("offseg.precision", "fp32") if args.onnx and args.format == "engine" \
-        else "fp32"
+    own; fp32 for the FP32 export, which --fp16 / --int8 derive from, and for a file that cannot be read (the
+    export says why, after the output policy has checked the paths)."""
+    if not (args.onnx and args.format == "engine"):
+        return "fp32"
+    try:
+        return _loaded_onnx(args)[1].get("offseg.precision", "fp32")
+    except OffsegError:
+        return "fp32"
 
 
 def _model_name(args: argparse.Namespace) -> str:
@@ -132,12 +137,9 @@ def _export_torch(args: argparse.Namespace, model, name: str, onnx_path: Path) -
 
 def _read_onnx_source(args: argparse.Namespace):
     """The --onnx file (checked: an offseg export), with its metadata; OffsegError beside --model/--checkpoint."""
-    from calibration.files import load_onnx, read_metadata
-
     if args.checkpoint or args.model:
         raise OffsegError("--onnx builds from an exported file: drop --model/--checkpoint")
-    graph = load_onnx(args.onnx)
-    meta = read_metadata(graph)
+    graph, meta = _loaded_onnx(args)
     _check_profile(args, meta.get("offseg.input_size") == "dynamic", f"{args.onnx.name} (input "
                    f"{meta.get('offseg.input_size')})")
     return graph, meta
@@ -250,7 +252,7 @@ def _check_unused_options(args: argparse.Namespace) -> None:
     if source == "fp16" and args.int8:
         raise OffsegError(f"--onnx {args.onnx} is the FP16 model, and --int8 calibrates the FP32 export: give the file "
                           "it was made from")
-    if source == "int8" and _onnx_metadata(args.onnx).get("offseg.int8_target") == "onnxruntime":
+    if source == "int8" and _loaded_onnx(args)[1].get("offseg.int8_target") == "onnxruntime":
         raise OffsegError(f"--onnx {args.onnx} is quantized for ONNX Runtime (int32 biases through DequantizeLinear, "
                           "which TensorRT's ONNX parser rejects): quantize the FP32 export for TensorRT "
                           "(offseg-calibrate --target tensorrt, or offseg-export --int8)")
@@ -468,7 +470,7 @@ def _build(args, engine_options, meta: dict[str, str], fp32_path: Path, files: d
         source = files["int8"]
         _int8_onnx(args, fp32_path, source, calib_key)
     engine = files["engine"]
-    graph = load_onnx(source)
+    graph = _loaded_onnx(args)[0] if source == args.onnx else load_onnx(source)
     pins = pinned_nodes(graph, engine_options.pins) if plan.pin_layers else []
     print(f"building the {engine_options.precision} engine with {builder.caps.module} {builder.caps.version} "
           f"({'; '.join(plan.notes) or 'builder precision flags'}) ...")
