@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 import time
+from pathlib import Path
 
 from .backends import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES
 from .console import add_common_options, add_engine_host_code_option, add_hidden_aliases, given, run
@@ -223,10 +224,22 @@ def _open_model(args: argparse.Namespace):
                         allow_engine_host_code=args.allow_engine_host_code)
 
 
+def _write_summary(path: Path, stats, failure: OffsegError | None) -> None:
+    """Write the run's summary; after a failed run, one that cannot be written (the same full disk) is only noted,
+    and the run's own error follows."""
+    from .sinks import write_file
+    try:
+        write_file(path, json.dumps(stats.summary(), indent=2) + "\n")
+    except OffsegError as error:
+        if failure is None:
+            raise
+        print(f"warning: no summary either: {error}", file=sys.stderr, flush=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     from .draw import annotate, class_names, palette_for
     from .pipeline import Pipeline, RunStats
-    from .sinks import MaskSink, OverlaySink, WindowSink, write_file
+    from .sinks import MaskSink, OverlaySink, WindowSink
 
     writer = _check_arguments(args)
     backend = _open_model(args)
@@ -285,33 +298,41 @@ def _run(args: argparse.Namespace) -> int:
         bar.update(1, fps=f"{fps:.1f}")
         return window.show(image) if window else True
 
-    interrupted = None
+    interrupted = failure = None
+    unfinished = []
     try:
         pipeline.run(source, consume, stats)
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: later ones are ignored while the outputs finish
         interrupted = interrupt
         take(interrupt)
         print(f"{stats.stop_reason}: finishing the outputs", flush=True)
+    except OffsegError as error:  # a full disk, a failing model: what was done is still finished and reported
+        failure = error
     finally:
         bar.close()  # the source is closed by the pipeline's reader
         backend.close()
-        if video:
-            video.close()
-        if bag:
-            bag.close()
-        if window:
-            window.close()
+        for output in (video, bag, window):
+            try:
+                if output:
+                    output.close()
+            except OffsegError as error:  # e.g. a video the full disk cut short: removed, the previous one kept
+                failure = failure or error
+                unfinished.append(output)
+    if failure is not None:
+        stats.error, stats.stop_reason = str(failure), "an error (below)"
     print(stats.table())
-    if video:
+    if video and video not in unfinished:
         print(f"wrote {video.path} ({counted(video.frames, 'frame')})")
     if masks:
         print(f"wrote {counted(masks.written, 'label PNG')} to {masks.folder}")
     if overlays:
         print(f"wrote {counted(overlays.written, 'annotated JPEG')} to {overlays.folder}")
-    if bag:
+    if bag and bag not in unfinished:
         print(f"wrote {bag.path} ({counted(bag.frames, 'frame')}, {source.storage})")
     if args.summary:
-        write_file(args.summary, json.dumps(stats.summary(), indent=2) + "\n")
+        _write_summary(args.summary, stats, failure)
+    if failure is not None:
+        raise failure
     if _saves_nothing(args):
         print(f"this run {NOTHING_SAVED}")
     if interrupted is not None:

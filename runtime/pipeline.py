@@ -50,6 +50,7 @@ class RunStats:
     skips: list[dict] = field(default_factory=list)  # at the end: the source's listed skips, then the too small
     seconds: float = 0.0
     stop_reason: str = ""
+    error: str | None = None  # the error that ended the run, if one did
     stage_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     latency_ms: list[float] = field(default_factory=list)
 
@@ -63,7 +64,7 @@ class RunStats:
                     "p95": float(np.percentile(values, 95))} if values else None
         return {"frames": self.frames, "skipped": self.skipped, "skipped_frames": self.skips,
                 "seconds": round(self.seconds, 3),
-                "fps": round(self.fps, 2), "stop_reason": self.stop_reason,
+                "fps": round(self.fps, 2), "stop_reason": self.stop_reason, "error": self.error,
                 "latency_ms": describe(self.latency_ms),
                 "stages_ms": {s: describe(self.stage_ms[s]) for s in STAGES if self.stage_ms.get(s)}}
 

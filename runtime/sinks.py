@@ -69,6 +69,8 @@ def atomic_output(path: str | os.PathLike, folder: bool = False, size: int | Non
         elif tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+        if isinstance(error, OffsegError) and holder is not None:  # about a file inside: name where it was going
+            raise OffsegError(str(error).replace(str(tmp), str(path))) from error
         if isinstance(error, OSError) and error.errno in DISK_FULL:
             raise OffsegError(disk_full_message(path, size, written)) from error
         if isinstance(error, OSError):

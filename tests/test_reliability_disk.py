@@ -59,6 +59,17 @@ def test_a_full_disk_keeps_the_previous_file_and_says_what_it_needs(tmp_path, fu
     assert target.read_text() == "previous" and os.listdir(tmp_path) == ["scores.json"]
 
 
+def test_a_full_disk_inside_a_package_folder_names_the_final_path(tmp_path, full_disk):
+    """A Triton repository or DeepStream package is built in a hidden temporary folder: the sentence names where
+    the file was going, not that folder."""
+    with pytest.raises(OffsegError) as error:
+        with sinks.atomic_output(tmp_path / "repo", folder=True) as tmp:
+            write_file(tmp / "offseg-t" / "1" / "model.onnx", "x" * 10_000)
+    assert str(error.value).startswith(f"cannot write {tmp_path / 'repo' / 'offseg-t' / '1' / 'model.onnx'}: ")
+    assert_disk_full_sentence(str(error.value), tmp_path / "repo" / "offseg-t" / "1", 10_000)
+    assert "partial" not in str(error.value) and os.listdir(tmp_path) == []
+
+
 def test_masks_on_a_full_disk_blame_the_disk_not_the_encoder(tmp_path, full_disk):
     sink = MaskSink(tmp_path / "masks")
     with pytest.raises(OffsegError) as error:

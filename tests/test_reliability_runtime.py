@@ -19,6 +19,7 @@ from exported import export_small_model
 from offseg.data.synthetic import write_video
 from runtime.backends import open_backend
 from runtime.cli import main as run_main
+from runtime.errors import OffsegError
 from runtime.interrupts import STOP_SIGNALS, stop_signals
 from runtime.pipeline import Pipeline, RunStats
 from runtime.sinks import VideoSink, atomic_output
@@ -285,6 +286,46 @@ def test_images_with_one_stem_keep_every_mask_and_the_count_is_true(onnx_model, 
     assert "wrote 3 label PNGs" in capsys.readouterr().out
 
 
+FULL = "cannot write F: the disk holding D is full (9 bytes needed, 0 bytes free)"
+
+
+@pytest.mark.parametrize("fails", ["third mask", "video", "third mask and summary"])
+def test_a_run_ended_by_an_error_still_finishes_and_reports_its_outputs(onnx_model, video, tmp_path, capsys,
+                                                                        monkeypatch, fails):
+    from runtime import sinks
+    mask_write, written = sinks.MaskSink.write, []
+
+    def write_mask(sink, name, labels):
+        if "mask" in fails and len(written) == 2:
+            if "summary" in fails:  # nothing can be written there any more
+                summary.mkdir()
+            raise OffsegError(FULL)
+        written.append(name)
+        return mask_write(sink, name, labels)
+
+    def fail(*args):
+        raise OffsegError(FULL)
+
+    monkeypatch.setattr(sinks.MaskSink, "write", write_mask)
+    if "video" in fails:
+        monkeypatch.setattr(sinks, "finish_video", fail)
+    summary = tmp_path / "summary.json"
+    assert run_main(["--engine", str(onnx_model), "--video", str(video), "--output", str(tmp_path / "out.mp4"),
+                     "--save-masks", str(tmp_path / "m"), "--summary", str(summary), "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[-1] == f"error: {FULL}" and "Traceback" not in err
+    frames = 2 if "mask" in fails else 3
+    assert f"{frames} frames in" in out and f"wrote {frames} label PNGs" in out
+    assert (f"wrote {tmp_path / 'out.mp4'} (2 frames)" in out) == ("mask" in fails)
+    if "mask" in fails:  # the frames before the error are a whole video, not a partial file
+        assert frame_count(tmp_path / "out.mp4") == 2 and not partial_files(tmp_path)
+    if "summary" in fails:
+        assert f"warning: no summary either: cannot write {summary}: Is a directory" in err
+    else:
+        recorded = json.loads(summary.read_text())
+        assert recorded["frames"] == frames and recorded["error"] == FULL
+
+
 def test_overlays_are_the_annotated_frames_named_like_the_masks(onnx_model, tmp_path, capsys):
     from runtime.draw import annotate, palette_for
     images = tmp_path / "images"
@@ -459,7 +500,6 @@ def test_an_mp4_that_does_not_open_says_whether_it_is_cut_short_or_unfinished(on
     """A copy cut short (inside the frames or inside the index), a recording killed before it wrote its index (the
     frames' box whole, or of size 0 as a recorder leaves it); a whole MP4 and an AVI have nothing to say."""
     from calibration.sources import calibration_images
-    from runtime.errors import OffsegError
     from runtime.video_header import mp4_problem
     data = video.read_bytes()
     boxes = _boxes(data)
@@ -652,14 +692,12 @@ def forged(onnx_model, tmp_path, **props):
     ({"input_layout": "nhwc"}, "offseg.input_format 'float32 normalized RGB NCHW' contradicts offseg.input_layout"),
 ])
 def test_forged_onnx_metadata_is_refused_in_one_sentence(onnx_model, tmp_path, props, message):
-    from runtime.errors import OffsegError
     with pytest.raises(OffsegError, match=message.replace("[", r"\[").replace("(", r"\(")):
         open_backend(forged(onnx_model, tmp_path, **props))
 
 
 def test_an_engine_sidecar_of_the_wrong_shape_is_refused(tmp_path):
     from runtime.engine_meta import read_sidecar
-    from runtime.errors import OffsegError
     engine = tmp_path / "m.plan"
     engine.write_bytes(b"plan")
     for content, message in (("[1, 2]", "not a JSON object"), ('{"format": "offseg-engine/1", "num_classes": "x"}',
