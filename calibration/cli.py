@@ -110,7 +110,7 @@ def _validate(args: argparse.Namespace) -> int:
     from offseg.protocol import TestProtocol
     from runtime.backends import open_backend
 
-    from .report import write_report
+    from .report import report_content, write_report
     from .validate import at_input_size, compare, engine_infer
 
     if args.max_miou_drop is not None and not 0 <= args.max_miou_drop < math.inf:
@@ -147,15 +147,15 @@ def _validate(args: argparse.Namespace) -> int:
         result = compare(dataset, reference, engine, protocol, labels_only, args.eval_images,
                          progress=not args.debug)
     bound = args.max_miou_drop if args.max_miou_drop is not None else (1.0 if "int8" in info.precision else 0.1)
-    report = write_report(args.report, result, dataset.classes, palette_source=info, engine=str(artifact),
-                          precision=info.precision, model=name, dataset=args.dataset, bound=bound,
-                          backend=backend.description)
+    report = report_content(result, dataset.classes, engine=str(artifact), precision=info.precision, model=name,
+                            dataset=args.dataset, bound=bound, backend=backend.description)
     summary = report["summary"]
     print(f"{name} on {args.dataset} {args.split} ({counted(result.images, 'image')}, {how}"
           f"{', labels compared' if result.labels_only else ''}): PyTorch mIoU {summary['reference_miou']:.2f}, "
           f"{artifact.name} ({info.precision}) {summary['engine_miou']:.2f}, delta {summary['miou_delta']:+.2f}, "
           f"pixel agreement {summary['pixel_agreement']:.3f}%"
           + (f", max |logit diff| {summary['max_logit_diff']:.2e}" if not result.labels_only else ""))
+    write_report(args.report, report, result, dataset.classes, palette_source=info)  # after the result is shown
     print(f"wrote {args.report / 'report.md'} and report.json")
     if result.engine.missed.any():
         print(f"{int(result.engine.missed.sum())} labelled pixels got no class (nvinfer's -1: no score above "
@@ -228,10 +228,6 @@ def _fp16_check(args: argparse.Namespace) -> int:
     form = freqfusion_form_for(args.freqfusion_form, "engine")  # auto: what engines get
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     report = check_fp16(model, inputs, tolerance, progress=not args.debug, freqfusion_form=form)
-    args.report.mkdir(parents=True, exist_ok=True)
-    for file, text in (("fp16_safety.json", json.dumps(report.to_json(), indent=2)),
-                       ("fp16_safety.md", markdown(report, name))):
-        write_file(args.report / file, text)
     print(f"{name} (FreqFusion {form} form): {report.modules_checked} modules checked on "
           f"{counted(report.images, 'image')} at {height}x{width}; "
           f"{len(report.flagged)} need FP32 (tolerance {report.tolerance:.2g})")
@@ -242,6 +238,9 @@ def _fp16_check(args: argparse.Namespace) -> int:
           f"{describe_whole(report.whole_fp16_pinned)}")
     if report.pins:
         print("build with: offseg-export ... --fp16 " + " ".join(f"--keep-fp32 '{rule}'" for rule in report.pins))
+    for file, text in (("fp16_safety.json", json.dumps(report.to_json(), indent=2)),  # after the result is shown
+                       ("fp16_safety.md", markdown(report, name))):
+        write_file(args.report / file, text)
     print(f"wrote {args.report / 'fp16_safety.md'} and fp16_safety.json")
     return 0
 

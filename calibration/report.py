@@ -88,12 +88,8 @@ def _number(value: float):
     return None if value is None or math.isnan(value) else round(float(value), 4)
 
 
-def write_report(folder: Path, result: Comparison, classes: tuple[str, ...], palette_source, **about) -> dict:
-    """Write report.json, report.md and sample_<i>.png under ``folder``; returns the JSON content."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OffsegError(f"cannot create the report folder {folder}: {error.strerror}") from None
+def report_content(result: Comparison, classes: tuple[str, ...], **about) -> dict:
+    """report.json's content: ``about`` (engine, precision, model, ...), the summary and the per-class IoU."""
     reference, engine = result.reference.scores(), result.engine.scores()
     per_class = [{"class": name, "reference_iou": _number(100 * r), "engine_iou": _number(100 * e),
                   "delta": _number(100 * (e - r))} for name, r, e in zip(classes, reference.iou, engine.iou)]
@@ -103,7 +99,16 @@ def write_report(folder: Path, result: Comparison, classes: tuple[str, ...], pal
                "engine_aacc": 100 * engine.aacc, "pixel_agreement": 100 * result.agreement,
                "max_logit_diff": None if result.labels_only else result.max_logit_diff,
                "seconds_per_image": {k: v / max(result.images, 1) for k, v in result.seconds.items()}}
-    content = {**about, "summary": summary, "per_class": per_class}
+    return {**about, "summary": summary, "per_class": per_class}
+
+
+def write_report(folder: Path, content: dict, result: Comparison, classes: tuple[str, ...], palette_source) -> None:
+    """Write report.json, report.md and sample_<i>.png of ``content`` (``report_content``) under ``folder``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OffsegError(f"cannot create the report folder {folder}: {error.strerror}") from None
+    about, summary, per_class = content, content["summary"], content["per_class"]
     write_file(folder / "report.json", json.dumps(content, indent=2) + "\n")
     palette = palette_for(palette_source)
     engine_title = f"{Path(str(about.get('engine'))).name} ({about.get('precision')})"
@@ -129,4 +134,3 @@ def write_report(folder: Path, result: Comparison, classes: tuple[str, ...], pal
               f"{IGNORED_NOTE}", ""]
     lines += [f"![sample {i}]({name})" for i, name in enumerate(pictures)]
     write_file(folder / "report.md", "\n".join(lines) + "\n")
-    return content

@@ -21,6 +21,7 @@ from chain import demo as demo_steps
 from chain.cli import demo_main
 from chain.demo import DemoConfig
 from offseg.data.datasets import SegmentationDataset
+from runtime.errors import OffsegError
 from runtime.metrics import ConfusionMatrix
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chain")]
@@ -138,6 +139,22 @@ def test_validate_reports_and_enforces_the_bound(demo, tmp_path, capsys):
     assert ("FAIL: the mIoU drop" in capsys.readouterr().out) == (drop > 0)
     assert validate_main(args + ["--max-miou-drop", "-1"]) == 2  # a bound no gate can hold is a user mistake
     assert "--max-miou-drop must be a number of at least 0" in capsys.readouterr().err
+
+
+def test_a_report_that_cannot_be_written_comes_after_the_result(demo, tmp_path, capsys, monkeypatch):
+    """A full disk under --report: the comparison (minutes on a real dataset) is printed before the error."""
+    from calibration import report
+
+    def full(path, data):
+        raise OffsegError(f"cannot write {path}: the disk holding {path.parent} is full")
+    monkeypatch.setattr(report, "write_file", full)
+    workdir, _, _ = demo
+    assert validate_main(["--engine", str(workdir / "model.onnx"), "--checkpoint",
+                          str(workdir / "train" / "latest.pth"), "--eval-images", "2", "--report",
+                          str(tmp_path / "r")]) == 2
+    out, err = capsys.readouterr()
+    assert "PyTorch mIoU" in out and "model.onnx (fp32)" in out and "wrote" not in out
+    assert f"error: cannot write {tmp_path / 'r' / 'report.json'}: the disk" in err
 
 
 def test_a_checkpoint_of_other_classes_is_refused_before_the_demo_writes_anything(tmp_path, capsys):

@@ -220,6 +220,20 @@ def test_cli_writes_the_report_and_suggests_flags(checkpoint, tmp_path, capsys):
     assert report["freqfusion_form"] == "taps" and "FreqFusion taps form" in out  # auto: what engines get
 
 
+def test_a_report_that_cannot_be_written_comes_after_the_result(checkpoint, tmp_path, capsys, monkeypatch):
+    from runtime import sinks
+    from runtime.errors import OffsegError
+
+    def full(path, data):
+        raise OffsegError(f"cannot write {path}: the disk is full")
+    monkeypatch.setattr(sinks, "write_file", full)
+    assert fp16_check_main(["--checkpoint", str(checkpoint), "--calib-images", "1", "--input-size", "64", "64",
+                            "--report", str(tmp_path / "r")]) == 2
+    out, err = capsys.readouterr()
+    assert "need FP32" in out and "whole model in FP16" in out and "wrote" not in out
+    assert f"error: cannot write {tmp_path / 'r' / 'fp16_safety.json'}: the disk is full" in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--input-size", "100", "100"], "positive multiples of 32"),
     (["--calib-images", "0"], "--calib-images must be at least 1"),
