@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 TO_BGR = "videoconvert ! video/x-raw,format=BGR"
 NVMM_TO_BGR = f"nvvidconv ! video/x-raw,format=BGRx ! {TO_BGR}"  # NVMM (GPU) memory to system memory, then BGR
+UPRIGHT = "videoflip video-direction=auto"  # by the orientation tag (a phone's portrait video), as OpenCV turns it
 LIVE_APPSINK = "appsink sync=false max-buffers=2 drop=true"  # newest frames: a slow model never lags behind
 FILE_APPSINK = "appsink sync=false max-buffers=4"  # every frame: the appsink holds the decoder back
 HARDWARE_DECODER = "nvv4l2decoder"
@@ -38,6 +39,7 @@ PACKAGES = {  # where a missing element comes from
     "videoconvert": "gstreamer1.0-plugins-base", "appsink": "gstreamer1.0-plugins-base",
     "decodebin": "gstreamer1.0-plugins-base", "filesrc": "libgstreamer1.0-0",
     "rtspsrc": "gstreamer1.0-plugins-good", "v4l2src": "gstreamer1.0-plugins-good",
+    "videoflip": "gstreamer1.0-plugins-good",
 }
 NOT_NEGOTIATED = ("the elements could not agree on a format; the appsink takes BGR, so end the pipeline with "
                   f"'{TO_BGR} ! appsink'")
@@ -110,9 +112,9 @@ def usb_camera_pipeline(index: int) -> str:
 
 def decode_pipeline(source: str, hardware: bool, live: bool) -> str:
     """``source`` (an element description) decoded by ``nvv4l2decoder`` (any codec it takes, after ``parsebin``)
-    or in software by ``decodebin``, then BGR."""
+    or in software by ``decodebin``, then BGR, turned upright by its orientation tag."""
     decode = f"parsebin ! {HARDWARE_DECODER} ! {NVMM_TO_BGR}" if hardware else f"decodebin ! {TO_BGR}"
-    return f"{source} ! {decode} ! {LIVE_APPSINK if live else FILE_APPSINK}"
+    return f"{source} ! {decode} ! {UPRIGHT} ! {LIVE_APPSINK if live else FILE_APPSINK}"
 
 
 def stream_element(url: str) -> str:
@@ -304,6 +306,7 @@ def gstreamer_source(gst: str | None = None, csi_camera: int | None = None, csi_
     decoding = (f"hardware decode ({HARDWARE_DECODER})" if hardware
                 else f"software decode (decodebin; no {HARDWARE_DECODER} here)")
     required = ["parsebin", HARDWARE_DECODER, "nvvidconv"] if hardware else ["decodebin", "videoconvert"]
+    required.append("videoflip")
     if video is not None:
         if not Path(video).is_file():
             raise OffsegError(f"video {video} does not exist")

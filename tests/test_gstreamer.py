@@ -3,8 +3,10 @@
 mid-stream (reconnect) and stalls (timeout)."""
 import threading
 import time
+from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from runtime.errors import OffsegError
@@ -22,10 +24,11 @@ def test_preset_pipelines_are_the_platform_s_elements_in_order():
     assert "width" not in csi_camera_pipeline(0)
     hardware = decode_pipeline(stream_element("rtsp://cam/live"), hardware=True, live=True)
     assert hardware.index("rtspsrc") < hardware.index("parsebin ! nvv4l2decoder ! nvvidconv") < hardware.index(
-        "format=BGR ! appsink")
+        "format=BGR ! videoflip video-direction=auto ! appsink")
     assert "drop=true" in hardware and "latency=200" in hardware
     software = decode_pipeline('filesrc location="a b.mp4"', hardware=False, live=False)
     assert "decodebin ! videoconvert" in software and "nvv4l2decoder" not in software and "drop=true" not in software
+    assert "format=BGR ! videoflip video-direction=auto ! appsink" in software  # upright by the orientation tag
     assert usb_camera_pipeline(2).startswith("v4l2src device=/dev/video2 ! videoconvert")
     assert stream_element("http://x/y.mjpg").startswith('urisourcebin uri="http://x/y.mjpg"')
 
@@ -193,6 +196,41 @@ def test_a_video_through_gstreamer_gives_the_frames_opencv_reads(gst, onnx_model
     assert code == 0 and "software decode (decodebin; no nvv4l2decoder here)" in stdout, err
     frames, _ = frames_of(out)
     assert len(frames) == 8 and frames[0].shape == (90, 160, 3)
+
+
+def _turned_a_quarter(video: Path) -> None:
+    """Give ``video``'s track the display matrix of a phone held upright (90 degrees clockwise), as in its tkhd."""
+    import struct
+    data = bytearray(video.read_bytes())
+    tkhd = data.index(b"tkhd")
+    assert data[tkhd + 4] == 0  # version 0: 32-bit times; the matrix follows 36 bytes of fields
+    matrix = tkhd + 4 + 4 + 20 + 8 + 8
+    assert struct.unpack(">9i", data[matrix:matrix + 36]) == (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    data[matrix:matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    video.write_bytes(bytes(data))
+
+
+def _gst_frames(video: str) -> list:
+    from runtime.gstreamer import gstreamer_source
+    source = gstreamer_source(video=Path(video))
+    try:
+        return [frame.image for frame in source.frames()]
+    finally:
+        source.close()
+
+
+@pytest.mark.slow
+def test_a_phone_video_turned_by_its_orientation_tag_reads_upright_as_opencv_reads_it(gst, tmp_path):
+    """OpenCV turns such a video upright; GStreamer's decodebin did not (the model saw it lying on its side)."""
+    from offseg.data.synthetic import write_video
+    video = tmp_path / "portrait.mp4"
+    write_video(video, seed=2, frames=4, height=90, width=160, fps=8)
+    _turned_a_quarter(video)
+    opencv, _ = frames_of(video)
+    assert opencv[0].shape == (160, 90, 3)  # OpenCV applies the tag
+    frames = in_fresh_process(_gst_frames, str(video))
+    assert [f.shape for f in frames] == [f.shape for f in opencv]
+    assert max(np.abs(f.astype(int) - o).mean() for f, o in zip(frames, opencv)) < 3  # two decoders, one picture
 
 
 class RtspServer:
