@@ -22,30 +22,37 @@ COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 LABEL_INFO = "vision_msgs/msg/LabelInfo"
 VISION_CLASS = "vision_msgs/msg/VisionClass"
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
-CHANNELS = {"bgr8": 3, "rgb8": 3, "mono8": 1}  # the raw encodings read
+# The raw encodings read (sensor_msgs/image_encodings): bytes per pixel and OpenCV's conversion to BGR. RGBA/BGRA
+# come from ZED and some industrial cameras, Bayer from machine-vision drivers (ROS's rggb = OpenCV's BayerBG, as
+# cv_bridge converts), packed YUV 4:2:2 from usb_cam (yuv422 is UYVY, yuv422_yuy2 is YUYV).
+RAW_ENCODINGS = {
+    "bgr8": (3, None), "rgb8": (3, cv2.COLOR_RGB2BGR), "mono8": (1, cv2.COLOR_GRAY2BGR),
+    "bgra8": (4, cv2.COLOR_BGRA2BGR), "rgba8": (4, cv2.COLOR_RGBA2BGR),
+    "bayer_rggb8": (1, cv2.COLOR_BayerBG2BGR), "bayer_bggr8": (1, cv2.COLOR_BayerRG2BGR),
+    "bayer_gbrg8": (1, cv2.COLOR_BayerGR2BGR), "bayer_grbg8": (1, cv2.COLOR_BayerGB2BGR),
+    "yuv422": (2, cv2.COLOR_YUV2BGR_UYVY), "yuv422_yuy2": (2, cv2.COLOR_YUV2BGR_YUY2),
+}
 COLOUR_ENCODINGS = ("rgb8", "bgr8")
 MONO8_CLASSES = 255  # 255 itself is vision_msgs' UNLABELED id for uint8
 
 
 def raw_to_bgr(msg) -> np.ndarray:
-    """A ``sensor_msgs/Image`` (bgr8, rgb8 or mono8; rows may be padded to ``step``) -> (H, W, 3) uint8 BGR.
+    """A ``sensor_msgs/Image`` in one of ``RAW_ENCODINGS`` (rows may be padded to ``step``) -> (H, W, 3) uint8 BGR.
 
     Raises OffsegError for another encoding or a size that its data does not hold."""
-    channels = CHANNELS.get(msg.encoding)
-    if channels is None:
-        raise OffsegError(f"image encoding {msg.encoding!r} is not supported; publish bgr8, rgb8 or mono8 images "
-                          "or a CompressedImage")
+    if msg.encoding not in RAW_ENCODINGS:
+        raise OffsegError(f"image encoding {msg.encoding!r} is not supported; publish one of "
+                          f"{', '.join(RAW_ENCODINGS)} (8 bits per channel) or a CompressedImage")
+    channels, conversion = RAW_ENCODINGS[msg.encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     data = np.frombuffer(msg.data, np.uint8)
     if not height or not width or step < width * channels or data.size < step * height:
         raise OffsegError(f"a {width}x{height} {msg.encoding} image needs a step of at least {width * channels} "
                           f"and step x height bytes, but has step {step} and {data.size} bytes")
+    if channels == 2 and width % 2:
+        raise OffsegError(f"a {msg.encoding} image has pixels in pairs, but this one is {width} wide")
     pixels = data[:step * height].reshape(height, step)[:, :width * channels].reshape(height, width, channels)
-    if msg.encoding == "rgb8":
-        return cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    if msg.encoding == "mono8":
-        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
-    return pixels.copy()
+    return pixels.copy() if conversion is None else cv2.cvtColor(pixels, conversion)
 
 
 def compressed_to_bgr(msg) -> np.ndarray:
