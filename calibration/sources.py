@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.errors import OffsegError
 from runtime.preprocess import MEAN_RGB, STD_RGB, to_model_input
-from runtime.sources import IMAGE_SUFFIXES, read_image, warn_if_cut_short
+from runtime.sources import IMAGE_SUFFIXES, read_image, unread_photos, warn_if_cut_short
 from runtime.video_header import mp4_problem
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,9 @@ def _sampled_files(source: str | Path, count: int) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
-            raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {path}")
+            photos = unread_photos([p for p in path.rglob("*") if p.is_file()])
+            raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {path}"
+                              + (f"; it holds {photos}" if photos else ""))
         return _evenly(files, count)
     if path.is_file():
         return [path]

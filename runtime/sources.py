@@ -29,7 +29,11 @@ from .video_header import mp4_problem
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Read by OpenCV's imread (GIF and AVIF since OpenCV 4.11; an older OpenCV says it cannot read the file)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".ppm", ".pgm", ".pbm",
+                  ".pnm", ".gif", ".avif")
+# Photos OpenCV does not decode: HEIC/HEIF (iPhones), JPEG XL, camera raw (DNG of drones and phones, makers' raw)
+UNREAD_PHOTO_SUFFIXES = (".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")
 NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 RECONNECT_WINDOW_SECONDS = 60.0
@@ -312,19 +316,34 @@ def open_source(video: Path | None = None, camera: int | None = None, stream: st
         folder = Path(images)
         if not folder.is_dir():
             raise OffsegError(f"image folder {folder} does not exist")
-        paths = image_paths(folder, recursive)
+        files = folder_files(folder, recursive)
+        paths = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         if not paths:
-            _no_images_here(folder, recursive)
+            _no_images_here(folder, recursive, unread_photos(files))
+        if unread_photos(files):
+            log.warning("note: left out %s", unread_photos(files))
         return ImageFiles(paths, f"{folder} and its subfolders" if recursive else str(folder), folder)
     raise OffsegError("no input: give --video, --camera, --stream, --image or --images")
 
 
-def image_paths(folder: Path, recursive: bool = False) -> list[Path]:
-    """The images in ``folder`` (with ``recursive``, in its subfolders too, following links to folders but never
-    into one twice), sorted by their path below ``folder``; a folder named like an image is a subfolder. A
-    subfolder that cannot be read is skipped with a warning."""
+def unread_photos(files: list[Path]) -> str:
+    """'' or the photos among ``files`` in formats OpenCV does not decode (which a run leaves out), counted and
+    named, with what to do."""
+    photos = [p for p in files if p.suffix.lower() in UNREAD_PHOTO_SUFFIXES]
+    if not photos:
+        return ""
+    kinds = ", ".join(sorted({p.suffix.lower() for p in photos}))
+    return (f"{counted(len(photos), 'photo')} ({kinds}, e.g. {photos[0].name}) in a format OpenCV does not read: "
+            "convert them to JPEG or PNG (heif-convert for HEIC, or a camera's JPEG setting)")
+
+
+def folder_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The files in ``folder`` (with ``recursive``, in its subfolders too, following links to folders but never
+    into one twice), sorted by their path below ``folder``. A subfolder that cannot be read is skipped with a
+    warning."""
     if not recursive:
-        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+        with os.scandir(folder) as entries:  # the entry knows whether it is a folder: no stat per file
+            return sorted(Path(entry.path) for entry in entries if not entry.is_dir())
     found, seen = [], set()
 
     def unreadable(error: OSError) -> None:
@@ -337,7 +356,7 @@ def image_paths(folder: Path, recursive: bool = False) -> list[Path]:
             continue
         seen.add(real)
         subfolders.sort()  # walked in order: of two ways to one folder, the first in sorted order names its images
-        found += [Path(top, name) for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+        found += [Path(top, name) for name in files]
     return sorted(found, key=lambda path: path.relative_to(folder).parts)
 
 
@@ -357,12 +376,13 @@ def shown_subfolders(names: list[str]) -> str:
     return ", ".join(names[:SHOWN_SUBFOLDERS]) + (" ..." if len(names) > SHOWN_SUBFOLDERS else "")
 
 
-def _no_images_here(folder: Path, recursive: bool) -> None:
+def _no_images_here(folder: Path, recursive: bool, photos: str) -> None:
     """OffsegError for an --images folder without images, naming (when its subfolders are not read) the subfolders
-    that hold some."""
+    that hold some, and the ``unread_photos`` sentence."""
+    photos = f"; it holds {photos}" if photos else ""
     if recursive:
-        raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder} or its subfolders")
+        raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder} or its subfolders{photos}")
     holding = subfolders_with_images(folder)
     where = f"; its subfolders {shown_subfolders(holding)} hold some: give one of them, e.g. --images " \
         f"{folder / holding[0]}, or add --recursive to read them all" if holding else ""
-    raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}{where}")
+    raise OffsegError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}{where}{photos}")

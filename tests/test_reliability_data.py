@@ -43,6 +43,8 @@ def test_the_calibration_key_follows_the_images_not_the_folder_name(tmp_path):
 
 @pytest.mark.parametrize("make, message", [
     (lambda tmp: tmp.joinpath("empty").mkdir() or tmp / "empty", "no images"),
+    (lambda tmp: tmp.joinpath("iphone").mkdir() or tmp.joinpath("iphone", "IMG_1.HEIC").write_bytes(b"x") and
+     tmp / "iphone", "under IPHONE; it holds 1 photo (.heic, e.g. IMG_1.HEIC) in a format OpenCV does not read"),
     (lambda tmp: tmp / "missing", "does not exist"),
     (lambda tmp: tmp.joinpath("notes.txt").write_text("x") and tmp / "notes.txt", "neither a folder of images nor"),
 ])
@@ -52,7 +54,7 @@ def test_bad_calibration_data_fails_before_the_export(tmp_path, monkeypatch, cap
     data = make(tmp_path)
     assert export_main(["--int8", "--calib-data", str(data), "--output", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message.replace("IPHONE", str(tmp_path / "iphone")) in err and "Traceback" not in err
 
 
 def test_an_unwritable_output_folder_fails_before_the_export(monkeypatch, capsys):

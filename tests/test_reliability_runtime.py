@@ -401,8 +401,9 @@ def test_recursive_images_mirror_their_folders_in_masks_and_overlays(onnx_model,
      "--save-overlays PHOTOS is around the --images PHOTOS/day1 tree read with --recursive"),
     (["--image", "PHOTOS/day1/a.png", "--recursive"], "--recursive reads the subfolders of an --images folder; give "
      "--images FOLDER"),
-    (["--images", "PHOTOS/empty", "--recursive"], "no images (.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp) in "
-     "PHOTOS/empty or its subfolders"),
+    (["--images", "PHOTOS/empty", "--recursive"], "no images (.jpg, .jpeg, .jpe, .png, .bmp, .tif, .tiff, .webp, "
+     ".jp2, .ppm, .pgm, .pbm, .pnm, .gif, .avif) in PHOTOS/empty or its subfolders; it holds 1 photo (.heic, e.g. "
+     "IMG_0001.HEIC) in a format OpenCV does not read: convert them to JPEG or PNG"),
     (["--images", "PHOTOS"], "photos; its subfolders day1 hold some: give one of them, e.g. --images PHOTOS/day1, or "
      "add --recursive to read them all"),
 ])
@@ -411,11 +412,31 @@ def test_recursive_mistakes_are_one_sentence(onnx_model, tmp_path, capsys, argv,
     (photos / "day1").mkdir(parents=True)
     (photos / "empty" / "deeper").mkdir(parents=True)
     cv2.imwrite(str(photos / "day1" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (photos / "empty" / "deeper" / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")  # an iPhone's photo
     assert run_main(["--engine", str(onnx_model), "--no-progress",
                      *(a.replace("PHOTOS", str(photos)) for a in argv)]) == 2
     err = capsys.readouterr().err
     assert message.replace("PHOTOS", str(photos)) in err and "Traceback" not in err
     assert not any(p.suffix == ".jpg" for p in photos.rglob("*"))  # nothing written into the tree
+
+
+def test_every_format_opencv_reads_is_read_and_photos_it_cannot_are_named(onnx_model, tmp_path, caplog):
+    """PPM/PGM, JPEG 2000, GIF and AVIF were silently left out of --images; HEIC and camera raw files still are,
+    but said."""
+    images = tmp_path / "images"
+    images.mkdir()
+    picture = np.full((40, 60, 3), 90, np.uint8)
+    readable = [name for name in ("a.png", "b.ppm", "c.pgm", "d.jpe", "e.gif", "f.avif")
+                if cv2.imwrite(str(images / name), picture if name != "c.pgm" else picture[:, :, 0])]
+    assert len(readable) >= 4  # GIF and AVIF writing need OpenCV 4.11
+    for name in ("IMG_0001.HEIC", "DJI_0002.DNG", "notes.txt"):
+        (images / name).write_bytes(b"\0" * 16)
+    with caplog.at_level("WARNING", logger="runtime"):
+        assert run_main(["--engine", str(onnx_model), "--images", str(images), "--save-masks", str(tmp_path / "m"),
+                         "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(Path(n).stem + ".png" for n in readable)
+    assert "note: left out 2 photos (.dng, .heic, e.g. DJI_0002.DNG) in a format OpenCV does not read" in caplog.text
+    assert "notes.txt" not in caplog.text
 
 
 def test_frames_too_small_to_fit_are_skipped_and_counted(onnx_model, tmp_path, capsys):
