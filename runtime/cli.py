@@ -153,7 +153,8 @@ def _check_input_kind(args: argparse.Namespace) -> None:
 
     if args.video is not None and args.video.is_dir():
         raise OffsegError(f"--video {args.video} is a folder; for a folder of images use --images {args.video}")
-    if args.video is not None and args.video.is_file() and args.video.suffix.lower() in IMAGE_SUFFIXES:
+    still = set(IMAGE_SUFFIXES) - {".gif"}  # an animated GIF is a video to OpenCV
+    if args.video is not None and args.video.is_file() and args.video.suffix.lower() in still:
         raise OffsegError(f"--video {args.video} is an image; use --image {args.video}")
     if args.image is not None and args.image.is_dir():
         raise OffsegError(f"--image {args.image} is a folder; for a folder of images use --images {args.image}")

@@ -437,6 +437,8 @@ def test_every_format_opencv_reads_is_read_and_photos_it_cannot_are_named(onnx_m
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(Path(n).stem + ".png" for n in readable)
     assert "note: left out 2 photos (.dng, .heic, e.g. DJI_0002.DNG) in a format OpenCV does not read" in caplog.text
     assert "notes.txt" not in caplog.text
+    if "e.gif" in readable:  # a GIF may be an animation: --video takes it
+        assert run_main(["--engine", str(onnx_model), "--video", str(images / "e.gif"), "--no-progress"]) == 0
 
 
 def test_frames_too_small_to_fit_are_skipped_and_counted(onnx_model, tmp_path, capsys):
