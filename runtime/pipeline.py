@@ -244,6 +244,8 @@ class Pipeline:
         finally:
             stop.set()
             source.stop()
+            if hasattr(self.backend, "cancel"):  # a backend that may wait (Triton's, for a server to come back)
+                self.backend.cancel()
             inferer.join(timeout=JOIN_SECONDS)  # before the engine and the sinks close: no inference may be running
             reader.join(timeout=READ_STOP_SECONDS)  # the reader only touches the source, which it closes itself
             if reader.is_alive():

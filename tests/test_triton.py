@@ -5,7 +5,10 @@ model_config_pb2 and protobuf's text format) and state the ONNX graph's I/O and 
 (``tests/triton_server.py``); without PyPI these tests skip."""
 import contextlib
 import io
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,7 +19,7 @@ from exported import export_small_model
 from export.cli import main as export_main
 from runtime.backends import ModelInfo
 from triton_server import (install_perf_analyzer, install_server, install_server_python, install_tritonclient,
-                           serving)
+                           serving, start_server, stop_server)
 
 SIZE = (64, 96)
 pytestmark = pytest.mark.xdist_group("triton")
@@ -126,17 +129,27 @@ def masks(folder):
     return {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(folder.iterdir())}
 
 
+@pytest.fixture(scope="module")
+def python_repository(tmp_path_factory):
+    """A Python-backend repository (ONNX Runtime inside; what pytriton's tritonserver can serve) and what
+    offseg-export printed."""
+    folder = tmp_path_factory.mktemp("python-repo")
+    checkpoint, _ = export_small_model(folder, input_size=SIZE)
+    repository = folder / "repo"
+    code, stdout, err = offseg_export("--checkpoint", checkpoint, "--input-size", *SIZE, "--format", "triton",
+                                      "--triton-backend", "python", "--output", repository, "--no-check")
+    assert code == 0, err
+    return repository, stdout
+
+
 @pytest.mark.slow
-def test_offseg_run_on_a_real_triton_server_gives_the_onnx_files_labels(tmp_path, tritonclient, server):
+def test_offseg_run_on_a_real_triton_server_gives_the_onnx_files_labels(tmp_path, tritonclient, server,
+                                                                        python_repository):
     server, python_bin = server
     """A Python-backend repository (ONNX Runtime inside) on pytriton's tritonserver: HTTP and gRPC clients get the
     masks the local ONNX file gives, frame for frame; perf_analyzer reaches the model; the server is stopped."""
     from offseg.data.synthetic import render_scene
-    checkpoint, _ = export_small_model(tmp_path, input_size=SIZE)
-    repository = tmp_path / "repo"
-    code, stdout, err = offseg_export("--checkpoint", checkpoint, "--input-size", *SIZE, "--format", "triton",
-                                      "--triton-backend", "python", "--output", repository, "--no-check")
-    assert code == 0, err
+    repository, stdout = python_repository
     assert "offseg-t/1/model.onnx, offseg-t/1/model.py" in stdout
     assert f"wrote {repository}/offseg-t/1/model.onnx (" in stdout and ".partial" not in stdout  # where it lies
     images = tmp_path / "images"
@@ -168,6 +181,82 @@ def test_offseg_run_on_a_real_triton_server_gives_the_onnx_files_labels(tmp_path
         assert "Throughput:" in report.stdout and "infer/sec" in report.stdout
     code, _, err = offseg_run("--triton", f"http://127.0.0.1:{http}", "--images", images)
     assert code == 2 and f"no Triton server answers at http://127.0.0.1:{http}" in err
+
+
+@pytest.mark.slow
+def test_a_server_that_restarts_mid_run_is_waited_for_and_no_frame_is_lost(tmp_path, tritonclient, server,
+                                                                            python_repository, caplog, monkeypatch):
+    """The server crashes (SIGKILL) after a few frames and comes back on its ports: HTTP and gRPC runs wait for it
+    and end with every frame's mask equal to the local ONNX file's. A server that does not come back ends the run
+    after RECOVER_SECONDS, with the masks done so far and the error in the summary. Both used to end the run at the
+    first failed request."""
+    import json
+    import threading
+
+    from offseg.data.synthetic import render_scene
+    from runtime.backends import triton_backend
+    server, python_bin = server
+    repository, _ = python_repository
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(120):
+        cv2.imwrite(str(images / f"{index:03d}.png"), render_scene(index, *SIZE)[0])
+    assert offseg_run("--engine", repository / "offseg-t" / "1" / "model.onnx", "--images", images, "--save-masks",
+                      tmp_path / "local", "--no-progress")[0] == 0
+    want = masks(tmp_path / "local")
+    processes = []
+
+    def crash_when_masks_appear(out: Path, ports, restart: bool) -> None:
+        while not (out.is_dir() and len(list(out.iterdir())) >= 5):
+            time.sleep(0.01)
+        stop_server(processes[-1], signal.SIGKILL)
+        if restart:
+            processes.append(start_server(server, repository, tmp_path / "b.log", python_bin, ports)[0])
+
+    try:
+        for protocol, restart in (("http", True), ("grpc", True), ("http", False)):
+            if not restart:
+                monkeypatch.setattr(triton_backend, "RECOVER_SECONDS", 3.0)
+            process, http, grpc = start_server(server, repository, tmp_path / "a.log", python_bin)
+            processes.append(process)
+            out = tmp_path / f"{protocol}-{restart}"
+            crasher = threading.Thread(target=crash_when_masks_appear, args=(out, (http, grpc), restart))
+            crasher.start()
+            url = f"{protocol}://127.0.0.1:{http if protocol == 'http' else grpc}"
+            caplog.clear()
+            code, _, err = offseg_run("--triton", url, "--images", images, "--save-masks", out, "--summary",
+                                      out.with_suffix(".json"), "--no-progress")
+            crasher.join()
+            assert f"the Triton server at {url} stopped answering (" in caplog.text
+            got = masks(out)
+            if restart:
+                assert code == 0, err
+                assert f"the Triton server at {url} is ready again after" in caplog.text
+                assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+            else:
+                assert code == 2 and "and was not ready again within 3 s" in err.strip().splitlines()[-1]
+                assert 5 <= len(got) < len(want) and all(np.array_equal(got[k], want[k]) for k in got)
+                assert "was not ready again" in json.loads(out.with_suffix(".json").read_text())["error"]
+            stop_server(processes[-1])
+    finally:
+        for process in processes:
+            stop_server(process)
+
+
+def test_a_request_a_ready_server_refuses_ends_the_run_without_waiting(monkeypatch):
+    from runtime.backends.triton_backend import TritonBackend
+    from runtime.errors import OffsegError
+    backend = object.__new__(TritonBackend)
+    backend.model_name, backend.url = "offseg-t", "http://h:8000"
+    asked = []
+
+    def refused(batch):
+        raise ValueError("unexpected shape for input 'images'\nmore")
+    monkeypatch.setattr(backend, "_request", refused)
+    monkeypatch.setattr(backend, "_ready", lambda fresh_client=False: asked.append(fresh_client) or True)
+    with pytest.raises(OffsegError, match="^Triton inference of offseg-t failed: unexpected shape for input 'images'$"):
+        backend.infer(np.zeros((1, 3, 8, 8), np.float32))
+    assert asked == [True]  # asked once, through a new connection
 
 
 def offseg_export(*argv) -> tuple[int, str, str]:

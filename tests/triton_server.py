@@ -113,9 +113,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serving(server: Path, repository: Path, log: Path, python_bin: Path):
-    """tritonserver on loopback ports serving ``repository``; yields (http_port, grpc_port); stopped on exit.
-    The Python backend's stub embeds Python and finds its packages through the ``python3`` in ``python_bin``."""
-    http, grpc = free_port(), free_port()
+    """tritonserver on loopback ports serving ``repository``; yields (http_port, grpc_port); stopped on exit."""
+    process, http, grpc = start_server(server, repository, log, python_bin)
+    try:
+        yield http, grpc
+    finally:
+        stop_server(process)
+
+
+def start_server(server: Path, repository: Path, log: Path, python_bin: Path,
+                 ports: tuple[int, int] | None = None) -> tuple[subprocess.Popen, int, int]:
+    """tritonserver serving ``repository`` on loopback ``ports`` (HTTP, gRPC; default free ones), once ready:
+    (process, http_port, grpc_port). The Python backend's stub embeds Python and finds its packages through the
+    ``python3`` in ``python_bin``."""
+    http, grpc = ports or (free_port(), free_port())
     env = {**os.environ, "LD_LIBRARY_PATH": str(server / "libs"),
            "PATH": f"{python_bin}{os.pathsep}{os.environ['PATH']}"}
     command = [str(server / "bin" / "tritonserver"), "--model-repository", str(repository),
@@ -125,21 +136,24 @@ def serving(server: Path, repository: Path, log: Path, python_bin: Path):
     with open(log, "w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
+    deadline = time.monotonic() + START_SECONDS
+    while not _ready(http):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_server(process)
+            raise AssertionError(f"tritonserver did not become ready:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return process, http, grpc
+
+
+def stop_server(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a ``start_server`` process group with ``sig`` (SIGKILL: a crash), at worst by SIGKILL after 20 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
     try:
-        deadline = time.monotonic() + START_SECONDS
-        while not _ready(http):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"tritonserver did not become ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield http, grpc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _ready(port: int) -> bool:

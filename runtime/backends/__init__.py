@@ -197,6 +197,9 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
+    # A backend that may wait inside ``infer`` (Triton's, for a server that stopped answering) also has
+    # ``cancel()``, which the pipeline calls when it stops, before it waits for the inference thread.
+
 
 def _how_to_make(suffix: str) -> str:
     """Advice for a missing model file that this machine can follow."""

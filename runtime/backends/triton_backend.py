@@ -5,10 +5,16 @@ Each thread gets its own client: the HTTP client runs on gevent, whose connectio
 them (the pipeline infers in a worker thread). The model's ``ModelInfo`` comes from the ``offseg.*`` parameters
 that ``offseg-export --format triton`` writes into config.pbtxt, checked against the config's I/O like a local
 file's metadata against its graph.
+
+A server that stops answering mid-run (a restart, a crash, a redeployed pod) is waited for: the failed request is
+sent again once the server and the model are ready, within ``RECOVER_SECONDS``; an error of a ready server (a
+request it refuses) ends the run at once.
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -18,6 +24,9 @@ from . import ModelInfo
 
 PROTOCOLS = {"http": "tritonclient.http", "grpc": "tritonclient.grpc"}
 NETWORK_TIMEOUT_S = 60.0  # one inference (a server that hangs longer is an error, not a stall of the run)
+RECOVER_SECONDS = 120.0  # a server that stopped answering must be ready again within this (a TensorRT model loads)
+POLL_SECONDS = 0.5  # how often a stopped server is asked whether it is ready
+log = logging.getLogger(__name__)
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -51,6 +60,10 @@ def _config(client, protocol: str, model_name: str) -> dict:
     return client.get_model_config(model_name)
 
 
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+
+
 def _models(client, protocol: str) -> list[str]:
     index = client.get_model_repository_index(**({"as_json": True} if protocol == "grpc" else {}))
     models = index.get("models", []) if isinstance(index, dict) else index
@@ -60,8 +73,9 @@ def _models(client, protocol: str) -> list[str]:
 class TritonBackend:
     def __init__(self, url: str, model_name: str | None = None):
         protocol, self.address = parse_url(url)
-        self.module, self.protocol = _client_module(protocol), protocol
+        self.url, self.module, self.protocol = url, _client_module(protocol), protocol
         self.clients, self.local = [], threading.local()
+        self.cancelled = threading.Event()
         try:
             live = self.client().is_server_live()
         except Exception as error:  # refused, unreachable, not a Triton server: the clients raise various types
@@ -105,17 +119,52 @@ class TritonBackend:
         return info
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self._request(batch)
+        except Exception as error:  # the server's error (InferenceServerException) or the connection's
+            failure = _first_line(error)
+        if self._ready(fresh_client=True):  # it answers: the request itself was refused
+            raise OffsegError(f"Triton inference of {self.model_name} failed: {failure}")
+        log.warning("the Triton server at %s stopped answering (%s): waiting up to %.0f s for it to be ready "
+                    "again", self.url, failure, RECOVER_SECONDS)
+        started, stopped = time.monotonic(), f"the Triton server at {self.url} stopped answering ({failure})"
+        while not self._ready():
+            if self.cancelled.wait(POLL_SECONDS):  # the run is stopping
+                raise OffsegError(stopped)
+            if time.monotonic() - started > RECOVER_SECONDS:
+                raise OffsegError(f"{stopped} and was not ready again within {RECOVER_SECONDS:.0f} s")
+        log.warning("the Triton server at %s is ready again after %.1f s: the run goes on", self.url,
+                    time.monotonic() - started)
+        try:
+            return self._request(batch)
+        except Exception as error:
+            raise OffsegError(f"Triton inference of {self.model_name} failed again after the server came back: "
+                              f"{_first_line(error)}") from None
+
+    def _request(self, batch: np.ndarray) -> np.ndarray:
         module = self.module
         request = module.InferInput(self.input_name, list(batch.shape), self.input_dtype)
         request.set_data_from_numpy(np.ascontiguousarray(batch))
         wanted = [module.InferRequestedOutput(self.output_name)]
         options = {"client_timeout": NETWORK_TIMEOUT_S} if self.protocol == "grpc" else {}
-        try:
-            result = self.client().infer(self.model_name, [request], outputs=wanted, **options)
-        except Exception as error:  # the server's error (InferenceServerException) or the connection's
-            raise OffsegError(f"Triton inference of {self.model_name} failed: {str(error).splitlines()[0][:200]}") \
-                from None
+        result = self.client().infer(self.model_name, [request], outputs=wanted, **options)
         return result.as_numpy(self.output_name)
+
+    def _ready(self, fresh_client: bool = False) -> bool:
+        """Whether the server answers and its model is ready; ``fresh_client``: through a new connection (the
+        thread's client may hold one the server closed)."""
+        if fresh_client and getattr(self.local, "client", None) is not None:
+            self.clients.remove(self.local.client)
+            self.local.client.close()
+            self.local.client = None
+        try:
+            return bool(self.client().is_server_ready() and self.client().is_model_ready(self.model_name))
+        except Exception:  # refused, reset, timed out: not ready
+            return False
+
+    def cancel(self) -> None:
+        """Stop waiting for a server that stopped answering (the run is stopping)."""
+        self.cancelled.set()
 
     def close(self) -> None:
         for client in self.clients:
