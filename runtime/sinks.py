@@ -11,6 +11,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,6 +299,9 @@ class OverlaySink(FrameFolderSink):
     option = "--save-overlays"
 
 
+WINDOW_PROBE_SECONDS = 30  # a GUI toolkit that has not opened a window by then will not
+
+
 class WindowSink:
     """A desktop window (needs an OpenCV build with GUI support; 'q' or Esc stops)."""
 
@@ -311,12 +316,37 @@ class WindowSink:
 
     @staticmethod
     def check_gui() -> None:
-        """OffsegError when the OpenCV loaded was built without a GUI (pip's opencv-python-headless)."""
+        """OffsegError unless OpenCV can open a window here: it has a GUI (not pip's opencv-python-headless), and
+        its toolkit starts (``try_window``)."""
         match = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
         if match and match.group(1).upper() == "NONE":
             raise OffsegError(f"--show needs an OpenCV with a GUI, but the OpenCV loaded ({cv2.__version__}, "
                               f"{Path(cv2.__file__).parent}) is headless: install opencv-python instead of "
                               "opencv-python-headless (on a Jetson, JetPack's python3-opencv), or use --output")
+        WindowSink.try_window()
+
+    @staticmethod
+    def try_window() -> None:
+        """Open and close a window in a child process (this Python, this OpenCV): a GUI toolkit that cannot start
+        (no display over SSH or in a container, a missing X library) aborts its process; OffsegError saying why."""
+        code = "import cv2; cv2.namedWindow('offseg-run'); cv2.waitKey(1); cv2.destroyAllWindows()"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        try:
+            probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                   timeout=WINDOW_PROBE_SECONDS)
+        except subprocess.TimeoutExpired:
+            raise OffsegError(f"--show: OpenCV opened no window within {WINDOW_PROBE_SECONDS} s (a display that "
+                              "does not answer?); use --output or --save-overlays instead") from None
+        if probe.returncode == 0:
+            return
+        lines = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
+        said = next((line for line in lines if "qt.qpa" in line or "cannot open display" in line),
+                    lines[-1] if lines else f"exit code {probe.returncode}")
+        display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        where = f"on display {display}" if display else ("here: this session has no display (DISPLAY is not set; "
+                                                         "over SSH use ssh -X, on a Jetson's desktop DISPLAY=:0)")
+        raise OffsegError(f"--show cannot open a window {where}; OpenCV's GUI said: {said[:200]}; use --output or "
+                          "--save-overlays instead")
 
     def show(self, image: np.ndarray) -> bool:
         """Show a frame; False when the user asked to stop."""

@@ -354,7 +354,8 @@ def test_a_gst_source_closes_its_pipeline(gst):
 def test_a_missing_pygobject_is_one_sentence_naming_the_packages(monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "gi", None)  # import gi raises ImportError
-    with pytest.raises(OffsegError, match=r"cannot import: .*python3-gi gir1.2-gstreamer-1.0.*offseg-deploy\[gstreamer\]"):
+    with pytest.raises(OffsegError,
+                       match=r"cannot import: .*python3-gi gir1.2-gstreamer-1.0.*offseg-deploy\[gstreamer\]"):
         load_gst()
 
 
@@ -384,7 +385,53 @@ def test_show_with_a_headless_opencv_is_one_sentence(monkeypatch):
     with pytest.raises(OffsegError, match="is headless: install opencv-python instead"):
         WindowSink.check_gui()
     monkeypatch.setattr(cv2, "getBuildInformation", lambda: "General\n  GUI:                           GTK3\n")
+    monkeypatch.setattr(WindowSink, "try_window", lambda: None)
     WindowSink.check_gui()
+
+
+@pytest.mark.parametrize("display", [None, ":99"])
+def test_show_without_a_display_is_one_sentence_not_a_crash(tmp_path_factory, monkeypatch, display):
+    """pip's opencv-python (Qt) aborts the process (SIGABRT, exit 134) when it finds no display: over SSH, in a
+    container. A window is tried in a child process first. The pip wheel with a GUI is fetched for this test."""
+    import shutil
+    import subprocess
+    import sys
+
+    from runtime.sinks import WindowSink
+    gui = tmp_path_factory.getbasetemp() / "opencv-gui"
+    if not (gui / "cv2").is_dir():
+        result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(gui),
+                                 f"opencv-python=={cv2.__version__}.*"], capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"opencv-python could not be fetched: {result.stderr.strip()[-200:]}")
+    monkeypatch.syspath_prepend(str(gui))  # what the child imports: the Qt build
+    for name in ("DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    if display:
+        monkeypatch.setenv("DISPLAY", display)  # no X server there
+    with pytest.raises(OffsegError) as error:
+        WindowSink.try_window()
+    message = str(error.value)
+    assert message.startswith(f"--show cannot open a window {'on display :99' if display else 'here: this session'}")
+    assert "OpenCV's GUI said: qt.qpa.xcb: could not connect to display" in message
+    assert message.endswith("use --output or --save-overlays instead")
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        return  # the window that opens: with a display (apt's xvfb; .ci/run installs it)
+    screen = subprocess.Popen([xvfb, ":98", "-screen", "0", "640x480x24"], stderr=subprocess.DEVNULL)
+    try:
+        monkeypatch.setenv("DISPLAY", ":98")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                WindowSink.try_window()
+                break
+            except OffsegError:  # the X server is still starting
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        screen.terminate()
+        screen.wait()
 
 
 @pytest.mark.slow
