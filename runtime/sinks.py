@@ -303,10 +303,10 @@ WINDOW_PROBE_SECONDS = 30  # a GUI toolkit that has not opened a window by then 
 
 
 class WindowSink:
-    """A desktop window (needs an OpenCV build with GUI support; 'q' or Esc stops)."""
+    """A desktop window (needs an OpenCV build with GUI support and a display: ``check_gui`` first; 'q' or Esc
+    stops)."""
 
     def __init__(self, title: str = "offseg-run"):
-        self.check_gui()
         self.title = title
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
