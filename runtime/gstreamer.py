@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OffsegError
-from .sources import RECONNECT_WINDOW_SECONDS, LiveSource
+from .sources import RECONNECT_WINDOW_SECONDS, LiveSource, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -317,5 +317,5 @@ def gstreamer_source(gst: str | None = None, csi_camera: int | None = None, csi_
         require_elements(Gst, ["rtspsrc" if stream.lower().startswith("rtsp") else "urisourcebin", *required],
                          "--stream through GStreamer")
         return GstSource(decode_pipeline(stream_element(stream), hardware, live=True),
-                         f"stream {stream} through GStreamer, {decoding}", **live)
+                         f"stream {shown_url(stream)} through GStreamer, {decoding}", **live)
     raise OffsegError("GStreamer reads --gst, --csi-camera, --video, --stream or --camera; give one of them")

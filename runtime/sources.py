@@ -213,7 +213,8 @@ class LiveSource(Source):
         self.target, self.reconnects, self.retry_seconds = target, reconnects, retry_seconds
         self.window_seconds, self.stall_seconds = window_seconds, stall_seconds
         self.last_error: str | None = None
-        self.description = description or (f"camera {target}" if isinstance(target, int) else f"stream {target}")
+        self.description = description or (f"camera {target}" if isinstance(target, int)
+                                           else f"stream {shown_url(target)}")
         self.capture = self._open()
         if self.capture is None:
             raise OffsegError(f"cannot open {self.description}" + (f": {self.last_error}" if self.last_error else ""))
@@ -296,6 +297,16 @@ class ImageFiles(Source):
                 self.skip(name, str(error))
                 continue
             yield Frame(index, image, name)
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password hidden (``rtsp://admin:***@cam/live``), for messages, logs and summaries."""
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not separator or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':')[0]}:***@{host}{slash}{path}"
 
 
 def open_source(video: Path | None = None, camera: int | None = None, stream: str | None = None,

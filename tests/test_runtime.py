@@ -332,6 +332,23 @@ def test_a_dropped_stream_is_reopened_a_bounded_number_of_times(flaky_stream):
     assert params == [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 2000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 2000]
 
 
+def test_a_streams_password_never_reaches_a_message_log_or_summary(flaky_stream, caplog):
+    """IP cameras take credentials in the URL; the start-up line, the reconnect warnings, the stop reason (the
+    summary's) and the errors showed them."""
+    from runtime.sources import LiveSource, shown_url
+    flaky_stream.sessions = [1, 1]
+    source = LiveSource("rtsp://admin:S3cr@t@cam.local:554/live", reconnects=0, retry_seconds=0.1, stall_seconds=2)
+    with caplog.at_level("WARNING", logger="runtime"):
+        list(source.frames())
+    assert flaky_stream.opened[0][0] == "rtsp://admin:S3cr@t@cam.local:554/live"  # OpenCV gets the real URL
+    shown = [source.description, source.stop_reason, caplog.text]
+    assert source.description == "stream rtsp://admin:***@cam.local:554/live"
+    assert all("S3cr" not in text for text in shown) and "admin:***@cam.local" in source.stop_reason
+    assert shown_url("rtsp://cam.local/live") == "rtsp://cam.local/live"  # nothing to hide
+    assert shown_url("rtsp://admin@cam.local/live") == "rtsp://admin@cam.local/live"
+    assert shown_url("http://u:p@h/x?a=b@c") == "http://u:***@h/x?a=b@c"
+
+
 @pytest.mark.parametrize("seconds_per_frame, sessions_used", [(0.0, 2), (61.0, 40)])
 def test_a_stream_that_stalls_after_every_frame_ends_unless_the_stalls_are_a_window_apart(
         flaky_stream, monkeypatch, seconds_per_frame, sessions_used):
