@@ -396,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--legend", action="store_true", help="draw the classes present in each frame")
     parser.add_argument("--no-overlay-text", action="store_true", help="no FPS/latency text on the frames")
     parser.add_argument("--fps", type=float, help="output fps when the input does not say (default 30)")
-    parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default TensorRT, CUDA, "
-                        "CPU, whichever exist)")
+    parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated, by name or short name "
+                        "(cuda,cpu) (default TensorRT, CUDA, CPU, whichever exist)")
     parser.add_argument("--cuda", choices=("auto", "cuda-python", "pycuda"), default="auto",
                         help="CUDA binding for TensorRT engines (default auto: cuda-python, else pycuda)")
     parser.add_argument("--device", default="auto", help="torch device of a .pth model: auto (the GPU when torch "

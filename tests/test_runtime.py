@@ -18,6 +18,7 @@ from offseg.checkpoint import build_from_checkpoint, read_file
 from runtime.backends import open_backend
 from runtime.preprocess import fit_frame, logits_to_labels, to_model_input
 from runtime.cli import main as run_main
+from runtime.errors import OffsegError
 from runtime.pipeline import Pipeline
 from runtime.sinks import VideoSink
 from runtime.sources import VideoFile
@@ -169,7 +170,6 @@ def test_user_mistakes_give_one_clear_line(models, video, tmp_path, capsys, argv
 def test_a_package_folder_given_as_the_model_points_at_its_model_file(tmp_path):
     """--engine FOLDER where FOLDER is what offseg-export --format triton / deepstream writes (its file names)."""
     from runtime.backends import open_backend
-    from runtime.errors import OffsegError
 
     version = tmp_path / "repo" / "offseg-t" / "1"
     version.mkdir(parents=True)
@@ -330,6 +330,18 @@ def test_a_dropped_stream_is_reopened_a_bounded_number_of_times(flaky_stream):
     # a stall must end a read instead of blocking: the URL is opened with open/read timeouts
     target, (api, params) = flaky_stream.opened[0]
     assert params == [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 2000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 2000]
+
+
+def test_providers_take_short_names_and_a_missing_one_names_the_available():
+    from runtime.backends.ort_backend import choose_providers
+    available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(available, ["cuda", " CPU"]) == available  # --providers cuda,cpu
+    assert choose_providers(available, ["CUDAExecutionProvider"]) == ["CUDAExecutionProvider"]
+    assert choose_providers(available, None) == available
+    with pytest.raises(OffsegError, match=r"^ONNX Runtime here has no TensorrtExecutionProvider \(available: CUDA"):
+        choose_providers(["CUDAExecutionProvider"], ["TensorrtExecutionProvider"])
+    with pytest.raises(OffsegError, match=r"has no tensorrt "):  # a short name of no provider here stays as given
+        choose_providers(available, ["tensorrt"])
 
 
 def test_a_streams_password_never_reaches_a_message_log_or_summary(flaky_stream, caplog):

@@ -15,8 +15,11 @@ PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CP
 
 
 def choose_providers(available: list[str], requested: list[str] | None = None) -> list[str]:
-    """``requested`` (all must exist) or the preferred ones that are available, in preference order."""
+    """``requested`` (all must exist; a short name such as ``cuda`` or ``tensorrt`` stands for its provider, in any
+    case) or the preferred ones that are available, in preference order."""
     if requested:
+        short = {name.lower().removesuffix("executionprovider"): name for name in available}
+        requested = [short.get(p.strip().lower().removesuffix("executionprovider"), p.strip()) for p in requested]
         missing = [p for p in requested if p not in available]
         if missing:
             raise OffsegError(f"ONNX Runtime here has no {', '.join(missing)} (available: {', '.join(available)})")
