@@ -81,13 +81,14 @@ def _onnx(workdir: Path, model, name: str, size, batch: int, fused: bool, form: 
     """The export of ``model`` (from ``checkpoint``, or fresh weights) in the work folder, reused only when its
     metadata is what this export would write: same head, FreqFusion form, opset, classes and weights."""
     from calibration.files import load_onnx, read_metadata
-    from export.onnx import OnnxOptions, export_onnx, metadata
+    from export.onnx import OnnxOptions, export_onnx, label_metadata, metadata
     path = workdir / f"{name}-{size[0]}x{size[1]}-b{batch}{'' if fused else '-unfused'}-{form}.onnx"
     options = OnnxOptions(input_size=tuple(size), fused_head=fused, batch=batch, freqfusion_form=form)
-    expected = metadata(name, model.num_classes, options, checkpoint)
+    labels = label_metadata(model.num_classes, checkpoint)  # the checkpoint read once for the check and the export
+    expected = metadata(name, model.num_classes, options, checkpoint, labels)
     if not path.is_file() or any(read_metadata(load_onnx(path)).get(key) != expected[key] for key in CACHE_KEYS):
         print(f"exporting {path.name} ...", flush=True)
-        export_onnx(model, name, path, options, checkpoint)
+        export_onnx(model, name, path, options, checkpoint, labels)
     return path
 
 

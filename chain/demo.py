@@ -104,18 +104,22 @@ def _export(config: DemoConfig, checkpoint: Path, steps: Steps) -> Path:
     from export.onnx import OnnxOptions, export_onnx
     from export.parity import onnx_parity
 
-    from offseg.checkpoint import build_from_checkpoint
+    from export.onnx import label_metadata
+    from offseg.checkpoint import build_from_checkpoint, read_file
     path = config.workdir / "model.onnx"
     wanted = {"offseg.checkpoint_sha256": file_sha256(checkpoint),
               "offseg.input_size": " ".join(map(str, config.input_size))}
     if path.is_file() and all(read_metadata(load_onnx(path)).get(k) == v for k, v in wanted.items()):
         steps.start(f"export: reusing {path}")
         return path
-    model, name = build_from_checkpoint(checkpoint, None if config.checkpoint else config.model)
+    content = read_file(checkpoint)  # once: the weights, then the class names
+    model, name = build_from_checkpoint(checkpoint, None if config.checkpoint else config.model, content=content)
+    labels = label_metadata(model.num_classes, checkpoint, content)
+    del content
     options = OnnxOptions(input_size=config.input_size)
     steps.start(f"export: {name} -> {path} ({config.input_size[0]}x{config.input_size[1]}, fused offset-learning "
                 "head)")
-    export_onnx(model, name, path, options, checkpoint)
+    export_onnx(model, name, path, options, checkpoint, labels)
     print(f"      parity vs PyTorch: {onnx_parity(model, path, options)}")
     return path
 

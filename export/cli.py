@@ -7,7 +7,6 @@ TensorRT writes the ONNX files and says how to build on the device (``--onnx NAM
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path
@@ -51,14 +50,24 @@ def _shown(args: argparse.Namespace, path: Path) -> Path:
     return staged[1] / path.relative_to(staged[0]) if staged and path.is_relative_to(staged[0]) else path
 
 
-@functools.lru_cache(maxsize=2)
-def _checkpoint_model(path: Path) -> str | None:
-    """The model a checkpoint was made for (read once per run: the output names need it before the export); None
-    when it cannot be read, which the export itself then says, after the output policy has checked the paths."""
-    from offseg.checkpoint import checkpoint_model
+def _checkpoint_content(args: argparse.Namespace) -> dict:
+    """--checkpoint as ``read_file`` returns it, read once per run and kept on ``args`` until the model is built
+    (the output names need its model name before the export starts)."""
+    from offseg.checkpoint import read_file
+
+    if getattr(args, "checkpoint_read", None) is None:
+        args.checkpoint_read = read_file(args.checkpoint)
+    return args.checkpoint_read
+
+
+def _checkpoint_model(args: argparse.Namespace) -> str | None:
+    """The model --checkpoint was made for; None when it cannot be read or told, which the export itself then
+    says, after the output policy has checked the paths."""
+    from offseg.checkpoint import checkpoint_model_name, extract_state_dict
 
     try:
-        return checkpoint_model(path)
+        content = _checkpoint_content(args)
+        return checkpoint_model_name(content, extract_state_dict(content))
     except OffsegError:
         return None
 
@@ -88,29 +97,38 @@ def _source_precision(args: argparse.Namespace) -> str:
 
 def _model_name(args: argparse.Namespace) -> str:
     """The name default file and folder names take: --model, else --checkpoint's model, else offseg-t."""
-    return args.model or (args.checkpoint and _checkpoint_model(args.checkpoint)) or "offseg-t"
+    return args.model or (args.checkpoint and _checkpoint_model(args)) or "offseg-t"
 
 
 def _torch_model(args: argparse.Namespace):
-    """The model to export and its name: from --checkpoint, else fresh weights (with a warning)."""
+    """The model to export, its name and its label metadata (the checkpoint's classes and palette): from
+    --checkpoint, else fresh weights (with a warning). The checkpoint's content is let go once the model is built:
+    the export does not hold a second copy of the weights."""
     from offseg import build_model
     from offseg.checkpoint import build_from_checkpoint
 
+    from .onnx import label_metadata
+
     if args.checkpoint:
-        model, name = build_from_checkpoint(args.checkpoint, args.model)
+        content = _checkpoint_content(args)
+        args.checkpoint_read = None
+        model, name = build_from_checkpoint(args.checkpoint, args.model, content=content)
         if args.num_classes is not None and args.num_classes != model.num_classes:
             raise OffsegError(f"--num-classes {args.num_classes} does not match the checkpoint "
                               f"({model.num_classes} classes); drop the option or use another checkpoint")
-        return model, name
+        return model, name, label_metadata(model.num_classes, args.checkpoint, content)
     name = args.model or "offseg-t"
     print(f"WARNING: no --checkpoint given: exporting {name} with RANDOM, UNTRAINED weights. Its predictions "
           "are noise; the files are for speed tests only (the metadata says so too). Pass --checkpoint PATH "
           "for a real model.", file=sys.stderr, flush=True)
-    return build_model(name, 150 if args.num_classes is None else args.num_classes).eval(), name
+    model = build_model(name, 150 if args.num_classes is None else args.num_classes).eval()
+    return model, name, label_metadata(model.num_classes, None)
 
 
-def _export_torch(args: argparse.Namespace, model, name: str, onnx_path: Path) -> dict[str, str]:
-    """PyTorch -> ONNX, plus the parity check against PyTorch; returns the ONNX metadata."""
+def _export_torch(args: argparse.Namespace, model, name: str, labels: dict[str, str], onnx_path: Path) \
+        -> dict[str, str]:
+    """PyTorch -> ONNX (``labels``: its class names and palette), plus the parity check against PyTorch; returns
+    the ONNX metadata."""
     from .onnx import OnnxOptions, export_onnx
     from .parity import onnx_parity
 
@@ -122,7 +140,7 @@ def _export_torch(args: argparse.Namespace, model, name: str, onnx_path: Path) -
                           freqfusion_form=freqfusion_form_for(args.freqfusion_form, _target(args)))
     options.validate()
     start = time.perf_counter()
-    result = export_onnx(model, name, onnx_path, options, args.checkpoint)
+    result = export_onnx(model, name, onnx_path, options, args.checkpoint, labels)
     print(f"wrote {_shown(args, result.path)} ({_size(result.path)}) in {time.perf_counter() - start:.0f} s: input "
           f"'{result.input_name}' {result.metadata['offseg.input_format']} ({result.metadata['offseg.input_size']}),"
           f" output '{result.output_name}' ({options.output_kind}, {options.output_layout}), {model.num_classes} "
@@ -150,9 +168,9 @@ def _package_model(args: argparse.Namespace, place, check=None) -> tuple[dict[st
     exported from PyTorch, or the --onnx file copied in (once ``check(its metadata)`` passes); returns its
     metadata and path."""
     if not args.onnx:
-        model, name = _torch_model(args)
+        model, name, labels = _torch_model(args)
         path = place(name)
-        return _export_torch(args, model, name, path), path
+        return _export_torch(args, model, name, labels, path), path
     graph, meta = _read_onnx_source(args)
     precision = meta.get("offseg.precision", "fp32")
     if precision != "fp32":

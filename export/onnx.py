@@ -219,16 +219,18 @@ def simplify(proto, scopes: dict[str, str]):
     return proto
 
 
-def label_metadata(num_classes: int, checkpoint: Path | None) -> dict[str, str]:
-    """``offseg.classes`` / ``offseg.palette`` for the runtime's legend: what the checkpoint carries, else the
-    class names of the released dataset with that many classes (colours then come from the runtime)."""
+def label_metadata(num_classes: int, checkpoint: Path | None, content: dict | None = None) -> dict[str, str]:
+    """``offseg.classes`` / ``offseg.palette`` for the runtime's legend: what the checkpoint carries (``content``:
+    the file as ``read_file`` returned it, when the caller has read it), else the class names of the released
+    dataset with that many classes (colours then come from the runtime)."""
     import json
 
     from offseg.checkpoint import checkpoint_labels, read_file
     from offseg.data.synthetic import CLASSES as SYNTHETIC_CLASSES
     from offseg.data.synthetic import PALETTE as SYNTHETIC_PALETTE
     from runtime.class_names import known_classes
-    classes, palette = checkpoint_labels(read_file(checkpoint), num_classes, f"checkpoint {checkpoint}") \
+    content = read_file(checkpoint) if checkpoint and content is None else content
+    classes, palette = checkpoint_labels(content, num_classes, f"checkpoint {checkpoint}") \
         if checkpoint else (None, None)
     classes = classes or known_classes(num_classes)
     if classes and tuple(classes) == SYNTHETIC_CLASSES and not palette:
@@ -239,10 +241,12 @@ def label_metadata(num_classes: int, checkpoint: Path | None) -> dict[str, str]:
     return labels
 
 
-def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint: Path | None) -> dict[str, str]:
+def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint: Path | None,
+             labels: dict[str, str] | None = None) -> dict[str, str]:
+    """The ONNX file's ``offseg.*`` metadata; ``labels``: ``label_metadata``'s, when the caller has it."""
     from offseg import __version__
     h, w = options.input_size
-    return {**label_metadata(num_classes, checkpoint),
+    return {**(label_metadata(num_classes, checkpoint) if labels is None else labels),
         "offseg.model": model_name,
         "offseg.num_classes": str(num_classes),
         "offseg.input_size": "dynamic" if options.dynamic else f"{h} {w}",
@@ -265,9 +269,10 @@ def metadata(model_name: str, num_classes: int, options: OnnxOptions, checkpoint
 
 
 def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, options: OnnxOptions = OnnxOptions(),
-                checkpoint: Path | None = None) -> OnnxExport:
+                checkpoint: Path | None = None, labels: dict[str, str] | None = None) -> OnnxExport:
     """Export ``model`` (an OffSeg, weights loaded from ``checkpoint`` if given) to ``path``; raises OffsegError
-    for bad options or paths. The checkpoint's class names and palette go into the metadata for the legend."""
+    for bad options or paths. The checkpoint's class names and palette go into the metadata for the legend
+    (``labels``: ``label_metadata``'s, when the caller has read the checkpoint)."""
     import onnx_ir as ir
 
     options.validate()
@@ -284,7 +289,7 @@ def export_onnx(model: nn.Module, model_name: str, path: str | os.PathLike, opti
     proto = simplify(ir.serde.serialize_model(ir_model), scopes)
     if options.head_as_function:
         proto = extract_function(proto, HEAD_SCOPE, FUNCTION_DOMAIN)
-    meta = metadata(model_name, deploy.num_classes, options, checkpoint)
+    meta = metadata(model_name, deploy.num_classes, options, checkpoint, labels)
     proto.producer_name, proto.doc_string = "offseg-deploy", f"OffSeg {model_name} exported by offseg-deploy"
     save_checked(proto, meta, path)
     return OnnxExport(path, options, proto.graph.input[0].name, proto.graph.output[0].name, meta)

@@ -134,11 +134,12 @@ def test_a_cached_export_is_reused_only_for_the_same_weights_and_classes(tmp_pat
 
     exports = []
 
-    def export(model, name, path, options, checkpoint=None):  # a tiny graph with the real exporter's metadata
+    def export(model, name, path, options, checkpoint=None, labels=None):  # a tiny graph, the real metadata
         exports.append((model.num_classes, checkpoint))
         write_tiny_onnx(path, dynamic=False, size=options.input_size)
         graph = onnx.load(str(path))
-        onnx.helper.set_model_props(graph, export_onnx.metadata(name, model.num_classes, options, checkpoint))
+        onnx.helper.set_model_props(graph, export_onnx.metadata(name, model.num_classes, options, checkpoint,
+                                                                labels))
         onnx.save(graph, str(path))
 
     monkeypatch.setattr(export_onnx, "export_onnx", export)
