@@ -328,11 +328,11 @@ def open_source(video: Path | None = None, camera: int | None = None, stream: st
         if not folder.is_dir():
             raise OffsegError(f"image folder {folder} does not exist")
         files = folder_files(folder, recursive)
-        paths = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        paths, photos = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES], unread_photos(files)
         if not paths:
-            _no_images_here(folder, recursive, unread_photos(files))
-        if unread_photos(files):
-            log.warning("note: left out %s", unread_photos(files))
+            _no_images_here(folder, recursive, photos)
+        if photos:
+            log.warning("note: left out %s", photos)
         return ImageFiles(paths, f"{folder} and its subfolders" if recursive else str(folder), folder)
     raise OffsegError("no input: give --video, --camera, --stream, --image or --images")
 

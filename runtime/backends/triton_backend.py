@@ -12,6 +12,7 @@ request it refuses) ends the run at once.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -155,7 +156,8 @@ class TritonBackend:
         thread's client may hold one the server closed)."""
         if fresh_client and getattr(self.local, "client", None) is not None:
             self.clients.remove(self.local.client)
-            self.local.client.close()
+            with contextlib.suppress(Exception):  # its connection may be broken already
+                self.local.client.close()
             self.local.client = None
         try:
             return bool(self.client().is_server_ready() and self.client().is_model_ready(self.model_name))
